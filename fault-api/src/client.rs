@@ -1,0 +1,141 @@
+//! A blocking client of the agent's native API (`/v1`), used by `faultctl` and the tests.
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::{
+    ApiError, ErrorBody, Fault, FaultList, FaultSpec,
+    fault::{CleanupRequest, CleanupResponse},
+};
+
+/// What a call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The agent answered with an error body.
+    #[error("{status}: {error}")]
+    Api { status: u16, error: ApiError },
+    /// The agent could not be reached, or answered something that is not our API.
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// Client of one agent. `base` is like `http://127.0.0.1:8080`.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build();
+        Self { base: base.trim_end_matches('/').to_owned(), token: None, agent: config.into() }
+    }
+
+    /// Sends `Authorization: Bearer TOKEN` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        res: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, ClientError> {
+        let mut res = res.map_err(|e| ClientError::Transport(format!("{}: {e}", self.base)))?;
+        let status = res.status().as_u16();
+        let body = res
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| ClientError::Transport(format!("reading the answer: {e}")))?;
+        if (200..300).contains(&status) {
+            serde_json::from_str(&body)
+                .map_err(|e| ClientError::Transport(format!("unexpected answer ({e}): {body}")))
+        } else {
+            match serde_json::from_str::<ErrorBody>(&body) {
+                Ok(b) => Err(ClientError::Api { status, error: b.error }),
+                Err(_) => Err(ClientError::Api {
+                    status,
+                    error: ApiError::new("http", format!("HTTP {status}: {body}")),
+                }),
+            }
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        self.decode(req.call())
+    }
+
+    fn send<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = match method {
+            "DELETE" => self.agent.delete(url).force_send_body(),
+            _ => self.agent.post(url),
+        };
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let res = match body {
+            Some(b) => req.send_json(b),
+            None => req.send_empty(),
+        };
+        self.decode(res)
+    }
+
+    /// `POST /v1/faults`.
+    pub fn create(&self, spec: &FaultSpec) -> Result<Fault, ClientError> {
+        let body = serde_json::to_value(spec).map_err(|e| ClientError::Transport(e.to_string()))?;
+        self.send("POST", "/v1/faults", Some(&body))
+    }
+
+    /// `POST /v1/faults` with a raw JSON body (for tests of bad input).
+    pub fn create_raw(&self, body: &serde_json::Value) -> Result<Fault, ClientError> {
+        self.send("POST", "/v1/faults", Some(body))
+    }
+
+    /// `GET /v1/faults`, optionally for one namespace.
+    pub fn list(&self, namespace: Option<&str>) -> Result<FaultList, ClientError> {
+        match namespace {
+            Some(ns) => self.get(&format!("/v1/faults?namespace={ns}")),
+            None => self.get("/v1/faults"),
+        }
+    }
+
+    /// `GET /v1/faults/{id}`.
+    pub fn get_fault(&self, id: &str) -> Result<Fault, ClientError> {
+        self.get(&format!("/v1/faults/{id}"))
+    }
+
+    /// `DELETE /v1/faults/{id}`: recover at once. Returns the fault in its final state.
+    pub fn recover(&self, id: &str) -> Result<Fault, ClientError> {
+        self.send("DELETE", &format!("/v1/faults/{id}"), None)
+    }
+
+    /// `POST /v1/faults/cleanup`: recover every fault of a namespace (or all).
+    pub fn cleanup(&self, req: &CleanupRequest) -> Result<CleanupResponse, ClientError> {
+        let body = serde_json::to_value(req).map_err(|e| ClientError::Transport(e.to_string()))?;
+        self.send("POST", "/v1/faults/cleanup", Some(&body))
+    }
+
+    /// `GET` any JSON document of the agent (`/v1/pods`, `/v1/capabilities`, ...).
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.get(path)
+    }
+}

@@ -1,0 +1,56 @@
+//! Errors of the API, as the agent sends them and the client decodes them.
+use serde::{Deserialize, Serialize};
+
+/// A spec field that is wrong, and why. `field` is the JSON name (`loss_percent`, `to_cidrs[1]`);
+/// `message` says what was accepted (range, forms) and what was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// The body of every error response: `{"error": {"code": ..., "message": ..., "field": ...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+/// One error: a stable machine-readable `code`, a sentence for humans, and the offending field
+/// when there is one.
+///
+/// Codes and the HTTP status the agent uses for them: `malformed_body` (400), `invalid_field`
+/// (422), `not_found` (404), `conflict` (409, e.g. too many overlapping faults),
+/// `unsupported` (422, the kernel lacks what the fault needs), `unauthorized` (401),
+/// `forbidden` (403), `internal` (500).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self { code: code.to_owned(), message: message.into(), field: None }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError { code: "invalid_field".into(), message: e.to_string(), field: Some(e.field) }
+    }
+}

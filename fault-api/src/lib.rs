@@ -1,0 +1,23 @@
+//! Faultline's fault model, shared by the agent (single-host and cluster), `faultctl` and the
+//! tests: one code path for what a fault is and what makes one valid.
+//!
+//! - [`spec::FaultSpec`]: what a user asks for (native API body, CLI flags, CRD spec).
+//! - [`spec::FaultSpec::validate`]: every rule a spec must follow, with errors naming the field
+//!   ([`error::FieldError`]).
+//! - [`fault::Fault`]: a fault as the agent reports it (state, deadline, resolved pods,
+//!   counters).
+//! - [`units`]: percentages, durations and rates as users write them (`30%`, `500ms`, `1mbit`).
+//! - [`selector::Selector`]: Kubernetes label selectors (`app=x,tier!=db,env in (a,b)`).
+//! - [`client::Client`]: a blocking HTTP client of the native API.
+pub mod client;
+pub mod error;
+pub mod fault;
+pub mod selector;
+pub mod spec;
+pub mod units;
+
+pub use error::{ApiError, ErrorBody, FieldError};
+pub use fault::{Counters, Fault, FaultList, FaultState, PodRef};
+pub use selector::Selector;
+pub use spec::{Direction, FaultSpec, PartitionMode, Protocol};
+pub use units::{FaultDuration, Percent, Rate};

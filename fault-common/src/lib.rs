@@ -1,0 +1,242 @@
+//! Types shared by Faultline's kernel side (`fault-ebpf`) and user side (`fault-agent`).
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding, and its size is asserted
+//! at compile time, so both sides agree byte for byte. Addresses are always 16 bytes:
+//! IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`, RFC 4291 section 2.5.5.2), which
+//! lets one LPM trie hold IPv4 and IPv6 prefixes without one ever covering the other.
+//!
+//! # How a packet finds its faults
+//! 1. [`TargetKey`] `(pod address, direction)` in [`MAP_TARGETS`] (hash) gives a [`TargetValue`]:
+//!    the pod's policy id. A miss ends the lookup: the packet is not ours.
+//! 2. [`RuleKey`] `(policy, protocol, peer port, peer address)` in [`MAP_RULES`] (LPM trie) gives
+//!    a [`RuleValue`]: up to [`MAX_FAULTS_PER_RULE`] fault slots. The program looks up the exact
+//!    `(protocol, port)` first, then `(protocol, any port)`, then `(any protocol, any port)`; the
+//!    agent writes every table as a closure, so the first table that exists for the packet holds
+//!    every fault that covers it.
+//! 3. Each slot indexes [`MAP_FAULTS`] (array of [`FaultParams`]) and [`MAP_STATS`] (per-CPU
+//!    array of [`FaultStats`]). The program itself checks each fault's deadline.
+#![no_std]
+
+pub mod ct;
+
+/// Number of fault slots ([`MAP_FAULTS`] and [`MAP_STATS`] size): how many faults can be
+/// active at once on one node.
+pub const MAX_FAULTS: u32 = 1024;
+/// Capacity of [`MAP_TARGETS`]: (pod address, direction) pairs on one node.
+pub const MAX_TARGETS: u32 = 65_536;
+/// Capacity of [`MAP_RULES`]: LPM entries (policy, protocol, port, peer prefix).
+pub const MAX_RULES: u32 = 262_144;
+/// How many faults may act on the same (target, peer prefix, protocol, port); the agent
+/// refuses a fault that would exceed it.
+pub const MAX_FAULTS_PER_RULE: usize = 8;
+
+/// Pin and map name of the target table (hash, [`TargetKey`] -> [`TargetValue`]).
+pub const MAP_TARGETS: &str = "FL_TARGETS";
+/// Pin and map name of the rule table (LPM trie, [`RuleKey`] -> [`RuleValue`]).
+pub const MAP_RULES: &str = "FL_RULES";
+/// Pin and map name of the fault parameters (array, slot -> [`FaultParams`]).
+pub const MAP_FAULTS: &str = "FL_FAULTS";
+/// Pin and map name of the per-fault counters (per-CPU array, slot -> [`FaultStats`]).
+pub const MAP_STATS: &str = "FL_STATS";
+
+/// Program for the tc **ingress** hook of a pod's host-side veth: it sees what the pod
+/// sends, so it acts for faults in the pod's [`Direction::Egress`].
+pub const PROG_HOST_INGRESS: &str = "fl_host_ingress";
+/// Program for the tc **egress** hook of a pod's host-side veth: it sees what goes into the
+/// pod, so it acts for faults in the pod's [`Direction::Ingress`].
+pub const PROG_HOST_EGRESS: &str = "fl_host_egress";
+
+/// TC verdicts (`include/uapi/linux/pkt_cls.h`). With TCX (Linux >= 6.6) the same values mean
+/// `TCX_NEXT` (-1), `TCX_PASS` (0) and `TCX_DROP` (2).
+pub mod verdict {
+    /// No verdict of ours: the next program (a CNI's) runs. `TC_ACT_UNSPEC` / `TCX_NEXT`.
+    pub const NEXT: i32 = -1;
+    /// Drop the packet. `TC_ACT_SHOT` / `TCX_DROP`.
+    pub const DROP: i32 = 2;
+}
+
+/// Direction of traffic relative to the **target** pod.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Packets the target pod sends (seen on its host-side veth's tc ingress).
+    Egress = 0,
+    /// Packets the target pod receives (seen on its host-side veth's tc egress).
+    Ingress = 1,
+}
+
+/// IP protocol numbers used in [`RuleKey::proto`] (IANA "Assigned Internet Protocol Numbers").
+pub mod proto {
+    /// Wildcard: any protocol.
+    pub const ANY: u8 = 0;
+    /// ICMP (IPv4).
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// ICMPv6. Rules say [`ICMP`] for both families; the program maps 58 to 1.
+    pub const ICMPV6: u8 = 58;
+}
+
+/// Key of [`MAP_TARGETS`]: a pod address and a direction. 20 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TargetKey {
+    /// Pod address, IPv6 or IPv4-mapped, network byte order.
+    pub addr: [u8; 16],
+    /// [`Direction`] as u8.
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+/// [`TargetValue::flags`]: the policy has tables keyed by a specific port.
+pub const TARGET_HAS_PORT_RULES: u32 = 1 << 0;
+/// [`TargetValue::flags`]: the policy has tables keyed by a protocol with any port.
+pub const TARGET_HAS_PROTO_RULES: u32 = 1 << 1;
+/// [`TargetValue::flags`]: record connections the peer opens towards this pod (for a
+/// connection-aware partition in the opposite direction).
+pub const TARGET_TRACK_CONNECTIONS: u32 = 1 << 2;
+
+/// Value of [`MAP_TARGETS`]. 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TargetValue {
+    /// Policy id: the first field of every [`RuleKey`] of this target's rules. Targets with
+    /// the same faults share one policy.
+    pub policy: u32,
+    /// `TARGET_*` flags: which rule tables exist, so the program skips lookups that must miss.
+    pub flags: u32,
+}
+
+/// Key of [`MAP_RULES`] (the data part of an LPM trie key). 24 bytes, 192 bits.
+///
+/// The prefix length of an entry is [`RULE_FIXED_BITS`] plus the peer prefix length in
+/// IPv6 terms (an IPv4 /24 is 96 + 24 bits of the mapped address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleKey {
+    /// Policy id, big-endian so that it sorts as a prefix (LPM tries compare bytes in order).
+    pub policy: [u8; 4],
+    /// [`proto`] number; [`proto::ANY`] for any protocol.
+    pub proto: u8,
+    pub _pad: u8,
+    /// The **peer's** L4 port, network byte order; 0 for any port. For a target's egress
+    /// that is the destination port, for its ingress the source port.
+    pub port: [u8; 2],
+    /// Peer address, IPv6 or IPv4-mapped, network byte order.
+    pub peer: [u8; 16],
+}
+
+/// Bits of a [`RuleKey`] before the peer address: policy, protocol, padding, port.
+pub const RULE_FIXED_BITS: u32 = 64;
+/// Prefix length of a lookup key (all 192 bits significant).
+pub const RULE_FULL_BITS: u32 = 192;
+
+/// Value of [`MAP_RULES`]: the fault slots that act on packets matching the key. 20 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RuleValue {
+    /// How many entries of `slots` are used (at most [`MAX_FAULTS_PER_RULE`]).
+    pub count: u32,
+    /// Fault slots ([`MAP_FAULTS`] indices), in the order the program evaluates them.
+    pub slots: [u16; MAX_FAULTS_PER_RULE],
+}
+
+/// [`FaultParams::flags`]: drop every matching packet (packet-level partition).
+pub const FAULT_PARTITION: u32 = 1 << 0;
+/// [`FaultParams::flags`]: never act on DNS (peer port 53, TCP or UDP).
+pub const FAULT_PROTECT_DNS: u32 = 1 << 1;
+/// [`FaultParams::flags`]: never act on NATS client traffic (peer TCP port 4222).
+pub const FAULT_PROTECT_NATS_PORT: u32 = 1 << 2;
+/// [`FaultParams::flags`]: connection-aware partition: drop the packets of connections the
+/// target opens towards the peer, let through those of connections the peer opened
+/// (Kubernetes NetworkPolicy semantics). See [`ct`].
+pub const FAULT_PARTITION_CONNECTIONS: u32 = 1 << 3;
+
+/// Value of [`MAP_FAULTS`]: what one fault does. 48 bytes. A zero value is an inactive slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FaultParams {
+    /// Deadline, `CLOCK_BOOTTIME` in ns (`bpf_ktime_get_boot_ns`, Linux >= 5.8). The program
+    /// ignores the fault from this instant on, whether or not the agent is alive. 0: inactive.
+    pub deadline_ns: u64,
+    /// Added delay in ns (EDT: `skb->tstamp`, enforced by an `fq` qdisc).
+    pub delay_ns: u64,
+    /// Delay jitter in ns: uniform in `[-jitter, +jitter]` around `delay_ns`.
+    pub jitter_ns: u64,
+    /// Rate limit in bytes per second (EDT pacing); 0: none.
+    pub rate_bytes_per_sec: u64,
+    /// `FAULT_*` flags.
+    pub flags: u32,
+    /// Loss probability in parts per million (0..=1_000_000).
+    pub loss_ppm: u32,
+    /// Corruption probability in parts per million (0..=1_000_000).
+    pub corrupt_ppm: u32,
+    /// Duplication probability in parts per million (0..=1_000_000).
+    pub duplicate_ppm: u32,
+}
+
+/// Value of [`MAP_STATS`] (per CPU; the agent sums the CPUs). Counts packets (skbs). 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FaultStats {
+    /// Packets the fault's rules matched while it was active (protected ports excluded).
+    pub matched: u64,
+    /// Packets dropped (partition or loss).
+    pub dropped: u64,
+    /// Packets whose payload was corrupted.
+    pub corrupted: u64,
+    /// Packets duplicated.
+    pub duplicated: u64,
+    /// Packets given a departure time (delay or rate).
+    pub delayed: u64,
+}
+
+/// `true` when a uniform 32-bit random number `rand` falls within a probability of `ppm`
+/// parts per million. Exact: the threshold is `ppm * 2^32 / 10^6` computed without rounding
+/// or modulo bias, so 0 ppm never fires and 1_000_000 ppm always does.
+#[inline(always)]
+pub fn chance(rand: u32, ppm: u32) -> bool {
+    (rand as u64) * 1_000_000 < (ppm as u64) << 32
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<TargetKey>() == 20);
+    assert!(core::mem::size_of::<TargetValue>() == 8);
+    assert!(core::mem::size_of::<RuleKey>() == 24);
+    assert!(core::mem::size_of::<RuleValue>() == 20);
+    assert!(core::mem::size_of::<FaultParams>() == 48);
+    assert!(core::mem::size_of::<FaultStats>() == 40);
+    assert!(RULE_FIXED_BITS + 128 == RULE_FULL_BITS);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), made of integers and byte arrays with explicit
+    // padding, so every bit pattern is valid and there are no implicit holes.
+    unsafe impl aya::Pod for super::TargetKey {}
+    unsafe impl aya::Pod for super::TargetValue {}
+    unsafe impl aya::Pod for super::RuleKey {}
+    unsafe impl aya::Pod for super::RuleValue {}
+    unsafe impl aya::Pod for super::FaultParams {}
+    unsafe impl aya::Pod for super::FaultStats {}
+    unsafe impl aya::Pod for super::ct::CtKey {}
+    unsafe impl aya::Pod for super::ct::CtValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chance;
+
+    #[test]
+    fn chance_bounds_are_exact() {
+        assert!(!chance(0, 0));
+        assert!(!chance(u32::MAX, 0));
+        assert!(chance(0, 1_000_000));
+        assert!(chance(u32::MAX, 1_000_000));
+        // 50%: exactly the lower half of the u32 range fires.
+        assert!(chance((1u32 << 31) - 1, 500_000));
+        assert!(!chance(1u32 << 31, 500_000));
+    }
+}

@@ -1,0 +1,83 @@
+//! What the faults that match a packet do to it, in slot order: the first drop wins; a
+//! corruption does not stop the faults after it.
+use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::TcContext};
+use fault_common::{
+    FAULT_PARTITION, FAULT_PARTITION_CONNECTIONS, FAULT_PROTECT_DNS, FAULT_PROTECT_NATS_PORT,
+    Direction, FaultParams, MAX_FAULTS_PER_RULE, RuleValue, chance, proto, verdict,
+};
+
+use crate::{
+    conntrack, corrupt,
+    maps::{FL_FAULTS, FL_STATS},
+    parse::{Flow, Packet},
+};
+
+const DNS_PORT: [u8; 2] = 53u16.to_be_bytes();
+const NATS_CLIENT_PORT: [u8; 2] = 4222u16.to_be_bytes();
+/// ICMPv6 router/neighbour discovery (RFC 4861: types 133 to 137). Never faulted: without it
+/// the pod loses its IPv6 neighbours, and with them every peer, not just the faulted ones.
+const ICMPV6_ND_FIRST: u8 = 133;
+const ICMPV6_ND_LAST: u8 = 137;
+
+#[inline(always)]
+pub fn rand() -> u32 {
+    unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() }
+}
+
+/// Runs the faults of `rule` on the packet and returns the verdict.
+#[inline(always)]
+pub fn apply(ctx: &TcContext, pkt: &Packet, flow: &Flow, direction: Direction, rule: &RuleValue) -> i32 {
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let count = rule.count as usize;
+    for i in 0..MAX_FAULTS_PER_RULE {
+        if i >= count {
+            break;
+        }
+        let slot = rule.slots[i] as u32;
+        let Some(fault) = FL_FAULTS.get(slot) else { continue };
+        // The deadline is enforced here, so an expired fault stops even if the agent is dead.
+        if now >= fault.deadline_ns || protected(fault.flags, pkt, flow) {
+            continue;
+        }
+        let Some(stats) = FL_STATS.get_ptr_mut(slot) else { continue };
+        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        let stats = unsafe { &mut *stats };
+        stats.matched += 1;
+        if drops(fault, pkt, flow, direction, now) {
+            stats.dropped += 1;
+            return verdict::DROP;
+        }
+        if fault.corrupt_ppm != 0 && chance(rand(), fault.corrupt_ppm) && corrupt::payload(ctx, pkt)
+        {
+            stats.corrupted += 1;
+        }
+    }
+    verdict::NEXT
+}
+
+/// Traffic a fault leaves alone unless asked: DNS, NATS's client port, IPv6 neighbour discovery.
+#[inline(always)]
+fn protected(flags: u32, pkt: &Packet, flow: &Flow) -> bool {
+    match pkt.proto {
+        proto::TCP | proto::UDP if flags & FAULT_PROTECT_DNS != 0 && flow.peer_port == DNS_PORT => {
+            true
+        }
+        proto::TCP if flags & FAULT_PROTECT_NATS_PORT != 0 && flow.peer_port == NATS_CLIENT_PORT => {
+            true
+        }
+        proto::ICMP => pkt.icmp_type >= ICMPV6_ND_FIRST && pkt.icmp_type <= ICMPV6_ND_LAST,
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn drops(fault: &FaultParams, pkt: &Packet, flow: &Flow, direction: Direction, now: u64) -> bool {
+    if fault.flags & FAULT_PARTITION != 0 {
+        return true;
+    }
+    if fault.flags & FAULT_PARTITION_CONNECTIONS != 0 && conntrack::opens_connection(pkt, flow, direction, now)
+    {
+        return true;
+    }
+    fault.loss_ppm != 0 && chance(rand(), fault.loss_ppm)
+}

@@ -1,0 +1,78 @@
+//! Faultline's datapath: two TC classifier programs for the host-side veth of every pod.
+//!
+//! Read top to bottom: [`fl_host_ingress`] / [`fl_host_egress`] are thin entries; [`classify`]
+//! parses the packet ([`parse`]), finds the target pod and its rules ([`lookup`]), and asks
+//! each matching fault what to do ([`act`]). A packet that matches nothing leaves with
+//! [`verdict::NEXT`] (`TCX_NEXT` / `TC_ACT_UNSPEC`), untouched, so a CNI's own programs still
+//! run after ours; so does a packet that matched and survived.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod act;
+#[cfg(target_arch = "bpf")]
+mod conntrack;
+#[cfg(target_arch = "bpf")]
+mod corrupt;
+#[cfg(target_arch = "bpf")]
+mod lookup;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+
+#[cfg(target_arch = "bpf")]
+mod entry {
+    use aya_ebpf::{macros::classifier, programs::TcContext};
+    use fault_common::{Direction, TARGET_TRACK_CONNECTIONS, verdict};
+
+    use crate::{act, conntrack, lookup, parse};
+
+    /// tc ingress of a pod's host-side veth: what the pod sends, i.e. its **egress**.
+    #[classifier]
+    pub fn fl_host_ingress(ctx: TcContext) -> i32 {
+        classify(&ctx, Direction::Egress)
+    }
+
+    /// tc egress of a pod's host-side veth: what the pod receives, i.e. its **ingress**.
+    #[classifier]
+    pub fn fl_host_egress(ctx: TcContext) -> i32 {
+        classify(&ctx, Direction::Ingress)
+    }
+
+    #[inline(always)]
+    fn classify(ctx: &TcContext, direction: Direction) -> i32 {
+        let Some(pkt) = parse::packet(ctx) else {
+            return verdict::NEXT;
+        };
+        let flow = parse::Flow::of(&pkt, direction);
+        // The no-fault path: one hash lookup on the target pod's address.
+        let Some(target) = lookup::target(&flow.target, direction) else {
+            return verdict::NEXT;
+        };
+        if target.flags & TARGET_TRACK_CONNECTIONS != 0 {
+            conntrack::record(&pkt, &flow, direction);
+        }
+        let Some(rule) = lookup::rule(target, pkt.proto, flow.peer_port, &flow.peer) else {
+            return verdict::NEXT;
+        };
+        act::apply(ctx, &pkt, &flow, direction, rule)
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// The kernel requires a GPL-compatible license for some of the helpers used here.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("fault-ebpf is built for bpfel-unknown-none by fault-agent's build.rs");
+}

@@ -1,0 +1,31 @@
+//! The maps, all pinned by name so that they outlive an agent restart (the agent pins them
+//! under its own bpffs folder through `EbpfLoader::map_pin_path`).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use fault_common::{
+    FaultParams, FaultStats, MAX_FAULTS, MAX_RULES, MAX_TARGETS, RuleKey, RuleValue, TargetKey,
+    TargetValue,
+    ct::{CtKey, CtValue, MAX_CT},
+};
+
+/// (pod address, direction) -> policy. See `fault_common::MAP_TARGETS`.
+#[map(name = "FL_TARGETS")]
+pub static FL_TARGETS: HashMap<TargetKey, TargetValue> = HashMap::pinned(MAX_TARGETS, 0);
+
+/// (policy, protocol, peer port, peer prefix) -> fault slots. See `fault_common::MAP_RULES`.
+#[map(name = "FL_RULES")]
+pub static FL_RULES: LpmTrie<RuleKey, RuleValue> = LpmTrie::pinned(MAX_RULES, 0);
+
+/// slot -> fault parameters. See `fault_common::MAP_FAULTS`.
+#[map(name = "FL_FAULTS")]
+pub static FL_FAULTS: Array<FaultParams> = Array::pinned(MAX_FAULTS, 0);
+
+/// slot -> per-CPU counters. See `fault_common::MAP_STATS`.
+#[map(name = "FL_STATS")]
+pub static FL_STATS: PerCpuArray<FaultStats> = PerCpuArray::pinned(MAX_FAULTS, 0);
+
+/// Flows the peer opened, for connection-aware partitions. See `fault_common::ct`.
+#[map(name = "FL_CT")]
+pub static FL_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CT, 0);

@@ -1,0 +1,214 @@
+//! Packet parsing: Ethernet, IPv4 (any header length, fragments), IPv6 (up to four extension
+//! headers), then TCP, UDP, ICMP and ICMPv6. Headers are read with direct packet access; the
+//! offsets of the L4 header and payload are kept for the actions that rewrite the packet.
+use aya_ebpf::programs::TcContext;
+use core::mem::size_of;
+use fault_common::{Direction, proto};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+/// Ethernet + IPv6 + TCP: the headers a lookup needs in the linear part of the skb.
+const HEADERS_PULL: u32 = 14 + 40 + 20;
+const IPV6_MAX_EXT_HEADERS: usize = 4;
+/// ICMP header length (type, code, checksum, rest of header).
+const ICMP_HDR_LEN: usize = 8;
+
+/// What the lookup and the actions need from one packet.
+pub struct Packet {
+    /// Source address, IPv6 or IPv4-mapped.
+    pub src: [u8; 16],
+    /// Destination address, IPv6 or IPv4-mapped.
+    pub dst: [u8; 16],
+    /// Protocol as rules name it: ICMPv6 is [`proto::ICMP`].
+    pub proto: u8,
+    /// Source and destination ports, network order; zero without an L4 header.
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    /// TCP flags byte (CWR ECE URG ACK PSH RST SYN FIN); 0 for other protocols.
+    pub tcp_flags: u8,
+    /// ICMP / ICMPv6 type; 0 for other protocols.
+    pub icmp_type: u8,
+    /// Offset of the L4 checksum field from the start of the frame; 0: none to keep valid.
+    pub csum_off: usize,
+    /// Offset of the L4 payload from the start of the frame.
+    pub payload_off: usize,
+    /// Offset of the end of the IP packet (from its length field; excludes link padding).
+    pub end_off: usize,
+}
+
+/// TCP flag bits in [`Packet::tcp_flags`].
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The packet seen from the target pod: who the target is and who the peer is.
+pub struct Flow {
+    pub target: [u8; 16],
+    pub peer: [u8; 16],
+    pub target_port: [u8; 2],
+    /// The peer's port: the destination port of what the target sends, the source port of
+    /// what it receives.
+    pub peer_port: [u8; 2],
+}
+
+impl Flow {
+    #[inline(always)]
+    pub fn of(pkt: &Packet, direction: Direction) -> Self {
+        match direction {
+            Direction::Egress => Flow {
+                target: pkt.src,
+                peer: pkt.dst,
+                target_port: pkt.src_port,
+                peer_port: pkt.dst_port,
+            },
+            Direction::Ingress => Flow {
+                target: pkt.dst,
+                peer: pkt.src,
+                target_port: pkt.dst_port,
+                peer_port: pkt.src_port,
+            },
+        }
+    }
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn mapped_v4(addr: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// Parses `ctx`, or `None` for what Faultline never acts on (not IP, truncated).
+#[inline(always)]
+pub fn packet(ctx: &TcContext) -> Option<Packet> {
+    // Headers of an skb are nearly always linear; pull them when they are not.
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear < HEADERS_PULL && ctx.len() > linear {
+        let want = if ctx.len() < HEADERS_PULL { ctx.len() } else { HEADERS_PULL };
+        ctx.pull_data(want).ok()?;
+    }
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut pkt = Packet {
+        src: [0; 16],
+        dst: [0; 16],
+        proto: 0,
+        src_port: [0; 2],
+        dst_port: [0; 2],
+        tcp_flags: 0,
+        icmp_type: 0,
+        csum_off: 0,
+        payload_off: 0,
+        end_off: 0,
+    };
+    let l4_off;
+    let has_l4;
+    if ether_type == ETH_P_IP {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
+        let ip = unsafe { &*ip };
+        let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+        if ihl < Ipv4Hdr::LEN {
+            return None;
+        }
+        pkt.src = mapped_v4(ip.src_addr);
+        pkt.dst = mapped_v4(ip.dst_addr);
+        pkt.proto = ip.proto;
+        pkt.end_off = EthHdr::LEN + u16::from_be_bytes(ip.tot_len) as usize;
+        // Only the first fragment carries the L4 header.
+        has_l4 = u16::from_be_bytes(ip.frags) & 0x1fff == 0;
+        l4_off = EthHdr::LEN + ihl;
+    } else if ether_type == ETH_P_IPV6 {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
+        let ip = unsafe { &*ip };
+        pkt.src = ip.src_addr;
+        pkt.dst = ip.dst_addr;
+        pkt.end_off = EthHdr::LEN + Ipv6Hdr::LEN + u16::from_be_bytes(ip.payload_len) as usize;
+        let (next, off, first_fragment) = skip_ipv6_extensions(ctx, ip.next_hdr)?;
+        pkt.proto = if next == proto::ICMPV6 { proto::ICMP } else { next };
+        has_l4 = first_fragment;
+        l4_off = off;
+    } else {
+        return None;
+    }
+    if has_l4 {
+        parse_l4(ctx, &mut pkt, l4_off);
+    }
+    Some(pkt)
+}
+
+/// Walks IPv6 extension headers (hop-by-hop, routing, fragment, destination options, AH).
+/// Returns the upper-layer protocol, its offset, and whether this is a first fragment.
+#[inline(always)]
+fn skip_ipv6_extensions(ctx: &TcContext, first: u8) -> Option<(u8, usize, bool)> {
+    let mut next = first;
+    let mut off = EthHdr::LEN + Ipv6Hdr::LEN;
+    let mut first_fragment = true;
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        let len = match next {
+            0 | 43 | 60 => {
+                let hdr: *const [u8; 2] = ptr_at(ctx, off)?;
+                (unsafe { (*hdr)[1] } as usize + 1) * 8
+            }
+            44 => {
+                let hdr: *const [u8; 4] = ptr_at(ctx, off)?;
+                let frag = u16::from_be_bytes([unsafe { (*hdr)[2] }, unsafe { (*hdr)[3] }]);
+                first_fragment = frag & 0xfff8 == 0;
+                8
+            }
+            51 => {
+                let hdr: *const [u8; 2] = ptr_at(ctx, off)?;
+                (unsafe { (*hdr)[1] } as usize + 2) * 4
+            }
+            _ => return Some((next, off, first_fragment)),
+        };
+        let hdr: *const u8 = ptr_at(ctx, off)?;
+        next = unsafe { *hdr };
+        off += len;
+    }
+    Some((next, off, first_fragment))
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4_off: usize) {
+    match pkt.proto {
+        proto::TCP => {
+            let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else { return };
+            let tcp = unsafe { &*tcp };
+            pkt.src_port = tcp.source;
+            pkt.dst_port = tcp.dest;
+            // Byte 13 of the TCP header holds the flags.
+            let Some(flags) = ptr_at::<u8>(ctx, l4_off + 13) else { return };
+            pkt.tcp_flags = unsafe { *flags };
+            pkt.csum_off = l4_off + 16;
+            pkt.payload_off = l4_off + tcp.doff() as usize * 4;
+        }
+        proto::UDP => {
+            let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_off) else { return };
+            let udp = unsafe { &*udp };
+            pkt.src_port = udp.src;
+            pkt.dst_port = udp.dst;
+            pkt.csum_off = l4_off + 6;
+            pkt.payload_off = l4_off + UdpHdr::LEN;
+        }
+        proto::ICMP => {
+            let Some(ty) = ptr_at::<u8>(ctx, l4_off) else { return };
+            pkt.icmp_type = unsafe { *ty };
+            pkt.csum_off = l4_off + 2;
+            pkt.payload_off = l4_off + ICMP_HDR_LEN;
+        }
+        _ => {}
+    }
+}
