@@ -1,1 +1,86 @@
-fn main() {}
+//! `fault-agent`: Faultline's node agent.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use fault_agent::{
+    core::CoreConfig,
+    dataplane::{self, Pins},
+    standalone, store,
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "fault-agent", version, about = "Faultline's agent: eBPF network faults between pods")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    s.parse::<fault_api::FaultDuration>().map(|d| d.get())
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run on a single host: pods are network namespaces listed in an inventory file.
+    Standalone {
+        /// Inventory YAML (pods: namespace, name, labels, netns). Reloaded when it changes.
+        #[arg(long)]
+        inventory: PathBuf,
+        /// API address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where faults and attachment records are kept (they survive a restart).
+        #[arg(long, default_value = "/var/lib/faultline")]
+        state_dir: PathBuf,
+        /// bpffs folder for this agent's pinned maps and links.
+        #[arg(long, default_value = "/sys/fs/bpf/faultline")]
+        bpffs: PathBuf,
+        /// Longest fault, and the deadline of faults asked without a duration (e.g. 1h, 30m).
+        #[arg(long, default_value = "1h", value_parser = duration)]
+        max_duration: Duration,
+        /// How long ended faults stay listed.
+        #[arg(long, default_value = "1h", value_parser = duration)]
+        retention: Duration,
+        /// How often pods' network namespaces are re-read for address changes.
+        #[arg(long, default_value = "1s", value_parser = duration)]
+        rescan: Duration,
+    },
+    /// Remove every program, link, qdisc and pin an agent instance left (e.g. after a crash).
+    Uninstall {
+        #[arg(long, default_value = "/var/lib/faultline")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "/sys/fs/bpf/faultline")]
+        bpffs: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Standalone { inventory, listen, state_dir, bpffs, max_duration, retention, rescan } => {
+            let cfg = standalone::Config {
+                inventory,
+                listen,
+                state_dir,
+                bpffs,
+                core: CoreConfig { max_duration, retention },
+                rescan,
+            };
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(standalone::run(cfg))
+        }
+        Command::Uninstall { state_dir, bpffs } => {
+            let records = store::load_attachments(&state_dir)?;
+            dataplane::uninstall(&Pins::new(&bpffs), &records)?;
+            if state_dir.exists() {
+                store::save_attachments(&state_dir, &[])?;
+            }
+            eprintln!("removed what the agent made ({} interfaces, pins under {})", records.len(), bpffs.display());
+            Ok(())
+        }
+    }
+}

@@ -81,7 +81,7 @@ pub mod proto {
 
 /// Key of [`MAP_TARGETS`]: a pod address and a direction. 20 bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TargetKey {
     /// Pod address, IPv6 or IPv4-mapped, network byte order.
     pub addr: [u8; 16],

@@ -25,7 +25,8 @@ pub fn payload(ctx: &TcContext, pkt: &Packet) -> bool {
     let words = (pkt.end_off - pkt.payload_off) / 2;
     let r = rand();
     // Even offsets from the L4 header keep the word aligned with the checksum's 16-bit sums.
-    let off = pkt.payload_off + ((r >> 4) as usize % words) * 2;
+    let Some(word) = ((r >> 4) as usize).checked_rem(words) else { return false };
+    let off = pkt.payload_off + word * 2;
     let Ok(old) = ctx.load::<[u8; 2]>(off) else { return false };
     let old = u16::from_ne_bytes(old);
     let new = old ^ (1u16 << (r & 15));

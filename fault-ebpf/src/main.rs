@@ -42,14 +42,19 @@ mod entry {
 
     #[inline(always)]
     fn classify(ctx: &TcContext, direction: Direction) -> i32 {
-        let Some(pkt) = parse::packet(ctx) else {
+        let Some(mut pkt) = parse::packet(ctx) else {
             return verdict::NEXT;
         };
+        // The no-fault path: L2/L3 parsing and one hash lookup on the target pod's address.
+        let target_addr = match direction {
+            Direction::Egress => &pkt.src,
+            Direction::Ingress => &pkt.dst,
+        };
+        let Some(target) = lookup::target(target_addr, direction) else {
+            return verdict::NEXT;
+        };
+        parse::l4(ctx, &mut pkt);
         let flow = parse::Flow::of(&pkt, direction);
-        // The no-fault path: one hash lookup on the target pod's address.
-        let Some(target) = lookup::target(&flow.target, direction) else {
-            return verdict::NEXT;
-        };
         if target.flags & TARGET_TRACK_CONNECTIONS != 0 {
             conntrack::record(&pkt, &flow, direction);
         }

@@ -1,6 +1,10 @@
-//! Packet parsing: Ethernet, IPv4 (any header length, fragments), IPv6 (up to four extension
-//! headers), then TCP, UDP, ICMP and ICMPv6. Headers are read with direct packet access; the
-//! offsets of the L4 header and payload are kept for the actions that rewrite the packet.
+//! Packet parsing in two steps, so that the no-fault path stays short:
+//! 1. [`packet`]: Ethernet and IPv4 / IPv6 (fixed offsets, direct packet access) give the
+//!    addresses the target lookup needs;
+//! 2. [`l4`], only for packets of a target: IPv6 extension headers (up to four), then TCP, UDP,
+//!    ICMP and ICMPv6, read with `bpf_skb_load_bytes` (their offsets vary, which direct access
+//!    makes hard to prove safe to the verifier).
+//! The offsets of the L4 checksum and payload are kept for the actions that rewrite the packet.
 use aya_ebpf::programs::TcContext;
 use core::mem::size_of;
 use fault_common::{Direction, proto};
@@ -40,6 +44,12 @@ pub struct Packet {
     pub payload_off: usize,
     /// Offset of the end of the IP packet (from its length field; excludes link padding).
     pub end_off: usize,
+    /// Offset of the L4 header (after [`l4`]: past IPv6 extension headers).
+    pub l4_off: usize,
+    /// Not a fragment, or the first one (the only one with an L4 header).
+    pub first_fragment: bool,
+    /// IPv6 (extension headers still to walk before [`l4`]).
+    pub ipv6: bool,
 }
 
 /// TCP flag bits in [`Packet::tcp_flags`].
@@ -91,7 +101,8 @@ fn mapped_v4(addr: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
 }
 
-/// Parses `ctx`, or `None` for what Faultline never acts on (not IP, truncated).
+/// Parses the L2 and L3 headers of `ctx`, or `None` for what Faultline never acts on (not IP,
+/// truncated). The L4 fields stay zero until [`l4`].
 #[inline(always)]
 pub fn packet(ctx: &TcContext) -> Option<Packet> {
     // Headers of an skb are nearly always linear; pull them when they are not.
@@ -113,9 +124,10 @@ pub fn packet(ctx: &TcContext) -> Option<Packet> {
         csum_off: 0,
         payload_off: 0,
         end_off: 0,
+        l4_off: 0,
+        first_fragment: true,
+        ipv6: false,
     };
-    let l4_off;
-    let has_l4;
     if ether_type == ETH_P_IP {
         let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
         let ip = unsafe { &*ip };
@@ -128,25 +140,36 @@ pub fn packet(ctx: &TcContext) -> Option<Packet> {
         pkt.proto = ip.proto;
         pkt.end_off = EthHdr::LEN + u16::from_be_bytes(ip.tot_len) as usize;
         // Only the first fragment carries the L4 header.
-        has_l4 = u16::from_be_bytes(ip.frags) & 0x1fff == 0;
-        l4_off = EthHdr::LEN + ihl;
+        pkt.first_fragment = u16::from_be_bytes(ip.frags) & 0x1fff == 0;
+        pkt.l4_off = EthHdr::LEN + ihl;
     } else if ether_type == ETH_P_IPV6 {
         let ip: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
         let ip = unsafe { &*ip };
         pkt.src = ip.src_addr;
         pkt.dst = ip.dst_addr;
         pkt.end_off = EthHdr::LEN + Ipv6Hdr::LEN + u16::from_be_bytes(ip.payload_len) as usize;
-        let (next, off, first_fragment) = skip_ipv6_extensions(ctx, ip.next_hdr)?;
-        pkt.proto = if next == proto::ICMPV6 { proto::ICMP } else { next };
-        has_l4 = first_fragment;
-        l4_off = off;
+        pkt.proto = ip.next_hdr;
+        pkt.l4_off = EthHdr::LEN + Ipv6Hdr::LEN;
+        pkt.ipv6 = true;
     } else {
         return None;
     }
-    if has_l4 {
-        parse_l4(ctx, &mut pkt, l4_off);
-    }
     Some(pkt)
+}
+
+/// Fills the L4 fields of `pkt` (ports, TCP flags, ICMP type, checksum and payload offsets).
+/// Leaves them zero for non-first fragments and protocols without ports.
+#[inline(always)]
+pub fn l4(ctx: &TcContext, pkt: &mut Packet) {
+    if pkt.ipv6 {
+        let Some((next, off, first_fragment)) = skip_ipv6_extensions(ctx, pkt.proto) else { return };
+        pkt.proto = if next == proto::ICMPV6 { proto::ICMP } else { next };
+        pkt.l4_off = off;
+        pkt.first_fragment = first_fragment;
+    }
+    if pkt.first_fragment {
+        parse_l4(ctx, pkt, pkt.l4_off);
+    }
 }
 
 /// Walks IPv6 extension headers (hop-by-hop, routing, fragment, destination options, AH).
@@ -157,25 +180,19 @@ fn skip_ipv6_extensions(ctx: &TcContext, first: u8) -> Option<(u8, usize, bool)>
     let mut off = EthHdr::LEN + Ipv6Hdr::LEN;
     let mut first_fragment = true;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
-        let len = match next {
-            0 | 43 | 60 => {
-                let hdr: *const [u8; 2] = ptr_at(ctx, off)?;
-                (unsafe { (*hdr)[1] } as usize + 1) * 8
-            }
-            44 => {
-                let hdr: *const [u8; 4] = ptr_at(ctx, off)?;
-                let frag = u16::from_be_bytes([unsafe { (*hdr)[2] }, unsafe { (*hdr)[3] }]);
-                first_fragment = frag & 0xfff8 == 0;
-                8
-            }
-            51 => {
-                let hdr: *const [u8; 2] = ptr_at(ctx, off)?;
-                (unsafe { (*hdr)[1] } as usize + 2) * 4
-            }
+        let hdr: [u8; 4] = match next {
+            0 | 43 | 44 | 51 | 60 => ctx.load(off).ok()?,
             _ => return Some((next, off, first_fragment)),
         };
-        let hdr: *const u8 = ptr_at(ctx, off)?;
-        next = unsafe { *hdr };
+        let len = match next {
+            44 => {
+                first_fragment = u16::from_be_bytes([hdr[2], hdr[3]]) & 0xfff8 == 0;
+                8
+            }
+            51 => (hdr[1] as usize + 2) * 4,
+            _ => (hdr[1] as usize + 1) * 8,
+        };
+        next = hdr[0];
         off += len;
     }
     Some((next, off, first_fragment))
@@ -185,27 +202,25 @@ fn skip_ipv6_extensions(ctx: &TcContext, first: u8) -> Option<(u8, usize, bool)>
 fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4_off: usize) {
     match pkt.proto {
         proto::TCP => {
-            let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else { return };
-            let tcp = unsafe { &*tcp };
+            let Ok(tcp) = ctx.load::<TcpHdr>(l4_off) else { return };
             pkt.src_port = tcp.source;
             pkt.dst_port = tcp.dest;
-            // Byte 13 of the TCP header holds the flags.
-            let Some(flags) = ptr_at::<u8>(ctx, l4_off + 13) else { return };
-            pkt.tcp_flags = unsafe { *flags };
+            // Byte 13 of the TCP header holds the flags, byte 12 the data offset.
+            let Ok(bytes) = ctx.load::<[u8; 2]>(l4_off + 12) else { return };
+            pkt.tcp_flags = bytes[1];
             pkt.csum_off = l4_off + 16;
-            pkt.payload_off = l4_off + tcp.doff() as usize * 4;
+            pkt.payload_off = l4_off + (bytes[0] >> 4) as usize * 4;
         }
         proto::UDP => {
-            let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_off) else { return };
-            let udp = unsafe { &*udp };
+            let Ok(udp) = ctx.load::<UdpHdr>(l4_off) else { return };
             pkt.src_port = udp.src;
             pkt.dst_port = udp.dst;
             pkt.csum_off = l4_off + 6;
             pkt.payload_off = l4_off + UdpHdr::LEN;
         }
         proto::ICMP => {
-            let Some(ty) = ptr_at::<u8>(ctx, l4_off) else { return };
-            pkt.icmp_type = unsafe { *ty };
+            let Ok(ty) = ctx.load::<u8>(l4_off) else { return };
+            pkt.icmp_type = ty;
             pkt.csum_off = l4_off + 2;
             pkt.payload_off = l4_off + ICMP_HDR_LEN;
         }

@@ -1,0 +1,186 @@
+//! The native HTTP API (`/v1`), served by axum. Handlers are thin: parse, call the core on a
+//! blocking thread, map the result. Every error is a JSON [`fault_api::ErrorBody`].
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bytes::Bytes;
+use fault_api::{
+    ErrorBody, FaultList, FaultSpec, FieldError,
+    fault::{CleanupRequest, CleanupResponse},
+    spec::check_namespace,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::{core::Core, error::AgentError, pods::Pod};
+
+/// What the handlers share.
+pub struct AppState {
+    pub core: Arc<Mutex<Core>>,
+    /// Woken when faults change, so the expiry timer re-arms.
+    pub changed: Arc<Notify>,
+    /// Set once the first reconcile attached to the inventory's pods.
+    pub ready: AtomicBool,
+    /// Why the last inventory reload failed, if it did.
+    pub inventory_error: Mutex<Option<String>>,
+}
+
+/// Locks the core; a panic while it was held does not make it unusable.
+pub fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (status, Json(ErrorBody { error: self.to_api() })).into_response()
+    }
+}
+
+/// Runs `f` on the core from a blocking thread.
+async fn with_core<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce(&mut Core) -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    let core = state.core.clone();
+    tokio::task::spawn_blocking(move || f(&mut lock(&core)))
+        .await
+        .map_err(|e| AgentError::Internal(anyhow::anyhow!("core task: {e}")))?
+}
+
+/// The router of the native API.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/faults", get(list).post(create))
+        .route("/v1/faults/cleanup", post(cleanup))
+        .route("/v1/faults/{id}", get(get_one).delete(recover))
+        .route("/v1/faults/{id}/recover", post(recover))
+        .route("/v1/pods", get(pods))
+        .route("/v1/capabilities", get(capabilities))
+        .fallback(|| async { AgentError::NotFound("(no such route)".into()) })
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: first reconcile pending").into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+async fn list(State(s): State<Arc<AppState>>, Query(q): Query<NamespaceQuery>) -> Result<Json<FaultList>, AgentError> {
+    with_core(&s, move |c| Ok(Json(FaultList { faults: c.list(q.namespace.as_deref()) }))).await
+}
+
+async fn create(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, AgentError> {
+    let spec = FaultSpec::from_json(&body).map_err(|e| {
+        if e.field == "body" { AgentError::Malformed(e) } else { AgentError::Invalid(e) }
+    })?;
+    let fault = with_core(&s, move |c| c.create(spec)).await?;
+    s.changed.notify_one();
+    Ok((StatusCode::CREATED, Json(fault)).into_response())
+}
+
+async fn get_one(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, AgentError> {
+    let fault = with_core(&s, move |c| c.get(&id)).await?;
+    Ok(Json(fault).into_response())
+}
+
+async fn recover(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, AgentError> {
+    let fault = with_core(&s, move |c| c.recover(&id)).await?;
+    s.changed.notify_one();
+    Ok(Json(fault).into_response())
+}
+
+async fn cleanup(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Json<CleanupResponse>, AgentError> {
+    let req: CleanupRequest = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::Malformed(FieldError::new("body", e.to_string())))?;
+    match (&req.namespace, req.all) {
+        (Some(ns), false) => check_namespace("namespace", ns).map_err(AgentError::Invalid)?,
+        (None, true) => {}
+        _ => {
+            return Err(AgentError::Invalid(FieldError::new(
+                "namespace",
+                "give exactly one of namespace or all=true",
+            )));
+        }
+    }
+    let recovered = with_core(&s, move |c| c.cleanup(req.namespace.as_deref())).await?;
+    s.changed.notify_one();
+    Ok(Json(CleanupResponse { recovered }))
+}
+
+/// `GET /v1/pods`.
+#[derive(Serialize)]
+struct PodsView {
+    pods: Vec<Pod>,
+    attach_errors: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inventory_error: Option<String>,
+}
+
+async fn pods(State(s): State<Arc<AppState>>) -> Result<Json<PodsView>, AgentError> {
+    let inventory_error = s.inventory_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    with_core(&s, move |c| {
+        Ok(Json(PodsView { pods: c.pods().to_vec(), attach_errors: c.attach_errors().clone(), inventory_error }))
+    })
+    .await
+}
+
+/// `GET /v1/capabilities`: the kernel probe and the loaded programs with their run-time stats.
+#[derive(Serialize)]
+struct CapabilitiesView {
+    #[serde(flatten)]
+    caps: crate::dataplane::Capabilities,
+    programs: Vec<ProgramView>,
+}
+
+#[derive(Serialize)]
+struct ProgramView {
+    name: String,
+    id: u32,
+    /// Total run time in ns (counted while `kernel.bpf_stats_enabled=1`).
+    run_time_ns: u64,
+    run_count: u64,
+}
+
+async fn capabilities(State(s): State<Arc<AppState>>) -> Result<Json<CapabilitiesView>, AgentError> {
+    with_core(&s, |c| {
+        let programs = c
+            .dataplane()
+            .program_infos()
+            .into_iter()
+            .map(|(name, info)| ProgramView {
+                name,
+                id: info.id(),
+                run_time_ns: info.run_time().as_nanos() as u64,
+                run_count: info.run_count(),
+            })
+            .collect();
+        Ok(Json(CapabilitiesView { caps: c.capabilities().clone(), programs }))
+    })
+    .await
+}

@@ -1,0 +1,394 @@
+//! The agent's synchronous core: the faults, the pods, and the datapath, kept in step by one
+//! level-triggered [`Core::reconcile`]: from (faults, pods, now) it computes what the kernel
+//! maps must hold and writes only the difference. Running it twice changes nothing; running it
+//! after a restart adopts what the kernel already holds. API calls go through the same path,
+//! and either fully apply or leave everything as it was.
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context as _, Result};
+use fault_api::{Counters, Fault, FaultSpec, FaultState, FieldError, fault::new_fault_id};
+use fault_common::FaultStats;
+use jiff::{SignedDuration, Timestamp};
+
+use crate::{
+    compile::{self, CompileInput, Interner, TooManyFaults},
+    dataplane::{AttachRecord, Capabilities, Dataplane, Tables, kernel},
+    error::AgentError,
+    pods::Pod,
+    resolve,
+    store::{self, FaultRecord, Store},
+};
+
+/// Limits of the core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Longest fault; also the deadline of faults asked without a duration.
+    pub max_duration: Duration,
+    /// How long ended faults stay listed.
+    pub retention: Duration,
+}
+
+/// What a reconcile did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReconcileReport {
+    /// Map writes.
+    pub writes: usize,
+    /// Faults that ended (deadline) during this reconcile.
+    pub expired: usize,
+}
+
+/// See the module docs.
+pub struct Core {
+    store: Store,
+    pods: Vec<Pod>,
+    dataplane: Dataplane,
+    interner: Interner,
+    caps: Capabilities,
+    config: CoreConfig,
+    /// Interfaces that could not be attached, with why.
+    attach_errors: BTreeMap<String, String>,
+    saved_records: Vec<AttachRecord>,
+}
+
+fn counters(s: FaultStats) -> Counters {
+    Counters { matched: s.matched, dropped: s.dropped, corrupted: s.corrupted, duplicated: s.duplicated, delayed: s.delayed }
+}
+
+impl Core {
+    pub fn new(store: Store, dataplane: Dataplane, caps: Capabilities, config: CoreConfig) -> Self {
+        let interner = Interner::from_tables(dataplane.applied());
+        Self {
+            store,
+            pods: Vec::new(),
+            dataplane,
+            interner,
+            caps,
+            config,
+            attach_errors: BTreeMap::new(),
+            saved_records: Vec::new(),
+        }
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    pub fn attach_errors(&self) -> &BTreeMap<String, String> {
+        &self.attach_errors
+    }
+
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dataplane
+    }
+
+    /// Replaces the pods and reconciles when they changed.
+    pub fn set_pods(&mut self, pods: Vec<Pod>) -> Result<Option<ReconcileReport>> {
+        if pods == self.pods {
+            return Ok(None);
+        }
+        self.pods = pods;
+        self.reconcile().map(Some)
+    }
+
+    /// Time until the nearest deadline of a live fault.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        let now = kernel::boottime_ns().ok()?;
+        self.store.live().map(|f| Duration::from_nanos(f.deadline_boot_ns.saturating_sub(now))).min()
+    }
+
+    /// Brings the kernel in line with the faults and pods (see the module docs).
+    pub fn reconcile(&mut self) -> Result<ReconcileReport> {
+        let now = Timestamp::now();
+        let now_boot = kernel::boottime_ns()?;
+        let mut report = ReconcileReport::default();
+        let ending: Vec<String> =
+            self.store.live().filter(|f| f.deadline_boot_ns <= now_boot).map(|f| f.id.clone()).collect();
+        for id in &ending {
+            if let Some(f) = self.store.get_mut(id) {
+                f.state = FaultState::Expired;
+                f.ended_at = Some(f.expires_at);
+                f.message = Some("reached its deadline".into());
+            }
+        }
+        report.expired = ending.len();
+        let gc = self.store.gc(now, self.config.retention);
+        self.sync_attachments()?;
+        let (tables, failed) = self.desired_tolerant();
+        report.writes = self.dataplane.write(&tables)?;
+        self.snapshot_counters(&ending);
+        if !ending.is_empty() || gc || failed {
+            self.store.save()?;
+        }
+        if report.writes > 0 || report.expired > 0 {
+            tracing::info!(writes = report.writes, expired = report.expired, "reconciled");
+        }
+        Ok(report)
+    }
+
+    fn sync_attachments(&mut self) -> Result<()> {
+        let wanted: BTreeMap<String, u32> =
+            self.pods.iter().flat_map(|p| p.host_ifs.iter().map(|h| (h.name.clone(), h.index))).collect();
+        let failed = self.dataplane.sync_attachments(&wanted);
+        self.attach_errors.clear();
+        for (ifname, e) in failed {
+            tracing::warn!(%ifname, error = %format!("{e:#}"), "attach failed");
+            self.attach_errors.insert(ifname, format!("{e:#}"));
+        }
+        let records = self.dataplane.records();
+        if records != self.saved_records {
+            store::save_attachments(self.store.dir(), &records)?;
+            self.saved_records = records;
+        }
+        Ok(())
+    }
+
+    fn inputs(&mut self) -> Vec<CompileInput> {
+        let pods = &self.pods;
+        let mut inputs = Vec::new();
+        for f in self.store.all_mut().filter(|f| f.state.is_live()) {
+            f.resolution = resolve::resolve(&f.spec, pods);
+            inputs.push(CompileInput {
+                slot: f.slot,
+                seq: f.seq,
+                params: compile::params(&f.spec, f.deadline_boot_ns),
+                target_ips: f.resolution.local_target_ips.clone(),
+                directions: compile::directions(&f.spec),
+                l4: compile::l4_keys(&f.spec),
+                includes: f.resolution.includes.clone(),
+                excludes: f.resolution.excludes.clone(),
+            });
+        }
+        inputs
+    }
+
+    fn desired(&mut self) -> Result<Tables, TooManyFaults> {
+        let inputs = self.inputs();
+        compile::compile(&inputs, &mut self.interner)
+    }
+
+    /// Like `desired`, but a fault that pushes a rule over the limit (pods changed under it)
+    /// fails instead of the whole reconcile: the newest of the faults involved goes.
+    fn desired_tolerant(&mut self) -> (Tables, bool) {
+        let mut failed_any = false;
+        loop {
+            match self.desired() {
+                Ok(t) => return (t, failed_any),
+                Err(e) => {
+                    let newest = self
+                        .store
+                        .live()
+                        .filter(|f| e.slots.contains(&f.slot))
+                        .max_by_key(|f| f.seq)
+                        .map(|f| f.id.clone());
+                    let Some(id) = newest else { return (Tables::default(), failed_any) };
+                    tracing::warn!(fault = %id, error = %e, "fault failed");
+                    if let Some(f) = self.store.get_mut(&id) {
+                        f.state = FaultState::Failed;
+                        f.ended_at = Some(Timestamp::now());
+                        f.message = Some(e.to_string());
+                    }
+                    failed_any = true;
+                }
+            }
+        }
+    }
+
+    fn snapshot_counters(&mut self, ids: &[String]) {
+        for id in ids {
+            let Some(slot) = self.store.get(id).map(|f| f.slot) else { continue };
+            let c = self.dataplane.stats(slot).map(counters).unwrap_or_default();
+            if let Some(f) = self.store.get_mut(id) {
+                f.final_counters = c;
+            }
+        }
+    }
+
+    fn check_supported(&self, spec: &FaultSpec) -> Result<(), AgentError> {
+        let field = if spec.delay.is_some() { "delay" } else { "rate" };
+        if spec.needs_fq() && !self.caps.sch_fq {
+            return Err(AgentError::Unsupported(FieldError::new(
+                field,
+                format!(
+                    "needs the fq qdisc (sch_fq) to enforce departure times, and kernel {} has none; nothing was applied",
+                    self.caps.kernel
+                ),
+            )));
+        }
+        if spec.needs_fq() {
+            return Err(AgentError::Unsupported(FieldError::new(field, "delay and rate are not implemented by this agent yet")));
+        }
+        if spec.duplicate_percent.is_some() {
+            return Err(AgentError::Unsupported(FieldError::new(
+                "duplicate_percent",
+                "duplication is not implemented by this agent yet",
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates a fault: validated, written to the kernel and to the state dir, or nothing at all.
+    pub fn create(&mut self, spec: FaultSpec) -> Result<Fault, AgentError> {
+        spec.validate().map_err(AgentError::Invalid)?;
+        self.check_supported(&spec)?;
+        let max = self.config.max_duration;
+        let duration = match spec.duration {
+            Some(d) if d.get() > max => {
+                return Err(AgentError::Invalid(FieldError::new(
+                    "duration",
+                    format!("must be at most {} (the agent's --max-duration), got {d}", humantime::format_duration(max)),
+                )));
+            }
+            Some(d) => d.get(),
+            None => max,
+        };
+        let now = Timestamp::now();
+        let now_boot = kernel::boottime_ns()?;
+        let slot = self.store.alloc_slot().map_err(|e| AgentError::Conflict(e.to_string()))?;
+        let signed = SignedDuration::try_from(duration).context("duration")?;
+        let record = FaultRecord {
+            id: new_fault_id(),
+            spec,
+            state: FaultState::Active,
+            message: None,
+            created_at: now,
+            expires_at: now.checked_add(signed).context("expiry time")?,
+            ended_at: None,
+            deadline_boot_ns: now_boot + duration.as_nanos() as u64,
+            boot_id: kernel::boot_id(),
+            slot,
+            seq: self.store.next_seq(),
+            final_counters: Counters::default(),
+            resolution: Default::default(),
+        };
+        let id = record.id.clone();
+        self.store.insert(record);
+        let tables = match self.desired() {
+            Ok(t) => t,
+            Err(e) => {
+                self.store.remove(&id);
+                return Err(AgentError::Conflict(format!("{e}; recover one of them first")));
+            }
+        };
+        if let Err(e) = self.dataplane.write(&tables).and_then(|_| self.store.save()) {
+            self.store.remove(&id);
+            self.rollback();
+            return Err(AgentError::Internal(e));
+        }
+        tracing::info!(fault = %id, slot, "fault created");
+        self.get(&id)
+    }
+
+    /// After a failed write: put the kernel and the state dir back in line with the faults.
+    fn rollback(&mut self) {
+        if let Err(e) = self.reconcile().and_then(|_| self.store.save()) {
+            tracing::error!(error = %format!("{e:#}"), "rollback failed; the next reconcile retries");
+        }
+    }
+
+    /// Ends live faults at once (recover, cleanup). Returns their ids.
+    fn end(&mut self, ids: Vec<String>) -> Result<Vec<String>, AgentError> {
+        let now = Timestamp::now();
+        for id in &ids {
+            if let Some(f) = self.store.get_mut(id) {
+                f.state = FaultState::Recovered;
+                f.ended_at = Some(now);
+                f.message = Some("recovered".into());
+            }
+        }
+        let result = self.desired().map_err(|e| anyhow::anyhow!("{e}")).and_then(|t| self.dataplane.write(&t));
+        if let Err(e) = result {
+            for id in &ids {
+                if let Some(f) = self.store.get_mut(id) {
+                    f.state = FaultState::Active;
+                    f.ended_at = None;
+                    f.message = None;
+                }
+            }
+            self.rollback();
+            return Err(AgentError::Internal(e));
+        }
+        self.snapshot_counters(&ids);
+        self.store.save()?;
+        Ok(ids)
+    }
+
+    /// Recovers one fault: its entries leave the kernel before this returns. Recovering an
+    /// ended fault is a no-op that returns it.
+    pub fn recover(&mut self, id: &str) -> Result<Fault, AgentError> {
+        let f = self.store.get(id).ok_or_else(|| AgentError::NotFound(id.to_owned()))?;
+        if f.state.is_live() {
+            self.end(vec![id.to_owned()])?;
+            tracing::info!(fault = %id, "fault recovered");
+        }
+        self.get(id)
+    }
+
+    /// Recovers every live fault of `namespace` (every live fault for `None`).
+    pub fn cleanup(&mut self, namespace: Option<&str>) -> Result<Vec<String>, AgentError> {
+        let ids: Vec<String> = self
+            .store
+            .live()
+            .filter(|f| namespace.is_none_or(|ns| f.spec.namespace == ns))
+            .map(|f| f.id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let ids = self.end(ids)?;
+        tracing::info!(count = ids.len(), namespace = namespace.unwrap_or("*"), "cleanup");
+        Ok(ids)
+    }
+
+    fn view(&self, f: &FaultRecord) -> Fault {
+        let counters = if f.state.is_live() {
+            self.dataplane.stats(f.slot).map(counters).unwrap_or_default()
+        } else {
+            f.final_counters
+        };
+        let peer_cidrs = if f.spec.all_peers() {
+            vec!["0.0.0.0/0".parse().expect("literal"), "::/0".parse().expect("literal")]
+        } else {
+            f.spec.to_cidrs.clone()
+        };
+        Fault {
+            id: f.id.clone(),
+            spec: f.spec.clone(),
+            state: f.state,
+            message: f.message.clone(),
+            created_at: f.created_at,
+            expires_at: f.expires_at,
+            ended_at: f.ended_at,
+            targets: f.resolution.targets.clone(),
+            peers: f.resolution.peers.clone(),
+            peer_cidrs,
+            protected: f.resolution.protected.clone(),
+            counters,
+            warnings: if f.state.is_live() { f.resolution.warnings.clone() } else { vec![] },
+        }
+    }
+
+    /// One fault.
+    pub fn get(&self, id: &str) -> Result<Fault, AgentError> {
+        self.store.get(id).map(|f| self.view(f)).ok_or_else(|| AgentError::NotFound(id.to_owned()))
+    }
+
+    /// Every fault (of a namespace), newest first.
+    pub fn list(&self, namespace: Option<&str>) -> Vec<Fault> {
+        let mut v: Vec<&FaultRecord> =
+            self.store.all().filter(|f| namespace.is_none_or(|ns| f.spec.namespace == ns)).collect();
+        v.sort_by_key(|f| std::cmp::Reverse(f.seq));
+        v.into_iter().map(|f| self.view(f)).collect()
+    }
+
+    /// Removes everything the agent made in the kernel; faults stay in the state dir.
+    pub fn shutdown(self) -> Result<()> {
+        self.store.save()?;
+        let dir = self.store.dir().to_owned();
+        self.dataplane.shutdown()?;
+        store::save_attachments(&dir, &[])
+    }
+}

@@ -1,0 +1,191 @@
+//! Attaching the two programs to the two tc hooks of a pod's host-side veth.
+//!
+//! - TCX (Linux >= 6.6): a BPF link per hook, placed **first** in the hook's chain so a CNI's
+//!   redirect cannot skip us, pinned under `links/` so it outlives the agent. A new agent
+//!   adopts a pinned link and swaps its program atomically (`bpf_link_update`): no gap.
+//! - Older kernels: a cls_bpf filter (direct action) at priority [`NL_PRIORITY`], handle
+//!   [`NL_HANDLE`] on the `clsact` qdisc, which is added when missing (and then removed with
+//!   the last of our filters). A new agent replaces the filter's program in place.
+use std::io;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
+    },
+};
+use fault_common::{PROG_HOST_EGRESS, PROG_HOST_INGRESS};
+use serde::{Deserialize, Serialize};
+
+use super::pins::{Pins, remove_file};
+
+/// Priority of our cls_bpf filters (lower runs first).
+pub const NL_PRIORITY: u16 = 1;
+/// Handle of our cls_bpf filters (`0:fa17`).
+pub const NL_HANDLE: u32 = 0xfa17;
+
+/// The hooks of a host veth: program name, tc hook, name in pins and records.
+pub const HOOKS: [(&str, TcAttachType, &str); 2] = [
+    (PROG_HOST_INGRESS, TcAttachType::Ingress, "ingress"),
+    (PROG_HOST_EGRESS, TcAttachType::Egress, "egress"),
+];
+
+/// How programs are attached on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Tcx,
+    Netlink,
+}
+
+/// What the agent made on one interface, persisted in the state dir so that `uninstall` (or
+/// the next agent) can remove exactly that.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRecord {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub mode: AttachMode,
+    /// The agent added the clsact qdisc (netlink mode) and removes it with its filters.
+    #[serde(default)]
+    pub clsact_created: bool,
+}
+
+enum Held {
+    /// A TCX link; its pin keeps it attached.
+    Tcx(FdLink),
+    /// A netlink filter; dropping the handle removes the filter.
+    Netlink(SchedClassifierLink),
+}
+
+/// Programs attached to one interface.
+pub struct Attached {
+    pub record: AttachRecord,
+    held: Vec<Held>,
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a TC classifier"))
+}
+
+fn is_errno(e: &TcError, errno: i32) -> bool {
+    match e {
+        TcError::NetlinkError(n) => n.raw_os_error() == Some(errno),
+        TcError::IoError(i) => i.raw_os_error() == Some(errno),
+        _ => false,
+    }
+}
+
+/// Attaches both programs to `ifname` (adopting what a previous agent left there).
+pub fn attach(ebpf: &mut Ebpf, pins: &Pins, mode: AttachMode, ifname: &str, ifindex: u32) -> Result<Attached> {
+    let mut record = AttachRecord { ifname: ifname.into(), ifindex, mode, clsact_created: false };
+    let mut held = Vec::new();
+    if mode == AttachMode::Netlink {
+        match tc::qdisc_add_clsact(ifname) {
+            Ok(()) => record.clsact_created = true,
+            Err(e) if is_errno(&e, libc::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("adding clsact to {ifname}")),
+        }
+    }
+    for (name, hook, hook_name) in HOOKS {
+        let prog = program(ebpf, name)?;
+        let h = match mode {
+            AttachMode::Tcx => Held::Tcx(attach_tcx(prog, pins, ifname, hook, hook_name)?),
+            AttachMode::Netlink => Held::Netlink(attach_netlink(prog, ifname, hook)?),
+        };
+        held.push(h);
+    }
+    Ok(Attached { record, held })
+}
+
+fn attach_tcx(prog: &mut SchedClassifier, pins: &Pins, ifname: &str, hook: TcAttachType, hook_name: &str) -> Result<FdLink> {
+    let pin = pins.link(ifname, hook_name);
+    let adopted = match PinnedLink::from_pin(&pin) {
+        Ok(old) => {
+            let link = SchedClassifierLink::try_from(FdLink::from(old));
+            match link.map_err(anyhow::Error::from).and_then(|l| prog.attach_to_link(l).map_err(Into::into)) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    // The interface it was on is gone (ENOLINK) or it is not ours: start afresh.
+                    tracing::info!(ifname, hook = hook_name, error = %e, "pinned link not reusable, attaching anew");
+                    remove_file(&pin)?;
+                    None
+                }
+            }
+        }
+        Err(_) => None,
+    };
+    let id = match adopted {
+        Some(id) => id,
+        None => prog
+            .attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::first()))
+            .with_context(|| format!("attaching {hook_name} program to {ifname} (TCX)"))?,
+    };
+    let link: FdLink = prog.take_link(id)?.try_into().context("TCX link as fd link")?;
+    if pin.exists() {
+        return Ok(link);
+    }
+    let pinned = link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(FdLink::from(pinned))
+}
+
+fn attach_netlink(prog: &mut SchedClassifier, ifname: &str, hook: TcAttachType) -> Result<SchedClassifierLink> {
+    let options = || NlOptions { priority: NL_PRIORITY, handle: TcHandle::from(NL_HANDLE), classid: None };
+    let id = match prog.attach_with_options(ifname, hook, TcAttachOptions::Netlink(options())) {
+        Ok(id) => id,
+        Err(aya::programs::ProgramError::TcError(e)) if is_errno(&e, libc::EEXIST) => {
+            // A filter of ours from a previous agent: replace its program in place.
+            let old = SchedClassifierLink::attached(ifname, hook, NL_PRIORITY, TcHandle::from(NL_HANDLE), None)?;
+            prog.attach_to_link(old).with_context(|| format!("replacing our filter on {ifname}"))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("attaching to {ifname} (netlink)")),
+    };
+    Ok(prog.take_link(id)?)
+}
+
+/// Detaches what [`attach`] made.
+pub fn detach(att: Attached, pins: &Pins) -> Result<()> {
+    let Attached { record, held } = att;
+    for h in held {
+        match h {
+            Held::Tcx(link) => drop(link),
+            Held::Netlink(link) => {
+                use aya::programs::links::Link as _;
+                if let Err(e) = link.detach() {
+                    tracing::debug!(ifname = %record.ifname, error = %e, "filter already gone");
+                }
+            }
+        }
+    }
+    detach_record(&record, pins)
+}
+
+/// Removes what a record says was made, without holding any handle (after a crash): TCX link
+/// pins, our netlink filters, the clsact qdisc we added. Tolerates what is already gone.
+pub fn detach_record(record: &AttachRecord, pins: &Pins) -> Result<()> {
+    for (_, hook, hook_name) in HOOKS {
+        match record.mode {
+            AttachMode::Tcx => remove_file(&pins.link(&record.ifname, hook_name))?,
+            AttachMode::Netlink => {
+                match SchedClassifierLink::attached(&record.ifname, hook, NL_PRIORITY, TcHandle::from(NL_HANDLE), None) {
+                    Ok(link) => {
+                        use aya::programs::links::Link as _;
+                        let _ = link.detach();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                    Err(e) => tracing::debug!(ifname = %record.ifname, error = %e, "interface gone"),
+                }
+            }
+        }
+    }
+    if record.clsact_created {
+        super::qdisc::delete_clsact(record.ifindex)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Typed handles on the pinned maps: read their whole content, apply a [`Diff`], read counters.
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, lpm_trie::{Key, LpmTrie}},
+    util::nr_cpus,
+};
+use fault_common::{
+    FaultParams, FaultStats, MAP_FAULTS, MAP_RULES, MAP_STATS, MAP_TARGETS, MAX_FAULTS, RuleKey,
+    RuleValue, TargetKey, TargetValue,
+};
+
+use super::tables::{Diff, Tables};
+
+/// The maps Faultline writes.
+pub struct Maps {
+    targets: HashMap<MapData, TargetKey, TargetValue>,
+    rules: LpmTrie<MapData, RuleKey, RuleValue>,
+    faults: Array<MapData, FaultParams>,
+    stats: PerCpuArray<MapData, FaultStats>,
+    cpus: usize,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
+    let map = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let cpus = nr_cpus().map_err(|(_, e)| anyhow!("counting possible CPUs: {e}"))?;
+        Ok(Self {
+            targets: take(ebpf, MAP_TARGETS)?,
+            rules: take(ebpf, MAP_RULES)?,
+            faults: take(ebpf, MAP_FAULTS)?,
+            stats: take(ebpf, MAP_STATS)?,
+            cpus,
+        })
+    }
+
+    /// Reads what the kernel holds now (used at start, and to resync after a failed write).
+    pub fn read(&self) -> Result<Tables> {
+        let mut t = Tables::default();
+        for kv in self.targets.iter() {
+            let (k, v) = kv.context("reading FL_TARGETS")?;
+            t.targets.insert(k, v);
+        }
+        for kv in self.rules.iter() {
+            let (k, v) = kv.context("reading FL_RULES")?;
+            t.rules.insert((k.prefix_len(), k.data()), v);
+        }
+        for slot in 0..MAX_FAULTS {
+            let p = self.faults.get(&slot, 0).context("reading FL_FAULTS")?;
+            if p != FaultParams::default() {
+                t.faults.insert(slot as u16, p);
+            }
+        }
+        Ok(t)
+    }
+
+    /// Applies `diff` in its order. Stops at the first error: the caller resyncs with [`Maps::read`].
+    pub fn apply(&mut self, diff: &Diff) -> Result<()> {
+        for (slot, params) in &diff.set_faults {
+            self.faults.set(*slot as u32, params, 0).with_context(|| format!("writing fault slot {slot}"))?;
+        }
+        for ((len, key), value) in &diff.put_rules {
+            self.rules.insert(&Key::new(*len, *key), value, 0).context("writing a rule")?;
+        }
+        for (key, value) in &diff.put_targets {
+            self.targets.insert(key, value, 0).context("writing a target")?;
+        }
+        for key in &diff.del_targets {
+            ignore_missing(self.targets.remove(key)).context("removing a target")?;
+        }
+        for (len, key) in &diff.del_rules {
+            ignore_missing(self.rules.remove(&Key::new(*len, *key))).context("removing a rule")?;
+        }
+        for slot in &diff.clear_faults {
+            self.faults
+                .set(*slot as u32, FaultParams::default(), 0)
+                .with_context(|| format!("clearing fault slot {slot}"))?;
+        }
+        Ok(())
+    }
+
+    /// The counters of `slot`, summed over CPUs.
+    pub fn stats(&self, slot: u16) -> Result<FaultStats> {
+        let per_cpu = self.stats.get(&(slot as u32), 0).context("reading FL_STATS")?;
+        let mut sum = FaultStats::default();
+        for s in per_cpu.iter() {
+            sum.matched += s.matched;
+            sum.dropped += s.dropped;
+            sum.corrupted += s.corrupted;
+            sum.duplicated += s.duplicated;
+            sum.delayed += s.delayed;
+        }
+        Ok(sum)
+    }
+
+    /// Zeroes the counters of `slot` (before a new fault takes it).
+    pub fn reset_stats(&mut self, slot: u16) -> Result<()> {
+        let zeros = PerCpuValues::try_from(vec![FaultStats::default(); self.cpus])
+            .map_err(|e| anyhow!("building per-CPU zeros: {e}"))?;
+        self.stats.set(slot as u32, zeros, 0).context("zeroing FL_STATS")
+    }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,50 @@
+//! Errors of the agent's operations, typed at the boundary (the API maps each to a status).
+use fault_api::{ApiError, FieldError};
+
+/// What creating, recovering or listing faults can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The request body is not JSON / not the expected shape (400).
+    #[error("malformed request: {0}")]
+    Malformed(FieldError),
+    /// A field is invalid (422).
+    #[error("invalid request: {0}")]
+    Invalid(FieldError),
+    /// The fault needs something this kernel or agent lacks (422).
+    #[error("unsupported: {0}")]
+    Unsupported(FieldError),
+    /// No fault with this id (404).
+    #[error("no fault {0}")]
+    NotFound(String),
+    /// The fault conflicts with others (409), e.g. too many overlapping faults.
+    #[error("{0}")]
+    Conflict(String),
+    /// The kernel or the state dir refused a write; nothing was changed (500).
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl AgentError {
+    /// HTTP status of the error.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Malformed(_) => 400,
+            Self::Invalid(_) | Self::Unsupported(_) => 422,
+            Self::NotFound(_) => 404,
+            Self::Conflict(_) => 409,
+            Self::Internal(_) => 500,
+        }
+    }
+
+    /// The error body.
+    pub fn to_api(&self) -> ApiError {
+        match self {
+            Self::Malformed(f) => ApiError::new("malformed_body", f.to_string()).with_field(f.field.clone()),
+            Self::Invalid(f) => ApiError::from(f.clone()),
+            Self::Unsupported(f) => ApiError::new("unsupported", f.to_string()).with_field(f.field.clone()),
+            Self::NotFound(id) => ApiError::new("not_found", format!("no fault with id {id}")),
+            Self::Conflict(m) => ApiError::new("conflict", m.clone()),
+            Self::Internal(e) => ApiError::new("internal", format!("{e:#}")),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Faultline's agent. See the crate's README section "How it works" for the big picture:
+//! [`dataplane`] (kernel side), [`inventory`] and [`discover`] (which pods exist and where
+//! their traffic passes), [`resolve`] and [`compile`] (from faults to map contents),
+//! [`core`] (the reconciler), [`api`] (HTTP), [`standalone`] (the single-host agent).
+pub mod api;
+pub mod compile;
+pub mod core;
+pub mod dataplane;
+pub mod discover;
+pub mod error;
+pub mod inventory;
+pub mod netlink;
+pub mod pods;
+pub mod resolve;
+pub mod standalone;
+pub mod store;

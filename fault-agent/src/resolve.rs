@@ -1,0 +1,163 @@
+//! From a fault's spec and the pods known now to concrete addresses: which pods are targets,
+//! which prefixes are peers, which addresses are carved out of the peers (protected). Pure:
+//! the same inputs give the same output, so the reconciler can run it at every change.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use fault_api::{FaultSpec, PodRef};
+use ipnet::IpNet;
+
+use crate::pods::Pod;
+
+/// What a fault means against the current pods.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resolution {
+    /// Target pods (all nodes).
+    pub targets: Vec<PodRef>,
+    /// Addresses of the target pods this node can act on.
+    pub local_target_ips: Vec<IpAddr>,
+    /// Peer pods, when peers are chosen among pods.
+    pub peers: Vec<PodRef>,
+    /// Peer prefixes: the peer pods' addresses as /32 and /128, the CIDRs, or everything.
+    pub includes: Vec<IpNet>,
+    /// Prefixes never faulted by this fault (NATS, allowed namespaces), as /32 and /128.
+    pub excludes: Vec<IpNet>,
+    /// The excluded addresses by reason (`nats`, `namespace:<ns>`), for the API.
+    pub protected: BTreeMap<String, Vec<IpAddr>>,
+    pub warnings: Vec<String>,
+}
+
+fn host_net(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+/// The pods a spec targets: its namespace, its name prefix and selector.
+pub fn is_target(spec: &FaultSpec, pod: &Pod) -> bool {
+    pod.namespace == spec.namespace
+        && spec.pod_prefix.as_deref().is_none_or(|p| pod.name.starts_with(p))
+        && spec.selector.as_ref().is_none_or(|s| s.matches(&pod.labels))
+}
+
+fn is_peer_pod(spec: &FaultSpec, pod: &Pod) -> bool {
+    let ns = spec.to_namespace.as_deref().unwrap_or(&spec.namespace);
+    pod.namespace == ns
+        && (spec.to_selectors.is_empty() || spec.to_selectors.iter().any(|s| s.matches(&pod.labels)))
+}
+
+/// Resolves `spec` against `pods`.
+pub fn resolve(spec: &FaultSpec, pods: &[Pod]) -> Resolution {
+    let mut r = Resolution::default();
+    for pod in pods.iter().filter(|p| is_target(spec, p)) {
+        r.targets.push(pod.to_ref());
+        if pod.is_local() {
+            r.local_target_ips.extend(pod.ips.iter().copied());
+        }
+        if pod.ips.is_empty() {
+            r.warnings.push(format!("target pod {}/{} has no address yet", pod.namespace, pod.name));
+        }
+    }
+    if r.targets.is_empty() {
+        r.warnings.push(format!(
+            "no pod in namespace {} matches the targets yet; the fault applies to matching pods as they appear",
+            spec.namespace
+        ));
+    }
+    if spec.all_peers() {
+        r.includes.push("0.0.0.0/0".parse().expect("literal CIDR"));
+        r.includes.push("::/0".parse().expect("literal CIDR"));
+    } else {
+        if spec.selects_peer_pods() {
+            for pod in pods.iter().filter(|p| is_peer_pod(spec, p)) {
+                r.peers.push(pod.to_ref());
+                r.includes.extend(pod.ips.iter().map(|ip| host_net(*ip)));
+            }
+            if r.peers.is_empty() {
+                r.warnings.push("no pod matches the peers yet".into());
+            }
+        }
+        r.includes.extend(spec.to_cidrs.iter().copied());
+    }
+    for pod in pods {
+        let reason = if !spec.block_nats && pod.is_nats() {
+            "nats".to_owned()
+        } else if spec.allow_namespaces.contains(&pod.namespace) {
+            format!("namespace:{}", pod.namespace)
+        } else {
+            continue;
+        };
+        r.excludes.extend(pod.ips.iter().map(|ip| host_net(*ip)));
+        r.protected.entry(reason).or_default().extend(pod.ips.iter().copied());
+    }
+    r.includes.sort();
+    r.includes.dedup();
+    r.excludes.sort();
+    r.excludes.dedup();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fault_api::PartitionMode;
+
+    fn pod(ns: &str, name: &str, labels: &[(&str, &str)], ip: &str) -> Pod {
+        Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            node: None,
+            ips: vec![ip.parse().unwrap()],
+            host_ifs: vec![crate::discover::HostIf { name: format!("h-{name}"), index: 1 }],
+            problem: None,
+        }
+    }
+
+    fn pods() -> Vec<Pod> {
+        vec![
+            pod("dynamo", "vllm-decode-0", &[("app", "vllm-decode")], "198.18.0.10"),
+            pod("dynamo", "vllm-decode-1", &[("app", "vllm-decode")], "198.18.0.11"),
+            pod("dynamo", "vllm-prefill-0", &[("app", "vllm-prefill")], "198.18.0.12"),
+            pod("dynamo", "nats-0", &[("app", "nats")], "198.18.0.13"),
+            pod("kube-system", "coredns-0", &[("k8s-app", "kube-dns")], "198.18.0.14"),
+        ]
+    }
+
+    fn spec() -> FaultSpec {
+        let mut s = FaultSpec::new("dynamo");
+        s.pod_prefix = Some("vllm-decode".into());
+        s.partition = Some(PartitionMode::Packets);
+        s
+    }
+
+    #[test]
+    fn targets_by_prefix_peers_by_selector() {
+        let mut s = spec();
+        s.to_selectors = vec!["app=vllm-prefill".parse().unwrap()];
+        let r = resolve(&s, &pods());
+        assert_eq!(r.targets.len(), 2);
+        assert_eq!(r.local_target_ips.len(), 2);
+        assert_eq!(r.includes, vec!["198.18.0.12/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(r.excludes, vec!["198.18.0.13/32".parse::<IpNet>().unwrap()]);
+    }
+
+    #[test]
+    fn all_peers_protects_nats_and_allowed_namespaces() {
+        let mut s = spec();
+        s.allow_namespaces = vec!["kube-system".into()];
+        let r = resolve(&s, &pods());
+        assert_eq!(r.includes.len(), 2, "0.0.0.0/0 and ::/0");
+        assert_eq!(r.excludes.len(), 2);
+        assert!(r.protected.contains_key("nats") && r.protected.contains_key("namespace:kube-system"));
+        s.block_nats = true;
+        let r = resolve(&s, &pods());
+        assert!(!r.protected.contains_key("nats"));
+    }
+
+    #[test]
+    fn no_match_is_a_warning_not_an_error() {
+        let mut s = spec();
+        s.namespace = "empty".into();
+        let r = resolve(&s, &pods());
+        assert!(r.targets.is_empty());
+        assert!(r.warnings[0].contains("no pod in namespace empty"));
+    }
+}

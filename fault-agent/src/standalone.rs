@@ -1,0 +1,209 @@
+//! `fault-agent standalone`: the agent on a single host, pods listed in an inventory file.
+//!
+//! Tasks around the synchronous [`Core`]:
+//! - inventory: reloads the file when it changes (inotify on its folder) and re-reads every
+//!   pod's network namespace every `--rescan` (addresses change without the file changing);
+//! - expiry: sleeps until the nearest deadline (or a change) and reconciles;
+//! - API: the HTTP server, until SIGTERM or SIGINT, after which everything the agent made in
+//!   the kernel is removed.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use notify::Watcher as _;
+use tokio::{net::TcpListener, sync::Notify};
+
+use crate::{
+    api::{self, AppState, lock},
+    core::{Core, CoreConfig},
+    dataplane::{Capabilities, Dataplane, Pins, kernel},
+    discover,
+    inventory::{Inventory, InventoryPod},
+    pods::Pod,
+    store::{self, Store},
+};
+
+/// Settings of `fault-agent standalone`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub inventory: PathBuf,
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub core: CoreConfig,
+    /// How often pods' network namespaces are re-read.
+    pub rescan: Duration,
+}
+
+/// Reads a pod's network namespace; a pod that cannot be read is kept with the reason.
+fn discover_pod(p: &InventoryPod) -> Pod {
+    let (ips, host_ifs, problem) = match discover::pod_net(&p.netns_path()) {
+        Ok(net) => (net.ips, net.host_ifs, None),
+        Err(e) => (vec![], vec![], Some(format!("{e:#}"))),
+    };
+    Pod {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        labels: p.labels.clone(),
+        node: None,
+        ips,
+        host_ifs,
+        problem,
+    }
+}
+
+fn discover_all(inv: &Inventory) -> Vec<Pod> {
+    inv.pods.iter().map(discover_pod).collect()
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> Result<()> {
+    let caps = Capabilities::probe();
+    tracing::info!(kernel = %caps.kernel, tcx = caps.tcx, sch_fq = caps.sch_fq, attach = caps.attach_mode, "kernel capabilities");
+    let inventory = Inventory::load(&cfg.inventory)?;
+    let store = Store::open(&cfg.state_dir, &kernel::boot_id(), kernel::boottime_ns()?)?;
+    let previous = store::load_attachments(&cfg.state_dir)?;
+    let dataplane = Dataplane::open(Pins::new(&cfg.bpffs), &caps, previous)?;
+    let core = Arc::new(Mutex::new(Core::new(store, dataplane, caps, cfg.core.clone())));
+    let state = Arc::new(AppState {
+        core: core.clone(),
+        changed: Arc::new(Notify::new()),
+        ready: false.into(),
+        inventory_error: Mutex::new(None),
+    });
+
+    let pods = tokio::task::spawn_blocking(move || discover_all(&inventory)).await?;
+    {
+        let mut c = lock(&core);
+        c.set_pods(pods)?;
+        c.reconcile()?;
+    }
+    state.ready.store(true, Ordering::Release);
+
+    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "API listening");
+    let inventory_task = tokio::spawn(watch_inventory(cfg.inventory.clone(), cfg.rescan, state.clone()));
+    let expiry_task = tokio::spawn(expire(state.clone()));
+    let served = axum::serve(listener, api::router(state.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    inventory_task.abort();
+    expiry_task.abort();
+    let _ = inventory_task.await;
+    let _ = expiry_task.await;
+    drop(state);
+    tracing::info!("shutting down: removing programs, links, qdiscs and pins");
+    let core = Arc::try_unwrap(core)
+        .map_err(|_| anyhow::anyhow!("core still shared at shutdown"))?
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    let cleaned = tokio::task::spawn_blocking(move || core.shutdown()).await?;
+    served.context("API server")?;
+    cleaned
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+/// Reloads the inventory on change and rescans the pods' namespaces periodically.
+async fn watch_inventory(path: PathBuf, rescan: Duration, state: Arc<AppState>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let name = path.file_name().map(|n| n.to_owned());
+    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if ev.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let _watcher = match watcher {
+        Ok(mut w) => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!(error = %e, "cannot watch the inventory; relying on the rescan interval");
+            }
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no file watcher; relying on the rescan interval");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(rescan);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            Some(()) = rx.recv() => {
+                // Editors write in several steps: let them finish.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                while rx.try_recv().is_ok() {}
+            }
+            _ = tick.tick() => {}
+        }
+        let inv = match Inventory::load(&path) {
+            Ok(inv) => {
+                *state.inventory_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                inv
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let mut slot = state.inventory_error.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.as_deref() != Some(msg.as_str()) {
+                    tracing::error!(error = %msg, "inventory refused; keeping the previous pods");
+                    *slot = Some(msg);
+                }
+                continue;
+            }
+        };
+        let core = state.core.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let pods = discover_all(&inv);
+            lock(&core).set_pods(pods)
+        })
+        .await;
+        match res {
+            Ok(Ok(Some(_))) => state.changed.notify_one(),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "reconcile after a pod change failed"),
+            Err(e) => tracing::error!(error = %e, "pod discovery task failed"),
+        }
+    }
+}
+
+/// Reconciles at each deadline (the kernel already stopped the fault; this updates its state
+/// and removes its entries), and at least every minute as a resync.
+async fn expire(state: Arc<AppState>) {
+    loop {
+        let core = state.core.clone();
+        let wait = tokio::task::spawn_blocking(move || lock(&core).next_deadline())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(Duration::from_secs(60))
+            .min(Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait + Duration::from_millis(1)) => {
+                let core = state.core.clone();
+                match tokio::task::spawn_blocking(move || lock(&core).reconcile()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "reconcile failed"),
+                    Err(e) => tracing::error!(error = %e, "reconcile task failed"),
+                }
+            }
+            _ = state.changed.notified() => {}
+        }
+    }
+}
