@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use crate::pods::Pod;
 
 /// What a fault means against the current pods.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Resolution {
     /// Target pods (all nodes).
     pub targets: Vec<PodRef>,

@@ -43,8 +43,9 @@ pub struct FaultRecord {
     /// Counters at the end (the slot's counters are reused by later faults).
     #[serde(default)]
     pub final_counters: Counters,
-    /// The last resolution against the pods (not persisted: recomputed at every reconcile).
-    #[serde(skip)]
+    /// The last resolution against the pods (recomputed at every reconcile while live; kept
+    /// as it was at the end for ended faults).
+    #[serde(default)]
     pub resolution: Resolution,
 }
 

@@ -1,1 +1,73 @@
-fn main() {}
+//! `faultctl`: Faultline's command line. Talks to an agent's native API (`--api`, env
+//! `FAULTLINE_API`, default `http://127.0.0.1:8080`); free of aya and kube.
+//!
+//! Exit codes: 0 success, 1 the agent refused or could not be reached, 2 bad usage.
+mod cleanup;
+mod inject;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use fault_api::client::Client;
+
+use output::{Output, fail};
+
+#[derive(Parser)]
+#[command(name = "faultctl", version, about = "Inject, list and recover network faults between pods (Faultline)")]
+struct Cli {
+    /// Agent API URL.
+    #[arg(long, global = true, env = "FAULTLINE_API", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// Bearer token for the API (or env FAULTLINE_TOKEN).
+    #[arg(long, global = true, env = "FAULTLINE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inject a fault; prints its id (the whole fault with -o json).
+    Inject(Box<inject::InjectArgs>),
+    /// List faults (newest first).
+    List {
+        /// Only this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+    /// Show one fault.
+    Get { id: String },
+    /// Recover a fault now: its traffic is whole again when this returns.
+    Recover { id: String },
+    /// Recover every fault of a namespace, or all.
+    Cleanup(cleanup::CleanupArgs),
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let client = Client::new(&cli.api).with_token(cli.token.clone());
+    let out = cli.output;
+    let result = match cli.command {
+        Command::Inject(args) => inject::run(&client, out, *args),
+        Command::List { namespace } => {
+            client.list(namespace.as_deref()).map(|l| out.faults(&l.faults)).map_err(Into::into)
+        }
+        Command::Get { id } => client.get_fault(&id).map(|f| out.fault(&f)).map_err(Into::into),
+        Command::Recover { id } => client.recover(&id).map(|f| out.recovered(&f)).map_err(Into::into),
+        Command::Cleanup(args) => cleanup::run(&client, out, args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "faultctl", &mut std::io::stdout());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(out, e),
+    }
+}
