@@ -134,6 +134,14 @@ impl Client {
         self.send("POST", "/v1/faults/cleanup", Some(&body))
     }
 
+    /// Whether `GET /readyz` answers 200.
+    pub fn ready(&self) -> bool {
+        self.agent
+            .get(format!("{}/readyz", self.base))
+            .call()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    }
+
     /// `GET` any JSON document of the agent (`/v1/pods`, `/v1/capabilities`, ...).
     pub fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         self.get(path)
