@@ -9,11 +9,13 @@
 //! Everything it creates is removed on `Drop`, also when a test panics; objects left by a
 //! killed process are reaped by the next [`topology::Topology::new`].
 pub mod agent;
+pub mod env;
 pub mod netns;
 pub mod probe;
 pub mod topology;
 
 pub use agent::{AgentProcess, bin_path, faultctl};
+pub use env::DynamoEnv;
 pub use probe::{Family, StreamOpts, StreamReport};
 pub use topology::{Dynamo, Pod, Topology};
 
