@@ -194,8 +194,9 @@ impl Topology {
     /// Gives `pod` the IPv4 address `198.18.0.<last_octet>` instead of its current one.
     pub fn readdress(&mut self, pod: &Pod, last_octet: u8) -> Result<Pod> {
         let new = Ipv4Addr::new(198, 18, 0, last_octet);
-        run("ip", &["-n", &pod.netns, "addr", "add", &format!("{new}/24"), "dev", "eth0"])?;
+        // Deleting a primary address deletes the secondaries of its subnet: delete, then add.
         run("ip", &["-n", &pod.netns, "addr", "del", &format!("{}/24", pod.v4), "dev", "eth0"])?;
+        run("ip", &["-n", &pod.netns, "addr", "add", &format!("{new}/24"), "dev", "eth0"])?;
         let mut moved = pod.clone();
         moved.v4 = new;
         for p in &mut self.pods {
