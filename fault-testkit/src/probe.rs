@@ -111,12 +111,15 @@ impl StreamReport {
 
 impl std::fmt::Display for StreamReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let missing = self.sent.saturating_sub(self.received + self.corrupted);
+        let pct = |n: u64| if self.sent == 0 { 0.0 } else { n as f64 * 100.0 / self.sent as f64 };
         write!(
             f,
-            "sent {} received {} ({:.2}% lost), corrupted {} ({:.2}%), duplicates {}",
+            "sent {}: intact {}, lost {} ({:.2}%), corrupted {} ({:.2}%), duplicates {}",
             self.sent,
             self.received,
-            self.loss_ratio() * 100.0,
+            missing,
+            pct(missing),
             self.corrupted,
             self.corrupt_ratio() * 100.0,
             self.duplicates

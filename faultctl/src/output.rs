@@ -112,7 +112,7 @@ impl Output {
                 format!("{:?}", f.spec.direction).to_lowercase(),
                 f.targets.len().to_string(),
                 peers,
-                ago_or_in(f.expires_at),
+                if f.state.is_live() { ago_or_in(f.expires_at) } else { "-".into() },
                 f.counters.matched.to_string(),
                 f.counters.dropped.to_string(),
                 f.counters.corrupted.to_string(),

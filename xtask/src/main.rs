@@ -1,1 +1,52 @@
-fn main() {}
+//! `cargo xtask <task>`: everything around the code. Each task installs what it needs first
+//! (idempotently), so a fresh Debian machine with rustup and apt needs nothing else:
+//! - `setup`: toolchain parts, apt packages, bpffs;
+//! - `build`: the agent (with its eBPF programs) and faultctl;
+//! - `demo`: the main job end to end on real packets;
+//! - `test`: every test suite.
+mod cargo;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Faultline project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build fault-agent (with its eBPF programs) and faultctl.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the main job end to end on real packets: pods, agent, faults, measurements.
+    Demo,
+    /// Run every test suite (what CI runs).
+    Test,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::core(),
+        Task::Build { release } => {
+            setup::core()?;
+            cargo::build(release).map(|_| ())
+        }
+        Task::Demo => {
+            setup::core()?;
+            let bin = cargo::build(true)?;
+            demo::run(&bin)
+        }
+        Task::Test => test::run(),
+    }
+}

@@ -1,0 +1,23 @@
+//! Building the project's binaries.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::Result;
+
+use crate::util::{path_with_cargo_bin, root, run};
+
+/// Builds fault-agent (its build.rs compiles the eBPF programs with nightly and bpf-linker)
+/// and faultctl. Returns the folder holding the binaries.
+pub fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "-p", "fault-agent", "-p", "faultctl"]).current_dir(root()).env("PATH", path_with_cargo_bin());
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(target_dir().join(if release { "release" } else { "debug" }))
+}
+
+/// The cargo target folder (honours CARGO_TARGET_DIR).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}

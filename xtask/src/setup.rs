@@ -1,0 +1,104 @@
+//! Idempotent installation of what the project needs. Each step checks first and says when
+//! there is nothing to do.
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{output, path_with_cargo_bin, run};
+
+/// Debian packages the datapath tests, the demo and the benchmarks use.
+pub const CORE_PACKAGES: &[&str] =
+    &["iproute2", "bpftool", "iputils-ping", "curl", "iperf3", "nftables", "iptables", "ipset"];
+
+/// Installs the Debian packages of `pkgs` that are missing.
+pub fn apt(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!("setup: apt packages present ({})", pkgs.join(" "));
+        return Ok(());
+    }
+    run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// nightly's rust-src (the eBPF crate is built with `-Z build-std=core`).
+fn rust_src() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        bail!("the nightly toolchain is missing: `rustup toolchain install nightly` (the eBPF programs need it)");
+    }
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"])).unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: nightly rust-src present");
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker, linked against nightly rustc's own LLVM (the one that emits our bitcode).
+fn bpf_linker() -> Result<()> {
+    let path = path_with_cargo_bin();
+    if output(Command::new("bpf-linker").arg("--version").env("PATH", &path)).is_some() {
+        eprintln!("setup: bpf-linker present");
+        return Ok(());
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly --print sysroot")?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib_dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+    let major = llvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libLLVM.so."))
+        .and_then(|v| v.split('.').next())
+        .context("LLVM version")?
+        .to_owned();
+    // The prefix must stay: bpf-linker keeps an rpath to it.
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let prefix = Path::new(&home).join(format!(".cache/bpf-linker-llvm{major}"));
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&llvm, &link)?;
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix)
+        .env("PATH", &path))
+}
+
+/// bpffs at /sys/fs/bpf (the agent pins its maps and links there).
+fn bpffs() -> Result<()> {
+    let st = nix::sys::statfs::statfs("/sys/fs/bpf").context("statfs /sys/fs/bpf")?;
+    if st.filesystem_type().0 as i64 == 0xcafe4a11 {
+        eprintln!("setup: bpffs mounted");
+        return Ok(());
+    }
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// What building, the demo and the datapath tests need.
+pub fn core() -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("Faultline's tasks load eBPF programs and create network namespaces: run them as root");
+    }
+    apt(CORE_PACKAGES)?;
+    rust_src()?;
+    bpf_linker()?;
+    bpffs()
+}

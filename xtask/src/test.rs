@@ -1,0 +1,54 @@
+//! `cargo xtask test`: every suite, then a summary. Each suite installs what it needs.
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+
+use crate::{
+    cargo, setup,
+    util::{path_with_cargo_bin, root, run as run_cmd},
+};
+
+struct Outcome {
+    name: &'static str,
+    took: Duration,
+    result: Result<()>,
+}
+
+fn suite(name: &'static str, f: impl FnOnce() -> Result<()>) -> Outcome {
+    eprintln!("\n=== {name} ===");
+    let start = Instant::now();
+    let result = f();
+    if let Err(e) = &result {
+        eprintln!("=== {name}: FAILED: {e:#}");
+    }
+    Outcome { name, took: start.elapsed(), result }
+}
+
+/// Runs every suite; fails when one fails.
+pub fn run() -> Result<()> {
+    setup::core()?;
+    let bin = cargo::build(false)?;
+    let mut outcomes = Vec::new();
+    outcomes.push(suite("cargo test: unit tests and datapath tests on real packets", || {
+        run_cmd(
+            Command::new("cargo")
+                .args(["test", "--workspace", "--exclude", "fault-ebpf", "--no-fail-fast"])
+                .current_dir(root())
+                .env("PATH", path_with_cargo_bin())
+                .env("FAULTLINE_BIN_DIR", &bin),
+        )
+    }));
+    eprintln!("\n{:<70} {:>8}  result", "suite", "time");
+    for o in &outcomes {
+        let verdict = if o.result.is_ok() { "ok" } else { "FAILED" };
+        eprintln!("{:<70} {:>7.0}s  {verdict}", o.name, o.took.as_secs_f64());
+    }
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    if failed > 0 {
+        bail!("{failed} suite(s) failed");
+    }
+    Ok(())
+}
