@@ -46,6 +46,10 @@ enum Command {
         /// How often pods' network namespaces are re-read for address changes.
         #[arg(long, default_value = "1s", value_parser = duration)]
         rescan: Duration,
+        /// How to attach: `auto` (TCX on Linux >= 6.6, else netlink), or `netlink` (a clsact
+        /// qdisc and cls_bpf filters, as on older kernels).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "netlink"])]
+        attach: String,
     },
     /// Remove every program, link, qdisc and pin an agent instance left (e.g. after a crash).
     Uninstall {
@@ -62,7 +66,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Standalone { inventory, listen, state_dir, bpffs, max_duration, retention, rescan } => {
+        Command::Standalone { inventory, listen, state_dir, bpffs, max_duration, retention, rescan, attach } => {
             let cfg = standalone::Config {
                 inventory,
                 listen,
@@ -70,6 +74,7 @@ fn main() -> Result<()> {
                 bpffs,
                 core: CoreConfig { max_duration, retention },
                 rescan,
+                force_netlink: attach == "netlink",
             };
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(standalone::run(cfg))
         }

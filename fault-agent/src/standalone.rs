@@ -37,6 +37,8 @@ pub struct Config {
     pub core: CoreConfig,
     /// How often pods' network namespaces are re-read.
     pub rescan: Duration,
+    /// Attach through netlink/clsact even where TCX exists.
+    pub force_netlink: bool,
 }
 
 /// Reads a pod's network namespace; a pod that cannot be read is kept with the reason.
@@ -62,8 +64,8 @@ fn discover_all(inv: &Inventory) -> Vec<Pod> {
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
-    let caps = Capabilities::probe();
-    tracing::info!(kernel = %caps.kernel, tcx = caps.tcx, sch_fq = caps.sch_fq, attach = caps.attach_mode, "kernel capabilities");
+    let caps = Capabilities::probe(cfg.force_netlink);
+    tracing::info!(kernel = %caps.kernel, tcx = caps.tcx, sch_fq = caps.sch_fq, attach = ?caps.attach_mode, "kernel capabilities");
     let inventory = Inventory::load(&cfg.inventory)?;
     let store = Store::open(&cfg.state_dir, &kernel::boot_id(), kernel::boottime_ns()?)?;
     let previous = store::load_attachments(&cfg.state_dir)?;

@@ -176,3 +176,40 @@ fn nothing_is_left_behind_even_when_a_test_panics() {
     assert!(links.iter().all(|l| !link_exists(l)), "links left");
     assert!(!bpffs.exists(), "pins left in {}", bpffs.display());
 }
+
+fn tc(args: &[&str]) -> String {
+    let out = std::process::Command::new("tc").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The attach path of kernels without TCX (< 6.6), forced on this one: a clsact qdisc and
+/// cls_bpf filters, replaced in place by a restarted agent, removed on SIGTERM.
+#[test]
+fn netlink_clsact_attach_works_restarts_and_cleans_up() {
+    let _s = serial();
+    let mut env = DynamoEnv::start_with(&["--attach", "netlink"]).unwrap();
+    let p = env.pods.clone();
+    let dev = p.decode0.host_ifname().to_owned();
+    assert!(tc(&["qdisc", "show", "dev", &dev]).contains("clsact"), "clsact added");
+    let filters = |hook: &str| tc(&["filter", "show", "dev", &dev, hook]).matches("handle 0xfa17").count();
+    assert_eq!((filters("ingress"), filters("egress")), (1, 1));
+    let caps = env.agent.client().get_json("/v1/capabilities").unwrap();
+    assert_eq!(caps["attach_mode"], "netlink");
+
+    inject(&env.agent, &["-n", "dynamo", "--pod-prefix", "vllm-decode-0", "--to-selector", "app=vllm-prefill", "--partition"]);
+    assert!(blocked(&p.decode0, &p.prefill, Family::V6));
+    assert!(reaches(&p.prefill, &p.decode0, Family::V4));
+
+    env.agent.kill().unwrap();
+    assert!(blocked(&p.decode0, &p.prefill, Family::V4), "filters outlive the agent");
+    env.agent.restart().unwrap();
+    assert_eq!((filters("ingress"), filters("egress")), (1, 1), "replaced in place, not added");
+    assert!(blocked(&p.decode0, &p.prefill, Family::V4));
+
+    assert!(env.agent.terminate().unwrap().success());
+    for pod in [&p.frontend, &p.decode0, &p.decode1, &p.prefill, &p.nats] {
+        let q = tc(&["qdisc", "show", "dev", pod.host_ifname()]);
+        assert!(!q.contains("clsact"), "clsact left on {}: {q}", pod.host_ifname());
+    }
+    assert!(reaches(&p.decode0, &p.prefill, Family::V4));
+}

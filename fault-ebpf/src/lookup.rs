@@ -1,7 +1,7 @@
 //! Finding a packet's target pod and the rules that apply (see `fault_common` for the tables).
 use aya_ebpf::maps::lpm_trie::Key;
 use fault_common::{
-    Direction, RULE_FULL_BITS, RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES,
+    RULE_FULL_BITS, RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES,
     TargetKey, TargetValue, proto,
 };
 
@@ -10,11 +10,10 @@ use crate::maps::{FL_RULES, FL_TARGETS};
 /// The target pod's policy, or `None` when Faultline has nothing for this address and
 /// direction (the common case: one hash lookup and out).
 #[inline(always)]
-pub fn target(addr: &[u8; 16], direction: Direction) -> Option<&'static TargetValue> {
-    let key = TargetKey { addr: *addr, direction: direction as u8, _pad: [0; 3] };
+pub fn target(key: &TargetKey) -> Option<&'static TargetValue> {
     // SAFETY: values are plain integers; an entry replaced concurrently is read whole or not
     // at all (hash map values are updated in place only by the agent, atomically per entry).
-    unsafe { FL_TARGETS.get(&key) }
+    unsafe { FL_TARGETS.get(key) }
 }
 
 /// The faults for (protocol, peer port, peer address) in the target's policy: the table for the

@@ -42,15 +42,18 @@ mod entry {
 
     #[inline(always)]
     fn classify(ctx: &TcContext, direction: Direction) -> i32 {
-        let Some(mut pkt) = parse::packet(ctx) else {
+        // The no-fault path: the target's address into a key, one hash lookup, out.
+        if parse::pull_headers(ctx).is_none() {
+            return verdict::NEXT;
+        }
+        let Some(key) = parse::target_key(ctx, direction) else {
             return verdict::NEXT;
         };
-        // The no-fault path: L2/L3 parsing and one hash lookup on the target pod's address.
-        let target_addr = match direction {
-            Direction::Egress => &pkt.src,
-            Direction::Ingress => &pkt.dst,
+        let Some(target) = lookup::target(&key) else {
+            return verdict::NEXT;
         };
-        let Some(target) = lookup::target(target_addr, direction) else {
+        // A fault may apply: parse the rest.
+        let Some(mut pkt) = parse::packet(ctx) else {
             return verdict::NEXT;
         };
         parse::l4(ctx, &mut pkt);

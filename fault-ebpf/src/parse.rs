@@ -7,7 +7,7 @@
 //! The offsets of the L4 checksum and payload are kept for the actions that rewrite the packet.
 use aya_ebpf::programs::TcContext;
 use core::mem::size_of;
-use fault_common::{Direction, proto};
+use fault_common::{Direction, TargetKey, proto};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -101,16 +101,50 @@ fn mapped_v4(addr: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
 }
 
-/// Parses the L2 and L3 headers of `ctx`, or `None` for what Faultline never acts on (not IP,
-/// truncated). The L4 fields stay zero until [`l4`].
+/// Makes the headers a lookup needs linear (they nearly always are already).
 #[inline(always)]
-pub fn packet(ctx: &TcContext) -> Option<Packet> {
-    // Headers of an skb are nearly always linear; pull them when they are not.
+pub fn pull_headers(ctx: &TcContext) -> Option<()> {
     let linear = (ctx.data_end() - ctx.data()) as u32;
     if linear < HEADERS_PULL && ctx.len() > linear {
         let want = if ctx.len() < HEADERS_PULL { ctx.len() } else { HEADERS_PULL };
         ctx.pull_data(want).ok()?;
     }
+    Some(())
+}
+
+/// The target lookup key of a packet: its source address on the target's egress, its
+/// destination on the target's ingress, read straight into the key (the no-fault path builds
+/// nothing else). `None` for what is not IP.
+#[inline(always)]
+pub fn target_key(ctx: &TcContext, direction: Direction) -> Option<TargetKey> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut key = TargetKey { addr: [0; 16], direction: direction as u8, _pad: [0; 3] };
+    if ether_type == ETH_P_IP {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
+        let a = match direction {
+            Direction::Egress => unsafe { (*ip).src_addr },
+            Direction::Ingress => unsafe { (*ip).dst_addr },
+        };
+        key.addr[10] = 0xff;
+        key.addr[11] = 0xff;
+        key.addr[12..].copy_from_slice(&a);
+    } else if ether_type == ETH_P_IPV6 {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
+        key.addr = match direction {
+            Direction::Egress => unsafe { (*ip).src_addr },
+            Direction::Ingress => unsafe { (*ip).dst_addr },
+        };
+    } else {
+        return None;
+    }
+    Some(key)
+}
+
+/// Parses the L2 and L3 headers of `ctx`, or `None` for what Faultline never acts on (not IP,
+/// truncated). The L4 fields stay zero until [`l4`].
+#[inline(always)]
+pub fn packet(ctx: &TcContext) -> Option<Packet> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut pkt = Packet {

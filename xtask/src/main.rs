@@ -4,6 +4,7 @@
 //! - `build`: the agent (with its eBPF programs) and faultctl;
 //! - `demo`: the main job end to end on real packets;
 //! - `test`: every test suite.
+mod bench;
 mod cargo;
 mod demo;
 mod setup;
@@ -33,6 +34,12 @@ enum Task {
     Demo,
     /// Run every test suite (what CI runs).
     Test,
+    /// Measure the datapath and write BENCHMARKS.md.
+    Bench {
+        /// Where to write the results.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -48,5 +55,10 @@ fn main() -> Result<()> {
             demo::run(&bin)
         }
         Task::Test => test::run(),
+        Task::Bench { out } => {
+            setup::core()?;
+            let bin = cargo::build(true)?;
+            bench::run(&bin, &out)
+        }
     }
 }

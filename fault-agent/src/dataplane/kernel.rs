@@ -5,6 +5,8 @@ use anyhow::{Context as _, Result};
 use aya::util::KernelVersion;
 use serde::Serialize;
 
+use super::AttachMode;
+
 /// Kernel features the agent relies on or reports, probed once at start.
 #[derive(Debug, Clone, Serialize)]
 pub struct Capabilities {
@@ -18,13 +20,14 @@ pub struct Capabilities {
     pub sch_fq: bool,
     /// `kernel.bpf_stats_enabled`: the kernel counts program run time and runs.
     pub bpf_stats_enabled: bool,
-    /// How programs are attached: `tcx` or `netlink`.
-    pub attach_mode: &'static str,
+    /// How programs are attached: TCX when the kernel has it, unless told otherwise.
+    pub attach_mode: AttachMode,
 }
 
 impl Capabilities {
-    /// Probes the running kernel.
-    pub fn probe() -> Self {
+    /// Probes the running kernel. `force_netlink` attaches through netlink and clsact even
+    /// where TCX exists (the path of kernels < 6.6, exercised on newer ones).
+    pub fn probe(force_netlink: bool) -> Self {
         let kernel = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());
@@ -33,7 +36,7 @@ impl Capabilities {
             sch_fq: sch_fq_available(&kernel),
             bpf_stats_enabled: fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
                 .is_ok_and(|s| s.trim() == "1"),
-            attach_mode: if tcx { "tcx" } else { "netlink" },
+            attach_mode: if tcx && !force_netlink { AttachMode::Tcx } else { AttachMode::Netlink },
             tcx,
             kernel,
         }

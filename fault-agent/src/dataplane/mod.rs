@@ -63,7 +63,7 @@ impl Dataplane {
         }
         let maps = Maps::take(&mut ebpf)?;
         let applied = maps.read()?;
-        let mode = if caps.tcx { AttachMode::Tcx } else { AttachMode::Netlink };
+        let mode = caps.attach_mode;
         Ok(Self { ebpf, maps, pins, mode, attached: BTreeMap::new(), orphans: previous, applied })
     }
 
