@@ -50,6 +50,13 @@ enum Command {
         /// qdisc and cls_bpf filters, as on older kernels).
         #[arg(long, default_value = "auto", value_parser = ["auto", "netlink"])]
         attach: String,
+        /// File holding the API's bearer token (first line). Without it the API listens on
+        /// loopback only, unless --insecure-no-auth.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Serve the API without a token on a non-loopback --listen address.
+        #[arg(long)]
+        insecure_no_auth: bool,
     },
     /// Remove every program, link, qdisc and pin an agent instance left (e.g. after a crash).
     Uninstall {
@@ -66,7 +73,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Standalone { inventory, listen, state_dir, bpffs, max_duration, retention, rescan, attach } => {
+        Command::Standalone { inventory, listen, state_dir, bpffs, max_duration, retention, rescan, attach, token_file, insecure_no_auth } => {
             let cfg = standalone::Config {
                 inventory,
                 listen,
@@ -75,6 +82,8 @@ fn main() -> Result<()> {
                 core: CoreConfig { max_duration, retention },
                 rescan,
                 force_netlink: attach == "netlink",
+                token_file,
+                insecure: insecure_no_auth,
             };
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(standalone::run(cfg))
         }

@@ -39,6 +39,10 @@ pub struct Config {
     pub rescan: Duration,
     /// Attach through netlink/clsact even where TCX exists.
     pub force_netlink: bool,
+    /// Bearer token file; without it the API only listens on loopback unless `insecure`.
+    pub token_file: Option<PathBuf>,
+    /// Serve without a token on a non-loopback address.
+    pub insecure: bool,
 }
 
 /// Reads a pod's network namespace; a pod that cannot be read is kept with the reason.
@@ -64,6 +68,13 @@ fn discover_all(inv: &Inventory) -> Vec<Pod> {
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
+    let token = cfg.token_file.as_deref().map(api::auth::read_token).transpose()?;
+    if token.is_none() && !cfg.listen.ip().is_loopback() && !cfg.insecure {
+        anyhow::bail!(
+            "--listen {}: without --token-file the API only listens on loopback; pass --insecure-no-auth to serve it unauthenticated",
+            cfg.listen
+        );
+    }
     let caps = Capabilities::probe(cfg.force_netlink);
     tracing::info!(kernel = %caps.kernel, tcx = caps.tcx, sch_fq = caps.sch_fq, attach = ?caps.attach_mode, "kernel capabilities");
     let inventory = Inventory::load(&cfg.inventory)?;
@@ -90,7 +101,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "API listening");
     let inventory_task = tokio::spawn(watch_inventory(cfg.inventory.clone(), cfg.rescan, state.clone()));
     let expiry_task = tokio::spawn(expire(state.clone()));
-    let served = axum::serve(listener, api::router(state.clone()))
+    let served = axum::serve(listener, api::router(state.clone(), token))
         .with_graceful_shutdown(shutdown_signal())
         .await;
     inventory_task.abort();

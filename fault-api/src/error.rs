@@ -54,3 +54,36 @@ impl From<FieldError> for ApiError {
         ApiError { code: "invalid_field".into(), message: e.to_string(), field: Some(e.field) }
     }
 }
+
+/// Parses a JSON body into `T`; an error names the field (`parameters.target_pod_prefix`,
+/// `to_selectors[1]`), or `body` when the text is not JSON at all.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return FieldError::new("body", format!("malformed JSON: {inner}"));
+        }
+        let msg = inner.to_string();
+        let msg = match msg.find(" at line ") {
+            Some(i) => msg[..i].to_owned(),
+            None => msg,
+        };
+        // serde names a missing field only in the text (the path is its parent's).
+        let named = msg
+            .find('`')
+            .and_then(|s| msg[s + 1..].find('`').map(|e| msg[s + 1..s + 1 + e].to_owned()))
+            .filter(|_| msg.starts_with("missing field"));
+        let at_root = path == "." || path == "?" || path.is_empty();
+        let field = match (named, at_root) {
+            (Some(n), true) => n,
+            (Some(n), false) => format!("{path}.{n}"),
+            (None, true) => "body".to_owned(),
+            (None, false) => path,
+        };
+        FieldError::new(field, msg)
+    })?;
+    de.end().map_err(|e| FieldError::new("body", format!("malformed JSON: {e}")))?;
+    Ok(value)
+}

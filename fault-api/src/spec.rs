@@ -5,7 +5,7 @@
 //! prefix and/or label selector); the **peers** are the other ends of the traffic (pods chosen
 //! by label selectors and namespace, and CIDRs). The **direction** is relative to the targets:
 //! `egress` is what they send to the peers, `ingress` what they receive from them.
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
@@ -190,6 +190,10 @@ pub struct FaultSpec {
     /// Peers in these namespaces are never faulted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_namespaces: Vec<String>,
+    /// Free-form labels kept with the fault (the seed API records its `partition_type` and
+    /// `mode` here). Keys and values follow the Kubernetes label syntax.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The port DNS is protected on unless asked for explicitly.
@@ -237,6 +241,7 @@ impl FaultSpec {
             duration: None,
             block_nats: false,
             allow_namespaces: vec![],
+            labels: BTreeMap::new(),
         }
     }
 
@@ -304,6 +309,8 @@ impl FaultSpec {
                 _ => {}
             }
         }
+        Selector::from_labels(self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| FieldError::new("labels", e))?;
         if let Some(d) = self.delay {
             if d.get() > std::time::Duration::from_secs(10) {
                 return Err(FieldError::new(
@@ -338,47 +345,7 @@ impl FaultSpec {
 
     /// Parses a JSON body, naming the offending field on error.
     pub fn from_json(body: &[u8]) -> Result<Self, FieldError> {
-        let mut de = serde_json::Deserializer::from_slice(body);
-        let spec: FaultSpec = serde_path_to_error_lite(&mut de)?;
-        de.end().map_err(|e| FieldError::new("body", e.to_string()))?;
-        Ok(spec)
-    }
-}
-
-/// Deserializes and turns serde's message into a [`FieldError`] naming the field.
-fn serde_path_to_error_lite<'de, T: Deserialize<'de>>(
-    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
-) -> Result<T, FieldError> {
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let field = if inner.is_syntax() || inner.is_eof() {
-            "body".to_owned()
-        } else if path == "." || path == "?" || path.is_empty() {
-            field_from_message(&inner.to_string()).unwrap_or_else(|| "body".into())
-        } else {
-            path
-        };
-        let message = if inner.is_syntax() || inner.is_eof() {
-            format!("malformed JSON: {inner}")
-        } else {
-            strip_position(&inner.to_string())
-        };
-        FieldError::new(field, message)
-    })
-}
-
-/// serde names the field of `missing field `x`` and `unknown field `x`` only in the message.
-fn field_from_message(msg: &str) -> Option<String> {
-    let start = msg.find('`')? + 1;
-    let end = start + msg[start..].find('`')?;
-    Some(msg[start..end].to_owned())
-}
-
-fn strip_position(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_owned(),
-        None => msg.to_owned(),
+        crate::error::parse_json(body)
     }
 }
 

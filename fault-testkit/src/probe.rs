@@ -328,6 +328,57 @@ pub fn tcp_echo_roundtrip(from: &Pod, to: &Pod, family: Family, port: u16, timeo
     })
 }
 
+/// A UDP echo server in a pod (answers each datagram to its sender); stops on drop.
+pub struct UdpEchoServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpEchoServer {
+    pub fn start(pod: &Pod, family: Family, port: u16) -> Result<Self> {
+        let sock = udp_receiver(pod, family, port)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Acquire) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for UdpEchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends a datagram from `from` to a [`UdpEchoServer`] on `to:port` (retrying every 50 ms) and
+/// waits for the echo: `true` when the round trip completed within `timeout`.
+pub fn udp_echo_roundtrip(from: &Pod, to: &Pod, family: Family, port: u16, timeout: Duration) -> Result<bool> {
+    let tx = udp_sender(from, family, SocketAddr::new(to.ip(family), port))?;
+    tx.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let deadline = Instant::now() + timeout;
+    let msg = b"faultline udp echo probe";
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        let _ = tx.send(msg);
+        if let Ok(n) = tx.recv(&mut buf) {
+            if &buf[..n] == msg {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// A TCP echo server in a pod; stops on drop.
 pub struct TcpEchoServer {
     stop: Arc<AtomicBool>,

@@ -1,12 +1,5 @@
-//! The native HTTP API (`/v1`), served by axum. Handlers are thin: parse, call the core on a
-//! blocking thread, map the result. Every error is a JSON [`fault_api::ErrorBody`].
-use std::{
-    collections::BTreeMap,
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+//! The native API (`/v1`): faults as [`fault_api::FaultSpec`] and [`fault_api::Fault`].
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -17,73 +10,24 @@ use axum::{
 };
 use bytes::Bytes;
 use fault_api::{
-    ErrorBody, FaultList, FaultSpec, FieldError,
+    FaultList, FaultSpec, FieldError,
     fault::{CleanupRequest, CleanupResponse},
     spec::check_namespace,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
-use crate::{core::Core, error::AgentError, pods::Pod};
-
-/// What the handlers share.
-pub struct AppState {
-    pub core: Arc<Mutex<Core>>,
-    /// Woken when faults change, so the expiry timer re-arms.
-    pub changed: Arc<Notify>,
-    /// Set once the first reconcile attached to the inventory's pods.
-    pub ready: AtomicBool,
-    /// Why the last inventory reload failed, if it did.
-    pub inventory_error: Mutex<Option<String>>,
-}
-
-/// Locks the core; a panic while it was held does not make it unusable.
-pub fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
-    core.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl IntoResponse for AgentError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-        }
-        (status, Json(ErrorBody { error: self.to_api() })).into_response()
-    }
-}
-
-/// Runs `f` on the core from a blocking thread.
-async fn with_core<T: Send + 'static>(
-    state: &Arc<AppState>,
-    f: impl FnOnce(&mut Core) -> Result<T, AgentError> + Send + 'static,
-) -> Result<T, AgentError> {
-    let core = state.core.clone();
-    tokio::task::spawn_blocking(move || f(&mut lock(&core)))
-        .await
-        .map_err(|e| AgentError::Internal(anyhow::anyhow!("core task: {e}")))?
-}
+use super::{AppState, with_core};
+use crate::{error::AgentError, pods::Pod};
 
 /// The router of the native API.
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
         .route("/v1/faults", get(list).post(create))
         .route("/v1/faults/cleanup", post(cleanup))
         .route("/v1/faults/{id}", get(get_one).delete(recover))
         .route("/v1/faults/{id}/recover", post(recover))
         .route("/v1/pods", get(pods))
         .route("/v1/capabilities", get(capabilities))
-        .fallback(|| async { AgentError::NotFound("(no such route)".into()) })
-        .with_state(state)
-}
-
-async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: first reconcile pending").into_response()
-    }
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,87 @@
+//! The agent's HTTP API, served by axum: the native API ([`native`], `/v1`), the seed-compatible
+//! Fault Injection API ([`seed`], `/api/v1`), health, and bearer-token auth ([`auth`]).
+//! Handlers are thin: parse, call the core on a blocking thread, map the result. Every error is
+//! a JSON [`fault_api::ErrorBody`].
+pub mod auth;
+pub mod native;
+pub mod seed;
+
+use std::sync::{
+    Arc, Mutex, MutexGuard,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use fault_api::ErrorBody;
+use tokio::sync::Notify;
+
+use crate::{core::Core, error::AgentError};
+
+/// What the handlers share.
+pub struct AppState {
+    pub core: Arc<Mutex<Core>>,
+    /// Woken when faults change, so the expiry timer re-arms.
+    pub changed: Arc<Notify>,
+    /// Set once the first reconcile attached to the inventory's pods.
+    pub ready: AtomicBool,
+    /// Why the last inventory reload failed, if it did.
+    pub inventory_error: Mutex<Option<String>>,
+}
+
+/// Locks the core; a panic while it was held does not make it unusable.
+pub fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (status, Json(ErrorBody { error: self.to_api() })).into_response()
+    }
+}
+
+/// Runs `f` on the core from a blocking thread.
+pub async fn with_core<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce(&mut Core) -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    let core = state.core.clone();
+    tokio::task::spawn_blocking(move || f(&mut lock(&core)))
+        .await
+        .map_err(|e| AgentError::Internal(anyhow::anyhow!("core task: {e}")))?
+}
+
+/// The whole API: health, native, seed, behind the auth layer when a token is configured.
+pub fn router(state: Arc<AppState>, token: Option<Arc<str>>) -> Router {
+    let api = Router::new()
+        .merge(native::router())
+        .merge(seed::router())
+        .fallback(|| async { AgentError::NotFound("(no such route)".into()) });
+    let api = match token {
+        Some(t) => api.layer(axum::middleware::from_fn_with_state(t, auth::require_token)),
+        None => api,
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/health", get(|| async { Json(serde_json::json!({"status": "healthy"})) }))
+        .merge(api)
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: first reconcile pending").into_response()
+    }
+}
