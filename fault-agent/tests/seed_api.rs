@@ -228,8 +228,16 @@ fn a_token_guards_the_api_and_401_403_say_why() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Without a token the agent refuses a non-loopback address.
-    let inv = env.inventory();
-    let refused = fault_testkit::AgentProcess::start_with(&inv, &["--listen", "0.0.0.0:0"]);
-    let err = format!("{:#}", refused.err().expect("must refuse"));
+    let out = Command::new(fault_testkit::bin_path("fault-agent").unwrap())
+        .args(["standalone", "--listen", "0.0.0.0:0", "--inventory"])
+        .arg(env.inventory())
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--bpffs", "/sys/fs/bpf/faultline-never-created"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("without --token-file"), "{err}");
+    assert!(!std::path::Path::new("/sys/fs/bpf/faultline-never-created").exists());
 }
