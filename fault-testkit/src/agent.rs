@@ -90,7 +90,17 @@ impl AgentProcess {
     fn spawn(&mut self) -> Result<()> {
         self.starts += 1;
         let log = File::create(self.log_path())?;
-        let child = Command::new(bin_path("fault-agent")?)
+        let mut cmd = Command::new(bin_path("fault-agent")?);
+        // The agent must get SIGTERM even if our caller blocked it (exec keeps blocked signals).
+        // SAFETY: sigprocmask is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            cmd.pre_exec(|| {
+                let _ = nix::sys::signal::SigSet::all().thread_unblock();
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("standalone")
             .arg("--inventory")
             .arg(&self.inventory)

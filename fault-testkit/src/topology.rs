@@ -30,6 +30,19 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// A handle on a pod made by another process (e.g. `fault-testenv up`), for probes.
+    pub fn existing(namespace: &str, name: &str, netns: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> Self {
+        Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            labels: BTreeMap::new(),
+            netns: netns.into(),
+            host_if: String::new(),
+            v4,
+            v6,
+        }
+    }
+
     pub fn namespace(&self) -> &str {
         &self.namespace
     }

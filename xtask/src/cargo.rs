@@ -5,11 +5,11 @@ use anyhow::Result;
 
 use crate::util::{path_with_cargo_bin, root, run};
 
-/// Builds fault-agent (its build.rs compiles the eBPF programs with nightly and bpf-linker)
-/// and faultctl. Returns the folder holding the binaries.
+/// Builds fault-agent (its build.rs compiles the eBPF programs with nightly and bpf-linker),
+/// faultctl and the testkit's `fault-testenv`. Returns the folder holding the binaries.
 pub fn build(release: bool) -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["build", "-p", "fault-agent", "-p", "faultctl"]).current_dir(root()).env("PATH", path_with_cargo_bin());
+    cmd.args(["build", "-p", "fault-agent", "-p", "faultctl", "-p", "fault-testkit", "--bins"]).current_dir(root()).env("PATH", path_with_cargo_bin());
     if release {
         cmd.arg("--release");
     }

@@ -102,3 +102,26 @@ pub fn core() -> Result<()> {
     bpf_linker()?;
     bpffs()
 }
+
+/// A Python 3 with venv for the Python client's suite; returns the venv's interpreter folder
+/// (`target/pyenv/bin`) with the client installed in it (editable, with its test extras).
+pub fn python_venv(target: &Path, client: &Path) -> Result<std::path::PathBuf> {
+    let usable = output(Command::new("python3").args(["-c", "import venv, ensurepip"])).is_some();
+    if !usable {
+        apt(&["python3", "python3-venv", "python3-pip"])?;
+    }
+    let venv = target.join("pyenv");
+    let bin = venv.join("bin");
+    if !bin.join("python").exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    let installed = output(Command::new(bin.join("python")).args(["-c", "import fault_injection_client, pytest, httpx"])).is_some();
+    if installed {
+        eprintln!("setup: Python venv ready ({})", venv.display());
+    } else {
+        run(Command::new(bin.join("pip"))
+            .args(["install", "--quiet", "-e"])
+            .arg(format!("{}[test]", client.display())))?;
+    }
+    Ok(bin)
+}

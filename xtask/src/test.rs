@@ -41,6 +41,11 @@ pub fn run() -> Result<()> {
                 .env("FAULTLINE_BIN_DIR", &bin),
         )
     }));
+    outcomes.push(suite("pytest: the Python client against a real agent (seed examples)", || {
+        let client = root().join("clients/python");
+        let py = setup::python_venv(&cargo::target_dir(), &client)?;
+        run_cmd(Command::new(py.join("pytest")).arg("-q").current_dir(&client).env("FAULTLINE_BIN_DIR", &bin))
+    }));
     eprintln!("\n{:<70} {:>8}  result", "suite", "time");
     for o in &outcomes {
         let verdict = if o.result.is_ok() { "ok" } else { "FAILED" };
