@@ -58,6 +58,8 @@ enum Command {
         #[arg(long)]
         insecure_no_auth: bool,
     },
+    /// Print the API's OpenAPI document (JSON).
+    Openapi,
     /// Remove every program, link, qdisc and pin an agent instance left (e.g. after a crash).
     Uninstall {
         #[arg(long, default_value = "/var/lib/faultline")]
@@ -86,6 +88,10 @@ fn main() -> Result<()> {
                 insecure: insecure_no_auth,
             };
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(standalone::run(cfg))
+        }
+        Command::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&fault_agent::api::openapi::document())?);
+            Ok(())
         }
         Command::Uninstall { state_dir, bpffs } => {
             let records = store::load_attachments(&state_dir)?;

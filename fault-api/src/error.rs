@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 
 /// A spec field that is wrong, and why. `field` is the JSON name (`loss_percent`, `to_cidrs[1]`);
 /// `message` says what was accepted (range, forms) and what was given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema)]
 #[error("{field}: {message}")]
 pub struct FieldError {
     pub field: String,
@@ -17,7 +17,7 @@ impl FieldError {
 }
 
 /// The body of every error response: `{"error": {"code": ..., "message": ..., "field": ...}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: ApiError,
 }
@@ -29,7 +29,7 @@ pub struct ErrorBody {
 /// (422), `not_found` (404), `conflict` (409, e.g. too many overlapping faults),
 /// `unsupported` (422, the kernel lacks what the fault needs), `unauthorized` (401),
 /// `forbidden` (403), `internal` (500).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema)]
 #[error("{message}")]
 pub struct ApiError {
     pub code: String,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::FaultSpec;
 
 /// Lifecycle of a fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FaultState {
     /// Accepted, not yet in the datapath (cluster mode, before a node agent applied it).
@@ -43,7 +43,7 @@ impl std::fmt::Display for FaultState {
 }
 
 /// A pod a fault resolved to.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PodRef {
     pub namespace: String,
     pub name: String,
@@ -56,7 +56,7 @@ pub struct PodRef {
 
 /// Packets the fault acted on, summed over CPUs (and nodes in cluster mode). Counts skbs: a
 /// TCP segmentation-offload super-packet counts once.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Counters {
     /// Packets that matched while the fault was active (protected traffic excluded).
     pub matched: u64,
@@ -81,7 +81,7 @@ impl std::ops::AddAssign for Counters {
 }
 
 /// A fault: its spec, where it stands, and what it resolved to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Fault {
     /// Stable id, `f-` and 10 characters of `[a-z0-9]`.
     pub id: String,
@@ -100,6 +100,7 @@ pub struct Fault {
     /// Peer pods (when chosen by selector or namespace).
     pub peers: Vec<PodRef>,
     /// Peer CIDRs as written in the datapath (the `to_cidrs`, or everything).
+    #[schemars(with = "Vec<String>")]
     pub peer_cidrs: Vec<IpNet>,
     /// Addresses carved out of the peers (NATS, allowed namespaces), with the reason.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -111,13 +112,13 @@ pub struct Fault {
 }
 
 /// `GET /v1/faults`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FaultList {
     pub faults: Vec<Fault>,
 }
 
 /// `POST /v1/faults/cleanup` body: a namespace, or `all`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CleanupRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,7 +128,7 @@ pub struct CleanupRequest {
 }
 
 /// `POST /v1/faults/cleanup` answer: the ids of the faults it ended.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CleanupResponse {
     pub recovered: Vec<String>,
 }

@@ -12,6 +12,7 @@
 pub mod client;
 pub mod error;
 pub mod fault;
+pub mod schema;
 pub mod seed;
 pub mod selector;
 pub mod spec;

@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// `partition_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PartitionType {
     FrontendWorker,
@@ -57,7 +57,7 @@ impl PartitionType {
 }
 
 /// `mode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     #[default]
@@ -80,7 +80,7 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> R
 }
 
 /// `POST /api/v1/faults/network/inject` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InjectRequest {
     pub partition_type: PartitionType,
@@ -97,7 +97,7 @@ pub struct InjectRequest {
 }
 
 /// `parameters` of an inject request.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Parameters {
     #[serde(default)]
@@ -301,7 +301,7 @@ impl InjectRequest {
 
 /// A fault as the seed API reports it: the seed's names first, the whole native view in
 /// `details`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SeedFault {
     pub fault_id: String,
     /// `pending`, `active`, `expired`, `recovered` or `failed`.
@@ -345,14 +345,14 @@ impl From<Fault> for SeedFault {
 }
 
 /// `GET /api/v1/faults`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SeedFaultList {
     pub faults: Vec<SeedFault>,
     pub count: usize,
 }
 
 /// `POST /api/v1/faults/network/cleanup?namespace=NS`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CleanupResult {
     pub namespace: String,
     pub cleaned: usize,

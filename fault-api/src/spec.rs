@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use crate::{FaultDuration, FieldError, Percent, Rate, Selector};
 
 /// Transport protocol a fault is limited to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -35,7 +35,7 @@ impl std::str::FromStr for Protocol {
 }
 
 /// Direction relative to the target pods.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Traffic the targets send to the peers (the default).
@@ -125,7 +125,7 @@ fn de_partition<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PartitionMode>
 /// At least one action is required: `partition`, `loss_percent`, `corrupt_percent`, `delay`,
 /// `duplicate_percent` or `rate`. A partition drops (or refuses) everything it matches, so it
 /// cannot be combined with the others.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
     /// Namespace of the target pods. Required.
@@ -146,6 +146,7 @@ pub struct FaultSpec {
     pub to_namespace: Option<String>,
     /// Peer address ranges (IPv4 or IPv6 CIDRs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<String>")]
     pub to_cidrs: Vec<IpNet>,
     /// The peer's L4 port (1-65535). Without `protocol`, TCP and UDP.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,6 +4,7 @@
 //! a JSON [`fault_api::ErrorBody`].
 pub mod auth;
 pub mod native;
+pub mod openapi;
 pub mod seed;
 
 use std::sync::{
@@ -74,6 +75,7 @@ pub fn router(state: Arc<AppState>, token: Option<Arc<str>>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/health", get(|| async { Json(serde_json::json!({"status": "healthy"})) }))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .merge(api)
         .with_state(state)
 }

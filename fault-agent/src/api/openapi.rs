@@ -1,0 +1,120 @@
+//! The API's OpenAPI 3.0 document, generated from the Rust types (schemars) and served at
+//! `GET /openapi.json`. The repository keeps a copy in `docs/openapi.json`; a test fails when
+//! it drifts (regenerate with `fault-agent openapi > docs/openapi.json`).
+use fault_api::{
+    ErrorBody, Fault, FaultList, FaultSpec,
+    fault::{CleanupRequest, CleanupResponse},
+    seed::{CleanupResult, InjectRequest, SeedFault, SeedFaultList},
+};
+use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
+use serde_json::{Value, json};
+
+fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {
+    serde_json::to_value(generator.subschema_for::<T>()).unwrap_or(Value::Null)
+}
+
+fn body(schema: Value) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": schema}}})
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut g = SchemaSettings::openapi3().into_generator();
+    let spec = schema::<FaultSpec>(&mut g);
+    let fault = schema::<Fault>(&mut g);
+    let list = schema::<FaultList>(&mut g);
+    let cleanup_req = schema::<CleanupRequest>(&mut g);
+    let cleanup_res = schema::<CleanupResponse>(&mut g);
+    let error = schema::<ErrorBody>(&mut g);
+    let inject = schema::<InjectRequest>(&mut g);
+    let seed_fault = schema::<SeedFault>(&mut g);
+    let seed_list = schema::<SeedFaultList>(&mut g);
+    let seed_cleanup = schema::<CleanupResult>(&mut g);
+    let errors = |codes: &[(&str, &str)]| -> Value {
+        codes.iter().map(|(c, d)| (c.to_string(), ok(d, error.clone()))).collect::<serde_json::Map<_, _>>().into()
+    };
+    let with = |mut base: Value, extra: Value| {
+        if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        base
+    };
+    let id_param = |name: &str| json!([{"name": name, "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let invalid = [("400", "Malformed body (field `body`)"), ("422", "Invalid field (named in `error.field`), or unsupported on this kernel"), ("409", "Conflicts with other faults")];
+    let missing = [("404", "No such fault")];
+    let definitions = g.take_definitions(true);
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Faultline agent API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Network faults between pods. /v1 is Faultline's native API; /api/v1 is the Fault Injection API existing test suites speak. With --token-file every endpoint but the health ones needs `Authorization: Bearer <token>` (401 without a token, 403 with another)."
+        },
+        "paths": {
+            "/v1/faults": {
+                "get": {"summary": "List faults, newest first", "parameters": [{"name": "namespace", "in": "query", "required": false, "schema": {"type": "string"}}],
+                        "responses": {"200": ok("Faults", list)}},
+                "post": {"summary": "Create a fault", "requestBody": body(spec),
+                         "responses": with(json!({"201": ok("Created and in the datapath", fault.clone())}), errors(&invalid))}
+            },
+            "/v1/faults/{id}": {
+                "get": {"summary": "One fault", "parameters": id_param("id"), "responses": with(json!({"200": ok("The fault", fault.clone())}), errors(&missing))},
+                "delete": {"summary": "Recover a fault now (traffic is whole again when this returns)", "parameters": id_param("id"),
+                           "responses": with(json!({"200": ok("The fault, recovered", fault.clone())}), errors(&missing))}
+            },
+            "/v1/faults/{id}/recover": {
+                "post": {"summary": "Recover a fault now", "parameters": id_param("id"), "responses": with(json!({"200": ok("The fault, recovered", fault.clone())}), errors(&missing))}
+            },
+            "/v1/faults/cleanup": {
+                "post": {"summary": "Recover every fault of a namespace (or all)", "requestBody": body(cleanup_req),
+                         "responses": with(json!({"200": ok("Recovered ids", cleanup_res)}), errors(&invalid[..2]))}
+            },
+            "/v1/pods": {"get": {"summary": "Pods the agent knows, their addresses and host veths", "responses": {"200": {"description": "Pods"}}}},
+            "/v1/capabilities": {"get": {"summary": "Kernel capabilities and loaded programs (with run-time stats)", "responses": {"200": {"description": "Capabilities"}}}},
+            "/api/v1/faults/network/inject": {
+                "post": {"summary": "Inject a network fault (Fault Injection API)", "requestBody": body(inject),
+                         "responses": with(json!({"200": ok("The fault", seed_fault.clone())}), errors(&invalid))}
+            },
+            "/api/v1/faults": {"get": {"summary": "List faults (Fault Injection API)", "responses": {"200": ok("Faults", seed_list)}}},
+            "/api/v1/faults/{fault_id}": {
+                "get": {"summary": "One fault (Fault Injection API)", "parameters": id_param("fault_id"), "responses": with(json!({"200": ok("The fault", seed_fault.clone())}), errors(&missing))}
+            },
+            "/api/v1/faults/{fault_id}/recover": {
+                "post": {"summary": "Recover a fault (Fault Injection API)", "parameters": id_param("fault_id"), "responses": with(json!({"200": ok("The fault", seed_fault)}), errors(&missing))}
+            },
+            "/api/v1/faults/network/cleanup": {
+                "post": {"summary": "Recover every fault of a namespace (Fault Injection API)",
+                         "parameters": [{"name": "namespace", "in": "query", "required": true, "schema": {"type": "string"}}],
+                         "responses": with(json!({"200": ok("Cleaned up", seed_cleanup)}), errors(&invalid[1..2]))}
+            },
+            "/health": {"get": {"summary": "Health (Fault Injection API)", "security": [], "responses": {"200": {"description": "{\"status\": \"healthy\"}"}}}},
+            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"summary": "Readiness: the first reconcile is done", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "not yet"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.0 document"}}}}
+        },
+        "components": {
+            "schemas": definitions,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
+        },
+        "security": [{"bearer": []}]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The copy in the repository is what the code generates.
+    #[test]
+    fn docs_openapi_json_matches_the_types() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+        let generated = serde_json::to_string_pretty(&super::document()).unwrap() + "\n";
+        let kept = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            kept == generated,
+            "docs/openapi.json is stale: regenerate it with `cargo run -p fault-agent -- openapi > docs/openapi.json`"
+        );
+    }
+}
