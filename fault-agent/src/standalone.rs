@@ -110,10 +110,21 @@ pub async fn run(cfg: Config) -> Result<()> {
     let _ = expiry_task.await;
     drop(state);
     tracing::info!("shutting down: removing programs, links, qdiscs and pins");
-    let core = Arc::try_unwrap(core)
-        .map_err(|_| anyhow::anyhow!("core still shared at shutdown"))?
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner());
+    // A blocking task that was running when its async task was aborted still holds a
+    // reference for a moment: wait for it.
+    let mut core = core;
+    let mut waited = Duration::ZERO;
+    let core = loop {
+        match Arc::try_unwrap(core) {
+            Ok(m) => break m.into_inner().unwrap_or_else(|p| p.into_inner()),
+            Err(shared) if waited < Duration::from_secs(10) => {
+                core = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                waited += Duration::from_millis(10);
+            }
+            Err(_) => anyhow::bail!("the core is still in use 10 s after shutdown began"),
+        }
+    };
     let cleaned = tokio::task::spawn_blocking(move || core.shutdown()).await?;
     served.context("API server")?;
     cleaned

@@ -206,7 +206,8 @@ fn netlink_clsact_attach_works_restarts_and_cleans_up() {
     assert_eq!((filters("ingress"), filters("egress")), (1, 1), "replaced in place, not added");
     assert!(blocked(&p.decode0, &p.prefill, Family::V4));
 
-    assert!(env.agent.terminate().unwrap().success());
+    let status = env.agent.terminate().unwrap();
+    assert!(status.success(), "agent exit {status}:\n{}", env.agent.log());
     for pod in [&p.frontend, &p.decode0, &p.decode1, &p.prefill, &p.nats] {
         let q = tc(&["qdisc", "show", "dev", pod.host_ifname()]);
         assert!(!q.contains("clsact"), "clsact left on {}: {q}", pod.host_ifname());
