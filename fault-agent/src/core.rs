@@ -37,6 +37,28 @@ pub struct ReconcileReport {
     pub expired: usize,
 }
 
+/// A fault decided elsewhere (a `NetworkFault` object): the node agent mirrors these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalFault {
+    pub id: String,
+    pub spec: FaultSpec,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// Recovered (or deleted) by the user.
+    pub recovered: bool,
+}
+
+/// What this node did with one fault, for its status entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeReport {
+    pub id: String,
+    /// Target pods of this node the fault is in the datapath for.
+    pub local_targets: u32,
+    pub applied: bool,
+    pub counters: Counters,
+    pub message: Option<String>,
+}
+
 /// See the module docs.
 pub struct Core {
     store: Store,
@@ -228,6 +250,95 @@ impl Core {
             )));
         }
         Ok(())
+    }
+
+    /// Makes the live faults exactly `faults` (cluster mode): new ones get a slot and a kernel
+    /// deadline from their expiry, changed ones are updated, missing or recovered ones end;
+    /// then reconciles. Faults this kernel cannot apply are recorded as failed, with why.
+    pub fn sync_external(&mut self, faults: &[ExternalFault]) -> Result<ReconcileReport> {
+        let now = Timestamp::now();
+        let now_boot = kernel::boottime_ns()?;
+        let mut dirty = false;
+        let wanted: BTreeMap<&str, &ExternalFault> =
+            faults.iter().filter(|f| !f.recovered).map(|f| (f.id.as_str(), f)).collect();
+        let live_ids: Vec<String> = self.store.live().map(|f| f.id.clone()).collect();
+        for id in live_ids {
+            if !wanted.contains_key(id.as_str()) {
+                if let Some(f) = self.store.get_mut(&id) {
+                    f.state = FaultState::Recovered;
+                    f.ended_at = Some(now);
+                    f.message = Some("recovered".into());
+                    dirty = true;
+                }
+            }
+        }
+        for ext in wanted.values() {
+            let left = ext.expires_at.duration_since(now).as_nanos().max(0) as u64;
+            let deadline = now_boot + left;
+            if let Some(f) = self.store.get_mut(&ext.id) {
+                if f.state.is_live() && (f.spec != ext.spec || f.expires_at != ext.expires_at) {
+                    f.spec = ext.spec.clone();
+                    f.expires_at = ext.expires_at;
+                    f.deadline_boot_ns = deadline;
+                    dirty = true;
+                }
+                continue;
+            }
+            if left == 0 {
+                continue;
+            }
+            let (state, message) = match self.check_supported(&ext.spec) {
+                Ok(()) => (FaultState::Active, None),
+                Err(e) => (FaultState::Failed, Some(e.to_string())),
+            };
+            let slot = if state == FaultState::Active { self.store.alloc_slot()? } else { 0 };
+            let seq = self.store.next_seq();
+            self.store.insert(FaultRecord {
+                id: ext.id.clone(),
+                spec: ext.spec.clone(),
+                state,
+                message,
+                created_at: ext.created_at,
+                expires_at: ext.expires_at,
+                ended_at: if state == FaultState::Failed { Some(now) } else { None },
+                deadline_boot_ns: deadline,
+                boot_id: kernel::boot_id(),
+                slot,
+                seq,
+                final_counters: Counters::default(),
+                resolution: Default::default(),
+            });
+            dirty = true;
+        }
+        if dirty {
+            self.store.save()?;
+        }
+        self.reconcile()
+    }
+
+    /// What this node does with each fault it knows, for the `NetworkFault` status.
+    pub fn node_reports(&self, node: &str) -> Vec<NodeReport> {
+        self.store
+            .all()
+            .map(|f| {
+                let local = f.resolution.targets.iter().filter(|t| t.node.as_deref() == Some(node)).count() as u32;
+                let live = f.state.is_live();
+                NodeReport {
+                    id: f.id.clone(),
+                    local_targets: if live { local } else { 0 },
+                    applied: live && local > 0,
+                    counters: if live { self.dataplane.stats(f.slot).map(counters).unwrap_or_default() } else { f.final_counters },
+                    message: f.message.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Entries in the kernel maps (targets, rules, fault slots): for checks that nothing is
+    /// duplicated or leaked.
+    pub fn table_sizes(&self) -> (usize, usize, usize) {
+        let t = self.dataplane.applied();
+        (t.targets.len(), t.rules.len(), t.faults.len())
     }
 
     /// Creates a fault: validated, written to the kernel and to the state dir, or nothing at all.

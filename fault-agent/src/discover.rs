@@ -58,9 +58,9 @@ fn name_of(msg: &LinkMessage) -> Option<String> {
     })
 }
 
-/// Reads the pod's veths and addresses from `netns`, then finds their host-side peers.
-pub fn pod_net(netns: &Path) -> Result<PodNet> {
-    let (veths, ips) = netlink::run(Some(netns), |handle| async move {
+/// The veths of a network namespace and their usable addresses.
+fn pod_side(netns: &Path) -> Result<(Vec<Veth>, Vec<IpAddr>)> {
+    netlink::run(Some(netns), |handle| async move {
         let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
         let veths: Vec<Veth> = links.iter().filter_map(veth_of).collect();
         let addrs: Vec<_> = handle.address().get().execute().try_collect().await?;
@@ -84,7 +84,17 @@ pub fn pod_net(netns: &Path) -> Result<PodNet> {
         ips.sort();
         ips.dedup();
         Ok((veths, ips))
-    })?;
+    })
+}
+
+/// The usable addresses of the veths of a network namespace.
+pub fn addresses(netns: &Path) -> Result<Vec<IpAddr>> {
+    Ok(pod_side(netns)?.1)
+}
+
+/// Reads the pod's veths and addresses from `netns`, then finds their host-side peers.
+pub fn pod_net(netns: &Path) -> Result<PodNet> {
+    let (veths, ips) = pod_side(netns)?;
     if veths.is_empty() {
         bail!("no veth in network namespace {}", netns.display());
     }

@@ -19,6 +19,12 @@ pub enum AgentError {
     /// The fault conflicts with others (409), e.g. too many overlapping faults.
     #[error("{0}")]
     Conflict(String),
+    /// This endpoint does not accept writes here (405): a node agent follows the cluster.
+    #[error("{0}")]
+    ReadOnly(String),
+    /// The cluster API refused or could not be reached (502).
+    #[error("Kubernetes API: {0}")]
+    Upstream(String),
     /// The kernel or the state dir refused a write; nothing was changed (500).
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
@@ -32,6 +38,8 @@ impl AgentError {
             Self::Invalid(_) | Self::Unsupported(_) => 422,
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
+            Self::ReadOnly(_) => 405,
+            Self::Upstream(_) => 502,
             Self::Internal(_) => 500,
         }
     }
@@ -44,6 +52,8 @@ impl AgentError {
             Self::Unsupported(f) => ApiError::new("unsupported", f.to_string()).with_field(f.field.clone()),
             Self::NotFound(id) => ApiError::new("not_found", format!("no fault with id {id}")),
             Self::Conflict(m) => ApiError::new("conflict", m.clone()),
+            Self::ReadOnly(m) => ApiError::new("read_only", m.clone()),
+            Self::Upstream(m) => ApiError::new("upstream", m.clone()),
             Self::Internal(e) => ApiError::new("internal", format!("{e:#}")),
         }
     }

@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod discover;
 pub mod error;
 pub mod inventory;
+pub mod kube;
 pub mod netlink;
 pub mod pods;
 pub mod resolve;

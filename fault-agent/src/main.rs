@@ -60,6 +60,48 @@ enum Command {
     },
     /// Print the API's OpenAPI document (JSON).
     Openapi,
+    /// Print the NetworkFault CRD (YAML).
+    Crd,
+    /// Run on a Kubernetes node (DaemonSet): apply the cluster's NetworkFaults to this node's pods.
+    Node {
+        /// This node's name (the downward API's spec.nodeName).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        /// Read-only API and health endpoints.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "/var/lib/faultline")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "/sys/fs/bpf/faultline")]
+        bpffs: PathBuf,
+        /// How long ended faults stay in the local view.
+        #[arg(long, default_value = "1h", value_parser = duration)]
+        retention: Duration,
+        #[arg(long, default_value = "auto", value_parser = ["auto", "netlink"])]
+        attach: String,
+        /// How often counters are written to the NetworkFault status.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        status_interval: Duration,
+    },
+    /// Serve the API in a cluster (Deployment): faults are NetworkFault objects; also runs the
+    /// controller that owns their status, expiry and garbage collection.
+    Api {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Longest fault, and the duration of faults asked without one.
+        #[arg(long, default_value = "1h", value_parser = duration)]
+        max_duration: Duration,
+        /// How long ended NetworkFaults are kept before they are deleted.
+        #[arg(long, default_value = "1h", value_parser = duration)]
+        retention: Duration,
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[arg(long)]
+        insecure_no_auth: bool,
+        /// How long create and recover wait for the node agents to report.
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        wait: Duration,
+    },
     /// Remove every program, link, qdisc and pin an agent instance left (e.g. after a crash).
     Uninstall {
         #[arg(long, default_value = "/var/lib/faultline")]
@@ -88,6 +130,33 @@ fn main() -> Result<()> {
                 insecure: insecure_no_auth,
             };
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(standalone::run(cfg))
+        }
+        Command::Node { node_name, listen, state_dir, bpffs, retention, attach, status_interval } => {
+            let cfg = fault_agent::kube::node::Config {
+                node: node_name,
+                listen,
+                state_dir,
+                bpffs,
+                core: CoreConfig { max_duration: fault_api::FaultDuration::MAX, retention },
+                force_netlink: attach == "netlink",
+                status_interval,
+            };
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(fault_agent::kube::node::run(cfg))
+        }
+        Command::Api { listen, max_duration, retention, token_file, insecure_no_auth, wait } => {
+            let cfg = fault_agent::kube::api_mode::Config {
+                listen,
+                max_duration,
+                retention,
+                token_file,
+                insecure: insecure_no_auth,
+                wait,
+            };
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(fault_agent::kube::api_mode::run(cfg))
+        }
+        Command::Crd => {
+            print!("{}", fault_agent::kube::crd_yaml());
+            Ok(())
         }
         Command::Openapi => {
             println!("{}", serde_json::to_string_pretty(&fault_agent::api::openapi::document())?);

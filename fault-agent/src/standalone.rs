@@ -83,7 +83,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let dataplane = Dataplane::open(Pins::new(&cfg.bpffs), &caps, previous)?;
     let core = Arc::new(Mutex::new(Core::new(store, dataplane, caps, cfg.core.clone())));
     let state = Arc::new(AppState {
-        core: core.clone(),
+        backend: api::backend::Backend::Local { core: core.clone(), read_only: false },
         changed: Arc::new(Notify::new()),
         ready: false.into(),
         inventory_error: Mutex::new(None),
@@ -99,8 +99,8 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "API listening");
-    let inventory_task = tokio::spawn(watch_inventory(cfg.inventory.clone(), cfg.rescan, state.clone()));
-    let expiry_task = tokio::spawn(expire(state.clone()));
+    let inventory_task = tokio::spawn(watch_inventory(cfg.inventory.clone(), cfg.rescan, state.clone(), core.clone()));
+    let expiry_task = tokio::spawn(expire_loop(core.clone(), state.changed.clone()));
     let served = axum::serve(listener, api::router(state.clone(), token))
         .with_graceful_shutdown(shutdown_signal())
         .await;
@@ -130,7 +130,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     cleaned
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers");
@@ -143,7 +143,7 @@ async fn shutdown_signal() {
 }
 
 /// Reloads the inventory on change and rescans the pods' namespaces periodically.
-async fn watch_inventory(path: PathBuf, rescan: Duration, state: Arc<AppState>) {
+async fn watch_inventory(path: PathBuf, rescan: Duration, state: Arc<AppState>, core: Arc<Mutex<Core>>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let name = path.file_name().map(|n| n.to_owned());
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -192,7 +192,7 @@ async fn watch_inventory(path: PathBuf, rescan: Duration, state: Arc<AppState>) 
                 continue;
             }
         };
-        let core = state.core.clone();
+        let core = core.clone();
         let res = tokio::task::spawn_blocking(move || {
             let pods = discover_all(&inv);
             lock(&core).set_pods(pods)
@@ -208,11 +208,11 @@ async fn watch_inventory(path: PathBuf, rescan: Duration, state: Arc<AppState>) 
 }
 
 /// Reconciles at each deadline (the kernel already stopped the fault; this updates its state
-/// and removes its entries), and at least every minute as a resync.
-async fn expire(state: Arc<AppState>) {
+/// and removes its entries), and at least every minute as a resync. `changed` re-arms it.
+pub async fn expire_loop(core: Arc<Mutex<Core>>, changed: Arc<Notify>) {
     loop {
-        let core = state.core.clone();
-        let wait = tokio::task::spawn_blocking(move || lock(&core).next_deadline())
+        let c = core.clone();
+        let wait = tokio::task::spawn_blocking(move || lock(&c).next_deadline())
             .await
             .ok()
             .flatten()
@@ -220,14 +220,14 @@ async fn expire(state: Arc<AppState>) {
             .min(Duration::from_secs(60));
         tokio::select! {
             _ = tokio::time::sleep(wait + Duration::from_millis(1)) => {
-                let core = state.core.clone();
-                match tokio::task::spawn_blocking(move || lock(&core).reconcile()).await {
+                let c = core.clone();
+                match tokio::task::spawn_blocking(move || lock(&c).reconcile()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "reconcile failed"),
                     Err(e) => tracing::error!(error = %e, "reconcile task failed"),
                 }
             }
-            _ = state.changed.notified() => {}
+            _ = changed.notified() => {}
         }
     }
 }

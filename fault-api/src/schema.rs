@@ -52,7 +52,7 @@ impl JsonSchema for Rate {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "pattern": "^(?i)[0-9]+(\\.[0-9]+)?(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)?$",
+            "pattern": "^[0-9]+(\\.[0-9]+)?([kKmMgG]?([bB][iI][tT]|[bB][pP][sS]))?$",
             "description": "A rate in tc(8) units: bit/kbit/mbit/gbit are bits per second, bps/kbps/mbps/gbps bytes per second (1mbps = 8 Mbit/s)."
         })
     }

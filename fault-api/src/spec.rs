@@ -105,6 +105,16 @@ impl Serialize for PartitionMode {
     }
 }
 
+impl<'de> Deserialize<'de> for PartitionMode {
+    /// `"packets"`, `"connections"`, or `true` (= packets).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match de_partition(d)? {
+            Some(m) => Ok(m),
+            None => Err(de::Error::custom("must be packets or connections")),
+        }
+    }
+}
+
 /// Deserializes `partition` from `true`/`false` or `"packets"`/`"connections"`; `false` is none.
 fn de_partition<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PartitionMode>, D::Error> {
     #[derive(Deserialize)]

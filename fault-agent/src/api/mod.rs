@@ -3,6 +3,7 @@
 //! Handlers are thin: parse, call the core on a blocking thread, map the result. Every error is
 //! a JSON [`fault_api::ErrorBody`].
 pub mod auth;
+pub mod backend;
 pub mod native;
 pub mod openapi;
 pub mod seed;
@@ -26,7 +27,7 @@ use crate::{core::Core, error::AgentError};
 
 /// What the handlers share.
 pub struct AppState {
-    pub core: Arc<Mutex<Core>>,
+    pub backend: backend::Backend,
     /// Woken when faults change, so the expiry timer re-arms.
     pub changed: Arc<Notify>,
     /// Set once the first reconcile attached to the inventory's pods.
@@ -48,17 +49,6 @@ impl IntoResponse for AgentError {
         }
         (status, Json(ErrorBody { error: self.to_api() })).into_response()
     }
-}
-
-/// Runs `f` on the core from a blocking thread.
-pub async fn with_core<T: Send + 'static>(
-    state: &Arc<AppState>,
-    f: impl FnOnce(&mut Core) -> Result<T, AgentError> + Send + 'static,
-) -> Result<T, AgentError> {
-    let core = state.core.clone();
-    tokio::task::spawn_blocking(move || f(&mut lock(&core)))
-        .await
-        .map_err(|e| AgentError::Internal(anyhow::anyhow!("core task: {e}")))?
 }
 
 /// The whole API: health, native, seed, behind the auth layer when a token is configured.

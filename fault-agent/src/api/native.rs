@@ -16,7 +16,7 @@ use fault_api::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{AppState, with_core};
+use super::{AppState, backend::body_error};
 use crate::{error::AgentError, pods::Pod};
 
 /// The router of the native API.
@@ -36,25 +36,23 @@ struct NamespaceQuery {
 }
 
 async fn list(State(s): State<Arc<AppState>>, Query(q): Query<NamespaceQuery>) -> Result<Json<FaultList>, AgentError> {
-    with_core(&s, move |c| Ok(Json(FaultList { faults: c.list(q.namespace.as_deref()) }))).await
+    Ok(Json(FaultList { faults: s.backend.list(q.namespace).await? }))
 }
 
 async fn create(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, AgentError> {
-    let spec = FaultSpec::from_json(&body).map_err(|e| {
-        if e.field == "body" { AgentError::Malformed(e) } else { AgentError::Invalid(e) }
-    })?;
-    let fault = with_core(&s, move |c| c.create(spec)).await?;
+    let spec = FaultSpec::from_json(&body).map_err(body_error)?;
+    let fault = s.backend.create(spec).await?;
     s.changed.notify_one();
     Ok((StatusCode::CREATED, Json(fault)).into_response())
 }
 
 async fn get_one(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, AgentError> {
-    let fault = with_core(&s, move |c| c.get(&id)).await?;
+    let fault = s.backend.get(id).await?;
     Ok(Json(fault).into_response())
 }
 
 async fn recover(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, AgentError> {
-    let fault = with_core(&s, move |c| c.recover(&id)).await?;
+    let fault = s.backend.recover(id).await?;
     s.changed.notify_one();
     Ok(Json(fault).into_response())
 }
@@ -72,7 +70,7 @@ async fn cleanup(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Json<Cle
             )));
         }
     }
-    let recovered = with_core(&s, move |c| c.cleanup(req.namespace.as_deref())).await?;
+    let recovered = s.backend.cleanup(req.namespace).await?;
     s.changed.notify_one();
     Ok(Json(CleanupResponse { recovered }))
 }
@@ -88,10 +86,8 @@ struct PodsView {
 
 async fn pods(State(s): State<Arc<AppState>>) -> Result<Json<PodsView>, AgentError> {
     let inventory_error = s.inventory_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    with_core(&s, move |c| {
-        Ok(Json(PodsView { pods: c.pods().to_vec(), attach_errors: c.attach_errors().clone(), inventory_error }))
-    })
-    .await
+    let (pods, attach_errors) = s.backend.pods().await?;
+    Ok(Json(PodsView { pods, attach_errors, inventory_error }))
 }
 
 /// `GET /v1/capabilities`: the kernel probe and the loaded programs with their run-time stats.
@@ -112,7 +108,7 @@ struct ProgramView {
 }
 
 async fn capabilities(State(s): State<Arc<AppState>>) -> Result<Json<CapabilitiesView>, AgentError> {
-    with_core(&s, |c| {
+    s.backend.with_core(|c| {
         let programs = c
             .dataplane()
             .program_infos()

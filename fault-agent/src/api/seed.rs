@@ -16,7 +16,7 @@ use fault_api::{
 };
 use serde::Deserialize;
 
-use super::{AppState, with_core};
+use super::{AppState, backend::body_error};
 use crate::error::AgentError;
 
 pub fn router() -> Router<Arc<AppState>> {
@@ -29,11 +29,9 @@ pub fn router() -> Router<Arc<AppState>> {
 }
 
 async fn inject(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Json<SeedFault>, AgentError> {
-    let req = InjectRequest::from_json(&body).map_err(|e| {
-        if e.field == "body" { AgentError::Malformed(e) } else { AgentError::Invalid(e) }
-    })?;
+    let req = InjectRequest::from_json(&body).map_err(body_error)?;
     let spec = req.to_spec().map_err(AgentError::Invalid)?;
-    let fault = with_core(&s, move |c| c.create(spec)).await.map_err(rename_fields)?;
+    let fault = s.backend.create(spec).await.map_err(rename_fields)?;
     s.changed.notify_one();
     Ok(Json(fault.into()))
 }
@@ -58,16 +56,16 @@ fn rename_fields(e: AgentError) -> AgentError {
 }
 
 async fn list(State(s): State<Arc<AppState>>) -> Result<Json<SeedFaultList>, AgentError> {
-    let faults: Vec<SeedFault> = with_core(&s, |c| Ok(c.list(None))).await?.into_iter().map(SeedFault::from).collect();
+    let faults: Vec<SeedFault> = s.backend.list(None).await?.into_iter().map(SeedFault::from).collect();
     Ok(Json(SeedFaultList { count: faults.len(), faults }))
 }
 
 async fn get_one(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<SeedFault>, AgentError> {
-    Ok(Json(with_core(&s, move |c| c.get(&id)).await?.into()))
+    Ok(Json(s.backend.get(id).await?.into()))
 }
 
 async fn recover(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<SeedFault>, AgentError> {
-    let f = with_core(&s, move |c| c.recover(&id)).await?;
+    let f = s.backend.recover(id).await?;
     s.changed.notify_one();
     Ok(Json(f.into()))
 }
@@ -80,8 +78,7 @@ struct CleanupQuery {
 async fn cleanup(State(s): State<Arc<AppState>>, Query(q): Query<CleanupQuery>) -> Result<Json<CleanupResult>, AgentError> {
     let ns = q.namespace.ok_or_else(|| AgentError::Invalid(FieldError::new("namespace", "give ?namespace=NS")))?;
     check_namespace("namespace", &ns).map_err(AgentError::Invalid)?;
-    let ns2 = ns.clone();
-    let fault_ids = with_core(&s, move |c| c.cleanup(Some(&ns2))).await?;
+    let fault_ids = s.backend.cleanup(Some(ns.clone())).await?;
     s.changed.notify_one();
     Ok(Json(CleanupResult { namespace: ns, cleaned: fault_ids.len(), fault_ids }))
 }

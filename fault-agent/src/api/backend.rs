@@ -1,0 +1,109 @@
+//! Where the API's faults live: the local core (single host; read-only on a node agent), or
+//! `NetworkFault` objects in the cluster. The handlers do not care which.
+use std::sync::{Arc, Mutex};
+
+use fault_api::{Fault, FaultSpec, FieldError};
+
+use super::lock;
+use crate::{core::Core, error::AgentError, kube::backend::KubeBackend, pods::Pod};
+
+/// See the module docs.
+#[derive(Clone)]
+pub enum Backend {
+    /// This agent's own core. A node agent's core follows the cluster: `read_only` refuses
+    /// writes through its API.
+    Local { core: Arc<Mutex<Core>>, read_only: bool },
+    /// `NetworkFault` objects (the API deployment).
+    Cluster(Arc<KubeBackend>),
+}
+
+fn read_only() -> AgentError {
+    AgentError::ReadOnly(
+        "this node agent's API is read-only: send faults to the Faultline API (`fault-agent api`) or create NetworkFault objects".into(),
+    )
+}
+
+impl Backend {
+    async fn local<T: Send + 'static>(
+        core: &Arc<Mutex<Core>>,
+        f: impl FnOnce(&mut Core) -> Result<T, AgentError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let core = core.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&core)))
+            .await
+            .map_err(|e| AgentError::Internal(anyhow::anyhow!("core task: {e}")))?
+    }
+
+    /// The local core, when there is one.
+    pub fn core(&self) -> Option<&Arc<Mutex<Core>>> {
+        match self {
+            Backend::Local { core, .. } => Some(core),
+            Backend::Cluster(_) => None,
+        }
+    }
+
+    pub async fn create(&self, spec: FaultSpec) -> Result<Fault, AgentError> {
+        match self {
+            Backend::Local { read_only: true, .. } => Err(read_only()),
+            Backend::Local { core, .. } => Self::local(core, move |c| c.create(spec)).await,
+            Backend::Cluster(k) => k.create(spec).await,
+        }
+    }
+
+    pub async fn get(&self, id: String) -> Result<Fault, AgentError> {
+        match self {
+            Backend::Local { core, .. } => Self::local(core, move |c| c.get(&id)).await,
+            Backend::Cluster(k) => k.get(&id).await,
+        }
+    }
+
+    pub async fn list(&self, namespace: Option<String>) -> Result<Vec<Fault>, AgentError> {
+        match self {
+            Backend::Local { core, .. } => Self::local(core, move |c| Ok(c.list(namespace.as_deref()))).await,
+            Backend::Cluster(k) => k.list(namespace.as_deref()).await,
+        }
+    }
+
+    pub async fn recover(&self, id: String) -> Result<Fault, AgentError> {
+        match self {
+            Backend::Local { read_only: true, .. } => Err(read_only()),
+            Backend::Local { core, .. } => Self::local(core, move |c| c.recover(&id)).await,
+            Backend::Cluster(k) => k.recover(&id).await,
+        }
+    }
+
+    /// Recovers every live fault of `namespace` (all for `None`); returns their ids.
+    pub async fn cleanup(&self, namespace: Option<String>) -> Result<Vec<String>, AgentError> {
+        match self {
+            Backend::Local { read_only: true, .. } => Err(read_only()),
+            Backend::Local { core, .. } => Self::local(core, move |c| c.cleanup(namespace.as_deref())).await,
+            Backend::Cluster(k) => k.cleanup(namespace.as_deref()).await,
+        }
+    }
+
+    /// The pods known, and interfaces that could not be attached.
+    pub async fn pods(&self) -> Result<(Vec<Pod>, std::collections::BTreeMap<String, String>), AgentError> {
+        match self {
+            Backend::Local { core, .. } => {
+                Self::local(core, |c| Ok((c.pods().to_vec(), c.attach_errors().clone()))).await
+            }
+            Backend::Cluster(k) => Ok((k.pods(), Default::default())),
+        }
+    }
+
+    /// Runs `f` on the local core (capabilities, tables); 404 on the cluster API.
+    pub async fn with_core<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<T, AgentError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        match self {
+            Backend::Local { core, .. } => Self::local(core, f).await,
+            Backend::Cluster(_) => Err(AgentError::NotFound("(the cluster API has no datapath: ask a node agent)".into())),
+        }
+    }
+}
+
+/// `FieldError` for request bodies that are not what the endpoint expects.
+pub fn body_error(e: FieldError) -> AgentError {
+    if e.field == "body" { AgentError::Malformed(e) } else { AgentError::Invalid(e) }
+}

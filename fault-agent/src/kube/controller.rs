@@ -1,0 +1,178 @@
+//! The controller half of `fault-agent api`: level-triggered reconcile of each `NetworkFault`
+//! (kube-runtime `Controller`). From the object, the pods and the clock it derives the status
+//! it owns (phase, expiry, counts, applied nodes, conditions) and writes it with server-side
+//! apply; it requeues at the expiry, and deletes ended faults after the retention period.
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use futures::StreamExt as _;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::{
+    api::core::v1::Pod as KubePod,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
+use kube::{
+    Api, Client, ResourceExt as _,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        reflector::Store,
+        watcher,
+    },
+};
+
+use super::{
+    crd::{NetworkFault, NetworkFaultStatus, Phase},
+    pods::from_kube,
+};
+use crate::{pods::Pod, resolve};
+
+/// Field manager of the controller's part of the status.
+pub const MANAGER: &str = "faultline-controller";
+
+/// What reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub pods: Store<KubePod>,
+    pub max_duration: Duration,
+    pub retention: Duration,
+}
+
+/// Why a reconcile failed (retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+fn condition(old: &[Condition], type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    // lastTransitionTime moves only when the status does.
+    let since = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+/// The status the controller owns, from the object, the pods and `now`. Pure.
+pub fn desired_status(nf: &NetworkFault, pods: &[Pod], now: Timestamp, max: Duration) -> NetworkFaultStatus {
+    let old = nf.status.clone().unwrap_or_default();
+    let generation = nf.metadata.generation;
+    let created = nf.metadata.creation_timestamp.clone().map(|t| t.0).unwrap_or(now);
+    let mut st = NetworkFaultStatus { observed_generation: generation, ..Default::default() };
+    let spec = match nf.fault_spec() {
+        Ok(s) => s,
+        Err(e) => {
+            st.phase = Some(Phase::Failed);
+            st.ended_at = Some(old.ended_at.unwrap_or(now));
+            st.message = Some(e.to_string());
+            st.conditions = vec![condition(&old.conditions, "Valid", false, "InvalidSpec", e.to_string(), generation)];
+            return st;
+        }
+    };
+    let duration = spec.duration.map_or(max, |d| d.get());
+    if duration > max {
+        let msg = format!("spec.duration: must be at most {} (the controller's --max-duration)", humantime::format_duration(max));
+        st.phase = Some(Phase::Failed);
+        st.ended_at = Some(old.ended_at.unwrap_or(now));
+        st.message = Some(msg.clone());
+        st.conditions = vec![condition(&old.conditions, "Valid", false, "DurationTooLong", msg, generation)];
+        return st;
+    }
+    let expires = old.expires_at.unwrap_or_else(|| {
+        created.checked_add(SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO)).unwrap_or(created)
+    });
+    st.expires_at = Some(expires);
+    let res = resolve::resolve(&spec, pods);
+    st.target_count = Some(res.targets.len() as u32);
+    st.peer_count = if spec.all_peers() { None } else { Some((res.peers.len() + spec.to_cidrs.len()) as u32) };
+    st.target_pods = res.targets.iter().map(|t| format!("{}/{}", t.namespace, t.name)).collect();
+    let applied: Vec<&String> = old.nodes.iter().filter(|(_, n)| n.applied).map(|(k, _)| k).collect();
+    st.applied_nodes = (!applied.is_empty()).then(|| applied.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","));
+    let (phase, ended, msg) = if let Some(at) = nf.recovered_at() {
+        (Phase::Recovered, Some(old.ended_at.unwrap_or(at)), "recovered".to_owned())
+    } else if now >= expires {
+        (Phase::Expired, Some(expires), "reached its deadline".to_owned())
+    } else {
+        let warning = res.warnings.first().cloned().unwrap_or_default();
+        (Phase::Active, None, warning)
+    };
+    st.phase = Some(phase);
+    st.ended_at = ended;
+    st.message = (!msg.is_empty()).then_some(msg);
+    let target_nodes: BTreeSet<&str> = res.targets.iter().filter_map(|t| t.node.as_deref()).collect();
+    let waiting: Vec<&str> =
+        target_nodes.iter().copied().filter(|n| !old.nodes.get(*n).is_some_and(|s| s.applied)).collect();
+    let failing: Vec<String> =
+        old.nodes.iter().filter_map(|(n, s)| s.message.as_ref().filter(|_| !s.applied).map(|m| format!("{n}: {m}"))).collect();
+    let applied_cond = match phase {
+        Phase::Active if !failing.is_empty() => condition(&old.conditions, "Applied", false, "NodeFailed", failing.join("; "), generation),
+        Phase::Active if res.targets.is_empty() => condition(&old.conditions, "Applied", false, "NoTargets", "no pod matches the targets yet".into(), generation),
+        Phase::Active if !waiting.is_empty() => condition(&old.conditions, "Applied", false, "WaitingForNodes", format!("waiting for {}", waiting.join(", ")), generation),
+        Phase::Active => condition(&old.conditions, "Applied", true, "AllNodesApplied", format!("applied on {}", target_nodes.len()), generation),
+        _ => condition(&old.conditions, "Applied", false, "Ended", st.message.clone().unwrap_or_default(), generation),
+    };
+    st.conditions = vec![condition(&old.conditions, "Valid", true, "SpecValid", String::new(), generation), applied_cond];
+    st
+}
+
+async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    let pods: Vec<Pod> = ctx.pods.state().iter().filter_map(|p| from_kube(p)).collect();
+    let st = desired_status(&nf, &pods, now, ctx.max_duration);
+    let ns = nf.namespace().unwrap_or_default();
+    let api: Api<NetworkFault> = Api::namespaced(ctx.client.clone(), &ns);
+    let old = nf.status.clone().unwrap_or_default();
+    let mine = |s: &NetworkFaultStatus| {
+        let mut s = s.clone();
+        s.nodes.clear();
+        s
+    };
+    if mine(&old) != st {
+        let patch = serde_json::json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault", "status": st});
+        api.patch_status(&nf.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    }
+    match (st.phase, st.ended_at, st.expires_at) {
+        (Some(Phase::Active), _, Some(exp)) => {
+            let left = exp.duration_since(now).as_secs_f64().max(0.0);
+            // Pods come and go: refresh the counts every few seconds too.
+            Ok(Action::requeue(Duration::from_secs_f64(left.min(5.0)) + Duration::from_millis(5)))
+        }
+        (_, Some(end), _) => {
+            let age = now.duration_since(end).as_secs_f64();
+            if age >= ctx.retention.as_secs_f64() {
+                api.delete(&nf.name_any(), &DeleteParams::default()).await?;
+                return Ok(Action::await_change());
+            }
+            Ok(Action::requeue(Duration::from_secs_f64(ctx.retention.as_secs_f64() - age)))
+        }
+        _ => Ok(Action::requeue(Duration::from_secs(5))),
+    }
+}
+
+fn error_policy(nf: Arc<NetworkFault>, e: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(fault = %nf.name_any(), error = %e, "reconcile failed");
+    Action::requeue(Duration::from_secs(1))
+}
+
+/// Runs the controller until the stream ends.
+pub async fn run(ctx: Arc<Context>) {
+    let faults: Api<NetworkFault> = Api::all(ctx.client.clone());
+    Controller::new(faults, watcher::Config::default())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}

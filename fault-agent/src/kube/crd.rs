@@ -1,0 +1,269 @@
+//! The `NetworkFault` custom resource (`networkfaults.faultline.dev/v1alpha1`, namespaced).
+//!
+//! Its spec is the fault model of [`fault_api::FaultSpec`] in Kubernetes' camelCase, minus
+//! `namespace` (the object's own). [`NetworkFault::fault_spec`] converts and validates it with
+//! the same code as every other entry point; errors name the camelCase field. The schema
+//! carries what a structural schema can check (types, enums, ranges, patterns), so the API
+//! server rejects those mistakes at admission; the rest (selector syntax, CIDR host bits,
+//! combinations) is reported in status as `Failed` with the reason.
+use std::collections::BTreeMap;
+
+use fault_api::{
+    Counters, Direction, FaultDuration, FaultSpec, FieldError, PartitionMode, Percent, Protocol,
+    Rate, Selector,
+};
+use ipnet::IpNet;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A network fault between pods. See the README's "What a fault means" for each field.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "faultline.dev",
+    version = "v1alpha1",
+    kind = "NetworkFault",
+    namespaced,
+    status = "NetworkFaultStatus",
+    shortname = "nf",
+    category = "faultline",
+    doc = "A network fault (partition, loss, corruption...) between pods, applied by Faultline's node agents for a bounded time.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Targets", type_ = "integer", json_path = ".status.targetCount"),
+    printcolumn(name = "Peers", type_ = "integer", json_path = ".status.peerCount"),
+    printcolumn(name = "Nodes", type_ = "string", json_path = ".status.appliedNodes"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkFaultSpec {
+    /// Target pods (in the object's namespace) whose name starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub pod_prefix: Option<String>,
+    /// Target pods matching this label selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Selector>,
+    /// Peer pods matching any of these selectors (in `toNamespace`, else the object's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_selectors: Vec<Selector>,
+    /// Peer pods in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_namespace: Option<String>,
+    /// Peer CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<String>")]
+    pub to_cidrs: Vec<IpNet>,
+    /// The peer's port (TCP and UDP unless `protocol`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// Relative to the targets; default egress.
+    #[serde(default)]
+    pub direction: Direction,
+    /// `packets` or `connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<PartitionMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_percent: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt_percent: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<FaultDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_percent: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    /// The fault ends by itself this long after creation (default: the controller's maximum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<FaultDuration>,
+    #[serde(default)]
+    pub block_nats: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_namespaces: Vec<String>,
+}
+
+/// Lifecycle of a `NetworkFault`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    Pending,
+    Active,
+    Expired,
+    Recovered,
+    Failed,
+}
+
+/// What one node agent did with the fault (written by that agent only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFaultStatus {
+    /// Target pods on this node the fault is in the datapath for.
+    pub targets: u32,
+    /// The fault is in this node's datapath.
+    pub applied: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Packets acted on, on this node.
+    #[serde(default)]
+    pub counters: Counters,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Timestamp>,
+}
+
+/// Status: the controller writes the phase, expiry, counts and conditions; each node agent
+/// writes its own entry of `nodes` (server-side apply, one field manager each).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkFaultStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// When the datapath stops applying the fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
+    /// Target pods the fault resolved to (all nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_count: Option<u32>,
+    /// Peer pods (and CIDRs) it resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_count: Option<u32>,
+    /// Target pods, `namespace/name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_pods: Vec<String>,
+    /// Nodes where the fault is in the datapath, comma-separated (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_nodes: Option<String>,
+    /// Per node, written by that node's agent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, NodeFaultStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Annotation the API sets to recover a fault at once (value: RFC 3339 time).
+pub const RECOVERED_AT: &str = "faultline.dev/recovered-at";
+
+fn camel(field: &str) -> String {
+    let mut out = String::new();
+    let mut up = false;
+    for c in field.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            out.extend(c.to_uppercase());
+            up = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl NetworkFaultSpec {
+    /// From the model (the API creates objects from native requests).
+    pub fn from_fault_spec(s: &FaultSpec) -> Self {
+        Self {
+            pod_prefix: s.pod_prefix.clone(),
+            selector: s.selector.clone(),
+            to_selectors: s.to_selectors.clone(),
+            to_namespace: s.to_namespace.clone(),
+            to_cidrs: s.to_cidrs.clone(),
+            port: s.port,
+            protocol: s.protocol,
+            direction: s.direction,
+            partition: s.partition,
+            loss_percent: s.loss_percent,
+            corrupt_percent: s.corrupt_percent,
+            delay: s.delay,
+            jitter: s.jitter,
+            duplicate_percent: s.duplicate_percent,
+            rate: s.rate,
+            duration: s.duration,
+            block_nats: s.block_nats,
+            allow_namespaces: s.allow_namespaces.clone(),
+        }
+    }
+}
+
+impl NetworkFault {
+    /// The fault model of this object, validated; errors name the `spec.` field in camelCase.
+    pub fn fault_spec(&self) -> Result<FaultSpec, FieldError> {
+        let namespace = self.metadata.namespace.clone().unwrap_or_default();
+        let s = &self.spec;
+        let mut f = FaultSpec::new(namespace);
+        f.pod_prefix = s.pod_prefix.clone();
+        f.selector = s.selector.clone();
+        f.to_selectors = s.to_selectors.clone();
+        f.to_namespace = s.to_namespace.clone();
+        f.to_cidrs = s.to_cidrs.clone();
+        f.port = s.port;
+        f.protocol = s.protocol;
+        f.direction = s.direction;
+        f.partition = s.partition;
+        f.loss_percent = s.loss_percent;
+        f.corrupt_percent = s.corrupt_percent;
+        f.delay = s.delay;
+        f.jitter = s.jitter;
+        f.duplicate_percent = s.duplicate_percent;
+        f.rate = s.rate;
+        f.duration = s.duration;
+        f.block_nats = s.block_nats;
+        f.allow_namespaces = s.allow_namespaces.clone();
+        f.labels = self
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, v)| Selector::from_labels([(k.as_str(), v.as_str())]).is_ok())
+            .collect();
+        f.validate().map_err(|e| FieldError::new(format!("spec.{}", camel(&e.field)), e.message))?;
+        Ok(f)
+    }
+
+    /// The fault's id: the object's name.
+    pub fn id(&self) -> String {
+        self.metadata.name.clone().unwrap_or_default()
+    }
+
+    /// Whether the API (or a user) asked to recover it.
+    pub fn recovered_at(&self) -> Option<Timestamp> {
+        self.metadata.annotations.as_ref()?.get(RECOVERED_AT)?.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn deploy_crd_yaml_matches_the_types() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crd.yaml");
+        let generated = crate::kube::crd_yaml();
+        let kept = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(kept == generated, "deploy/crd.yaml is stale: regenerate it with `cargo run -p fault-agent -- crd > deploy/crd.yaml`");
+    }
+
+    #[test]
+    fn spec_errors_name_camel_case_fields() {
+        let mut nf = NetworkFault::new("f-1", NetworkFaultSpec::from_fault_spec(&FaultSpec::new("dynamo")));
+        nf.metadata.namespace = Some("dynamo".into());
+        nf.spec.pod_prefix = Some("vllm".into());
+        nf.spec.to_cidrs = vec!["198.18.0.1/24".parse().unwrap()];
+        nf.spec.partition = Some(PartitionMode::Packets);
+        assert_eq!(nf.fault_spec().unwrap_err().field, "spec.toCidrs[0]");
+        assert!(NetworkFault::crd().spec.versions[0].subresources.is_some());
+    }
+}

@@ -1,0 +1,272 @@
+//! `fault-agent node`: one per node (DaemonSet). It watches every pod and every `NetworkFault`
+//! (kube-runtime reflectors: list + watch, no polling), finds the network namespace and host
+//! veth of the pods on its node, mirrors the faults into its core (the same reconciler as the
+//! single-host agent) and writes its own entry of each fault's status.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use futures::{Stream, StreamExt as _};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod as KubePod;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+    runtime::{WatchStreamExt as _, reflector, watcher},
+};
+use tokio::{net::TcpListener, sync::Notify};
+
+use super::{
+    crd::{NetworkFault, NodeFaultStatus, Phase},
+    netns::NetnsIndex,
+    pods::from_kube,
+};
+use crate::{
+    api::{self, AppState, backend::Backend, lock},
+    core::{Core, CoreConfig, ExternalFault, NodeReport},
+    dataplane::{Capabilities, Dataplane, Pins, kernel},
+    discover::{self, HostIf},
+    pods::Pod,
+    standalone::shutdown_signal,
+    store::{self, Store},
+};
+
+/// Settings of `fault-agent node`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's name (`spec.nodeName` of its pods; from the downward API).
+    pub node: String,
+    /// Read-only API and health (`/healthz`, `/readyz`, `/v1/pods`, `/v1/faults`...).
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub core: CoreConfig,
+    pub force_netlink: bool,
+    /// How often counters are written to the status (changes of state are written at once).
+    pub status_interval: Duration,
+}
+
+/// Local pods' discovery, cached by (namespace/name, addresses).
+#[derive(Default)]
+struct Discovery {
+    index: NetnsIndex,
+    cache: HashMap<(String, Vec<std::net::IpAddr>), Vec<HostIf>>,
+}
+
+fn if_still_there(h: &HostIf) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", h.name))
+        .is_ok_and(|s| s.trim() == h.index.to_string())
+}
+
+impl Discovery {
+    /// Fills `host_ifs` of the pods of `node` (others are peers only).
+    fn fill(&mut self, pods: &mut [Pod], node: &str) {
+        for pod in pods.iter_mut().filter(|p| p.node.as_deref() == Some(node)) {
+            let key = (format!("{}/{}", pod.namespace, pod.name), pod.ips.clone());
+            if let Some(h) = self.cache.get(&key).filter(|h| h.iter().all(if_still_there)) {
+                pod.host_ifs = h.clone();
+                continue;
+            }
+            let Some(ip) = pod.ips.first().copied() else { continue };
+            match self.index.find(ip).map(|ns| discover::pod_net(&ns)) {
+                Some(Ok(net)) => {
+                    self.cache.insert(key, net.host_ifs.clone());
+                    pod.host_ifs = net.host_ifs;
+                }
+                Some(Err(e)) => pod.problem = Some(format!("{e:#}")),
+                None => pod.problem = Some(format!("no network namespace of this node holds {ip}")),
+            }
+        }
+        let live: std::collections::HashSet<_> =
+            pods.iter().map(|p| (format!("{}/{}", p.namespace, p.name), p.ips.clone())).collect();
+        self.cache.retain(|k, _| live.contains(k));
+    }
+}
+
+/// A `NetworkFault` as the core mirrors it; `None` while the controller has not set its expiry
+/// or when it failed validation (the controller reports that).
+fn external(nf: &NetworkFault) -> Option<ExternalFault> {
+    let st = nf.status.as_ref()?;
+    let expires_at = st.expires_at?;
+    if st.phase == Some(Phase::Failed) {
+        return None;
+    }
+    let spec = nf.fault_spec().ok()?;
+    Some(ExternalFault {
+        id: nf.id(),
+        spec,
+        created_at: nf.metadata.creation_timestamp.clone().map(|t| t.0).unwrap_or_else(Timestamp::now),
+        expires_at,
+        recovered: nf.recovered_at().is_some() || st.phase == Some(Phase::Recovered),
+    })
+}
+
+async fn drive<S, T, E>(stream: S, changed: Arc<Notify>, what: &'static str)
+where
+    S: Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        if let Err(e) = ev {
+            tracing::warn!(what, error = %e, "watch error (retrying)");
+        }
+        changed.notify_one();
+    }
+}
+
+/// Runs the node agent until SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> Result<()> {
+    let client = Client::try_default().await.context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG)")?;
+    let caps = Capabilities::probe(cfg.force_netlink);
+    tracing::info!(node = %cfg.node, kernel = %caps.kernel, tcx = caps.tcx, sch_fq = caps.sch_fq, "node agent");
+    let store = Store::open(&cfg.state_dir, &kernel::boot_id(), kernel::boottime_ns()?)?;
+    let previous = store::load_attachments(&cfg.state_dir)?;
+    let dataplane = Dataplane::open(Pins::new(&cfg.bpffs), &caps, previous)?;
+    let core = Arc::new(Mutex::new(Core::new(store, dataplane, caps, cfg.core.clone())));
+
+    let changed = Arc::new(Notify::new());
+    let (pods_r, pods_w) = reflector::store::<KubePod>();
+    let (faults_r, faults_w) = reflector::store::<NetworkFault>();
+    let pods_watch = reflector(pods_w, watcher(Api::<KubePod>::all(client.clone()), watcher::Config::default()).default_backoff());
+    let faults_watch =
+        reflector(faults_w, watcher(Api::<NetworkFault>::all(client.clone()), watcher::Config::default()).default_backoff());
+    let w1 = tokio::spawn(drive(pods_watch, changed.clone(), "pods"));
+    let w2 = tokio::spawn(drive(faults_watch, changed.clone(), "networkfaults"));
+    pods_r.wait_until_ready().await.context("pod watch")?;
+    faults_r.wait_until_ready().await.context("networkfault watch")?;
+
+    let state = Arc::new(AppState {
+        backend: Backend::Local { core: core.clone(), read_only: true },
+        changed: changed.clone(),
+        ready: false.into(),
+        inventory_error: Mutex::new(None),
+    });
+    let sync = tokio::spawn(sync_loop(cfg.clone(), core.clone(), pods_r, faults_r, client, state.clone()));
+    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "node agent API listening");
+    let served = axum::serve(listener, api::router(state.clone(), None)).with_graceful_shutdown(shutdown_signal()).await;
+    for t in [w1, w2, sync] {
+        t.abort();
+        let _ = t.await;
+    }
+    drop(state);
+    tracing::info!("shutting down: removing programs, links, qdiscs and pins");
+    let mut core = core;
+    let core = loop {
+        match Arc::try_unwrap(core) {
+            Ok(m) => break m.into_inner().unwrap_or_else(|p| p.into_inner()),
+            Err(shared) => {
+                core = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let cleaned = tokio::task::spawn_blocking(move || core.shutdown()).await?;
+    served.context("API server")?;
+    cleaned
+}
+
+/// Level-triggered: at every change of pods or faults (and at each deadline), mirror the whole
+/// picture into the core, then write what changed in this node's status entries.
+async fn sync_loop(
+    cfg: Config,
+    core: Arc<Mutex<Core>>,
+    pods_r: reflector::Store<KubePod>,
+    faults_r: reflector::Store<NetworkFault>,
+    client: Client,
+    state: Arc<AppState>,
+) {
+    let discovery = Arc::new(Mutex::new(Discovery::default()));
+    let mut written: BTreeMap<(String, String), (NodeFaultStatus, Instant)> = BTreeMap::new();
+    loop {
+        let objects = faults_r.state();
+        let mut pods: Vec<Pod> = pods_r.state().iter().filter_map(|p| from_kube(p)).collect();
+        let faults: Vec<ExternalFault> = objects.iter().filter_map(|f| external(f)).collect();
+        let (c, d, node) = (core.clone(), discovery.clone(), cfg.node.clone());
+        let res = tokio::task::spawn_blocking(move || -> Result<(Vec<NodeReport>, Option<Duration>)> {
+            d.lock().unwrap_or_else(|p| p.into_inner()).fill(&mut pods, &node);
+            let mut core = lock(&c);
+            core.set_pods(pods)?;
+            core.sync_external(&faults)?;
+            Ok((core.node_reports(&node), core.next_deadline()))
+        })
+        .await;
+        let mut next = Duration::from_secs(5);
+        match res {
+            Ok(Ok((reports, deadline))) => {
+                state.ready.store(true, Ordering::Release);
+                if let Some(d) = deadline {
+                    next = next.min(d + Duration::from_millis(1));
+                }
+                write_status(&client, &cfg, &objects, &reports, &mut written).await;
+            }
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "sync failed"),
+            Err(e) => tracing::error!(error = %e, "sync task failed"),
+        }
+        tokio::select! {
+            _ = state.changed.notified() => tokio::time::sleep(Duration::from_millis(10)).await,
+            _ = tokio::time::sleep(next) => {}
+        }
+    }
+}
+
+/// Server-side applies this node's entry of each fault's status when it changed (counters at
+/// most every `status_interval`). Only faults this node has (or had) a part in are written.
+async fn write_status(
+    client: &Client,
+    cfg: &Config,
+    objects: &[Arc<NetworkFault>],
+    reports: &[NodeReport],
+    written: &mut BTreeMap<(String, String), (NodeFaultStatus, Instant)>,
+) {
+    let manager = format!("faultline-node-{}", cfg.node);
+    for nf in objects {
+        let ns = nf.metadata.namespace.clone().unwrap_or_default();
+        let key = (ns.clone(), nf.id());
+        let Some(r) = reports.iter().find(|r| r.id == key.1) else { continue };
+        let mut status = NodeFaultStatus {
+            targets: r.local_targets,
+            applied: r.applied,
+            message: r.message.clone(),
+            counters: r.counters,
+            updated_at: None,
+        };
+        let in_object = nf.status.as_ref().and_then(|s| s.nodes.get(&cfg.node));
+        let due = match written.get(&key) {
+            Some((last, at)) => {
+                let same = |a: &NodeFaultStatus, b: &NodeFaultStatus| {
+                    a.targets == b.targets && a.applied == b.applied && a.message == b.message
+                };
+                !same(last, &status)
+                    || (last.counters != status.counters && at.elapsed() >= cfg.status_interval)
+                    || in_object.is_none_or(|o| !same(o, &status))
+            }
+            None => status.applied || status.message.is_some() || in_object.is_some_and(|o| o.applied),
+        };
+        if !due {
+            continue;
+        }
+        status.updated_at = Some(Timestamp::now());
+        let api: Api<NetworkFault> = Api::namespaced(client.clone(), &ns);
+        let patch = serde_json::json!({
+            "apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
+            "status": {"nodes": {cfg.node.clone(): status}}
+        });
+        match api.patch_status(&key.1, &PatchParams::apply(&manager).force(), &Patch::Apply(&patch)).await {
+            Ok(_) => {
+                written.insert(key, (status, Instant::now()));
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                written.remove(&key);
+            }
+            Err(e) => tracing::warn!(fault = %key.1, error = %e, "status write failed (retrying)"),
+        }
+    }
+    written.retain(|k, _| objects.iter().any(|o| o.metadata.namespace.as_deref() == Some(k.0.as_str()) && o.id() == k.1));
+}
