@@ -28,6 +28,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1/faults/{id}/recover", post(recover))
         .route("/v1/pods", get(pods))
         .route("/v1/capabilities", get(capabilities))
+        .route("/v1/tables", get(tables))
 }
 
 #[derive(Deserialize)]
@@ -123,4 +124,14 @@ async fn capabilities(State(s): State<Arc<AppState>>) -> Result<Json<Capabilitie
         Ok(Json(CapabilitiesView { caps: c.capabilities().clone(), programs }))
     })
     .await
+}
+
+/// `GET /v1/tables`: how many entries the kernel maps hold (targets, rules, fault slots).
+async fn tables(State(s): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, AgentError> {
+    s.backend
+        .with_core(|c| {
+            let (targets, rules, faults) = c.table_sizes();
+            Ok(Json(serde_json::json!({"targets": targets, "rules": rules, "faults": faults})))
+        })
+        .await
 }
