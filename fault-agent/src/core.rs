@@ -3,7 +3,10 @@
 //! maps must hold and writes only the difference. Running it twice changes nothing; running it
 //! after a restart adopts what the kernel already holds. API calls go through the same path,
 //! and either fully apply or leave everything as it was.
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use fault_api::{Counters, Fault, FaultSpec, FaultState, FieldError, fault::new_fault_id};
@@ -12,7 +15,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     compile::{self, CompileInput, Interner, TooManyFaults},
-    dataplane::{AttachRecord, Capabilities, Dataplane, Tables, kernel},
+    dataplane::{AttachRecord, Capabilities, Dataplane, Iface, Tables, kernel},
     error::AgentError,
     pods::Pod,
     resolve,
@@ -140,7 +143,9 @@ impl Core {
         let gc = self.store.gc(now, self.config.retention);
         self.sync_attachments()?;
         let (tables, failed) = self.desired_tolerant();
+        self.sync_shaping(false)?;
         report.writes = self.dataplane.write(&tables)?;
+        self.sync_shaping(true)?;
         self.snapshot_counters(&ending);
         if !ending.is_empty() || gc || failed {
             self.store.save()?;
@@ -160,6 +165,57 @@ impl Core {
             tracing::warn!(%ifname, error = %format!("{e:#}"), "attach failed");
             self.attach_errors.insert(ifname, format!("{e:#}"));
         }
+        self.sync_records()
+    }
+
+    /// Where live faults with a delay or rate need the pod-side program and fq: the pods' own
+    /// interfaces for egress, their host veths for ingress.
+    fn shaping_wanted(&self) -> (BTreeSet<Iface>, BTreeSet<Iface>) {
+        let (mut pod_progs, mut fq) = (BTreeSet::new(), BTreeSet::new());
+        for f in self.store.live().filter(|f| f.spec.needs_fq()) {
+            for t in &f.resolution.targets {
+                let Some(pod) = self.pods.iter().find(|p| p.namespace == t.namespace && p.name == t.name && p.is_local()) else {
+                    continue;
+                };
+                if f.spec.direction.includes_ingress() {
+                    fq.extend(pod.host_ifs.iter().map(|h| Iface { netns: None, ifname: h.name.clone(), ifindex: h.index }));
+                }
+                if f.spec.direction.includes_egress() {
+                    if let Some(ns) = &pod.netns {
+                        for i in &pod.pod_ifs {
+                            let iface = Iface { netns: Some(ns.clone()), ifname: i.name.clone(), ifindex: i.index };
+                            pod_progs.insert(iface.clone());
+                            fq.insert(iface);
+                        }
+                    }
+                }
+            }
+        }
+        (pod_progs, fq)
+    }
+
+    /// Brings the pod-side programs and fq qdiscs in line; `remove` also takes away what is no
+    /// longer needed (after the maps stopped referring to it).
+    fn sync_shaping(&mut self, remove: bool) -> Result<Vec<String>> {
+        let (pod_progs, fq) = self.shaping_wanted();
+        if pod_progs.is_empty() && fq.is_empty() && !remove {
+            return Ok(vec![]);
+        }
+        let failed = self.dataplane.sync_shaping(&pod_progs, &fq, remove);
+        let mut errors = Vec::new();
+        for (iface, e) in failed {
+            let msg = format!("{e:#}");
+            tracing::warn!(ifname = %iface.ifname, error = %msg, "delay/rate set-up failed");
+            self.attach_errors.insert(iface.ifname.clone(), msg.clone());
+            errors.push(msg);
+        }
+        let fq_records = self.dataplane.fq_records();
+        store::save_qdiscs(self.store.dir(), &fq_records)?;
+        self.sync_records()?;
+        Ok(errors)
+    }
+
+    fn sync_records(&mut self) -> Result<()> {
         let records = self.dataplane.records();
         if records != self.saved_records {
             store::save_attachments(self.store.dir(), &records)?;
@@ -238,15 +294,6 @@ impl Core {
                     "needs the fq qdisc (sch_fq) to enforce departure times, and kernel {} has none; nothing was applied",
                     self.caps.kernel
                 ),
-            )));
-        }
-        if spec.needs_fq() {
-            return Err(AgentError::Unsupported(FieldError::new(field, "delay and rate are not implemented by this agent yet")));
-        }
-        if spec.duplicate_percent.is_some() {
-            return Err(AgentError::Unsupported(FieldError::new(
-                "duplicate_percent",
-                "duplication is not implemented by this agent yet",
             )));
         }
         Ok(())
@@ -376,6 +423,7 @@ impl Core {
             resolution: Default::default(),
         };
         let id = record.id.clone();
+        let spec_needs_delay = record.spec.delay.is_some();
         self.store.insert(record);
         let tables = match self.desired() {
             Ok(t) => t,
@@ -384,6 +432,21 @@ impl Core {
                 return Err(AgentError::Conflict(format!("{e}; recover one of them first")));
             }
         };
+        // Delay and rate need fq (and, for egress, the pod-side program) before they act.
+        match self.sync_shaping(false) {
+            Ok(errors) if errors.is_empty() => {}
+            Ok(errors) => {
+                self.store.remove(&id);
+                self.rollback();
+                let field = if spec_needs_delay { "delay" } else { "rate" };
+                return Err(AgentError::Unsupported(FieldError::new(field, errors.join("; "))));
+            }
+            Err(e) => {
+                self.store.remove(&id);
+                self.rollback();
+                return Err(AgentError::Internal(e));
+            }
+        }
         if let Err(e) = self.dataplane.write(&tables).and_then(|_| self.store.save()) {
             self.store.remove(&id);
             self.rollback();
@@ -500,6 +563,7 @@ impl Core {
         self.store.save()?;
         let dir = self.store.dir().to_owned();
         self.dataplane.shutdown()?;
-        store::save_attachments(&dir, &[])
+        store::save_attachments(&dir, &[])?;
+        store::save_qdiscs(&dir, &[])
     }
 }

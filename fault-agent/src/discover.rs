@@ -28,12 +28,15 @@ pub struct PodNet {
     pub ips: Vec<IpAddr>,
     /// Host-side peers of the pod's veths.
     pub host_ifs: Vec<HostIf>,
+    /// The pod's own veths (in its namespace), where egress delays are set.
+    pub pod_ifs: Vec<HostIf>,
 }
 
 #[derive(Debug)]
 struct Veth {
     index: u32,
     peer_index: u32,
+    name: String,
 }
 
 fn veth_of(msg: &LinkMessage) -> Option<Veth> {
@@ -46,7 +49,9 @@ fn veth_of(msg: &LinkMessage) -> Option<Veth> {
         _ => None,
     });
     match (is_veth, peer) {
-        (true, Some(peer_index)) if peer_index != 0 => Some(Veth { index: msg.header.index, peer_index }),
+        (true, Some(peer_index)) if peer_index != 0 => {
+            Some(Veth { index: msg.header.index, peer_index, name: name_of(msg).unwrap_or_default() })
+        }
         _ => None,
     }
 }
@@ -95,6 +100,7 @@ pub fn addresses(netns: &Path) -> Result<Vec<IpAddr>> {
 /// Reads the pod's veths and addresses from `netns`, then finds their host-side peers.
 pub fn pod_net(netns: &Path) -> Result<PodNet> {
     let (veths, ips) = pod_side(netns)?;
+    let pod_ifs: Vec<HostIf> = veths.iter().map(|v| HostIf { name: v.name.clone(), index: v.index }).collect();
     if veths.is_empty() {
         bail!("no veth in network namespace {}", netns.display());
     }
@@ -119,5 +125,5 @@ pub fn pod_net(netns: &Path) -> Result<PodNet> {
     if host_ifs.is_empty() {
         bail!("the veth peers of network namespace {} are not in the agent's network namespace", netns.display());
     }
-    Ok(PodNet { ips, host_ifs })
+    Ok(PodNet { ips, host_ifs, pod_ifs })
 }

@@ -164,9 +164,11 @@ fn main() -> Result<()> {
         }
         Command::Uninstall { state_dir, bpffs } => {
             let records = store::load_attachments(&state_dir)?;
-            dataplane::uninstall(&Pins::new(&bpffs), &records)?;
+            let fq = store::load_qdiscs(&state_dir)?;
+            dataplane::uninstall(&Pins::new(&bpffs), &records, &fq)?;
             if state_dir.exists() {
                 store::save_attachments(&state_dir, &[])?;
+                store::save_qdiscs(&state_dir, &[])?;
             }
             eprintln!("removed what the agent made ({} interfaces, pins under {})", records.len(), bpffs.display());
             Ok(())

@@ -18,6 +18,12 @@ pub struct Pod {
     pub ips: Vec<IpAddr>,
     /// Host-side veths on this node; empty for pods of other nodes (peers only).
     pub host_ifs: Vec<HostIf>,
+    /// The pod's network namespace (a file to open), for local pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<std::path::PathBuf>,
+    /// The pod's own veths, inside `netns`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pod_ifs: Vec<HostIf>,
     /// Why the pod cannot be faulted here (netns missing, no veth...), if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,

@@ -107,6 +107,8 @@ mod tests {
             node: None,
             ips: vec![ip.parse().unwrap()],
             host_ifs: vec![crate::discover::HostIf { name: format!("h-{name}"), index: 1 }],
+            netns: None,
+            pod_ifs: vec![],
             problem: None,
         }
     }

@@ -47,9 +47,9 @@ pub struct Config {
 
 /// Reads a pod's network namespace; a pod that cannot be read is kept with the reason.
 fn discover_pod(p: &InventoryPod) -> Pod {
-    let (ips, host_ifs, problem) = match discover::pod_net(&p.netns_path()) {
-        Ok(net) => (net.ips, net.host_ifs, None),
-        Err(e) => (vec![], vec![], Some(format!("{e:#}"))),
+    let (ips, host_ifs, pod_ifs, problem) = match discover::pod_net(&p.netns_path()) {
+        Ok(net) => (net.ips, net.host_ifs, net.pod_ifs, None),
+        Err(e) => (vec![], vec![], vec![], Some(format!("{e:#}"))),
     };
     Pod {
         namespace: p.namespace.clone(),
@@ -58,6 +58,8 @@ fn discover_pod(p: &InventoryPod) -> Pod {
         node: None,
         ips,
         host_ifs,
+        netns: Some(p.netns_path()),
+        pod_ifs,
         problem,
     }
 }
@@ -80,7 +82,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     let inventory = Inventory::load(&cfg.inventory)?;
     let store = Store::open(&cfg.state_dir, &kernel::boot_id(), kernel::boottime_ns()?)?;
     let previous = store::load_attachments(&cfg.state_dir)?;
-    let dataplane = Dataplane::open(Pins::new(&cfg.bpffs), &caps, previous)?;
+    let previous_fq = store::load_qdiscs(&cfg.state_dir)?;
+    let dataplane = Dataplane::open(Pins::new(&cfg.bpffs), &caps, previous, previous_fq)?;
     let core = Arc::new(Mutex::new(Core::new(store, dataplane, caps, cfg.core.clone())));
     let state = Arc::new(AppState {
         backend: api::backend::Backend::Local { core: core.clone(), read_only: false },

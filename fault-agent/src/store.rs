@@ -3,6 +3,7 @@
 //! ```text
 //! <state-dir>/faults.json        every fault not yet garbage-collected, with its slot
 //! <state-dir>/attachments.json   what the agent attached where (for restart and uninstall)
+//! <state-dir>/qdiscs.json        the fq root qdiscs it relies on (and whether it made them)
 //! ```
 //! Files are replaced atomically (write to a temporary file, then rename).
 use std::{
@@ -19,7 +20,10 @@ use fault_common::MAX_FAULTS;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::{dataplane::AttachRecord, resolve::Resolution};
+use crate::{
+    dataplane::{AttachRecord, FqRecord},
+    resolve::Resolution,
+};
 
 /// A fault as the agent keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +85,16 @@ pub fn load_attachments(dir: &Path) -> Result<Vec<AttachRecord>> {
 /// Replaces the attachment records of a state dir.
 pub fn save_attachments(dir: &Path, records: &[AttachRecord]) -> Result<()> {
     write_json(&dir.join("attachments.json"), &records)
+}
+
+/// Reads the fq records of a state dir.
+pub fn load_qdiscs(dir: &Path) -> Result<Vec<FqRecord>> {
+    read_json(&dir.join("qdiscs.json"))
+}
+
+/// Replaces the fq records of a state dir.
+pub fn save_qdiscs(dir: &Path, records: &[FqRecord]) -> Result<()> {
+    write_json(&dir.join("qdiscs.json"), &records)
 }
 
 impl Store {

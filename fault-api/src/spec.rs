@@ -323,10 +323,11 @@ impl FaultSpec {
         Selector::from_labels(self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .map_err(|e| FieldError::new("labels", e))?;
         if let Some(d) = self.delay {
-            if d.get() > std::time::Duration::from_secs(10) {
+            let total = d.get() + self.jitter.map_or(std::time::Duration::ZERO, |j| j.get());
+            if total > std::time::Duration::from_secs(10) {
                 return Err(FieldError::new(
                     "delay",
-                    format!("must be at most 10s (the fq qdisc horizon), got {d}"),
+                    format!("delay plus jitter must be at most 10s (the fq horizon is 12s), got {}", humantime::format_duration(total)),
                 ));
             }
         }

@@ -46,6 +46,45 @@ pub const PROG_HOST_INGRESS: &str = "fl_host_ingress";
 /// pod, so it acts for faults in the pod's [`Direction::Ingress`].
 pub const PROG_HOST_EGRESS: &str = "fl_host_egress";
 
+/// Program for the tc **egress** hook of a pod's own interface (inside the pod's network
+/// namespace): what the pod sends, before any qdisc, so that an `fq` root qdisc there can
+/// enforce departure times. Only attached to pods that have an egress delay, rate limit or
+/// duplication; it acts only for those (loss, corruption and partition act on the host side).
+pub const PROG_POD_EGRESS: &str = "fl_pod_egress";
+
+/// Pin and map name of the rate limiters' state (LRU hash, [`RateKey`] -> [`RateState`]).
+pub const MAP_RATE: &str = "FL_RATE";
+/// Capacity of [`MAP_RATE`].
+pub const MAX_RATE: u32 = 65_536;
+
+/// `skb->mark` value a duplicate carries while it re-enters the hook it was cloned from
+/// (`bpf_clone_redirect`), so that the program lets it through untouched. A whole 32-bit value
+/// compared for equality (CNIs use mark bits; this exact value is unlikely to be one of
+/// theirs); the program resets the copy's mark to 0 after recognizing it.
+pub const DUPLICATE_MARK: u32 = 0xfa17_d0b1;
+
+/// Key of [`MAP_RATE`]: one token bucket (as an EDT horizon) per fault, target and direction.
+/// 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RateKey {
+    /// Target address, IPv6 or IPv4-mapped.
+    pub addr: [u8; 16],
+    /// Fault slot.
+    pub slot: u16,
+    /// [`Direction`] as u8.
+    pub direction: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Value of [`MAP_RATE`]. 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateState {
+    /// Earliest departure of the next packet, `CLOCK_MONOTONIC` ns (the clock of EDT).
+    pub next_ns: u64,
+}
+
 /// TC verdicts (`include/uapi/linux/pkt_cls.h`). With TCX (Linux >= 6.6) the same values mean
 /// `TCX_NEXT` (-1), `TCX_PASS` (0) and `TCX_DROP` (2).
 pub mod verdict {
@@ -161,9 +200,10 @@ pub struct FaultParams {
     /// Deadline, `CLOCK_BOOTTIME` in ns (`bpf_ktime_get_boot_ns`, Linux >= 5.8). The program
     /// ignores the fault from this instant on, whether or not the agent is alive. 0: inactive.
     pub deadline_ns: u64,
-    /// Added delay in ns (EDT: `skb->tstamp`, enforced by an `fq` qdisc).
+    /// Added delay in ns (EDT: `skb->tstamp`, enforced by an `fq` qdisc). At most 10 s.
     pub delay_ns: u64,
-    /// Delay jitter in ns: uniform in `[-jitter, +jitter]` around `delay_ns`.
+    /// Delay jitter in ns: uniform in `[-jitter, +jitter]` around `delay_ns` (at most
+    /// `delay_ns`), independently per packet; a flow's packets still leave in order (fq).
     pub jitter_ns: u64,
     /// Rate limit in bytes per second (EDT pacing); 0: none.
     pub rate_bytes_per_sec: u64,
@@ -209,6 +249,8 @@ const _: () = {
     assert!(core::mem::size_of::<FaultParams>() == 48);
     assert!(core::mem::size_of::<FaultStats>() == 40);
     assert!(RULE_FIXED_BITS + 128 == RULE_FULL_BITS);
+    assert!(core::mem::size_of::<RateKey>() == 24);
+    assert!(core::mem::size_of::<RateState>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -222,6 +264,8 @@ mod pod {
     unsafe impl aya::Pod for super::FaultParams {}
     unsafe impl aya::Pod for super::FaultStats {}
     unsafe impl aya::Pod for super::ct::CtKey {}
+    unsafe impl aya::Pod for super::RateKey {}
+    unsafe impl aya::Pod for super::RateState {}
     unsafe impl aya::Pod for super::ct::CtValue {}
 }
 

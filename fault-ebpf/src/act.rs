@@ -1,5 +1,6 @@
-//! What the faults that match a packet do to it, in slot order: the first drop wins; a
-//! corruption does not stop the faults after it.
+//! What the faults that match a packet do to it, in slot order: the first drop wins;
+//! corruption, delay, rate and duplication do not stop the faults after them. Which actions a
+//! hook takes depends on where it sits ([`Hook`]).
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::TcContext};
 use fault_common::{
     FAULT_PARTITION, FAULT_PARTITION_CONNECTIONS, FAULT_PROTECT_DNS, FAULT_PROTECT_NATS_PORT,
@@ -7,10 +8,24 @@ use fault_common::{
 };
 
 use crate::{
-    conntrack, corrupt,
+    conntrack, corrupt, duplicate, edt,
     maps::{FL_FAULTS, FL_STATS},
     parse::{Flow, Packet},
 };
+
+/// Where a program runs, and so what it can do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// tc ingress of the host veth (the pod's egress): drop, corrupt, duplicate. No qdisc
+    /// follows an ingress hook, so departure times are set on the pod side instead.
+    HostIngress,
+    /// tc egress of the host veth (the pod's ingress): everything; the host veth's fq
+    /// enforces departure times.
+    HostEgress,
+    /// tc egress of the pod's own interface (the pod's egress): departure times only, for its
+    /// fq; the host side does the rest.
+    PodEgress,
+}
 
 const DNS_PORT: [u8; 2] = 53u16.to_be_bytes();
 const NATS_CLIENT_PORT: [u8; 2] = 4222u16.to_be_bytes();
@@ -26,7 +41,7 @@ pub fn rand() -> u32 {
 
 /// Runs the faults of `rule` on the packet and returns the verdict.
 #[inline(always)]
-pub fn apply(ctx: &TcContext, pkt: &Packet, flow: &Flow, direction: Direction, rule: &RuleValue) -> i32 {
+pub fn apply(ctx: &TcContext, hook: Hook, pkt: &Packet, flow: &Flow, direction: Direction, rule: &RuleValue) -> i32 {
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let count = rule.count as usize;
     for i in 0..MAX_FAULTS_PER_RULE {
@@ -42,14 +57,32 @@ pub fn apply(ctx: &TcContext, pkt: &Packet, flow: &Flow, direction: Direction, r
         let Some(stats) = FL_STATS.get_ptr_mut(slot) else { continue };
         // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
         let stats = unsafe { &mut *stats };
-        stats.matched += 1;
-        if drops(fault, pkt, flow, direction, now) {
-            stats.dropped += 1;
-            return verdict::DROP;
+        if hook != Hook::PodEgress {
+            stats.matched += 1;
+            if drops(fault, pkt, flow, direction, now) {
+                stats.dropped += 1;
+                return verdict::DROP;
+            }
+            if fault.corrupt_ppm != 0 && chance(rand(), fault.corrupt_ppm) && corrupt::payload(ctx, pkt) {
+                stats.corrupted += 1;
+            }
         }
-        if fault.corrupt_ppm != 0 && chance(rand(), fault.corrupt_ppm) && corrupt::payload(ctx, pkt)
+        if hook != Hook::HostIngress {
+            match edt::schedule(ctx, fault, slot as u16, &flow.target, direction) {
+                edt::Scheduled::Untouched => {}
+                edt::Scheduled::Delayed => stats.delayed += 1,
+                edt::Scheduled::Drop => {
+                    stats.dropped += 1;
+                    return verdict::DROP;
+                }
+            }
+        }
+        if hook != Hook::PodEgress
+            && fault.duplicate_ppm != 0
+            && chance(rand(), fault.duplicate_ppm)
+            && duplicate::duplicate(ctx, hook == Hook::HostIngress)
         {
-            stats.corrupted += 1;
+            stats.duplicated += 1;
         }
     }
     verdict::NEXT

@@ -15,6 +15,10 @@ mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod corrupt;
 #[cfg(target_arch = "bpf")]
+mod duplicate;
+#[cfg(target_arch = "bpf")]
+mod edt;
+#[cfg(target_arch = "bpf")]
 mod lookup;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -26,22 +30,35 @@ mod entry {
     use aya_ebpf::{macros::classifier, programs::TcContext};
     use fault_common::{Direction, TARGET_TRACK_CONNECTIONS, verdict};
 
-    use crate::{act, conntrack, lookup, parse};
+    use crate::{
+        act::{self, Hook},
+        conntrack, duplicate, lookup, parse,
+    };
 
     /// tc ingress of a pod's host-side veth: what the pod sends, i.e. its **egress**.
     #[classifier]
     pub fn fl_host_ingress(ctx: TcContext) -> i32 {
-        classify(&ctx, Direction::Egress)
+        classify(&ctx, Hook::HostIngress, Direction::Egress)
     }
 
     /// tc egress of a pod's host-side veth: what the pod receives, i.e. its **ingress**.
     #[classifier]
     pub fn fl_host_egress(ctx: TcContext) -> i32 {
-        classify(&ctx, Direction::Ingress)
+        classify(&ctx, Hook::HostEgress, Direction::Ingress)
+    }
+
+    /// tc egress of the pod's own interface: departure times of what the pod sends.
+    #[classifier]
+    pub fn fl_pod_egress(ctx: TcContext) -> i32 {
+        classify(&ctx, Hook::PodEgress, Direction::Egress)
     }
 
     #[inline(always)]
-    fn classify(ctx: &TcContext, direction: Direction) -> i32 {
+    fn classify(ctx: &TcContext, hook: Hook, direction: Direction) -> i32 {
+        // A duplicate we made is on its second pass: let it go as it is.
+        if duplicate::is_copy(ctx) {
+            return verdict::NEXT;
+        }
         // The no-fault path: the target's address into a key, one hash lookup, out.
         if parse::pull_headers(ctx).is_none() {
             return verdict::NEXT;
@@ -58,13 +75,13 @@ mod entry {
         };
         parse::l4(ctx, &mut pkt);
         let flow = parse::Flow::of(&pkt, direction);
-        if target.flags & TARGET_TRACK_CONNECTIONS != 0 {
+        if target.flags & TARGET_TRACK_CONNECTIONS != 0 && hook != Hook::PodEgress {
             conntrack::record(&pkt, &flow, direction);
         }
         let Some(rule) = lookup::rule(target, pkt.proto, flow.peer_port, &flow.peer) else {
             return verdict::NEXT;
         };
-        act::apply(ctx, &pkt, &flow, direction, rule)
+        act::apply(ctx, hook, &pkt, &flow, direction, rule)
     }
 }
 

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use fault_common::{
-    FaultParams, FaultStats, MAX_FAULTS, MAX_RULES, MAX_TARGETS, RuleKey, RuleValue, TargetKey,
-    TargetValue,
+    FaultParams, FaultStats, MAX_FAULTS, MAX_RATE, MAX_RULES, MAX_TARGETS, RateKey, RateState,
+    RuleKey, RuleValue, TargetKey, TargetValue,
     ct::{CtKey, CtValue, MAX_CT},
 };
 
@@ -29,3 +29,7 @@ pub static FL_STATS: PerCpuArray<FaultStats> = PerCpuArray::pinned(MAX_FAULTS, 0
 /// Flows the peer opened, for connection-aware partitions. See `fault_common::ct`.
 #[map(name = "FL_CT")]
 pub static FL_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CT, 0);
+
+/// Rate limiters' next departure times. See `fault_common::MAP_RATE`.
+#[map(name = "FL_RATE")]
+pub static FL_RATE: LruHashMap<RateKey, RateState> = LruHashMap::pinned(MAX_RATE, 0);

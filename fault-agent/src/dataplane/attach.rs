@@ -6,7 +6,10 @@
 //! - Older kernels: a cls_bpf filter (direct action) at priority [`NL_PRIORITY`], handle
 //!   [`NL_HANDLE`] on the `clsact` qdisc, which is added when missing (and then removed with
 //!   the last of our filters). A new agent replaces the filter's program in place.
-use std::io;
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -17,7 +20,7 @@ use aya::{
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
 };
-use fault_common::{PROG_HOST_EGRESS, PROG_HOST_INGRESS};
+use fault_common::{PROG_HOST_EGRESS, PROG_HOST_INGRESS, PROG_POD_EGRESS};
 use serde::{Deserialize, Serialize};
 
 use super::pins::{Pins, remove_file};
@@ -41,12 +44,28 @@ pub enum AttachMode {
     Netlink,
 }
 
+/// Which interface of a pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachKind {
+    /// The host-side veth: [`PROG_HOST_INGRESS`] and [`PROG_HOST_EGRESS`].
+    #[default]
+    Host,
+    /// The pod's own veth (in its namespace): [`PROG_POD_EGRESS`] on egress.
+    Pod,
+}
+
 /// What the agent made on one interface, persisted in the state dir so that `uninstall` (or
 /// the next agent) can remove exactly that.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachRecord {
     pub ifname: String,
     pub ifindex: u32,
+    #[serde(default)]
+    pub kind: AttachKind,
+    /// The network namespace of the interface (pod side); `None`: the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
     pub mode: AttachMode,
     /// The agent added the clsact qdisc (netlink mode) and removes it with its filters.
     #[serde(default)]
@@ -83,7 +102,8 @@ fn is_errno(e: &TcError, errno: i32) -> bool {
 
 /// Attaches both programs to `ifname` (adopting what a previous agent left there).
 pub fn attach(ebpf: &mut Ebpf, pins: &Pins, mode: AttachMode, ifname: &str, ifindex: u32) -> Result<Attached> {
-    let mut record = AttachRecord { ifname: ifname.into(), ifindex, mode, clsact_created: false };
+    let mut record =
+        AttachRecord { ifname: ifname.into(), ifindex, kind: AttachKind::Host, netns: None, mode, clsact_created: false };
     let mut held = Vec::new();
     if mode == AttachMode::Netlink {
         match tc::qdisc_add_clsact(ifname) {
@@ -95,7 +115,7 @@ pub fn attach(ebpf: &mut Ebpf, pins: &Pins, mode: AttachMode, ifname: &str, ifin
     for (name, hook, hook_name) in HOOKS {
         let prog = program(ebpf, name)?;
         let h = match mode {
-            AttachMode::Tcx => Held::Tcx(attach_tcx(prog, pins, ifname, hook, hook_name)?),
+            AttachMode::Tcx => Held::Tcx(attach_tcx(prog, &pins.link(ifname, hook_name), ifname, hook, hook_name)?),
             AttachMode::Netlink => Held::Netlink(attach_netlink(prog, ifname, hook)?),
         };
         held.push(h);
@@ -103,9 +123,51 @@ pub fn attach(ebpf: &mut Ebpf, pins: &Pins, mode: AttachMode, ifname: &str, ifin
     Ok(Attached { record, held })
 }
 
-fn attach_tcx(prog: &mut SchedClassifier, pins: &Pins, ifname: &str, hook: TcAttachType, hook_name: &str) -> Result<FdLink> {
-    let pin = pins.link(ifname, hook_name);
-    let adopted = match PinnedLink::from_pin(&pin) {
+/// Runs `f` on a scoped thread inside the network namespace `netns` (interface names and
+/// indexes, and netlink sockets, are per namespace).
+fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let file = std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow!("thread in {} panicked", netns.display()))?
+    })
+}
+
+/// Attaches [`PROG_POD_EGRESS`] to the egress hook of the pod's own interface `ifname` in
+/// `netns` (the place where a pod's outgoing packets can still be given a departure time).
+pub fn attach_pod_egress(ebpf: &mut Ebpf, pins: &Pins, mode: AttachMode, netns: &Path, ifname: &str, ifindex: u32) -> Result<Attached> {
+    let prog = program(ebpf, PROG_POD_EGRESS)?;
+    let pin = pins.pod_link(netns, ifname)?;
+    let (held, clsact_created) = in_netns(netns, || -> Result<(Held, bool)> {
+        match mode {
+            AttachMode::Tcx => Ok((Held::Tcx(attach_tcx(prog, &pin, ifname, TcAttachType::Egress, "egress")?), false)),
+            AttachMode::Netlink => {
+                let created = match tc::qdisc_add_clsact(ifname) {
+                    Ok(()) => true,
+                    Err(e) if is_errno(&e, libc::EEXIST) => false,
+                    Err(e) => return Err(e).with_context(|| format!("adding clsact to {ifname}")),
+                };
+                Ok((Held::Netlink(attach_netlink(prog, ifname, TcAttachType::Egress)?), created))
+            }
+        }
+    })?;
+    let record = AttachRecord {
+        ifname: ifname.into(),
+        ifindex,
+        kind: AttachKind::Pod,
+        netns: Some(netns.to_owned()),
+        mode,
+        clsact_created,
+    };
+    Ok(Attached { record, held: vec![held] })
+}
+
+fn attach_tcx(prog: &mut SchedClassifier, pin: &Path, ifname: &str, hook: TcAttachType, hook_name: &str) -> Result<FdLink> {
+    let adopted = match PinnedLink::from_pin(pin) {
         Ok(old) => {
             let link = SchedClassifierLink::try_from(FdLink::from(old));
             match link.map_err(anyhow::Error::from).and_then(|l| prog.attach_to_link(l).map_err(Into::into)) {
@@ -113,7 +175,7 @@ fn attach_tcx(prog: &mut SchedClassifier, pins: &Pins, ifname: &str, hook: TcAtt
                 Err(e) => {
                     // The interface it was on is gone (ENOLINK) or it is not ours: start afresh.
                     tracing::info!(ifname, hook = hook_name, error = %e, "pinned link not reusable, attaching anew");
-                    remove_file(&pin)?;
+                    remove_file(pin)?;
                     None
                 }
             }
@@ -130,7 +192,7 @@ fn attach_tcx(prog: &mut SchedClassifier, pins: &Pins, ifname: &str, hook: TcAtt
     if pin.exists() {
         return Ok(link);
     }
-    let pinned = link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+    let pinned = link.pin(pin).with_context(|| format!("pinning {}", pin.display()))?;
     Ok(FdLink::from(pinned))
 }
 
@@ -148,18 +210,33 @@ fn attach_netlink(prog: &mut SchedClassifier, ifname: &str, hook: TcAttachType) 
     Ok(prog.take_link(id)?)
 }
 
-/// Detaches what [`attach`] made.
+/// Detaches what [`attach`] or [`attach_pod_egress`] made.
 pub fn detach(att: Attached, pins: &Pins) -> Result<()> {
     let Attached { record, held } = att;
-    for h in held {
-        match h {
-            Held::Tcx(link) => drop(link),
-            Held::Netlink(link) => {
+    let netlink: Vec<SchedClassifierLink> = held
+        .into_iter()
+        .filter_map(|h| match h {
+            Held::Tcx(link) => {
+                drop(link);
+                None
+            }
+            Held::Netlink(link) => Some(link),
+        })
+        .collect();
+    if !netlink.is_empty() {
+        let run = || -> Result<()> {
+            for link in netlink {
                 use aya::programs::links::Link as _;
                 if let Err(e) = link.detach() {
                     tracing::debug!(ifname = %record.ifname, error = %e, "filter already gone");
                 }
             }
+            Ok(())
+        };
+        match &record.netns {
+            Some(ns) if ns.exists() => in_netns(ns, run)?,
+            Some(_) => {}
+            None => run()?,
         }
     }
     detach_record(&record, pins)
@@ -168,24 +245,48 @@ pub fn detach(att: Attached, pins: &Pins) -> Result<()> {
 /// Removes what a record says was made, without holding any handle (after a crash): TCX link
 /// pins, our netlink filters, the clsact qdisc we added. Tolerates what is already gone.
 pub fn detach_record(record: &AttachRecord, pins: &Pins) -> Result<()> {
-    for (_, hook, hook_name) in HOOKS {
+    let hooks: Vec<(TcAttachType, &str)> = match record.kind {
+        AttachKind::Host => HOOKS.iter().map(|(_, h, n)| (*h, *n)).collect(),
+        AttachKind::Pod => vec![(TcAttachType::Egress, "egress")],
+    };
+    let netns = record.netns.as_deref();
+    if netns.is_some_and(|p| !p.exists()) {
+        // The pod's namespace is gone, and everything in it; only our pin may remain.
+        if let Some(ns) = netns {
+            if let Ok(pin) = pins.pod_link(ns, &record.ifname) {
+                remove_file(&pin)?;
+            }
+        }
+        return pins.remove_pod_links_of(&record.ifname);
+    }
+    for (hook, hook_name) in hooks {
         match record.mode {
-            AttachMode::Tcx => remove_file(&pins.link(&record.ifname, hook_name))?,
+            AttachMode::Tcx => match (record.kind, netns) {
+                (AttachKind::Pod, Some(ns)) => remove_file(&pins.pod_link(ns, &record.ifname)?)?,
+                _ => remove_file(&pins.link(&record.ifname, hook_name))?,
+            },
             AttachMode::Netlink => {
-                match SchedClassifierLink::attached(&record.ifname, hook, NL_PRIORITY, TcHandle::from(NL_HANDLE), None) {
-                    Ok(link) => {
-                        use aya::programs::links::Link as _;
-                        let _ = link.detach();
+                let detach = || -> Result<()> {
+                    match SchedClassifierLink::attached(&record.ifname, hook, NL_PRIORITY, TcHandle::from(NL_HANDLE), None) {
+                        Ok(link) => {
+                            use aya::programs::links::Link as _;
+                            let _ = link.detach();
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                        Err(e) => tracing::debug!(ifname = %record.ifname, error = %e, "interface gone"),
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
-                    Err(e) => tracing::debug!(ifname = %record.ifname, error = %e, "interface gone"),
+                    Ok(())
+                };
+                match netns {
+                    Some(ns) => in_netns(ns, detach)?,
+                    None => detach()?,
                 }
             }
         }
     }
     if record.clsact_created {
-        super::qdisc::delete_clsact(record.ifindex)?;
+        super::qdisc::delete_clsact(netns, record.ifindex)?;
     }
     Ok(())
 }

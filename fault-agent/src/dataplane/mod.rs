@@ -11,11 +11,14 @@ pub mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::path::PathBuf;
+
 use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
-use fault_common::FaultStats;
+use fault_common::{FaultStats, PROG_POD_EGRESS};
+use serde::{Deserialize, Serialize};
 
-pub use attach::{AttachMode, AttachRecord};
+pub use attach::{AttachKind, AttachMode, AttachRecord};
 pub use kernel::Capabilities;
 pub use pins::Pins;
 pub use tables::{Diff, Tables};
@@ -26,6 +29,22 @@ use maps::Maps;
 /// The eBPF object built by build.rs from `fault-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fault-ebpf"));
 
+/// An interface, possibly in another network namespace (a pod's own).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Iface {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    pub ifindex: u32,
+}
+
+/// An `fq` root qdisc the agent relies on, and whether it made it (then it removes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FqRecord {
+    pub iface: Iface,
+    pub created: bool,
+}
+
 /// The loaded datapath of one agent instance.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -33,6 +52,12 @@ pub struct Dataplane {
     pins: Pins,
     mode: AttachMode,
     attached: BTreeMap<String, Attached>,
+    /// [`PROG_POD_EGRESS`] on pods' own interfaces (for egress delays and rates).
+    pod_attached: BTreeMap<Iface, Attached>,
+    /// fq root qdiscs in use.
+    fq: BTreeMap<Iface, FqRecord>,
+    /// fq qdiscs a previous agent recorded, not yet re-adopted or removed.
+    fq_orphans: Vec<FqRecord>,
     /// Interfaces a previous agent attached to, not yet re-adopted or removed.
     orphans: Vec<AttachRecord>,
     applied: Tables,
@@ -43,7 +68,7 @@ impl Dataplane {
     /// acting across an agent restart), and reads what those maps hold. `previous` are the
     /// attachments a previous agent recorded; the first [`Dataplane::sync_attachments`]
     /// adopts the ones still wanted and removes the others.
-    pub fn open(pins: Pins, caps: &Capabilities, previous: Vec<AttachRecord>) -> Result<Self> {
+    pub fn open(pins: Pins, caps: &Capabilities, previous: Vec<AttachRecord>, previous_fq: Vec<FqRecord>) -> Result<Self> {
         pins.ensure()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins.maps_dir())
@@ -54,7 +79,7 @@ impl Dataplane {
                     pins.maps_dir().display()
                 )
             })?;
-        for (name, _, _) in HOOKS {
+        for name in HOOKS.iter().map(|(n, _, _)| *n).chain([PROG_POD_EGRESS]) {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing"))?
@@ -64,7 +89,18 @@ impl Dataplane {
         let maps = Maps::take(&mut ebpf)?;
         let applied = maps.read()?;
         let mode = caps.attach_mode;
-        Ok(Self { ebpf, maps, pins, mode, attached: BTreeMap::new(), orphans: previous, applied })
+        Ok(Self {
+            ebpf,
+            maps,
+            pins,
+            mode,
+            attached: BTreeMap::new(),
+            pod_attached: BTreeMap::new(),
+            fq: BTreeMap::new(),
+            fq_orphans: previous_fq,
+            orphans: previous,
+            applied,
+        })
     }
 
     pub fn mode(&self) -> AttachMode {
@@ -160,9 +196,86 @@ impl Dataplane {
         failed
     }
 
+    /// Puts [`PROG_POD_EGRESS`] on `pod_progs` and fq root qdiscs on `fq` (what faults with a
+    /// delay or rate need). With `remove`, also takes them off every other interface (fq only
+    /// where the agent made it), restoring what was there; without, only adds. Returns the
+    /// interfaces that failed, with why.
+    pub fn sync_shaping(
+        &mut self,
+        pod_progs: &BTreeSet<Iface>,
+        fq: &BTreeSet<Iface>,
+        remove: bool,
+    ) -> Vec<(Iface, anyhow::Error)> {
+        let mut failed = Vec::new();
+        for i in pod_progs {
+            if self.pod_attached.contains_key(i) {
+                continue;
+            }
+            let Some(ns) = i.netns.as_deref() else { continue };
+            match attach::attach_pod_egress(&mut self.ebpf, &self.pins, self.mode, ns, &i.ifname, i.ifindex) {
+                Ok(a) => {
+                    self.pod_attached.insert(i.clone(), a);
+                }
+                Err(e) => failed.push((i.clone(), e)),
+            }
+        }
+        for i in fq {
+            if self.fq.contains_key(i) {
+                continue;
+            }
+            // A previous agent's fq on the same interface: adopt it, and its ownership.
+            if let Some(pos) = self.fq_orphans.iter().position(|r| &r.iface == i) {
+                let r = self.fq_orphans.remove(pos);
+                self.fq.insert(i.clone(), r);
+                continue;
+            }
+            match qdisc::install_fq(i.netns.as_deref(), &i.ifname, i.ifindex) {
+                Ok(created) => {
+                    self.fq.insert(i.clone(), FqRecord { iface: i.clone(), created });
+                }
+                Err(e) => failed.push((i.clone(), e)),
+            }
+        }
+        if !remove {
+            return failed;
+        }
+        let stale: Vec<Iface> = self.pod_attached.keys().filter(|i| !pod_progs.contains(*i)).cloned().collect();
+        for i in stale {
+            if let Some(a) = self.pod_attached.remove(&i) {
+                if let Err(e) = attach::detach(a, &self.pins) {
+                    failed.push((i, e));
+                }
+            }
+        }
+        let stale: Vec<Iface> = self.fq.keys().filter(|i| !fq.contains(*i)).cloned().collect();
+        for i in stale {
+            if let Some(r) = self.fq.remove(&i) {
+                if let Err(e) = remove_fq(&r) {
+                    failed.push((i, e));
+                }
+            }
+        }
+        for r in std::mem::take(&mut self.fq_orphans) {
+            if let Err(e) = remove_fq(&r) {
+                failed.push((r.iface.clone(), e));
+            }
+        }
+        failed
+    }
+
+    /// fq qdiscs in use, for the state dir.
+    pub fn fq_records(&self) -> Vec<FqRecord> {
+        self.fq.values().cloned().chain(self.fq_orphans.iter().cloned()).collect()
+    }
+
     /// What is attached now, for the state dir.
     pub fn records(&self) -> Vec<AttachRecord> {
-        self.attached.values().map(|a| a.record.clone()).chain(self.orphans.iter().cloned()).collect()
+        self.attached
+            .values()
+            .chain(self.pod_attached.values())
+            .map(|a| a.record.clone())
+            .chain(self.orphans.iter().cloned())
+            .collect()
     }
 
     /// Counters of a fault slot, summed over CPUs.
@@ -174,7 +287,9 @@ impl Dataplane {
     pub fn program_infos(&self) -> Vec<(String, aya::programs::ProgramInfo)> {
         HOOKS
             .iter()
-            .filter_map(|(name, _, _)| {
+            .map(|(n, _, _)| *n)
+            .chain([PROG_POD_EGRESS])
+            .filter_map(|name| {
                 let prog: &SchedClassifier = self.ebpf.program(name)?.try_into().ok()?;
                 Some((name.to_string(), prog.info().ok()?))
             })
@@ -184,8 +299,15 @@ impl Dataplane {
     /// Detaches everything and removes every pin: the kernel is left as before the agent.
     pub fn shutdown(mut self) -> Result<()> {
         let mut first_err = None;
-        for (_, a) in std::mem::take(&mut self.attached) {
+        let attached = std::mem::take(&mut self.attached).into_values().chain(std::mem::take(&mut self.pod_attached).into_values());
+        for a in attached {
             if let Err(e) = attach::detach(a, &self.pins) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let fq = std::mem::take(&mut self.fq).into_values().chain(std::mem::take(&mut self.fq_orphans));
+        for r in fq {
+            if let Err(e) = remove_fq(&r) {
                 first_err.get_or_insert(e);
             }
         }
@@ -203,11 +325,22 @@ impl Dataplane {
     }
 }
 
+/// Removes the fq root qdisc of a record if the agent made it.
+fn remove_fq(r: &FqRecord) -> Result<()> {
+    if r.created {
+        qdisc::delete_root(r.iface.netns.as_deref(), r.iface.ifindex)?;
+    }
+    Ok(())
+}
+
 /// Removes what an agent instance left (after a crash), from its records and pins alone:
 /// `fault-agent uninstall`.
-pub fn uninstall(pins: &Pins, records: &[AttachRecord]) -> Result<()> {
+pub fn uninstall(pins: &Pins, records: &[AttachRecord], fq: &[FqRecord]) -> Result<()> {
     for rec in records {
         attach::detach_record(rec, pins)?;
+    }
+    for r in fq {
+        remove_fq(r)?;
     }
     pins.remove_all()
 }

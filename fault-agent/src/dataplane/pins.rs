@@ -5,6 +5,8 @@
 //!   maps/FL_TARGETS ...        maps, pinned by name (aya's default_map_pin_directory)
 //!   links/<hook>-<ifname>      TCX links (Linux >= 6.6), one per hook of each host veth
 //!                              (bpffs refuses '.' in names: a '.' of ifname is written %2E)
+//!   podlinks/<ns>-<ifname>     TCX links on pods' own interfaces (egress), by the inode of
+//!                              the pod's network namespace
 //! ```
 //! Pinned maps and links outlive the agent: after a crash the programs keep enforcing the
 //! faults (and their deadlines) until an agent adopts them again or `fault-agent uninstall`
@@ -46,6 +48,30 @@ impl Pins {
         self.root.join("links")
     }
 
+    /// Folder of the pinned TCX links of pods' own interfaces.
+    pub fn pod_links_dir(&self) -> PathBuf {
+        self.root.join("podlinks")
+    }
+
+    /// Pin of the egress link on the pod interface `ifname` of the namespace `netns`.
+    pub fn pod_link(&self, netns: &Path, ifname: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::MetadataExt as _;
+        let ino = fs::metadata(netns).with_context(|| format!("stat {}", netns.display()))?.ino();
+        Ok(self.pod_links_dir().join(format!("{ino}-{}", ifname.replace('.', "%2E"))))
+    }
+
+    /// Removes the pod-interface pins named after `ifname` whose namespace is gone.
+    pub fn remove_pod_links_of(&self, ifname: &str) -> Result<()> {
+        let Ok(dir) = fs::read_dir(self.pod_links_dir()) else { return Ok(()) };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.split_once('-').is_some_and(|(_, i)| i.replace("%2E", ".") == ifname) {
+                remove_file(&e.path())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Pin of the link of `hook` (`ingress`/`egress`) on `ifname`.
     pub fn link(&self, ifname: &str, hook: &str) -> PathBuf {
         self.links_dir().join(format!("{hook}-{}", ifname.replace('.', "%2E")))
@@ -63,7 +89,7 @@ impl Pins {
                 );
             }
         }
-        for dir in [self.maps_dir(), self.links_dir()] {
+        for dir in [self.maps_dir(), self.links_dir(), self.pod_links_dir()] {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         Ok(())
@@ -90,7 +116,7 @@ impl Pins {
     /// Removes every pin (maps and links) and the folders. Unpinning a link whose fd nobody
     /// holds detaches it; unpinning a map frees it once no program uses it.
     pub fn remove_all(&self) -> Result<()> {
-        for dir in [self.links_dir(), self.maps_dir()] {
+        for dir in [self.links_dir(), self.pod_links_dir(), self.maps_dir()] {
             match fs::read_dir(&dir) {
                 Ok(entries) => {
                     for e in entries.flatten() {

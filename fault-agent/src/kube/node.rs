@@ -55,7 +55,7 @@ pub struct Config {
 #[derive(Default)]
 struct Discovery {
     index: NetnsIndex,
-    cache: HashMap<(String, Vec<std::net::IpAddr>), Vec<HostIf>>,
+    cache: HashMap<(String, Vec<std::net::IpAddr>), (std::path::PathBuf, discover::PodNet)>,
 }
 
 fn if_still_there(h: &HostIf) -> bool {
@@ -68,18 +68,25 @@ impl Discovery {
     fn fill(&mut self, pods: &mut [Pod], node: &str) {
         for pod in pods.iter_mut().filter(|p| p.node.as_deref() == Some(node)) {
             let key = (format!("{}/{}", pod.namespace, pod.name), pod.ips.clone());
-            if let Some(h) = self.cache.get(&key).filter(|h| h.iter().all(if_still_there)) {
-                pod.host_ifs = h.clone();
+            if let Some((ns, net)) = self.cache.get(&key).filter(|(_, n)| n.host_ifs.iter().all(if_still_there)) {
+                pod.host_ifs = net.host_ifs.clone();
+                pod.pod_ifs = net.pod_ifs.clone();
+                pod.netns = Some(ns.clone());
                 continue;
             }
             let Some(ip) = pod.ips.first().copied() else { continue };
-            match self.index.find(ip).map(|ns| discover::pod_net(&ns)) {
-                Some(Ok(net)) => {
-                    self.cache.insert(key, net.host_ifs.clone());
-                    pod.host_ifs = net.host_ifs;
+            let Some(ns) = self.index.find(ip) else {
+                pod.problem = Some(format!("no network namespace of this node holds {ip}"));
+                continue;
+            };
+            match discover::pod_net(&ns) {
+                Ok(net) => {
+                    pod.host_ifs = net.host_ifs.clone();
+                    pod.pod_ifs = net.pod_ifs.clone();
+                    pod.netns = Some(ns.clone());
+                    self.cache.insert(key, (ns, net));
                 }
-                Some(Err(e)) => pod.problem = Some(format!("{e:#}")),
-                None => pod.problem = Some(format!("no network namespace of this node holds {ip}")),
+                Err(e) => pod.problem = Some(format!("{e:#}")),
             }
         }
         let live: std::collections::HashSet<_> =
@@ -127,7 +134,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     tracing::info!(node = %cfg.node, kernel = %caps.kernel, tcx = caps.tcx, sch_fq = caps.sch_fq, "node agent");
     let store = Store::open(&cfg.state_dir, &kernel::boot_id(), kernel::boottime_ns()?)?;
     let previous = store::load_attachments(&cfg.state_dir)?;
-    let dataplane = Dataplane::open(Pins::new(&cfg.bpffs), &caps, previous)?;
+    let previous_fq = store::load_qdiscs(&cfg.state_dir)?;
+    let dataplane = Dataplane::open(Pins::new(&cfg.bpffs), &caps, previous, previous_fq)?;
     let core = Arc::new(Mutex::new(Core::new(store, dataplane, caps, cfg.core.clone())));
 
     let changed = Arc::new(Notify::new());

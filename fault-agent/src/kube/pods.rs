@@ -32,6 +32,8 @@ pub fn from_kube(p: &KubePod) -> Option<Pod> {
         node: spec.node_name.clone(),
         ips,
         host_ifs: vec![],
+        netns: None,
+        pod_ifs: vec![],
         problem: None,
     })
 }
