@@ -1,96 +1,156 @@
-//! A real `fault-agent standalone` process for a test, and the `faultctl` binary.
+//! A real `fault-agent` process for a test ([`AgentProcess`]), and the `faultctl` binary.
+//!
+//! The agent's command-line contract:
+//! ```text
+//! fault-agent standalone --inventory FILE --listen ADDR --state-dir DIR --bpffs DIR [--max-duration DUR]
+//! fault-agent uninstall --state-dir DIR --bpffs DIR
+//! ```
+//! It serves the native API, answers `GET /readyz` with 200 once it is attached to every pod
+//! of its inventory, and removes everything it made on SIGTERM.
+mod bin;
+mod bpffs;
+mod builder;
+mod ready;
+
 use std::{
     fs::File,
-    io::Read as _,
-    net::TcpListener,
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+pub use bin::{BIN_DIR_ENV, bin_path, faultctl};
+pub use bpffs::{BPFFS, ensure_bpffs};
+pub use builder::AgentBuilder;
 use fault_api::client::Client;
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 
-/// A workspace binary: `$FAULTLINE_BIN_DIR/<name>`, else next to the running executable (or
-/// its parent: test executables live in `target/<profile>/deps`).
-pub fn bin_path(name: &str) -> Result<PathBuf> {
-    if let Ok(dir) = std::env::var("FAULTLINE_BIN_DIR") {
-        let p = Path::new(&dir).join(name);
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    let exe = std::env::current_exe()?;
-    for dir in exe.ancestors().skip(1).take(2) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    bail!("{name} not found next to {}: run `cargo build -p fault-agent -p faultctl` (or set FAULTLINE_BIN_DIR)", exe.display())
-}
-
-/// Runs `faultctl --api <api_url> ARGS...`.
-pub fn faultctl(api_url: &str, args: &[&str]) -> Result<Output> {
-    Command::new(bin_path("faultctl")?)
-        .arg("--api")
-        .arg(api_url)
-        .args(args)
-        .output()
-        .context("running faultctl")
-}
+/// How long [`AgentProcess::start`] waits for `/readyz` by default (20 s).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long [`AgentProcess::terminate`] waits for the agent to exit after SIGTERM (10 s).
+pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines of the log quoted in errors.
+const LOG_TAIL_LINES: usize = 60;
 
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free loopback port")?;
+    Ok(l.local_addr()?.port())
 }
 
-fn random_suffix() -> String {
-    let mut b = [0u8; 4];
-    let _ = getrandom::fill(&mut b);
-    format!("{:08x}", u32::from_le_bytes(b))
+fn random_suffix() -> Result<String> {
+    Ok(format!("{:08x}", crate::rand::u64()? as u32))
 }
 
-/// An agent process with its own state dir, bpffs folder and port.
+/// An agent process with its own state dir (in a temporary directory that also holds its
+/// logs), bpffs folder (`/sys/fs/bpf/faultline-test-<random>`) and loopback port. On drop it
+/// is terminated, `fault-agent uninstall` runs, and the bpffs folder is removed.
 pub struct AgentProcess {
     child: Option<Child>,
-    inventory: PathBuf,
+    /// Subcommand and its own arguments (`standalone --inventory F`, `node --node-name N`...).
+    mode: Vec<String>,
+    /// Whether the mode has a datapath (state dir, bpffs).
+    datapath: bool,
+    env: Vec<(String, String)>,
+    extra: Vec<String>,
+    ready_timeout: Duration,
     dir: tempfile::TempDir,
     bpffs: PathBuf,
     port: u16,
-    extra: Vec<String>,
+    /// Processes started so far (run `n` logs to `agent-<n>.log`).
     starts: u32,
 }
 
 impl AgentProcess {
     /// Starts `fault-agent standalone` on `inventory` and waits until it is ready.
     pub fn start(inventory: &Path) -> Result<Self> {
-        Self::start_with(inventory, &[])
+        Self::builder(inventory).start()
     }
 
     /// Same, with extra command-line arguments.
     pub fn start_with(inventory: &Path, extra: &[&str]) -> Result<Self> {
-        crate::run("sh", &["-c", "mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf"])?;
+        Self::builder(inventory).args(extra.iter().copied()).start()
+    }
+
+    /// A builder of `fault-agent standalone` on `inventory`, for extra arguments, environment
+    /// or timeouts.
+    pub fn builder(inventory: &Path) -> AgentBuilder {
+        AgentBuilder::standalone(inventory)
+    }
+
+    /// `fault-agent node --node-name NODE` against the API server of `kubeconfig`.
+    pub fn start_node(kubeconfig: &Path, node: &str, extra: &[&str]) -> Result<Self> {
+        let mode = vec!["node".into(), "--node-name".into(), node.into()];
+        Self::start_mode(
+            mode,
+            true,
+            vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
+            extra,
+        )
+    }
+
+    /// `fault-agent api` against the API server of `kubeconfig`.
+    pub fn start_api(kubeconfig: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_mode(
+            vec!["api".into()],
+            false,
+            vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
+            extra,
+        )
+    }
+
+    /// Any mode: `mode` is the subcommand and its arguments; `datapath` adds a state dir and a
+    /// bpffs folder of its own.
+    pub fn start_mode(
+        mode: Vec<String>,
+        datapath: bool,
+        env: Vec<(String, String)>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut b = AgentBuilder::mode(mode, datapath).args(extra.iter().copied());
+        for (k, v) in &env {
+            b = b.env(k, v);
+        }
+        b.start()
+    }
+
+    fn launch(b: AgentBuilder) -> Result<Self> {
+        if b.datapath {
+            ensure_bpffs()?;
+        }
         let mut a = Self {
             child: None,
-            inventory: inventory.to_owned(),
-            dir: tempfile::Builder::new().prefix("faultline-agent-").tempdir()?,
-            bpffs: PathBuf::from(format!("/sys/fs/bpf/faultline-test-{}", random_suffix())),
+            mode: b.mode,
+            datapath: b.datapath,
+            env: b.env,
+            extra: b.extra,
+            ready_timeout: b.ready_timeout,
+            dir: tempfile::Builder::new()
+                .prefix("faultline-agent-")
+                .tempdir()
+                .context("creating a temporary directory")?,
+            bpffs: PathBuf::from(format!("{BPFFS}/faultline-test-{}", random_suffix()?)),
             port: free_port()?,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
             starts: 0,
         };
         a.spawn()?;
         Ok(a)
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join(format!("agent-{}.log", self.starts))
+    fn log_path(&self, run: u32) -> PathBuf {
+        self.dir.path().join(format!("agent-{run}.log"))
     }
 
     fn spawn(&mut self) -> Result<()> {
-        self.starts += 1;
-        let log = File::create(self.log_path())?;
-        let mut cmd = Command::new(bin_path("fault-agent")?);
+        let program = bin_path("fault-agent")?;
+        let log = File::create(self.log_path(self.starts + 1))
+            .context("creating the agent's log file")?;
+        let log_err = log.try_clone().context("duplicating the log file")?;
+        let mut cmd = Command::new(program);
         // The agent must get SIGTERM even if our caller blocked it (exec keeps blocked signals).
         // SAFETY: sigprocmask is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
@@ -100,122 +160,181 @@ impl AgentProcess {
                 Ok(())
             });
         }
-        let child = cmd
-            .arg("standalone")
-            .arg("--inventory")
-            .arg(&self.inventory)
+        cmd.args(&self.mode)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--bpffs")
-            .arg(&self.bpffs)
+            .arg(format!("127.0.0.1:{}", self.port));
+        if self.datapath {
+            cmd.arg("--state-dir")
+                .arg(self.state_dir())
+                .arg("--bpffs")
+                .arg(&self.bpffs);
+        }
+        let child = cmd
             .args(&self.extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(log)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
             .spawn()
             .context("starting fault-agent")?;
+        self.starts += 1;
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(20))
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let client = self.client();
+    /// Waits for `/readyz`; fails with the log's tail if the process exits or time runs out
+    /// (the process is then left to [`Drop`] or [`AgentProcess::kill`]).
+    fn wait_ready(&mut self) -> Result<()> {
+        let start = Instant::now();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    bail!("fault-agent exited ({status}) before it was ready:\n{}", self.log());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait().context("waiting for fault-agent")?
+            {
+                self.child = None;
+                bail!(
+                    "fault-agent exited ({status}) before it was ready; its log ends with:\n{}",
+                    self.log_tail(LOG_TAIL_LINES)
+                );
             }
-            if client.ready() {
+            if ready::readyz(addr, Duration::from_millis(500)) {
                 return Ok(());
             }
-            if Instant::now() > deadline {
-                bail!("fault-agent not ready after {timeout:?}:\n{}", self.log());
+            if start.elapsed() > self.ready_timeout {
+                bail!(
+                    "fault-agent not ready after {:?}; its log ends with:\n{}",
+                    self.ready_timeout,
+                    self.log_tail(LOG_TAIL_LINES)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// Base URL of its API: `http://127.0.0.1:PORT`.
     pub fn api_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// A client of the native API.
+    /// Its loopback port (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A client of its native API.
     pub fn client(&self) -> Client {
         Client::new(&self.api_url())
     }
 
-    /// Runs `faultctl` against this agent.
+    /// Runs `faultctl --api <api_url> ARGS...` against it.
     pub fn faultctl(&self, args: &[&str]) -> Result<Output> {
         faultctl(&self.api_url(), args)
     }
 
+    /// Its state directory (in a temporary directory removed on drop).
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
 
+    /// Its bpffs folder, `/sys/fs/bpf/faultline-test-<random>`.
     pub fn bpffs(&self) -> &Path {
         &self.bpffs
     }
 
+    /// Pid of the running process; `None` once killed, terminated or exited before ready.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
-    /// The agent's log (all its runs).
-    pub fn log(&self) -> String {
-        let mut all = String::new();
-        for i in 1..=self.starts {
-            let mut s = String::new();
-            if let Ok(mut f) = File::open(self.dir.path().join(format!("agent-{i}.log"))) {
-                let _ = f.read_to_string(&mut s);
-            }
-            all.push_str(&s);
-        }
-        all
+    /// Whether the process runs (it may have exited on its own since the last call).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// SIGKILL: the agent gets no chance to clean up (what it made stays in the kernel).
+    /// Its log (stdout and stderr) over all its runs, oldest first.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .filter_map(|run| std::fs::read_to_string(self.log_path(run)).ok())
+            .collect()
+    }
+
+    /// The last `lines` lines of [`AgentProcess::log`], and at most its last 16 KiB (a
+    /// verifier log has very long lines).
+    pub fn log_tail(&self, lines: usize) -> String {
+        const MAX_BYTES: usize = 16 * 1024;
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        let tail = all[all.len().saturating_sub(lines)..].join("\n");
+        let mut cut = tail.len().saturating_sub(MAX_BYTES);
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        if cut > 0 {
+            format!("[...]{}", &tail[cut..])
+        } else {
+            tail
+        }
+    }
+
+    /// SIGKILL, then reaps the process: the agent gets no chance to clean up (what it made
+    /// stays in the kernel, on purpose). Nothing to do if it is not running.
     pub fn kill(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
+            if matches!(c.try_wait(), Ok(None)) {
+                c.kill().context("killing fault-agent")?;
+            }
+            c.wait().context("waiting for fault-agent")?;
         }
         Ok(())
     }
 
-    /// SIGTERM, then waits up to 10 s for the agent to remove what it made and exit.
-    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        let Some(mut c) = self.child.take() else { bail!("agent not running") };
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+    /// SIGTERM, then waits up to 10 s for the agent to remove what it made and exit (SIGKILL
+    /// and an error after that). Fails if it is not running.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let Some(mut c) = self.child.take() else {
+            bail!("fault-agent is not running")
+        };
+        if let Some(status) = c.try_wait().context("waiting for fault-agent")? {
+            return Ok(status);
+        }
+        let pid = Pid::from_raw(i32::try_from(c.id()).context("pid out of range")?);
+        kill(pid, Signal::SIGTERM).context("sending SIGTERM to fault-agent")?;
+        let deadline = Instant::now() + TERMINATE_TIMEOUT;
         loop {
-            if let Some(status) = c.try_wait()? {
+            if let Some(status) = c.try_wait().context("waiting for fault-agent")? {
                 return Ok(status);
             }
             if Instant::now() > deadline {
                 let _ = c.kill();
-                bail!("agent did not exit within 10 s of SIGTERM:\n{}", self.log());
+                let _ = c.wait();
+                bail!(
+                    "fault-agent did not exit within {TERMINATE_TIMEOUT:?} of SIGTERM; its log ends with:\n{}",
+                    self.log_tail(LOG_TAIL_LINES)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Starts the agent again with the same state dir, bpffs folder and port.
+    /// Starts a new process with the same mode, arguments, state dir, bpffs folder and port,
+    /// and waits until it is ready. Fails if one is still running ([`AgentProcess::kill`] or
+    /// [`AgentProcess::terminate`] it first).
     pub fn restart(&mut self) -> Result<()> {
-        if self.child.is_some() {
-            bail!("agent still running");
+        if self.is_running() {
+            bail!("fault-agent is still running: kill() or terminate() it first");
         }
+        self.child = None;
         self.spawn()
     }
 
-    /// Runs `fault-agent uninstall` for this instance.
+    /// Runs `fault-agent uninstall --state-dir .. --bpffs ..` for this instance.
     pub fn uninstall(&self) -> Result<Output> {
         Command::new(bin_path("fault-agent")?)
             .arg("uninstall")
@@ -230,16 +349,35 @@ impl AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            if let Err(e) = self.terminate() {
-                eprintln!("testkit: {e:#}");
-            }
+        if std::thread::panicking() && self.starts > 0 {
+            eprintln!(
+                "testkit: the agent's log (test panicking) ends with:\n{}",
+                self.log_tail(LOG_TAIL_LINES)
+            );
+        }
+        if self.child.is_some()
+            && let Err(e) = self.terminate()
+        {
+            eprintln!("testkit: {e:#}");
+        }
+        if !self.datapath || self.starts == 0 {
+            return;
         }
         match self.uninstall() {
-            Ok(o) if !o.status.success() => eprintln!("testkit: uninstall: {}", String::from_utf8_lossy(&o.stderr)),
-            Err(e) => eprintln!("testkit: uninstall: {e:#}"),
-            _ => {}
+            Ok(o) if !o.status.success() => {
+                eprintln!(
+                    "testkit: fault-agent uninstall ({}): {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )
+            }
+            Err(e) => eprintln!("testkit: fault-agent uninstall: {e:#}"),
+            Ok(_) => {}
         }
-        let _ = std::fs::remove_dir_all(&self.bpffs);
+        if let Err(e) = std::fs::remove_dir_all(&self.bpffs)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("testkit: removing {}: {e}", self.bpffs.display());
+        }
     }
 }

@@ -4,42 +4,52 @@
 //!   bridge of the root namespace (as on a node), and an inventory file describing them;
 //! - [`probe`]: real traffic between pods, measured (UDP streams with sequence numbers and
 //!   send times, TCP connects and echoes);
-//! - [`agent`]: a real `fault-agent` process and the `faultctl` binary.
+//! - [`agent`]: a real `fault-agent` process and the `faultctl` binary;
+//! - [`env`]: the inference topology with an agent in front of it;
+//! - [`kube`]: a real Kubernetes API server for the cluster-mode tests.
 //!
 //! Everything it creates is removed on `Drop`, also when a test panics; objects left by a
-//! killed process are reaped by the next [`topology::Topology::new`].
+//! killed process are reaped by the next [`topology::Topology::new`]. It needs root.
 pub mod agent;
+mod cmd;
 pub mod env;
+pub mod kube;
 pub mod netns;
 pub mod probe;
+mod rand;
 pub mod topology;
 
-pub use agent::{AgentProcess, bin_path, faultctl};
+pub use agent::{AgentBuilder, AgentProcess, bin_path, faultctl};
+pub(crate) use cmd::run;
 pub use env::DynamoEnv;
-pub use probe::{Family, StreamOpts, StreamReport};
-pub use topology::{Dynamo, Pod, Topology};
+pub use probe::{StreamHandle, StreamOpts, StreamReport};
+pub use topology::{Dynamo, Family, Pod, Topology, reap_stale};
 
 /// Serializes the tests that measure rates or timings, so that two of them never share the
-/// two cores of a test machine. Poisoning (a failed test) does not block the others.
+/// cores of a test machine. Poisoning (a failed test) does not block the others.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs a command and fails with its stderr when it fails.
-pub(crate) fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
+/// `CLOCK_BOOTTIME` now, in ns: the clock of the agent's deadlines and of stream timestamps
+/// (it keeps counting during suspend, unlike `CLOCK_MONOTONIC`).
+pub fn try_boottime_ns() -> anyhow::Result<u64> {
     use anyhow::Context as _;
-    let out = std::process::Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
-    if !out.status.success() {
-        anyhow::bail!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .context("clock_gettime(CLOCK_BOOTTIME)")?;
+    let secs = u64::try_from(ts.tv_sec()).context("negative CLOCK_BOOTTIME")?;
+    let nanos = u64::try_from(ts.tv_nsec()).context("negative CLOCK_BOOTTIME")?;
+    Ok(secs * 1_000_000_000 + nanos)
 }
 
-/// `CLOCK_BOOTTIME` now, in ns (the clock of the agent's deadlines and of stream timestamps).
+/// `CLOCK_BOOTTIME` now, in ns (see [`try_boottime_ns`]).
+///
+/// # Panics
+/// If the kernel has no `CLOCK_BOOTTIME` (Linux < 2.6.39), which the agent needs anyway.
 pub fn boottime_ns() -> u64 {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
-        Ok(ts) => ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64,
-        Err(_) => 0,
+    match try_boottime_ns() {
+        Ok(ns) => ns,
+        Err(e) => panic!("{e:#}"),
     }
 }

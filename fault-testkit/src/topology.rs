@@ -1,300 +1,334 @@
 //! Pods as network namespaces on one L2 segment, the way a node sees them: each pod has a
-//! veth whose pod side is `eth0` (IPv4 `198.18.0.N/24`, IPv6 `fd00:fa::N/64`) and whose host
-//! side sits on a bridge of the root namespace (the bridge has no address: the host takes no
-//! part in the traffic). Names derive from a random id so that topologies never collide:
-//! bridge `fl<id>br`, host veths `fl<id>p<i>`, namespaces `fl<id>-<i>`.
+//! veth whose pod side is `eth0` (IPv4 `198.18.0.{10+i}/24`, IPv6 `fd00:fa::{10+i:x}/64`) and
+//! whose host side sits on a bridge of the root namespace. The bridge and the host-side
+//! veths have no address and IPv6 disabled: the host sends nothing on the segment.
+//!
+//! Names derive from a random 24-bit id (see [`names`]), and each topology is registered in
+//! [`REGISTRY_DIR`] so that [`reap_stale`] removes what a killed process left. A
+//! [`Topology`] removes everything it made when dropped, also when a test panics.
+mod dynamo;
+mod inventory;
+mod link;
+pub mod names;
+mod pod;
+mod registry;
+
 use std::{
-    collections::BTreeMap,
-    fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+    sync::{Mutex, MutexGuard},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde::Serialize;
 
-use crate::{netns, probe::Family, run};
+pub use dynamo::{DYNAMO_NAMESPACE, Dynamo};
+pub use inventory::render as render_inventory;
+pub use link::{link_exists, link_names, netns_names};
+pub use pod::{Family, Pod};
+pub use registry::{REGISTRY_DIR, reap_stale};
 
-const REGISTRY: &str = "/run/faultline-testkit";
+use crate::run;
 
-/// One pod. Cheap to clone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pod {
-    namespace: String,
-    name: String,
-    labels: BTreeMap<String, String>,
-    netns: String,
-    host_if: String,
-    v4: Ipv4Addr,
-    v6: Ipv6Addr,
-}
+/// How long a new pod may take to carry traffic.
+const POD_READY_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl Pod {
-    /// A handle on a pod made by another process (e.g. `fault-testenv up`), for probes.
-    pub fn existing(namespace: &str, name: &str, netns: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> Self {
-        Pod {
-            namespace: namespace.into(),
-            name: name.into(),
-            labels: BTreeMap::new(),
-            netns: netns.into(),
-            host_if: String::new(),
-            v4,
-            v6,
-        }
-    }
-
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-    pub fn labels(&self) -> &BTreeMap<String, String> {
-        &self.labels
-    }
-    /// Name under /run/netns.
-    pub fn netns_name(&self) -> &str {
-        &self.netns
-    }
-    pub fn netns_path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.netns)
-    }
-    /// The host side of the pod's veth (where the agent attaches).
-    pub fn host_ifname(&self) -> &str {
-        &self.host_if
-    }
-    pub fn ipv4(&self) -> Ipv4Addr {
-        self.v4
-    }
-    pub fn ipv6(&self) -> Ipv6Addr {
-        self.v6
-    }
-    pub fn ip(&self, family: Family) -> IpAddr {
-        match family {
-            Family::V4 => IpAddr::V4(self.v4),
-            Family::V6 => IpAddr::V6(self.v6),
-        }
-    }
-    /// Runs `f` on a thread inside the pod's network namespace.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        netns::run_in(&self.netns_path(), f)
-    }
-}
-
-/// The standard inference topology (namespace `dynamo`), used by the demo and many tests.
-#[derive(Debug, Clone)]
-pub struct Dynamo {
-    pub frontend: Pod,
-    pub decode0: Pod,
-    pub decode1: Pod,
-    pub prefill: Pod,
-    pub nats: Pod,
-}
-
-/// A set of pods and the bridge joining them; removes them all on drop.
+/// A set of pods and the bridge joining them. Removes them all on drop.
 pub struct Topology {
     id: u32,
+    name_hint: String,
     bridge: String,
-    pods: Vec<Pod>,
-    next: u32,
-}
-
-#[derive(Serialize)]
-struct InventoryPod<'a> {
-    namespace: &'a str,
-    name: &'a str,
-    labels: &'a BTreeMap<String, String>,
-    netns: &'a str,
-}
-
-#[derive(Serialize)]
-struct Inventory<'a> {
-    pods: Vec<InventoryPod<'a>>,
-}
-
-fn random_id() -> u32 {
-    let mut b = [0u8; 4];
-    let _ = getrandom::fill(&mut b);
-    u32::from_le_bytes(b) & 0x00ff_ffff
-}
-
-fn set_sysctl(path: &str, value: &str) {
-    if let Err(e) = fs::write(path, value) {
-        eprintln!("testkit: {path}: {e}");
-    }
+    /// Pods in creation order, with their current addresses. A pod is listed before its
+    /// objects are made, so that a failure half-way is still cleaned up.
+    pods: Mutex<Vec<Pod>>,
+    next_index: u32,
 }
 
 impl Topology {
-    /// A new empty topology (and its bridge). Reaps what dead test processes left first.
+    /// A new empty topology (its bridge only), with the name hint `topology`. See
+    /// [`Topology::named`].
     pub fn new() -> Result<Self> {
+        Self::named("topology")
+    }
+
+    /// A new empty topology: picks a free random id, registers it with `name_hint` (a label
+    /// for humans looking at [`REGISTRY_DIR`], e.g. the test's name) and makes the bridge
+    /// `fl<id>br`, up, with no address and IPv6 disabled. Reaps what dead processes left first
+    /// ([`reap_stale`]).
+    pub fn named(name_hint: &str) -> Result<Self> {
         reap_stale();
-        let id = random_id();
-        let bridge = format!("fl{id:06x}br");
-        fs::create_dir_all(REGISTRY).context("creating the testkit registry")?;
-        fs::write(Path::new(REGISTRY).join(format!("{id:06x}")), std::process::id().to_string())?;
-        let topo = Self { id, bridge: bridge.clone(), pods: vec![], next: 0 };
-        run("ip", &["link", "add", &bridge, "type", "bridge"])?;
-        set_sysctl(&format!("/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6"), "1");
-        run("ip", &["link", "set", &bridge, "up"])?;
+        let id = claim_free_id(name_hint)?;
+        let topo = Self {
+            id,
+            name_hint: name_hint.to_owned(),
+            bridge: names::bridge(id),
+            pods: Mutex::new(Vec::new()),
+            next_index: 0,
+        };
+        topo.make_bridge()
+            .with_context(|| format!("creating bridge {}", topo.bridge))?;
         Ok(topo)
     }
 
-    /// The id all names derive from.
+    fn make_bridge(&self) -> Result<()> {
+        // No multicast snooping: with no querier on the segment, every pod sees every
+        // neighbour solicitation, as on a plain switch.
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &self.bridge,
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        )?;
+        link::disable_ipv6(&self.bridge)?;
+        run("ip", &["link", "set", "dev", &self.bridge, "up"])?;
+        Ok(())
+    }
+
+    /// The random 24-bit id all names derive from.
     pub fn id(&self) -> u32 {
         self.id
     }
 
+    /// The prefix of every kernel object name of this topology: `fl<id as 6 hex digits>`.
+    pub fn prefix(&self) -> String {
+        names::prefix(self.id)
+    }
+
+    /// The name hint given to [`Topology::named`].
+    pub fn name_hint(&self) -> &str {
+        &self.name_hint
+    }
+
+    /// Name of the bridge (in the root network namespace).
     pub fn bridge(&self) -> &str {
         &self.bridge
     }
 
-    pub fn pods(&self) -> &[Pod] {
-        &self.pods
+    fn lock(&self) -> MutexGuard<'_, Vec<Pod>> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a pod with the next addresses (`198.18.0.{10+i}`, `fd00:fa::{10+i}`).
+    fn pods_mut(&mut self) -> &mut Vec<Pod> {
+        self.pods.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pods, in creation order, with their current addresses.
+    pub fn pods(&self) -> Vec<Pod> {
+        self.lock().clone()
+    }
+
+    /// The pod of that Kubernetes namespace and name, if any.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
+        self.lock()
+            .iter()
+            .find(|p| p.namespace() == namespace && p.name() == name)
+            .cloned()
+    }
+
+    /// Adds a pod: network namespace `fl<id>-<i>` (`ip netns add`), a veth whose host side
+    /// `fl<id>p<i>` is on the bridge and up, whose pod side is `eth0` with `lo` up, IPv4
+    /// `198.18.0.{10+i}/24` and IPv6 `fd00:fa::{10+i:x}/64` (no duplicate address detection).
+    /// Returns once the pod can carry traffic (addresses not tentative, bridge port
+    /// forwarding). `i` counts the pods ever added, from 0; at most 245 per topology.
     pub fn add_pod(&mut self, namespace: &str, name: &str, labels: &[(&str, &str)]) -> Result<Pod> {
-        let i = self.next;
-        if i >= 240 {
-            bail!("at most 240 pods per topology");
+        let index = self.next_index;
+        if index > names::MAX_POD_INDEX {
+            bail!("at most {} pods per topology", names::MAX_POD_INDEX + 1);
         }
-        self.next += 1;
-        let netns = format!("fl{:06x}-{i}", self.id);
-        let host_if = format!("fl{:06x}p{i}", self.id);
-        let host_octet = 10 + i as u8;
-        let pod = Pod {
-            namespace: namespace.into(),
-            name: name.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            netns: netns.clone(),
-            host_if: host_if.clone(),
-            v4: Ipv4Addr::new(198, 18, 0, host_octet),
-            v6: Ipv6Addr::new(0xfd00, 0xfa, 0, 0, 0, 0, 0, host_octet as u16),
-        };
-        // Registered before it exists, so a failure half-way is still cleaned up.
-        self.pods.push(pod.clone());
-        run("ip", &["netns", "add", &netns])?;
-        run("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
-        set_sysctl(&format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"), "1");
-        run("ip", &["link", "set", &host_if, "master", &self.bridge, "up"])?;
-        run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
-        run("ip", &["-n", &netns, "link", "set", "eth0", "up"])?;
-        run("ip", &["-n", &netns, "addr", "add", &format!("{}/24", pod.v4), "dev", "eth0"])?;
-        run("ip", &["-n", &netns, "addr", "add", &format!("{}/64", pod.v6), "dev", "eth0", "nodad"])?;
+        if self.pod(namespace, name).is_some() {
+            bail!("pod {namespace}/{name} exists already");
+        }
+        self.next_index += 1;
+        let host_octet = 10 + index as u8;
+        let pod = Pod::new(
+            namespace,
+            name,
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            names::netns(self.id, index),
+            names::host_if(self.id, index),
+            Ipv4Addr::new(198, 18, 0, host_octet),
+            Ipv6Addr::new(0xfd00, 0xfa, 0, 0, 0, 0, 0, u16::from(host_octet)),
+        );
+        self.pods_mut().push(pod.clone());
+        self.make_pod(&pod).with_context(|| {
+            format!(
+                "creating pod {namespace}/{name} (network namespace {})",
+                pod.netns_name()
+            )
+        })?;
         Ok(pod)
     }
 
-    /// The inference topology: frontend, two decode workers, a prefill worker, NATS.
-    pub fn dynamo(&mut self) -> Result<Dynamo> {
-        let worker = ("nvidia.com/dynamo-component-type", "worker");
-        Ok(Dynamo {
-            frontend: self.add_pod("dynamo", "frontend-0", &[("app", "frontend"), ("nvidia.com/dynamo-component-type", "frontend")])?,
-            decode0: self.add_pod("dynamo", "vllm-decode-0", &[("app", "vllm-decode"), worker])?,
-            decode1: self.add_pod("dynamo", "vllm-decode-1", &[("app", "vllm-decode"), worker])?,
-            prefill: self.add_pod("dynamo", "vllm-prefill-0", &[("app", "vllm-prefill"), worker])?,
-            nats: self.add_pod("dynamo", "nats-0", &[("app.kubernetes.io/name", "nats"), ("app", "nats")])?,
-        })
+    fn make_pod(&self, pod: &Pod) -> Result<()> {
+        let (ns, host) = (pod.netns_name(), pod.host_ifname());
+        run("ip", &["netns", "add", ns])?;
+        run(
+            "ip",
+            &[
+                "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
+        )?;
+        link::disable_ipv6(host)?;
+        run(
+            "ip",
+            &["link", "set", "dev", host, "master", &self.bridge, "up"],
+        )?;
+        // The link-local address skips duplicate address detection too, so that nothing on
+        // eth0 is ever tentative.
+        pod.run(|| std::fs::write("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0"))?
+            .context("disabling duplicate address detection on eth0")?;
+        run("ip", &["-n", ns, "link", "set", "dev", "lo", "up"])?;
+        run("ip", &["-n", ns, "link", "set", "dev", "eth0", "up"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", pod.ipv4()),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/64", pod.ipv6()),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        link::wait_pod_ready(ns, host, pod.ipv6(), POD_READY_TIMEOUT)
     }
 
-    /// Deletes a pod (its namespace, and with it both ends of its veth).
+    /// Deletes a pod of this topology: its veth (both ends) and its network namespace.
     pub fn remove_pod(&mut self, pod: &Pod) -> Result<()> {
-        run("ip", &["link", "del", &pod.host_if])?;
-        run("ip", &["netns", "del", &pod.netns])?;
-        self.pods.retain(|p| p.netns != pod.netns);
+        let pods = self.pods_mut();
+        let pos = pods
+            .iter()
+            .position(|p| p.netns_name() == pod.netns_name())
+            .with_context(|| {
+                format!(
+                    "pod {}/{} is not in this topology",
+                    pod.namespace(),
+                    pod.name()
+                )
+            })?;
+        // The host side first: deleting it removes the pair at once, while the devices of a
+        // deleted namespace go asynchronously.
+        link::delete_link(pod.host_ifname())?;
+        link::delete_netns(pod.netns_name())?;
+        pods.remove(pos);
         Ok(())
     }
 
-    /// Gives `pod` the IPv4 address `198.18.0.<last_octet>` instead of its current one.
-    pub fn readdress(&mut self, pod: &Pod, last_octet: u8) -> Result<Pod> {
-        let new = Ipv4Addr::new(198, 18, 0, last_octet);
-        // Deleting a primary address deletes the secondaries of its subnet: delete, then add.
-        run("ip", &["-n", &pod.netns, "addr", "del", &format!("{}/24", pod.v4), "dev", "eth0"])?;
-        run("ip", &["-n", &pod.netns, "addr", "add", &format!("{new}/24"), "dev", "eth0"])?;
-        let mut moved = pod.clone();
-        moved.v4 = new;
-        for p in &mut self.pods {
-            if p.netns == pod.netns {
-                *p = moved.clone();
-            }
+    /// Gives `pod` the IPv4 address `198.18.0.<new_v4_last_octet>/24` instead of its current
+    /// one (its IPv6 address stays). Returns the pod's new handle; the old one keeps the old
+    /// address. Fails if another pod of the topology has that address.
+    pub fn readdress(&self, pod: &Pod, new_v4_last_octet: u8) -> Result<Pod> {
+        if !(1..=254).contains(&new_v4_last_octet) {
+            bail!("198.18.0.{new_v4_last_octet} is not a host address of 198.18.0.0/24");
         }
+        let new = Ipv4Addr::new(198, 18, 0, new_v4_last_octet);
+        let mut pods = self.lock();
+        let pos = pods
+            .iter()
+            .position(|p| p.netns_name() == pod.netns_name())
+            .with_context(|| {
+                format!(
+                    "pod {}/{} is not in this topology",
+                    pod.namespace(),
+                    pod.name()
+                )
+            })?;
+        if let Some(other) = pods
+            .iter()
+            .find(|p| p.ipv4() == new && p.netns_name() != pod.netns_name())
+        {
+            bail!(
+                "{new} belongs to pod {}/{}",
+                other.namespace(),
+                other.name()
+            );
+        }
+        let current = pods[pos].clone();
+        if current.ipv4() == new {
+            return Ok(current);
+        }
+        let ns = current.netns_name();
+        // Deleting a primary address deletes the secondaries of its subnet: delete, then add.
+        run(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "del",
+                &format!("{}/24", current.ipv4()),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        run(
+            "ip",
+            &["-n", ns, "addr", "add", &format!("{new}/24"), "dev", "eth0"],
+        )?;
+        let moved = current.with_ipv4(new);
+        pods[pos] = moved.clone();
         Ok(moved)
     }
 
-    /// Writes the agent's inventory YAML for the current pods.
+    /// Writes the agent's inventory YAML for the current pods to `path` (atomically replaced).
     pub fn write_inventory(&self, path: &Path) -> Result<()> {
-        let inv = Inventory {
-            pods: self
-                .pods
-                .iter()
-                .map(|p| InventoryPod { namespace: &p.namespace, name: &p.name, labels: &p.labels, netns: &p.netns })
-                .collect(),
-        };
-        let yaml = serde_yaml::to_string(&inv)?;
-        // Replace atomically, as an operator's tooling would.
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, yaml)?;
-        fs::rename(&tmp, path)?;
-        Ok(())
+        inventory::write(path, &self.pods())
     }
+}
+
+/// Picks a random id whose names are free and claims it in the registry.
+fn claim_free_id(name_hint: &str) -> Result<u32> {
+    let (links, namespaces) = (link_names(), netns_names());
+    for _ in 0..64 {
+        let id = names::random_id()?;
+        let prefix = names::prefix(id);
+        let taken = registry::is_claimed(id)
+            || links.iter().any(|l| l.starts_with(&prefix))
+            || namespaces.iter().any(|n| n.starts_with(&prefix));
+        if !taken && registry::claim(id, name_hint)? {
+            return Ok(id);
+        }
+    }
+    bail!("no free topology id found in {REGISTRY_DIR}")
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        for p in &self.pods {
-            // Deleting the host side first removes the pair now; a namespace's own devices
-            // go asynchronously after `netns del`.
-            let _ = run("ip", &["link", "del", &p.host_if]);
-            if let Err(e) = run("ip", &["netns", "del", &p.netns]) {
-                if !e.to_string().contains("No such file") {
-                    eprintln!("testkit: {e}");
-                }
+        let pods = std::mem::take(self.pods_mut());
+        for p in &pods {
+            if let Err(e) = link::delete_link(p.host_ifname()) {
+                eprintln!("testkit: deleting {}: {e:#}", p.host_ifname());
+            }
+            if let Err(e) = link::delete_netns(p.netns_name()) {
+                eprintln!("testkit: deleting namespace {}: {e:#}", p.netns_name());
             }
         }
-        if let Err(e) = run("ip", &["link", "del", &self.bridge]) {
-            eprintln!("testkit: {e}");
+        if let Err(e) = link::delete_link(&self.bridge) {
+            eprintln!("testkit: deleting {}: {e:#}", self.bridge);
         }
-        let _ = fs::remove_file(Path::new(REGISTRY).join(format!("{:06x}", self.id)));
+        registry::release(self.id);
     }
-}
-
-/// Removes the namespaces and links of topologies whose process is dead.
-pub fn reap_stale() {
-    let Ok(entries) = fs::read_dir(REGISTRY) else { return };
-    for e in entries.flatten() {
-        let id = e.file_name().to_string_lossy().into_owned();
-        let alive = fs::read_to_string(e.path())
-            .ok()
-            .and_then(|pid| pid.trim().parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if alive {
-            continue;
-        }
-        if let Ok(list) = run("ip", &["netns", "list"]) {
-            for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
-                if ns.starts_with(&format!("fl{id}-")) {
-                    let _ = run("ip", &["netns", "del", ns]);
-                }
-            }
-        }
-        if let Ok(list) = run("ip", &["-o", "link", "show"]) {
-            for name in list.lines().filter_map(|l| l.split(": ").nth(1)).map(|n| n.split('@').next().unwrap_or(n)) {
-                if name.starts_with(&format!("fl{id}")) {
-                    let _ = run("ip", &["link", "del", name]);
-                }
-            }
-        }
-        let _ = fs::remove_file(e.path());
-    }
-}
-
-/// Names of the network namespaces that exist now.
-pub fn netns_names() -> Vec<String> {
-    run("ip", &["netns", "list"])
-        .map(|l| l.lines().filter_map(|x| x.split_whitespace().next()).map(String::from).collect())
-        .unwrap_or_default()
-}
-
-/// Whether a link of that name exists in the root namespace.
-pub fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
 }

@@ -1,0 +1,78 @@
+//! [`AgentBuilder`]: how to start an agent process (mode, extra arguments, environment).
+use std::{path::Path, time::Duration};
+
+use anyhow::Result;
+
+use super::{AgentProcess, READY_TIMEOUT};
+
+/// Options of an agent process to start; see [`AgentProcess::builder`].
+#[derive(Debug, Clone)]
+pub struct AgentBuilder {
+    /// Subcommand and its own arguments (`standalone --inventory F`, `node --node-name N`...).
+    pub(super) mode: Vec<String>,
+    /// Whether the mode has a datapath (then it gets a state dir and a bpffs folder).
+    pub(super) datapath: bool,
+    pub(super) env: Vec<(String, String)>,
+    pub(super) extra: Vec<String>,
+    pub(super) ready_timeout: Duration,
+}
+
+impl AgentBuilder {
+    /// `fault-agent standalone --inventory <inventory>`.
+    pub fn standalone(inventory: &Path) -> Self {
+        Self::mode(
+            vec![
+                "standalone".into(),
+                "--inventory".into(),
+                inventory.display().to_string(),
+            ],
+            true,
+        )
+    }
+
+    /// Any mode: `mode` is the subcommand and its arguments; with `datapath`, the process
+    /// gets `--state-dir` and `--bpffs` of its own. `--listen` is always added.
+    pub fn mode(mode: Vec<String>, datapath: bool) -> Self {
+        Self {
+            mode,
+            datapath,
+            env: Vec::new(),
+            extra: Vec::new(),
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+
+    /// Adds one command-line argument (after the testkit's own).
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra.push(arg.into());
+        self
+    }
+
+    /// Adds command-line arguments (after the testkit's own).
+    pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.extra.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// `--max-duration <duration>` (as the agent parses it, e.g. `10m`, `30s`).
+    pub fn max_duration(self, duration: &str) -> Self {
+        self.arg("--max-duration").arg(duration)
+    }
+
+    /// Sets an environment variable of the process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// How long to wait for `GET /readyz` to answer 200 (default 20 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Starts the process and waits until it is ready.
+    pub fn start(self) -> Result<AgentProcess> {
+        AgentProcess::launch(self)
+    }
+}

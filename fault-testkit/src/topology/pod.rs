@@ -1,0 +1,163 @@
+//! [`Pod`]: a handle on one pod of a topology (its identity, its network namespace, its
+//! addresses) and the address [`Family`] probes choose between.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use anyhow::Result;
+
+use crate::netns;
+
+/// Address family of a pod address or a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4 (`198.18.0.0/24` in a topology).
+    V4,
+    /// IPv6 (`fd00:fa::/64` in a topology).
+    V6,
+}
+
+impl Family {
+    /// Both families, IPv4 first.
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The unspecified address of the family (`0.0.0.0` or `::`), to bind to any address.
+    pub fn unspecified(self) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        }
+    }
+
+    /// The family of an address.
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Inner {
+    namespace: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+    netns: String,
+    host_if: String,
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+}
+
+/// One pod: a network namespace whose `eth0` is one end of a veth, the other end (on the
+/// host) sitting on the topology's bridge. A cheap handle (`Clone` copies a pointer); it does
+/// not own the namespace, the [`Topology`](super::Topology) does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod(Arc<Inner>);
+
+impl Pod {
+    pub(super) fn new(
+        namespace: &str,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        netns: String,
+        host_if: String,
+        v4: Ipv4Addr,
+        v6: Ipv6Addr,
+    ) -> Self {
+        Pod(Arc::new(Inner {
+            namespace: namespace.into(),
+            name: name.into(),
+            labels,
+            netns,
+            host_if,
+            v4,
+            v6,
+        }))
+    }
+
+    /// A handle on a pod made by another process (e.g. `fault-testenv up`), for probes. It
+    /// has no labels and no host interface name.
+    pub fn existing(namespace: &str, name: &str, netns: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> Self {
+        Pod::new(
+            namespace,
+            name,
+            BTreeMap::new(),
+            netns.into(),
+            String::new(),
+            v4,
+            v6,
+        )
+    }
+
+    /// The same pod with another IPv4 address.
+    pub(super) fn with_ipv4(&self, v4: Ipv4Addr) -> Self {
+        let i = &self.0;
+        Pod::new(
+            &i.namespace,
+            &i.name,
+            i.labels.clone(),
+            i.netns.clone(),
+            i.host_if.clone(),
+            v4,
+            i.v6,
+        )
+    }
+
+    /// Kubernetes namespace of the pod (as written in the inventory).
+    pub fn namespace(&self) -> &str {
+        &self.0.namespace
+    }
+
+    /// Pod name (as written in the inventory).
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Pod labels (as written in the inventory).
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.0.labels
+    }
+
+    /// Name of the pod's network namespace under `/run/netns` (`fl<id>-<index>`).
+    pub fn netns_name(&self) -> &str {
+        &self.0.netns
+    }
+
+    /// Path of the pod's network namespace: `/run/netns/<netns_name>`.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(netns::NETNS_DIR).join(&self.0.netns)
+    }
+
+    /// Name of the host side of the pod's veth (`fl<id>p<index>`, in the root namespace, on
+    /// the bridge): where the agent attaches its programs. Empty for [`Pod::existing`].
+    pub fn host_ifname(&self) -> &str {
+        &self.0.host_if
+    }
+
+    /// IPv4 address of the pod's `eth0` (prefix length 24).
+    pub fn ipv4(&self) -> Ipv4Addr {
+        self.0.v4
+    }
+
+    /// IPv6 address of the pod's `eth0` (prefix length 64).
+    pub fn ipv6(&self) -> Ipv6Addr {
+        self.0.v6
+    }
+
+    /// The pod's address of `family`.
+    pub fn ip(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => IpAddr::V4(self.0.v4),
+            Family::V6 => IpAddr::V6(self.0.v6),
+        }
+    }
+
+    /// Runs `f` on a fresh thread that first enters the pod's network namespace, and returns
+    /// its result. The caller's thread never changes namespace. Sockets created by `f` stay
+    /// in the pod's namespace and may be used afterwards from any thread. Fails if the
+    /// namespace cannot be entered or `f` panics.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        netns::run_in(&self.netns_path(), f)
+    }
+}
