@@ -452,6 +452,9 @@ impl Core {
             self.rollback();
             return Err(AgentError::Internal(e));
         }
+        if let Err(e) = self.sync_shaping(true) {
+            tracing::warn!(error = %format!("{e:#}"), "removing unused qdiscs failed; the next reconcile retries");
+        }
         tracing::info!(fault = %id, slot, "fault created");
         self.get(&id)
     }
@@ -473,7 +476,12 @@ impl Core {
                 f.message = Some("recovered".into());
             }
         }
-        let result = self.desired().map_err(|e| anyhow::anyhow!("{e}")).and_then(|t| self.dataplane.write(&t));
+        let result = self
+            .desired()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|t| self.dataplane.write(&t))
+            // What only the ended faults needed (fq, pod-side programs) goes too.
+            .and_then(|_| self.sync_shaping(true).map(|_| 0));
         if let Err(e) = result {
             for id in &ids {
                 if let Some(f) = self.store.get_mut(id) {

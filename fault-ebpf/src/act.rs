@@ -1,20 +1,26 @@
 //! What the faults that match a packet do to it, in slot order: the first drop wins;
 //! corruption, delay, rate and duplication do not stop the faults after them. Which actions a
 //! hook takes depends on where it sits ([`Hook`]).
-use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::TcContext};
+//!
+//! [`one`] runs one fault on the packet. It is a BPF subprogram (`inline(never)`): the
+//! verifier explores its branches inside it, and the caller only sees its verdict, so the
+//! checking cost grows with the number of faults per rule, not with their product.
+use aya_ebpf::programs::TcContext;
 use fault_common::{
-    FAULT_PARTITION, FAULT_PARTITION_CONNECTIONS, FAULT_PROTECT_DNS, FAULT_PROTECT_NATS_PORT,
-    Direction, FaultParams, MAX_FAULTS_PER_RULE, RuleValue, chance, proto, verdict,
+    Direction, FAULT_PARTITION, FAULT_PARTITION_CONNECTIONS, FAULT_PROTECT_DNS,
+    FAULT_PROTECT_NATS_PORT, FaultParams, chance, proto, verdict,
 };
 
 use crate::{
     conntrack, corrupt, duplicate, edt,
     maps::{FL_FAULTS, FL_STATS},
     parse::{Flow, Packet},
+    scratch::Scratch,
 };
 
 /// Where a program runs, and so what it can do.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Hook {
     /// tc ingress of the host veth (the pod's egress): drop, corrupt, duplicate. No qdisc
     /// follows an ingress hook, so departure times are set on the pod side instead.
@@ -39,51 +45,43 @@ pub fn rand() -> u32 {
     unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() }
 }
 
-/// Runs the faults of `rule` on the packet and returns the verdict.
-#[inline(always)]
-pub fn apply(ctx: &TcContext, hook: Hook, pkt: &Packet, flow: &Flow, direction: Direction, rule: &RuleValue) -> i32 {
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let count = rule.count as usize;
-    for i in 0..MAX_FAULTS_PER_RULE {
-        if i >= count {
-            break;
+/// Runs fault `slot` on the packet described by `s`; returns the verdict.
+#[inline(never)]
+pub fn one(ctx: &TcContext, s: &Scratch, slot: u32) -> i32 {
+    let Some(fault) = FL_FAULTS.get(slot) else { return verdict::NEXT };
+    // The deadline is enforced here, so an expired fault stops even if the agent is dead.
+    if s.now >= fault.deadline_ns || protected(fault.flags, &s.pkt, &s.flow) {
+        return verdict::NEXT;
+    }
+    let Some(stats) = FL_STATS.get_ptr_mut(slot) else { return verdict::NEXT };
+    // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+    let stats = unsafe { &mut *stats };
+    if s.hook != Hook::PodEgress {
+        stats.matched += 1;
+        if drops(fault, &s.pkt, &s.flow, s.direction, s.now) {
+            stats.dropped += 1;
+            return verdict::DROP;
         }
-        let slot = rule.slots[i] as u32;
-        let Some(fault) = FL_FAULTS.get(slot) else { continue };
-        // The deadline is enforced here, so an expired fault stops even if the agent is dead.
-        if now >= fault.deadline_ns || protected(fault.flags, pkt, flow) {
-            continue;
+        if fault.corrupt_ppm != 0 && chance(rand(), fault.corrupt_ppm) && corrupt::payload(ctx, &s.pkt) {
+            stats.corrupted += 1;
         }
-        let Some(stats) = FL_STATS.get_ptr_mut(slot) else { continue };
-        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
-        let stats = unsafe { &mut *stats };
-        if hook != Hook::PodEgress {
-            stats.matched += 1;
-            if drops(fault, pkt, flow, direction, now) {
+    }
+    if s.hook != Hook::HostIngress {
+        match edt::schedule(ctx, fault, slot as u16, &s.flow.target, s.direction) {
+            edt::Scheduled::Untouched => {}
+            edt::Scheduled::Delayed => stats.delayed += 1,
+            edt::Scheduled::Drop => {
                 stats.dropped += 1;
                 return verdict::DROP;
             }
-            if fault.corrupt_ppm != 0 && chance(rand(), fault.corrupt_ppm) && corrupt::payload(ctx, pkt) {
-                stats.corrupted += 1;
-            }
         }
-        if hook != Hook::HostIngress {
-            match edt::schedule(ctx, fault, slot as u16, &flow.target, direction) {
-                edt::Scheduled::Untouched => {}
-                edt::Scheduled::Delayed => stats.delayed += 1,
-                edt::Scheduled::Drop => {
-                    stats.dropped += 1;
-                    return verdict::DROP;
-                }
-            }
-        }
-        if hook != Hook::PodEgress
-            && fault.duplicate_ppm != 0
-            && chance(rand(), fault.duplicate_ppm)
-            && duplicate::duplicate(ctx, hook == Hook::HostIngress)
-        {
-            stats.duplicated += 1;
-        }
+    }
+    if s.hook != Hook::PodEgress
+        && fault.duplicate_ppm != 0
+        && chance(rand(), fault.duplicate_ppm)
+        && duplicate::duplicate(ctx, s.hook == Hook::HostIngress)
+    {
+        stats.duplicated += 1;
     }
     verdict::NEXT
 }
@@ -92,12 +90,8 @@ pub fn apply(ctx: &TcContext, hook: Hook, pkt: &Packet, flow: &Flow, direction: 
 #[inline(always)]
 fn protected(flags: u32, pkt: &Packet, flow: &Flow) -> bool {
     match pkt.proto {
-        proto::TCP | proto::UDP if flags & FAULT_PROTECT_DNS != 0 && flow.peer_port == DNS_PORT => {
-            true
-        }
-        proto::TCP if flags & FAULT_PROTECT_NATS_PORT != 0 && flow.peer_port == NATS_CLIENT_PORT => {
-            true
-        }
+        proto::TCP | proto::UDP if flags & FAULT_PROTECT_DNS != 0 && flow.peer_port == DNS_PORT => true,
+        proto::TCP if flags & FAULT_PROTECT_NATS_PORT != 0 && flow.peer_port == NATS_CLIENT_PORT => true,
         proto::ICMP => pkt.icmp_type >= ICMPV6_ND_FIRST && pkt.icmp_type <= ICMPV6_ND_LAST,
         _ => false,
     }
@@ -108,8 +102,7 @@ fn drops(fault: &FaultParams, pkt: &Packet, flow: &Flow, direction: Direction, n
     if fault.flags & FAULT_PARTITION != 0 {
         return true;
     }
-    if fault.flags & FAULT_PARTITION_CONNECTIONS != 0 && conntrack::opens_connection(pkt, flow, direction, now)
-    {
+    if fault.flags & FAULT_PARTITION_CONNECTIONS != 0 && conntrack::opens_connection(pkt, flow, direction, now) {
         return true;
     }
     fault.loss_ppm != 0 && chance(rand(), fault.loss_ppm)

@@ -24,15 +24,19 @@ mod lookup;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod scratch;
 
 #[cfg(target_arch = "bpf")]
 mod entry {
-    use aya_ebpf::{macros::classifier, programs::TcContext};
-    use fault_common::{Direction, TARGET_TRACK_CONNECTIONS, verdict};
+    use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::classifier, programs::TcContext};
+    use fault_common::{Direction, MAX_FAULTS_PER_RULE, TARGET_TRACK_CONNECTIONS, verdict};
 
     use crate::{
         act::{self, Hook},
-        conntrack, duplicate, lookup, parse,
+        conntrack, duplicate, lookup,
+        maps::FL_SCRATCH,
+        parse,
     };
 
     /// tc ingress of a pod's host-side veth: what the pod sends, i.e. its **egress**.
@@ -69,19 +73,46 @@ mod entry {
         let Some(target) = lookup::target(&key) else {
             return verdict::NEXT;
         };
-        // A fault may apply: parse the rest.
-        let Some(mut pkt) = parse::packet(ctx) else {
+        // A fault may apply: parse the rest, into this CPU's scratch space.
+        let Some(s) = FL_SCRATCH.get_ptr_mut(0) else {
             return verdict::NEXT;
         };
-        parse::l4(ctx, &mut pkt);
-        let flow = parse::Flow::of(&pkt, direction);
-        if target.flags & TARGET_TRACK_CONNECTIONS != 0 && hook != Hook::PodEgress {
-            conntrack::record(&pkt, &flow, direction);
+        // SAFETY: this CPU's slot; nothing else uses it while this program runs.
+        let s = unsafe { &mut *s };
+        if parse::packet(ctx, &mut s.pkt).is_none() {
+            return verdict::NEXT;
         }
-        let Some(rule) = lookup::rule(target, pkt.proto, flow.peer_port, &flow.peer) else {
+        parse::l4(ctx, &mut s.pkt);
+        s.flow = parse::Flow::of(&s.pkt, direction);
+        s.hook = hook;
+        s.direction = direction;
+        s.now = unsafe { bpf_ktime_get_boot_ns() };
+        if target.flags & TARGET_TRACK_CONNECTIONS != 0 && hook != Hook::PodEgress {
+            conntrack::record(&s.pkt, &s.flow, direction);
+        }
+        let Some(rule) = lookup::rule(target, s.pkt.proto, s.flow.peer_port, &s.flow.peer) else {
             return verdict::NEXT;
         };
-        act::apply(ctx, hook, &pkt, &flow, direction, rule)
+        // Each fault of the rule, oldest first. Written out with constant indexes: older
+        // verifiers (6.1) lose the bound of a loop index into the map value.
+        let (count, slots) = (rule.count, rule.slots);
+        macro_rules! run_slot {
+            ($i:literal) => {
+                if count > $i && act::one(ctx, s, slots[$i] as u32) == verdict::DROP {
+                    return verdict::DROP;
+                }
+            };
+        }
+        run_slot!(0);
+        run_slot!(1);
+        run_slot!(2);
+        run_slot!(3);
+        run_slot!(4);
+        run_slot!(5);
+        run_slot!(6);
+        run_slot!(7);
+        const _: () = assert!(MAX_FAULTS_PER_RULE == 8, "run_slot! covers 8 slots");
+        verdict::NEXT
     }
 }
 

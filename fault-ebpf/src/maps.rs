@@ -33,3 +33,8 @@ pub static FL_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CT, 0);
 /// Rate limiters' next departure times. See `fault_common::MAP_RATE`.
 #[map(name = "FL_RATE")]
 pub static FL_RATE: LruHashMap<RateKey, RateState> = LruHashMap::pinned(MAX_RATE, 0);
+
+/// Per-CPU scratch space for the packet being classified (the BPF stack is 512 bytes, shared
+/// with the per-fault subprogram). See `crate::scratch`.
+#[map(name = "FL_SCRATCH")]
+pub static FL_SCRATCH: PerCpuArray<crate::scratch::Scratch> = PerCpuArray::with_max_entries(1, 0);

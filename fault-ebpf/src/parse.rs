@@ -24,6 +24,7 @@ const IPV6_MAX_EXT_HEADERS: usize = 4;
 const ICMP_HDR_LEN: usize = 8;
 
 /// What the lookup and the actions need from one packet.
+#[derive(Clone, Copy)]
 pub struct Packet {
     /// Source address, IPv6 or IPv4-mapped.
     pub src: [u8; 16],
@@ -57,6 +58,7 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 
 /// The packet seen from the target pod: who the target is and who the peer is.
+#[derive(Clone, Copy)]
 pub struct Flow {
     pub target: [u8; 16],
     pub peer: [u8; 16],
@@ -144,10 +146,10 @@ pub fn target_key(ctx: &TcContext, direction: Direction) -> Option<TargetKey> {
 /// Parses the L2 and L3 headers of `ctx`, or `None` for what Faultline never acts on (not IP,
 /// truncated). The L4 fields stay zero until [`l4`].
 #[inline(always)]
-pub fn packet(ctx: &TcContext) -> Option<Packet> {
+pub fn packet(ctx: &TcContext, pkt: &mut Packet) -> Option<()> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    let mut pkt = Packet {
+    *pkt = Packet {
         src: [0; 16],
         dst: [0; 16],
         proto: 0,
@@ -188,7 +190,7 @@ pub fn packet(ctx: &TcContext) -> Option<Packet> {
     } else {
         return None;
     }
-    Some(pkt)
+    Some(())
 }
 
 /// Fills the L4 fields of `pkt` (ports, TCP flags, ICMP type, checksum and payload offsets).
