@@ -20,7 +20,7 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
-    Api, Client, CustomResourceExt as _,
+    Api, Client,
     api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
     discovery,
@@ -85,7 +85,13 @@ impl Cluster {
             if f.status.as_ref().and_then(|s| s.phase) == Some(phase) {
                 return f;
             }
-            assert!(start.elapsed() < timeout, "{id} not {phase:?} within {timeout:?}: {:?}", f.status);
+            assert!(
+                start.elapsed() < timeout,
+                "{id} not {phase:?} within {timeout:?}: {:?}\n--- api log ---\n{}\n--- node-a log ---\n{}",
+                f.status,
+                self.api.log(),
+                self.nodes[0].log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -93,7 +99,7 @@ impl Cluster {
 
 async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("networkfaults.faultline.dev", &PatchParams::apply("faultline-test").force(), &Patch::Apply(NetworkFault::crd()))
+    crds.patch("networkfaults.faultline.dev", &PatchParams::apply("faultline-test").force(), &Patch::Apply(fault_agent::kube::crd()))
         .await
         .unwrap();
     for _ in 0..100 {
@@ -261,8 +267,10 @@ fn a_node_agent_killed_and_restarted_keeps_the_fault_without_duplicates() {
 fn invalid_networkfaults_are_rejected_or_failed_with_the_reason() {
     let _s = serial();
     let c = Cluster::start();
-    let api: Api<NetworkFault> = Api::namespaced(c.client.clone(), NS);
-    let make = |name: &str, spec: serde_json::Value| -> NetworkFault {
+    // Raw objects: the Rust types would refuse these before the API server sees them.
+    let ar = kube::api::ApiResource::erase::<NetworkFault>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), NS, &ar);
+    let make = |name: &str, spec: serde_json::Value| -> DynamicObject {
         serde_json::from_value(json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
             "metadata": {"name": name, "namespace": NS}, "spec": spec})).unwrap()
     };

@@ -46,6 +46,8 @@ pub enum Error {
 }
 
 fn condition(old: &[Condition], type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+    // An empty message would be written as null, which the API server refuses.
+    let message = if message.is_empty() { reason.to_owned() } else { message };
     let status = if ok { "True" } else { "False" };
     // lastTransitionTime moves only when the status does.
     let since = old
@@ -119,9 +121,9 @@ pub fn desired_status(nf: &NetworkFault, pods: &[Pod], now: Timestamp, max: Dura
         Phase::Active if res.targets.is_empty() => condition(&old.conditions, "Applied", false, "NoTargets", "no pod matches the targets yet".into(), generation),
         Phase::Active if !waiting.is_empty() => condition(&old.conditions, "Applied", false, "WaitingForNodes", format!("waiting for {}", waiting.join(", ")), generation),
         Phase::Active => condition(&old.conditions, "Applied", true, "AllNodesApplied", format!("applied on {}", target_nodes.len()), generation),
-        _ => condition(&old.conditions, "Applied", false, "Ended", st.message.clone().unwrap_or_default(), generation),
+        _ => condition(&old.conditions, "Applied", false, "Ended", st.message.clone().unwrap_or_else(|| "ended".into()), generation),
     };
-    st.conditions = vec![condition(&old.conditions, "Valid", true, "SpecValid", String::new(), generation), applied_cond];
+    st.conditions = vec![condition(&old.conditions, "Valid", true, "SpecValid", "the spec is valid".into(), generation), applied_cond];
     st
 }
 

@@ -6,6 +6,10 @@
 //! carries what a structural schema can check (types, enums, ranges, patterns), so the API
 //! server rejects those mistakes at admission; the rest (selector syntax, CIDR host bits,
 //! combinations) is reported in status as `Failed` with the reason.
+//!
+//! Fields with their own syntax are kept as the raw strings and numbers of the object (their
+//! schemas are those of the parsed types): one object that does not parse must not stop the
+//! watches of every agent; it fails alone, in its status.
 use std::collections::BTreeMap;
 
 use fault_api::{
@@ -45,17 +49,19 @@ pub struct NetworkFaultSpec {
     pub pod_prefix: Option<String>,
     /// Target pods matching this label selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<Selector>,
+    #[schemars(with = "Option<Selector>")]
+    pub selector: Option<String>,
     /// Peer pods matching any of these selectors (in `toNamespace`, else the object's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub to_selectors: Vec<Selector>,
+    #[schemars(with = "Vec<Selector>")]
+    pub to_selectors: Vec<String>,
     /// Peer pods in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_namespace: Option<String>,
     /// Peer CIDRs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Vec<String>")]
-    pub to_cidrs: Vec<IpNet>,
+    pub to_cidrs: Vec<String>,
     /// The peer's port (TCP and UDP unless `protocol`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
@@ -69,20 +75,27 @@ pub struct NetworkFaultSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<PartitionMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss_percent: Option<Percent>,
+    #[schemars(with = "Option<Percent>")]
+    pub loss_percent: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub corrupt_percent: Option<Percent>,
+    #[schemars(with = "Option<Percent>")]
+    pub corrupt_percent: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delay: Option<FaultDuration>,
+    #[schemars(with = "Option<FaultDuration>")]
+    pub delay: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jitter: Option<FaultDuration>,
+    #[schemars(with = "Option<FaultDuration>")]
+    pub jitter: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duplicate_percent: Option<Percent>,
+    #[schemars(with = "Option<Percent>")]
+    pub duplicate_percent: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<Rate>,
+    #[schemars(with = "Option<Rate>")]
+    pub rate: Option<String>,
     /// The fault ends by itself this long after creation (default: the controller's maximum).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration: Option<FaultDuration>,
+    #[schemars(with = "Option<FaultDuration>")]
+    pub duration: Option<String>,
     #[serde(default)]
     pub block_nats: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -173,23 +186,24 @@ fn camel(field: &str) -> String {
 impl NetworkFaultSpec {
     /// From the model (the API creates objects from native requests).
     pub fn from_fault_spec(s: &FaultSpec) -> Self {
+        let text = |v: &dyn std::fmt::Display| v.to_string();
         Self {
             pod_prefix: s.pod_prefix.clone(),
-            selector: s.selector.clone(),
-            to_selectors: s.to_selectors.clone(),
+            selector: s.selector.as_ref().map(|v| text(v)),
+            to_selectors: s.to_selectors.iter().map(|v| text(v)).collect(),
             to_namespace: s.to_namespace.clone(),
-            to_cidrs: s.to_cidrs.clone(),
+            to_cidrs: s.to_cidrs.iter().map(|v| text(v)).collect(),
             port: s.port,
             protocol: s.protocol,
             direction: s.direction,
             partition: s.partition,
-            loss_percent: s.loss_percent,
-            corrupt_percent: s.corrupt_percent,
-            delay: s.delay,
-            jitter: s.jitter,
-            duplicate_percent: s.duplicate_percent,
-            rate: s.rate,
-            duration: s.duration,
+            loss_percent: s.loss_percent.map(Percent::value),
+            corrupt_percent: s.corrupt_percent.map(Percent::value),
+            delay: s.delay.map(|v| text(&v)),
+            jitter: s.jitter.map(|v| text(&v)),
+            duplicate_percent: s.duplicate_percent.map(Percent::value),
+            rate: s.rate.map(|v| text(&v)),
+            duration: s.duration.map(|v| text(&v)),
             block_nats: s.block_nats,
             allow_namespaces: s.allow_namespaces.clone(),
         }
@@ -201,23 +215,41 @@ impl NetworkFault {
     pub fn fault_spec(&self) -> Result<FaultSpec, FieldError> {
         let namespace = self.metadata.namespace.clone().unwrap_or_default();
         let s = &self.spec;
+        fn parse<T: std::str::FromStr<Err = String>>(field: &str, v: &Option<String>) -> Result<Option<T>, FieldError> {
+            v.as_deref().map(|t| t.parse().map_err(|e| FieldError::new(format!("spec.{field}"), e))).transpose()
+        }
+        fn percent(field: &str, v: Option<f64>) -> Result<Option<Percent>, FieldError> {
+            v.map(|x| Percent::new(x).map_err(|e| FieldError::new(format!("spec.{field}"), e))).transpose()
+        }
         let mut f = FaultSpec::new(namespace);
         f.pod_prefix = s.pod_prefix.clone();
-        f.selector = s.selector.clone();
-        f.to_selectors = s.to_selectors.clone();
+        f.selector = parse::<Selector>("selector", &s.selector)?;
+        f.to_selectors = s
+            .to_selectors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t.parse().map_err(|e| FieldError::new(format!("spec.toSelectors[{i}]"), e)))
+            .collect::<Result<_, _>>()?;
         f.to_namespace = s.to_namespace.clone();
-        f.to_cidrs = s.to_cidrs.clone();
+        f.to_cidrs = s
+            .to_cidrs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.parse::<IpNet>().map_err(|e| FieldError::new(format!("spec.toCidrs[{i}]"), format!("not a CIDR ({e}): {t:?}")))
+            })
+            .collect::<Result<_, _>>()?;
         f.port = s.port;
         f.protocol = s.protocol;
         f.direction = s.direction;
         f.partition = s.partition;
-        f.loss_percent = s.loss_percent;
-        f.corrupt_percent = s.corrupt_percent;
-        f.delay = s.delay;
-        f.jitter = s.jitter;
-        f.duplicate_percent = s.duplicate_percent;
-        f.rate = s.rate;
-        f.duration = s.duration;
+        f.loss_percent = percent("lossPercent", s.loss_percent)?;
+        f.corrupt_percent = percent("corruptPercent", s.corrupt_percent)?;
+        f.delay = parse::<FaultDuration>("delay", &s.delay)?;
+        f.jitter = parse::<FaultDuration>("jitter", &s.jitter)?;
+        f.duplicate_percent = percent("duplicatePercent", s.duplicate_percent)?;
+        f.rate = parse::<Rate>("rate", &s.rate)?;
+        f.duration = parse::<FaultDuration>("duration", &s.duration)?;
         f.block_nats = s.block_nats;
         f.allow_namespaces = s.allow_namespaces.clone();
         f.labels = self
@@ -246,7 +278,6 @@ impl NetworkFault {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::CustomResourceExt;
 
     #[test]
     fn deploy_crd_yaml_matches_the_types() {
@@ -261,9 +292,20 @@ mod tests {
         let mut nf = NetworkFault::new("f-1", NetworkFaultSpec::from_fault_spec(&FaultSpec::new("dynamo")));
         nf.metadata.namespace = Some("dynamo".into());
         nf.spec.pod_prefix = Some("vllm".into());
-        nf.spec.to_cidrs = vec!["198.18.0.1/24".parse().unwrap()];
+        nf.spec.to_cidrs = vec!["198.18.0.1/24".into()];
         nf.spec.partition = Some(PartitionMode::Packets);
         assert_eq!(nf.fault_spec().unwrap_err().field, "spec.toCidrs[0]");
-        assert!(NetworkFault::crd().spec.versions[0].subresources.is_some());
+        nf.spec.to_cidrs = vec![];
+        nf.spec.selector = Some("app in (x".into());
+        let e = nf.fault_spec().unwrap_err();
+        assert_eq!(e.field, "spec.selector");
+        // A malformed object still deserializes: it must not break the watches.
+        let raw = serde_json::json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
+            "metadata": {"name": "x", "namespace": "d"}, "spec": {"selector": "app in (x", "duration": "0s", "rate": "0mbit"}});
+        let nf: NetworkFault = serde_json::from_value(raw).unwrap();
+        assert!(nf.fault_spec().is_err());
+        assert!(crate::kube::crd().spec.versions[0].subresources.is_some());
+        let yaml = crate::kube::crd_yaml();
+        assert!(!yaml.contains("- null"), "no null in enums (API servers before 1.21 refuse them)");
     }
 }

@@ -8,11 +8,34 @@ pub mod netns;
 pub mod node;
 pub mod pods;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt as _;
+
+/// `null` out of every `enum` of a schema (`nullable: true` already allows it): schemars lists
+/// it for optional enums, and API servers before 1.21 refuse a CRD whose enums contain null.
+fn strip_null_enums(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(serde_json::Value::Array(e)) = m.get_mut("enum") {
+                e.retain(|x| !x.is_null());
+            }
+            m.values_mut().for_each(strip_null_enums);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_null_enums),
+        _ => {}
+    }
+}
+
+/// The `NetworkFault` CRD, as applied to clusters.
+pub fn crd() -> CustomResourceDefinition {
+    let mut v = serde_json::to_value(crd::NetworkFault::crd()).unwrap_or_default();
+    strip_null_enums(&mut v);
+    serde_json::from_value(v).unwrap_or_else(|_| crd::NetworkFault::crd())
+}
 
 /// The CRD as YAML (what `deploy/crd.yaml` holds).
 pub fn crd_yaml() -> String {
-    let crd = crd::NetworkFault::crd();
+    let crd = crd();
     format!(
         "# Generated from fault-agent/src/kube/crd.rs by `fault-agent crd`; do not edit.\n{}",
         serde_yaml::to_string(&crd).unwrap_or_default()
