@@ -44,7 +44,7 @@ fn api_rejects_bad_bodies_naming_the_field_and_creates_nothing() {
         (json!({"namespace": "dynamo", "selector": "app=(", "partition": true}), 422, "selector"),
         (json!({"namespace": "dynamo", "pod_prefix": "vllm", "partition": true, "lossy": 1}), 422, "lossy"),
         (json!({"namespace": "dynamo", "pod_prefix": "vllm"}), 422, "partition"),
-        (json!({"namespace": "dynamo", "pod_prefix": "vllm", "delay": "100ms"}), 422, "delay"),
+        (json!({"namespace": "dynamo", "pod_prefix": "vllm", "delay": "8s", "jitter": "3s"}), 422, "delay"),
         (json!({"namespace": "dynamo", "pod_prefix": "vllm", "partition": true, "duration": "2h"}), 422, "duration"),
         (json!({"pod_prefix": "vllm", "partition": true}), 422, "namespace"),
         (json!("just a string"), 400, "body"),

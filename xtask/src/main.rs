@@ -7,9 +7,11 @@
 mod bench;
 mod cargo;
 mod demo;
+mod kube;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -34,6 +36,13 @@ enum Task {
     Demo,
     /// Run every test suite (what CI runs).
     Test,
+    /// Build (once, cached) the kube-apiserver of the cluster tests.
+    KubeBuild,
+    /// Run a shell command as root in Debian's 6.1 kernel (VM, software emulation).
+    Vm {
+        /// The command line.
+        command: String,
+    },
     /// Measure the datapath and write BENCHMARKS.md.
     Bench {
         /// Where to write the results.
@@ -55,6 +64,8 @@ fn main() -> Result<()> {
             demo::run(&bin)
         }
         Task::Test => test::run(),
+        Task::KubeBuild => kube::build(),
+        Task::Vm { command } => vm::run_inside(&command),
         Task::Bench { out } => {
             setup::core()?;
             let bin = cargo::build(true)?;

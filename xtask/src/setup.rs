@@ -10,6 +10,13 @@ use crate::util::{output, path_with_cargo_bin, run};
 pub const CORE_PACKAGES: &[&str] =
     &["iproute2", "bpftool", "iputils-ping", "curl", "iperf3", "nftables", "iptables", "ipset"];
 
+/// What building and running the Kubernetes test environment needs.
+pub const KUBE_PACKAGES: &[&str] = &["etcd-server", "golang-go", "golang-github-modern-go-reflect2-dev", "dpkg-dev", "openssl"];
+
+/// What the 6.1 VM needs: qemu, Debian's 6.1 kernel, busybox (virtme-ng's init), and a venv
+/// for virtme-ng.
+pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "linux-image-amd64", "busybox-static", "python3-venv"];
+
 /// Installs the Debian packages of `pkgs` that are missing.
 pub fn apt(pkgs: &[&str]) -> Result<()> {
     let missing: Vec<&str> = pkgs
@@ -123,5 +130,21 @@ pub fn python_venv(target: &Path, client: &Path) -> Result<std::path::PathBuf> {
             .args(["install", "--quiet", "-e"])
             .arg(format!("{}[test]", client.display())))?;
     }
+    Ok(bin)
+}
+
+/// virtme-ng in its own venv (`~/.cache/faultline/venv`); returns the venv's bin folder.
+pub fn virtme_venv() -> Result<std::path::PathBuf> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let venv = Path::new(&home).join(".cache/faultline/venv");
+    let bin = venv.join("bin");
+    if output(Command::new(bin.join("vng")).arg("--version")).is_some() {
+        eprintln!("setup: virtme-ng present");
+        return Ok(bin);
+    }
+    if !bin.join("python").exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    run(Command::new(bin.join("pip")).args(["install", "--quiet", "virtme-ng"]))?;
     Ok(bin)
 }

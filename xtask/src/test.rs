@@ -7,9 +7,29 @@ use std::{
 use anyhow::{Result, bail};
 
 use crate::{
-    cargo, setup,
+    cargo, kube, setup,
     util::{path_with_cargo_bin, root, run as run_cmd},
+    vm,
 };
+
+/// `cargo test --no-run` for one integration test target; returns its executable.
+fn test_executable(package: &str, test: &str) -> Result<std::path::PathBuf> {
+    let out = Command::new("cargo")
+        .args(["test", "-p", package, "--test", test, "--no-run", "--message-format=json"])
+        .current_dir(root())
+        .env("PATH", path_with_cargo_bin())
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if m["reason"] == "compiler-artifact" && m["target"]["name"] == test {
+            if let Some(exe) = m["executable"].as_str() {
+                return Ok(exe.into());
+            }
+        }
+    }
+    bail!("no executable for test target {test}")
+}
 
 struct Outcome {
     name: &'static str,
@@ -40,6 +60,20 @@ pub fn run() -> Result<()> {
                 .env("PATH", path_with_cargo_bin())
                 .env("FAULTLINE_BIN_DIR", &bin),
         )
+    }));
+    outcomes.push(suite("cluster: node agents, API, CRD against a real kube-apiserver 1.20", || {
+        kube::build()?;
+        run_cmd(
+            Command::new("cargo")
+                .args(["test", "-p", "fault-agent", "--test", "kube", "--", "--ignored", "--test-threads=1"])
+                .current_dir(root())
+                .env("PATH", path_with_cargo_bin())
+                .env("FAULTLINE_BIN_DIR", &bin),
+        )
+    }));
+    outcomes.push(suite("kernel 6.1 VM: delay, jitter, duplication, rate, netlink attach", || {
+        let exe = test_executable("fault-agent", "vm")?;
+        vm::run_tests(&exe, &bin)
     }));
     outcomes.push(suite("pytest: the Python client against a real agent (seed examples)", || {
         let client = root().join("clients/python");

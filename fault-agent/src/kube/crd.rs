@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Targets", type_ = "integer", json_path = ".status.targetCount"),
     printcolumn(name = "Peers", type_ = "integer", json_path = ".status.peerCount"),
     printcolumn(name = "Nodes", type_ = "string", json_path = ".status.appliedNodes"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -1,0 +1,50 @@
+//! A second kernel for the tests that need what this machine's kernel lacks (`sch_fq`, and the
+//! netlink attach path of kernels without TCX): Debian's 6.1 kernel in a VM under software
+//! emulation, through virtme-ng. The VM shares this machine's filesystem, so binaries built
+//! here run inside as they are.
+use std::{path::{Path, PathBuf}, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{setup, util::run};
+
+/// The 6.1 kernel image Debian's `linux-image-amd64` installs.
+fn kernel() -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-6.1.")))
+        .collect();
+    found.sort();
+    found.pop().context("no /boot/vmlinuz-6.1.* (apt package linux-image-amd64)")
+}
+
+/// Runs `command` (a shell command line) as root inside the VM, after loading sch_fq and
+/// mounting bpffs; fails if it fails. Boot takes ~30 s; everything inside is ~10x slower.
+pub fn run_inside(command: &str) -> Result<()> {
+    setup::apt(setup::VM_PACKAGES)?;
+    let venv = setup::virtme_venv()?;
+    let kernel = kernel()?;
+    let path = format!("{}:{}", venv.display(), std::env::var("PATH").unwrap_or_default());
+    let script = format!("modprobe sch_fq && mount -t bpf bpf /sys/fs/bpf && {command}");
+    run(Command::new(venv.join("vng"))
+        .arg("--disable-kvm")
+        .arg("--run")
+        .arg(&kernel)
+        .args(["--user", "root", "--memory", "2G", "--cpus", "2", "--"])
+        .arg(script)
+        .env("PATH", path))
+}
+
+/// Runs a test executable inside the VM with `--ignored` (the VM-only tests are ignored
+/// elsewhere).
+pub fn run_tests(test_binary: &Path, bin_dir: &Path) -> Result<()> {
+    if !test_binary.exists() {
+        bail!("{} missing", test_binary.display());
+    }
+    run_inside(&format!(
+        "FAULTLINE_BIN_DIR={} {} --ignored --test-threads=1 --nocapture",
+        bin_dir.display(),
+        test_binary.display()
+    ))
+}
