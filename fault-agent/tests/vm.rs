@@ -172,3 +172,27 @@ fn rate_1mbit_on_a_tcp_flow_leaves_other_flows_alone() {
     assert!(other > 5e6, "another flow must not be limited: {:.1} Mbit/s", other / 1e6);
     assert_eq!(tc_qdiscs(&p.decode0), before_qdiscs, "qdiscs restored exactly");
 }
+
+#[test]
+#[ignore = "needs a kernel with sch_fq: run by `cargo xtask test` inside the 6.1 VM"]
+fn added_latency_error_at_1_10_100_1000ms() {
+    let _s = serial();
+    let env = DynamoEnv::start().unwrap();
+    needs_fq(&env);
+    let p = &env.pods;
+    let base = latencies_ms(&p.decode0, &p.prefill, 60, 30, 42_030);
+    let mut port = 42_031;
+    for ms in [1u32, 10, 100, 1000] {
+        let id = inject(&env.agent, &["-n", "dynamo", "--pod-prefix", "vllm-decode-0", "--to-selector", "app=vllm-prefill", "--delay", &format!("{ms}ms")]);
+        let got = latencies_ms(&p.decode0, &p.prefill, 60, 30, port);
+        port += 1;
+        ctl(&env.agent, &["recover", &id]);
+        let added = pct(&got, 0.5) - pct(&base, 0.5);
+        let error = added - ms as f64;
+        eprintln!(
+            "delay {ms} ms: added p50 {added:.3} ms (error {error:+.3} ms), p5..p95 of the faulted path {:.3}..{:.3} ms",
+            pct(&got, 0.05), pct(&got, 0.95)
+        );
+        assert!(error.abs() <= 2.0 + ms as f64 * 0.02, "delay {ms} ms: error {error:+.3} ms");
+    }
+}
