@@ -69,7 +69,7 @@ impl Cluster {
         }
         let cfg = kube.kubeconfig();
         let nodes = ["node-a", "node-b"].iter().map(|n| AgentProcess::start_node(&cfg, n, &[]).unwrap()).collect();
-        let api = AgentProcess::start_api(&cfg, &["--wait", "5s"]).unwrap();
+        let api = AgentProcess::start_api(&cfg, &["--wait", "5s", "--retention", "3s"]).unwrap();
         Cluster { nodes, api, pods, topo, client, rt, kube }
     }
 
@@ -196,6 +196,26 @@ fn faults_through_the_api_are_networkfaults_applied_by_both_nodes() {
     let nf = c.wait_phase(&id, Phase::Expired, Duration::from_secs(4));
     assert!(nf.status.unwrap().ended_at.is_some());
     assert!(reaches(&p.decode0, &p.prefill, Family::V4), "expired");
+
+    // Ended faults are garbage-collected after the retention period (3 s here).
+    let faults: Api<NetworkFault> = Api::namespaced(c.client.clone(), NS);
+    wait_until("expired fault deleted after retention", Duration::from_secs(6), || {
+        c.rt.block_on(faults.get_opt(&id)).unwrap().is_none()
+    });
+
+    // `kubectl apply -f fault.yaml`: an object written directly is applied the same way.
+    let applied: NetworkFault = serde_json::from_value(json!({
+        "apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
+        "metadata": {"name": "from-kubectl", "namespace": NS},
+        "spec": {"podPrefix": "vllm-decode-1", "toSelectors": ["app=vllm-prefill"], "partition": "packets", "duration": "1m"}
+    }))
+    .unwrap();
+    c.rt.block_on(faults.patch("from-kubectl", &PatchParams::apply("kubectl").force(), &Patch::Apply(&applied))).unwrap();
+    c.wait_phase("from-kubectl", Phase::Active, Duration::from_secs(5));
+    wait_until("object applied by node-b", Duration::from_secs(3), || blocked(&p.decode1, &p.prefill, Family::V4));
+    assert!(reaches(&p.decode0, &p.prefill, Family::V4), "only decode-1 is targeted");
+    c.rt.block_on(faults.delete("from-kubectl", &DeleteParams::default())).unwrap();
+    wait_until("deleted object's entries gone", Duration::from_secs(3), || reaches(&p.decode1, &p.prefill, Family::V4));
 }
 
 #[test]
