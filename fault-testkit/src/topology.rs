@@ -1,5 +1,5 @@
 //! Pods as network namespaces on one L2 segment, the way a node sees them: each pod has a
-//! veth whose pod side is `eth0` (IPv4 `198.18.0.{10+i}/24`, IPv6 `fd00:fa::{10+i:x}/64`) and
+//! veth whose pod side is `eth0` (IPv4 in `198.18.0.0/16`, IPv6 `fd00:fa::{10+i:x}/64`) and
 //! whose host side sits on a bridge of the root namespace. The bridge and the host-side
 //! veths have no address and IPv6 disabled: the host sends nothing on the segment.
 //!
@@ -14,7 +14,7 @@ mod pod;
 mod registry;
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::Ipv4Addr,
     path::Path,
     sync::{Mutex, MutexGuard},
     time::Duration,
@@ -133,9 +133,10 @@ impl Topology {
 
     /// Adds a pod: network namespace `fl<id>-<i>` (`ip netns add`), a veth whose host side
     /// `fl<id>p<i>` is on the bridge and up, whose pod side is `eth0` with `lo` up, IPv4
-    /// `198.18.0.{10+i}/24` and IPv6 `fd00:fa::{10+i:x}/64` (no duplicate address detection).
-    /// Returns once the pod can carry traffic (addresses not tentative, bridge port
-    /// forwarding). `i` counts the pods ever added, from 0; at most 245 per topology.
+    /// [`names::addresses`] (`198.18.0.{10+i}/16` for the first 245) and IPv6
+    /// `fd00:fa::{10+i:x}/64` (no duplicate address detection). Returns once the pod can carry
+    /// traffic (addresses not tentative, bridge port forwarding). `i` counts the pods ever
+    /// added, from 0; at most 10,000 per topology.
     pub fn add_pod(&mut self, namespace: &str, name: &str, labels: &[(&str, &str)]) -> Result<Pod> {
         let index = self.next_index;
         if index > names::MAX_POD_INDEX {
@@ -145,7 +146,7 @@ impl Topology {
             bail!("pod {namespace}/{name} exists already");
         }
         self.next_index += 1;
-        let host_octet = 10 + index as u8;
+        let (v4, v6) = names::addresses(index);
         let pod = Pod::new(
             namespace,
             name,
@@ -155,8 +156,8 @@ impl Topology {
                 .collect(),
             names::netns(self.id, index),
             names::host_if(self.id, index),
-            Ipv4Addr::new(198, 18, 0, host_octet),
-            Ipv6Addr::new(0xfd00, 0xfa, 0, 0, 0, 0, 0, u16::from(host_octet)),
+            v4,
+            v6,
         );
         self.pods_mut().push(pod.clone());
         self.make_pod(&pod).with_context(|| {
@@ -195,7 +196,7 @@ impl Topology {
                 ns,
                 "addr",
                 "add",
-                &format!("{}/24", pod.ipv4()),
+                &format!("{}/16", pod.ipv4()),
                 "dev",
                 "eth0",
             ],
@@ -237,7 +238,7 @@ impl Topology {
         Ok(())
     }
 
-    /// Gives `pod` the IPv4 address `198.18.0.<new_v4_last_octet>/24` instead of its current
+    /// Gives `pod` the IPv4 address `198.18.0.<new_v4_last_octet>/16` instead of its current
     /// one (its IPv6 address stays). Returns the pod's new handle; the old one keeps the old
     /// address. Fails if another pod of the topology has that address.
     pub fn readdress(&self, pod: &Pod, new_v4_last_octet: u8) -> Result<Pod> {
@@ -279,14 +280,14 @@ impl Topology {
                 ns,
                 "addr",
                 "del",
-                &format!("{}/24", current.ipv4()),
+                &format!("{}/16", current.ipv4()),
                 "dev",
                 "eth0",
             ],
         )?;
         run(
             "ip",
-            &["-n", ns, "addr", "add", &format!("{new}/24"), "dev", "eth0"],
+            &["-n", ns, "addr", "add", &format!("{new}/16"), "dev", "eth0"],
         )?;
         let moved = current.with_ipv4(new);
         pods[pos] = moved.clone();

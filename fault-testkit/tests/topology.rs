@@ -177,7 +177,7 @@ fn inventory_readdress_and_removal() {
         .prefill
         .run(|| ip(&["-o", "-4", "addr", "show", "dev", "eth0"]))
         .unwrap();
-    assert!(addrs.contains(&format!("{want}/24")), "{addrs}");
+    assert!(addrs.contains(&format!("{want}/16")), "{addrs}");
 
     let moved = topo.readdress(&d.prefill, 77).unwrap();
     assert_eq!(moved.ip(Family::V4), IpAddr::from([198, 18, 0, 77]));

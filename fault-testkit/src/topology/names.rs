@@ -4,8 +4,17 @@
 //! 15 characters, the kernel's limit), with `<id>` as 6 lowercase hex digits.
 use anyhow::Result;
 
-/// Largest pod index: the IPv4 address `198.18.0.{10 + index}` must stay below `.255`.
-pub const MAX_POD_INDEX: u32 = 244;
+/// Largest pod index: 4 digits in interface names (`fl<id>p<index>` fits in 15 characters).
+pub const MAX_POD_INDEX: u32 = 9_999;
+
+/// The addresses of pod `index`: IPv4 `198.18.{n / 250}.{10 + n % 250}` and IPv6
+/// `fd00:fa::{10 + n:x}`, in `198.18.0.0/16` and `fd00:fa::/64`. The first 245 pods get
+/// `198.18.0.10` to `198.18.0.254`.
+pub fn addresses(index: u32) -> (std::net::Ipv4Addr, std::net::Ipv6Addr) {
+    let v4 = std::net::Ipv4Addr::new(198, 18, (index / 250) as u8, (10 + index % 250) as u8);
+    let v6 = std::net::Ipv6Addr::new(0xfd00, 0xfa, 0, 0, 0, 0, 0, (10 + index) as u16);
+    (v4, v6)
+}
 
 /// A random 24-bit id.
 pub(super) fn random_id() -> Result<u32> {
