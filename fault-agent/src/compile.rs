@@ -7,7 +7,7 @@
 //! closure is what lets the program stop at the first table that exists and at the longest
 //! prefix that matches. Targets with identical tables share a policy id.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -168,8 +168,50 @@ fn covers_key(f: &CompileInput, key: (u8, u16)) -> bool {
     f.l4.iter().any(|&(p, q)| (p == proto::ANY || p == key.0) && (q == 0 || q == key.1))
 }
 
-fn covers_prefix(f: &CompileInput, x: &IpNet) -> bool {
-    f.includes.iter().any(|i| i.contains(x)) && !f.excludes.iter().any(|e| e.contains(x))
+/// A fault's prefixes as sets, so that "does some prefix of the fault contain x" is one set
+/// lookup per prefix length of `x` (at most 129), not a scan of every prefix.
+struct PrefixSets {
+    includes: HashSet<IpNet>,
+    excludes: HashSet<IpNet>,
+}
+
+impl PrefixSets {
+    fn of(f: &CompileInput) -> Self {
+        Self { includes: f.includes.iter().copied().collect(), excludes: f.excludes.iter().copied().collect() }
+    }
+
+    fn contains(set: &HashSet<IpNet>, x: &IpNet) -> bool {
+        (0..=x.prefix_len()).any(|len| IpNet::new(x.addr(), len).map(|n| set.contains(&n.trunc())).unwrap_or(false))
+    }
+
+    fn covers(&self, x: &IpNet) -> bool {
+        Self::contains(&self.includes, x) && !Self::contains(&self.excludes, x)
+    }
+}
+
+/// The rule tables of one target and direction with faults `fs` (oldest first), sorted; or
+/// the prefix and slots of an entry that would hold too many faults.
+fn tables_of(fs: &[&CompileInput], sets: &HashMap<u16, PrefixSets>) -> Result<PolicyContent, (IpNet, Vec<u16>)> {
+    let keys: BTreeSet<(u8, u16)> = fs.iter().flat_map(|f| f.l4.iter().copied()).collect();
+    let mut content: PolicyContent = Vec::new();
+    for key in keys {
+        let relevant: Vec<&CompileInput> = fs.iter().copied().filter(|f| covers_key(f, key)).collect();
+        let prefixes: BTreeSet<IpNet> =
+            relevant.iter().flat_map(|f| f.includes.iter().chain(f.excludes.iter()).copied()).collect();
+        for x in prefixes {
+            let slots: Vec<u16> =
+                relevant.iter().filter(|f| sets.get(&f.slot).is_some_and(|s| s.covers(&x))).map(|f| f.slot).collect();
+            if slots.len() > MAX_FAULTS_PER_RULE {
+                return Err((x, slots));
+            }
+            let mut value = RuleValue { count: slots.len() as u32, slots: [0; MAX_FAULTS_PER_RULE] };
+            value.slots[..slots.len()].copy_from_slice(&slots);
+            let (peer, bits) = prefix16(&x);
+            content.push(((key.0, key.1, peer, bits), value));
+        }
+    }
+    content.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(content)
 }
 
 /// Compiles the faults into map contents.
@@ -192,34 +234,30 @@ pub fn compile(faults: &[CompileInput], interner: &mut Interner) -> Result<Table
             }
         }
     }
+    let sets: HashMap<u16, PrefixSets> = faults.iter().map(|f| (f.slot, PrefixSets::of(f))).collect();
+    // Targets with the same faults have the same tables: compile each set of faults once.
+    let mut compiled: HashMap<Vec<u16>, (PolicyContent, u32)> = HashMap::new();
     let mut live = BTreeSet::new();
     for ((ip, direction), mut fs) in by_target {
         fs.sort_by_key(|f| f.seq);
-        let keys: BTreeSet<(u8, u16)> = fs.iter().flat_map(|f| f.l4.iter().copied()).collect();
-        let mut content: PolicyContent = Vec::new();
         let mut flags = 0;
-        for key in keys {
+        for key in fs.iter().flat_map(|f| f.l4.iter()) {
             if key.1 != 0 {
                 flags |= TARGET_HAS_PORT_RULES;
             } else if key.0 != proto::ANY {
                 flags |= TARGET_HAS_PROTO_RULES;
             }
-            let relevant: Vec<&CompileInput> = fs.iter().copied().filter(|f| covers_key(f, key)).collect();
-            let prefixes: BTreeSet<IpNet> =
-                relevant.iter().flat_map(|f| f.includes.iter().chain(f.excludes.iter()).copied()).collect();
-            for x in prefixes {
-                let slots: Vec<u16> = relevant.iter().filter(|f| covers_prefix(f, &x)).map(|f| f.slot).collect();
-                if slots.len() > MAX_FAULTS_PER_RULE {
-                    return Err(TooManyFaults { target: ip, direction, peer: x, slots });
-                }
-                let mut value = RuleValue { count: slots.len() as u32, slots: [0; MAX_FAULTS_PER_RULE] };
-                value.slots[..slots.len()].copy_from_slice(&slots);
-                let (peer, bits) = prefix16(&x);
-                content.push(((key.0, key.1, peer, bits), value));
-            }
         }
-        content.sort_by(|a, b| a.0.cmp(&b.0));
-        let policy = interner.intern(content.clone());
+        let slots_key: Vec<u16> = fs.iter().map(|f| f.slot).collect();
+        let (content, policy) = match compiled.get(&slots_key) {
+            Some(c) => c.clone(),
+            None => {
+                let content = tables_of(&fs, &sets).map_err(|(peer, slots)| TooManyFaults { target: ip, direction, peer, slots })?;
+                let policy = interner.intern(content.clone());
+                compiled.insert(slots_key, (content.clone(), policy));
+                (content, policy)
+            }
+        };
         live.insert(policy);
         for ((p, port, peer, bits), value) in content {
             let key = RuleKey { policy: policy.to_be_bytes(), proto: p, _pad: 0, port: port.to_be_bytes(), peer };

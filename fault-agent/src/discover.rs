@@ -97,33 +97,43 @@ pub fn addresses(netns: &Path) -> Result<Vec<IpAddr>> {
     Ok(pod_side(netns)?.1)
 }
 
-/// Reads the pod's veths and addresses from `netns`, then finds their host-side peers.
-pub fn pod_net(netns: &Path) -> Result<PodNet> {
+/// The veths of the agent's own namespace: index -> (name, peer index).
+pub type HostVeths = std::collections::HashMap<u32, (String, u32)>;
+
+/// Dumps the agent namespace's veths once (for many pods).
+pub fn host_veths() -> Result<HostVeths> {
+    netlink::run(None, |handle| async move {
+        let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
+        Ok(links
+            .iter()
+            .filter_map(|m| Some((veth_of(m)?, name_of(m)?)))
+            .map(|(v, name)| (v.index, (name, v.peer_index)))
+            .collect())
+    })
+}
+
+/// Reads the pod's veths and addresses from `netns`, and finds their host-side peers in
+/// `host` (from [`host_veths`]).
+pub fn pod_net_with(netns: &Path, host: &HostVeths) -> Result<PodNet> {
     let (veths, ips) = pod_side(netns)?;
-    let pod_ifs: Vec<HostIf> = veths.iter().map(|v| HostIf { name: v.name.clone(), index: v.index }).collect();
     if veths.is_empty() {
         bail!("no veth in network namespace {}", netns.display());
     }
-    let host_ifs = netlink::run(None, move |handle| async move {
-        let mut out = Vec::new();
-        for v in veths {
-            let found: Vec<LinkMessage> = match handle.link().get().match_index(v.peer_index).execute().try_collect().await {
-                Ok(l) => l,
-                Err(e) if netlink::is_errno(&e, &[libc::ENODEV]) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for host in found {
-                if let (Some(h), Some(name)) = (veth_of(&host), name_of(&host)) {
-                    if h.peer_index == v.index {
-                        out.push(HostIf { name, index: host.header.index });
-                    }
-                }
-            }
-        }
-        Ok(out)
-    })?;
+    let pod_ifs: Vec<HostIf> = veths.iter().map(|v| HostIf { name: v.name.clone(), index: v.index }).collect();
+    let host_ifs: Vec<HostIf> = veths
+        .iter()
+        .filter_map(|v| {
+            let (name, peer) = host.get(&v.peer_index)?;
+            (*peer == v.index).then(|| HostIf { name: name.clone(), index: v.peer_index })
+        })
+        .collect();
     if host_ifs.is_empty() {
         bail!("the veth peers of network namespace {} are not in the agent's network namespace", netns.display());
     }
     Ok(PodNet { ips, host_ifs, pod_ifs })
+}
+
+/// [`pod_net_with`] for one pod.
+pub fn pod_net(netns: &Path) -> Result<PodNet> {
+    pod_net_with(netns, &host_veths()?)
 }

@@ -46,8 +46,8 @@ pub struct Config {
 }
 
 /// Reads a pod's network namespace; a pod that cannot be read is kept with the reason.
-fn discover_pod(p: &InventoryPod) -> Pod {
-    let (ips, host_ifs, pod_ifs, problem) = match discover::pod_net(&p.netns_path()) {
+fn discover_pod(p: &InventoryPod, host: &discover::HostVeths) -> Pod {
+    let (ips, host_ifs, pod_ifs, problem) = match discover::pod_net_with(&p.netns_path(), host) {
         Ok(net) => (net.ips, net.host_ifs, net.pod_ifs, None),
         Err(e) => (vec![], vec![], vec![], Some(format!("{e:#}"))),
     };
@@ -64,8 +64,45 @@ fn discover_pod(p: &InventoryPod) -> Pod {
     }
 }
 
+/// Pods read at once, each on its own thread (a namespace is entered per thread).
+const DISCOVERY_PARALLELISM: usize = 16;
+
 fn discover_all(inv: &Inventory) -> Vec<Pod> {
-    inv.pods.iter().map(discover_pod).collect()
+    let host = match discover::host_veths() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot list this namespace's veths");
+            Default::default()
+        }
+    };
+    let mut pods = Vec::with_capacity(inv.pods.len());
+    for chunk in inv.pods.chunks(DISCOVERY_PARALLELISM) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunk.iter().map(|p| s.spawn(|| discover_pod(p, &host))).collect();
+            for (h, p) in handles.into_iter().zip(chunk) {
+                pods.push(h.join().unwrap_or_else(|_| {
+                    let mut pod = discover_pod_failed(p);
+                    pod.problem = Some("discovery panicked".into());
+                    pod
+                }));
+            }
+        });
+    }
+    pods
+}
+
+fn discover_pod_failed(p: &InventoryPod) -> Pod {
+    Pod {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        labels: p.labels.clone(),
+        node: None,
+        ips: vec![],
+        host_ifs: vec![],
+        netns: Some(p.netns_path()),
+        pod_ifs: vec![],
+        problem: None,
+    }
 }
 
 /// Runs the agent until SIGTERM/SIGINT.

@@ -43,11 +43,17 @@ enum Task {
         /// The command line.
         command: String,
     },
-    /// Measure the datapath and write BENCHMARKS.md.
+    /// Measure overhead, apply/lift times, accuracy, scale and expiry; write BENCHMARKS.md.
     Bench {
         /// Where to write the results.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: std::path::PathBuf,
+        /// Fewer repetitions and cycles (a smoke run).
+        #[arg(long)]
+        quick: bool,
+        /// Skip the delay figures (they need the 6.1 VM, ~2 minutes).
+        #[arg(long)]
+        no_vm: bool,
     },
 }
 
@@ -66,10 +72,10 @@ fn main() -> Result<()> {
         Task::Test => test::run(),
         Task::KubeBuild => kube::build(),
         Task::Vm { command } => vm::run_inside(&command),
-        Task::Bench { out } => {
+        Task::Bench { out, quick, no_vm } => {
             setup::core()?;
             let bin = cargo::build(true)?;
-            bench::run(&bin, &out)
+            bench::run(&bin, &out, &bench::Options { quick, with_vm: !no_vm })
         }
     }
 }

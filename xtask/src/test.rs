@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// `cargo test --no-run` for one integration test target; returns its executable.
-fn test_executable(package: &str, test: &str) -> Result<std::path::PathBuf> {
+pub fn test_executable(package: &str, test: &str) -> Result<std::path::PathBuf> {
     let out = Command::new("cargo")
         .args(["test", "-p", package, "--test", test, "--no-run", "--message-format=json"])
         .current_dir(root())

@@ -48,3 +48,22 @@ pub fn run_tests(test_binary: &Path, bin_dir: &Path) -> Result<()> {
         test_binary.display()
     ))
 }
+
+/// Like [`run_inside`], and returns what the command printed (stdout and stderr).
+pub fn capture_inside(command: &str) -> Result<String> {
+    setup::apt(setup::VM_PACKAGES)?;
+    let venv = setup::virtme_venv()?;
+    let kernel = kernel()?;
+    let path = format!("{}:{}", venv.display(), std::env::var("PATH").unwrap_or_default());
+    let script = format!("modprobe sch_fq && mount -t bpf bpf /sys/fs/bpf && {command} 2>&1");
+    let out = Command::new(venv.join("vng"))
+        .arg("--disable-kvm")
+        .arg("--run")
+        .arg(&kernel)
+        .args(["--user", "root", "--memory", "2G", "--cpus", "2", "--"])
+        .arg(script)
+        .env("PATH", path)
+        .output()
+        .context("running vng")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,222 @@
+//! 1. Idle overhead: what unaffected traffic pays. TCP and UDP throughput (iperf3) and TCP
+//! request latency between two pods, with (a) nothing, (b) Faultline attached and no fault,
+//! (c) 1,000 and 10,000 rules for another pod, and (d) the incumbents' mechanisms holding the
+//! same kind of partition for other addresses: iptables + an ipset (Chaos Mesh), an nftables
+//! set, and tc u32 filters on an HTB root (Litmus-style classification; this kernel has no
+//! prio/netem/gact to copy Litmus exactly). Plus the kernel's per-packet cost of our programs.
+use std::{
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use fault_api::{FaultSpec, PartitionMode};
+use fault_testkit::{AgentProcess, Family, Pod, Topology, probe::TcpEchoServer};
+
+use super::{Dist, Options, other_prefixes, sh};
+
+struct Sample {
+    tcp_bps: f64,
+    udp_bps: f64,
+    rr_us: Vec<f64>,
+    /// ns per run of (fl_host_ingress, fl_host_egress), when the agent runs.
+    cost: Option<(f64, f64)>,
+}
+
+fn iperf(client: &Pod, server: &Pod, udp: bool, secs: u32) -> Result<f64> {
+    let ip = server.ipv4().to_string();
+    let mut args = vec!["-c".to_string(), ip, "-p".into(), "5201".into(), "-t".into(), secs.to_string(), "-J".into()];
+    if udp {
+        args.extend(["-u", "-b", "2G", "-l", "1400"].map(String::from));
+    }
+    let out = client.run(move || Command::new("iperf3").args(&args).output())?.context("iperf3")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    if udp {
+        let sum = &v["end"]["sum"];
+        let bps = sum["bits_per_second"].as_f64().context("UDP bits_per_second")?;
+        let lost = sum["lost_percent"].as_f64().unwrap_or(0.0);
+        Ok(bps * (1.0 - lost / 100.0))
+    } else {
+        v["end"]["sum_received"]["bits_per_second"].as_f64().context("TCP bits_per_second")
+    }
+}
+
+fn rr_latency_us(client: &Pod, server: &Pod, n: usize) -> Result<Vec<f64>> {
+    let addr = SocketAddr::new(server.ip(Family::V4), 7000);
+    client.run(move || -> Result<Vec<f64>> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_nodelay(true)?;
+        let (msg, mut back) = ([7u8; 64], [0u8; 64]);
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            s.write_all(&msg)?;
+            s.read_exact(&mut back)?;
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok(v)
+    })?
+}
+
+fn program_stats(agent: &AgentProcess) -> Result<Vec<(String, u64, u64)>> {
+    let caps = agent.client().get_json("/v1/capabilities")?;
+    Ok(caps["programs"]
+        .as_array()
+        .context("programs")?
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap_or("").to_owned(), p["run_time_ns"].as_u64().unwrap_or(0), p["run_count"].as_u64().unwrap_or(0)))
+        .collect())
+}
+
+fn measure(client: &Pod, server: &Pod, agent: Option<&AgentProcess>, secs: u32) -> Result<Sample> {
+    let before = agent.map(program_stats).transpose()?;
+    let tcp_bps = iperf(client, server, false, secs)?;
+    let after = agent.map(program_stats).transpose()?;
+    let cost = match (before, after) {
+        (Some(b), Some(a)) => {
+            let per = |name: &str| {
+                let (t0, c0) = b.iter().find(|x| x.0 == name).map_or((0, 0), |x| (x.1, x.2));
+                let (t1, c1) = a.iter().find(|x| x.0 == name).map_or((0, 0), |x| (x.1, x.2));
+                (t1 - t0) as f64 / (c1 - c0).max(1) as f64
+            };
+            Some((per("fl_host_ingress"), per("fl_host_egress")))
+        }
+        _ => None,
+    };
+    let udp_bps = iperf(client, server, true, secs)?;
+    let rr_us = rr_latency_us(client, server, 2000)?;
+    Ok(Sample { tcp_bps, udp_bps, rr_us, cost })
+}
+
+/// What a scenario holds while it is measured; dropping it undoes it.
+enum Held {
+    Nothing,
+    Agent(AgentProcess),
+    Undo(String),
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Held::Undo(script) = self {
+            if let Err(e) = sh(script) {
+                eprintln!("bench: undoing a scenario: {e:#}");
+            }
+        }
+    }
+}
+
+struct Iperf(Child);
+impl Drop for Iperf {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(out: &mut String, opts: &Options) -> Result<()> {
+    let mut topo = Topology::named("bench-overhead")?;
+    let client = topo.add_pod("bench", "client-0", &[("app", "client")])?;
+    let server = topo.add_pod("bench", "server-0", &[("app", "server")])?;
+    topo.add_pod("bench", "other-0", &[("app", "other")])?;
+    let dir = tempfile::tempdir()?;
+    let inventory = dir.path().join("inventory.yaml");
+    topo.write_inventory(&inventory)?;
+    let _iperf = Iperf(server.run(|| Command::new("iperf3").args(["-s", "-p", "5201"]).stdout(Stdio::null()).spawn())??);
+    let _echo = TcpEchoServer::start(&server, Family::V4, 7000)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let others: Vec<String> = other_prefixes(1000).iter().map(|n| n.addr().to_string()).collect();
+    let cns = client.netns_name().to_owned();
+
+    let agent_with_rules = |n: usize| -> Result<Held> {
+        let agent = AgentProcess::start(&inventory)?;
+        if n > 0 {
+            let mut spec = FaultSpec::new("bench");
+            spec.pod_prefix = Some("other-0".into());
+            spec.to_cidrs = other_prefixes(n);
+            spec.partition = Some(PartitionMode::Packets);
+            agent.client().create(&spec)?;
+        }
+        Ok(Held::Agent(agent))
+    };
+    type Setup<'a> = Box<dyn Fn() -> Result<Held> + 'a>;
+    let scenarios: Vec<(&str, Setup)> = vec![
+        ("(a) no programs", Box::new(|| Ok(Held::Nothing))),
+        ("(b) Faultline attached, no fault", Box::new(|| agent_with_rules(0))),
+        ("(c) Faultline, 1,000 rules for another pod", Box::new(|| agent_with_rules(1_000))),
+        ("(c) Faultline, 10,000 rules for another pod", Box::new(|| agent_with_rules(10_000))),
+        ("(d) iptables + ipset of 1,000 addresses (Chaos Mesh)", Box::new(|| {
+            let mut restore = String::from("create flbench hash:ip\n");
+            for a in &others {
+                restore.push_str(&format!("add flbench {a}\n"));
+            }
+            sh(&format!("ip netns exec {cns} ipset restore <<'EOF'\n{restore}EOF\nip netns exec {cns} iptables -A OUTPUT -m set --match-set flbench dst -j DROP"))?;
+            Ok(Held::Undo(format!("ip netns exec {cns} iptables -D OUTPUT -m set --match-set flbench dst -j DROP; ip netns exec {cns} ipset destroy flbench")))
+        })),
+        ("(d) nftables set of 1,000 addresses", Box::new(|| {
+            let set = others.join(", ");
+            sh(&format!("ip netns exec {cns} nft -f - <<'EOF'\ntable inet flbench {{\n set blocked {{\n  type ipv4_addr\n  elements = {{ {set} }}\n }}\n chain out {{\n  type filter hook output priority 0; policy accept;\n  ip daddr @blocked drop\n }}\n}}\nEOF"))?;
+            Ok(Held::Undo(format!("ip netns exec {cns} nft delete table inet flbench")))
+        })),
+        ("(d) tc HTB + 1,000 u32 filters (Litmus-style)", Box::new(|| {
+            let mut batch = String::from("qdisc add dev eth0 root handle 1: htb default 1\nclass add dev eth0 parent 1: classid 1:1 htb rate 100gbit\nclass add dev eth0 parent 1: classid 1:2 htb rate 8bit\n");
+            for a in &others {
+                batch.push_str(&format!("filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst {a}/32 flowid 1:2\n"));
+            }
+            sh(&format!("ip netns exec {cns} tc -batch - <<'EOF'\n{batch}EOF"))?;
+            Ok(Held::Undo(format!("ip netns exec {cns} tc qdisc del dev eth0 root")))
+        })),
+    ];
+    let reps = if opts.quick { 1 } else { 3 };
+    let secs = if opts.quick { 2 } else { 3 };
+    let mut samples: Vec<Vec<Sample>> = scenarios.iter().map(|_| Vec::new()).collect();
+    for rep in 0..reps {
+        for (i, (name, setup)) in scenarios.iter().enumerate() {
+            eprintln!("bench: overhead {name} (run {})", rep + 1);
+            let held = setup()?;
+            let agent = match &held {
+                Held::Agent(a) => Some(a),
+                _ => None,
+            };
+            samples[i].push(measure(&client, &server, agent, secs)?);
+            drop(held);
+        }
+    }
+    let base_tcp = Dist(samples[0].iter().map(|s| s.tcp_bps).collect()).median();
+    let base_udp = Dist(samples[0].iter().map(|s| s.udp_bps).collect()).median();
+    writeln!(out, "## 1. Idle overhead: what unaffected traffic pays\n")?;
+    writeln!(out, "`iperf3` TCP ({secs} s) and UDP (1,400-byte datagrams offered at 2 Gbit/s, received rate) between two pods, and 2,000 TCP request/response round trips of 64 bytes; {reps} run(s) per scenario, interleaved; median (min-max). The incumbents' rules match 1,000 addresses that are not the measured peer, as a partition of other pods would. Program cost: the kernel's `run_time_ns / run_cnt` for each program during the TCP run (`kernel.bpf_stats_enabled=1`).\n")?;
+    writeln!(out, "| scenario | TCP Gbit/s | vs (a) | UDP Mbit/s | vs (a) | RR p50 us | RR p99 us | ns/packet ingress / egress program |")?;
+    writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- |")?;
+    for (i, (name, _)) in scenarios.iter().enumerate() {
+        let tcp = Dist(samples[i].iter().map(|s| s.tcp_bps).collect());
+        let udp = Dist(samples[i].iter().map(|s| s.udp_bps).collect());
+        let rr = Dist(samples[i].iter().flat_map(|s| s.rr_us.iter().copied()).collect());
+        let cost = match samples[i].iter().filter_map(|s| s.cost).collect::<Vec<_>>() {
+            c if c.is_empty() => "-".to_owned(),
+            c => {
+                let ing = Dist(c.iter().map(|x| x.0).collect());
+                let eg = Dist(c.iter().map(|x| x.1).collect());
+                format!("{:.0} / {:.0}", ing.median(), eg.median())
+            }
+        };
+        writeln!(
+            out,
+            "| {name} | {:.2} ({:.2}-{:.2}) | {:.1}% | {:.0} ({:.0}-{:.0}) | {:.1}% | {:.1} | {:.1} | {cost} |",
+            tcp.median() / 1e9,
+            tcp.min() / 1e9,
+            tcp.max() / 1e9,
+            tcp.median() / base_tcp * 100.0,
+            udp.median() / 1e6,
+            udp.min() / 1e6,
+            udp.max() / 1e6,
+            udp.median() / base_udp * 100.0,
+            rr.median(),
+            rr.q(0.99),
+        )?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
