@@ -5,6 +5,10 @@ use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fault-ebpf");
-    let package = Package { name: "fault-ebpf", root_dir, ..Default::default() };
+    let package = Package {
+        name: "fault-ebpf",
+        root_dir,
+        ..Default::default()
+    };
     aya_build::build_ebpf([package], Toolchain::default())
 }

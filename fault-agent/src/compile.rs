@@ -111,7 +111,10 @@ pub fn addr16(ip: IpAddr) -> [u8; 16] {
 /// A prefix as (address bytes, prefix bits in IPv6 terms).
 fn prefix16(net: &IpNet) -> ([u8; 16], u32) {
     match net {
-        IpNet::V4(n) => (n.network().to_ipv6_mapped().octets(), 96 + n.prefix_len() as u32),
+        IpNet::V4(n) => (
+            n.network().to_ipv6_mapped().octets(),
+            96 + n.prefix_len() as u32,
+        ),
         IpNet::V6(n) => (n.network().octets(), n.prefix_len() as u32),
     }
 }
@@ -133,17 +136,25 @@ impl Interner {
         let mut by_policy: BTreeMap<u32, PolicyContent> = BTreeMap::new();
         for ((bits, key), value) in &t.rules {
             let policy = u32::from_be_bytes(key.policy);
-            by_policy
-                .entry(policy)
-                .or_default()
-                .push(((key.proto, u16::from_be_bytes(key.port), key.peer, bits - RULE_FIXED_BITS), *value));
+            by_policy.entry(policy).or_default().push((
+                (
+                    key.proto,
+                    u16::from_be_bytes(key.port),
+                    key.peer,
+                    bits - RULE_FIXED_BITS,
+                ),
+                *value,
+            ));
         }
         let next = by_policy.keys().max().map_or(1, |m| m + 1);
         let ids = by_policy.into_iter().map(|(id, mut c)| {
             c.sort_by(|a, b| a.0.cmp(&b.0));
             (c, id)
         });
-        Self { ids: ids.collect(), next }
+        Self {
+            ids: ids.collect(),
+            next,
+        }
     }
 
     fn intern(&mut self, content: PolicyContent) -> u32 {
@@ -165,7 +176,8 @@ impl Interner {
 }
 
 fn covers_key(f: &CompileInput, key: (u8, u16)) -> bool {
-    f.l4.iter().any(|&(p, q)| (p == proto::ANY || p == key.0) && (q == 0 || q == key.1))
+    f.l4.iter()
+        .any(|&(p, q)| (p == proto::ANY || p == key.0) && (q == 0 || q == key.1))
 }
 
 /// A fault's prefixes as sets, so that "does some prefix of the fault contain x" is one set
@@ -177,11 +189,18 @@ struct PrefixSets {
 
 impl PrefixSets {
     fn of(f: &CompileInput) -> Self {
-        Self { includes: f.includes.iter().copied().collect(), excludes: f.excludes.iter().copied().collect() }
+        Self {
+            includes: f.includes.iter().copied().collect(),
+            excludes: f.excludes.iter().copied().collect(),
+        }
     }
 
     fn contains(set: &HashSet<IpNet>, x: &IpNet) -> bool {
-        (0..=x.prefix_len()).any(|len| IpNet::new(x.addr(), len).map(|n| set.contains(&n.trunc())).unwrap_or(false))
+        (0..=x.prefix_len()).any(|len| {
+            IpNet::new(x.addr(), len)
+                .map(|n| set.contains(&n.trunc()))
+                .unwrap_or(false)
+        })
     }
 
     fn covers(&self, x: &IpNet) -> bool {
@@ -191,20 +210,32 @@ impl PrefixSets {
 
 /// The rule tables of one target and direction with faults `fs` (oldest first), sorted; or
 /// the prefix and slots of an entry that would hold too many faults.
-fn tables_of(fs: &[&CompileInput], sets: &HashMap<u16, PrefixSets>) -> Result<PolicyContent, (IpNet, Vec<u16>)> {
+fn tables_of(
+    fs: &[&CompileInput],
+    sets: &HashMap<u16, PrefixSets>,
+) -> Result<PolicyContent, (IpNet, Vec<u16>)> {
     let keys: BTreeSet<(u8, u16)> = fs.iter().flat_map(|f| f.l4.iter().copied()).collect();
     let mut content: PolicyContent = Vec::new();
     for key in keys {
-        let relevant: Vec<&CompileInput> = fs.iter().copied().filter(|f| covers_key(f, key)).collect();
-        let prefixes: BTreeSet<IpNet> =
-            relevant.iter().flat_map(|f| f.includes.iter().chain(f.excludes.iter()).copied()).collect();
+        let relevant: Vec<&CompileInput> =
+            fs.iter().copied().filter(|f| covers_key(f, key)).collect();
+        let prefixes: BTreeSet<IpNet> = relevant
+            .iter()
+            .flat_map(|f| f.includes.iter().chain(f.excludes.iter()).copied())
+            .collect();
         for x in prefixes {
-            let slots: Vec<u16> =
-                relevant.iter().filter(|f| sets.get(&f.slot).is_some_and(|s| s.covers(&x))).map(|f| f.slot).collect();
+            let slots: Vec<u16> = relevant
+                .iter()
+                .filter(|f| sets.get(&f.slot).is_some_and(|s| s.covers(&x)))
+                .map(|f| f.slot)
+                .collect();
             if slots.len() > MAX_FAULTS_PER_RULE {
                 return Err((x, slots));
             }
-            let mut value = RuleValue { count: slots.len() as u32, slots: [0; MAX_FAULTS_PER_RULE] };
+            let mut value = RuleValue {
+                count: slots.len() as u32,
+                slots: [0; MAX_FAULTS_PER_RULE],
+            };
             value.slots[..slots.len()].copy_from_slice(&slots);
             let (peer, bits) = prefix16(&x);
             content.push(((key.0, key.1, peer, bits), value));
@@ -234,7 +265,8 @@ pub fn compile(faults: &[CompileInput], interner: &mut Interner) -> Result<Table
             }
         }
     }
-    let sets: HashMap<u16, PrefixSets> = faults.iter().map(|f| (f.slot, PrefixSets::of(f))).collect();
+    let sets: HashMap<u16, PrefixSets> =
+        faults.iter().map(|f| (f.slot, PrefixSets::of(f))).collect();
     // Targets with the same faults have the same tables: compile each set of faults once.
     let mut compiled: HashMap<Vec<u16>, (PolicyContent, u32)> = HashMap::new();
     let mut live = BTreeSet::new();
@@ -252,7 +284,12 @@ pub fn compile(faults: &[CompileInput], interner: &mut Interner) -> Result<Table
         let (content, policy) = match compiled.get(&slots_key) {
             Some(c) => c.clone(),
             None => {
-                let content = tables_of(&fs, &sets).map_err(|(peer, slots)| TooManyFaults { target: ip, direction, peer, slots })?;
+                let content = tables_of(&fs, &sets).map_err(|(peer, slots)| TooManyFaults {
+                    target: ip,
+                    direction,
+                    peer,
+                    slots,
+                })?;
                 let policy = interner.intern(content.clone());
                 compiled.insert(slots_key, (content.clone(), policy));
                 (content, policy)
@@ -260,18 +297,38 @@ pub fn compile(faults: &[CompileInput], interner: &mut Interner) -> Result<Table
         };
         live.insert(policy);
         for ((p, port, peer, bits), value) in content {
-            let key = RuleKey { policy: policy.to_be_bytes(), proto: p, _pad: 0, port: port.to_be_bytes(), peer };
+            let key = RuleKey {
+                policy: policy.to_be_bytes(),
+                proto: p,
+                _pad: 0,
+                port: port.to_be_bytes(),
+                peer,
+            };
             tables.rules.insert((RULE_FIXED_BITS + bits, key), value);
         }
-        let key = TargetKey { addr: addr16(ip), direction: direction as u8, _pad: [0; 3] };
+        let key = TargetKey {
+            addr: addr16(ip),
+            direction: direction as u8,
+            _pad: [0; 3],
+        };
         if track.remove(&(ip, direction)) {
             flags |= TARGET_TRACK_CONNECTIONS;
         }
         tables.targets.insert(key, TargetValue { policy, flags });
     }
     for (ip, direction) in track {
-        let key = TargetKey { addr: addr16(ip), direction: direction as u8, _pad: [0; 3] };
-        tables.targets.insert(key, TargetValue { policy: 0, flags: TARGET_TRACK_CONNECTIONS });
+        let key = TargetKey {
+            addr: addr16(ip),
+            direction: direction as u8,
+            _pad: [0; 3],
+        };
+        tables.targets.insert(
+            key,
+            TargetValue {
+                policy: 0,
+                flags: TARGET_TRACK_CONNECTIONS,
+            },
+        );
     }
     interner.retain(&live);
     Ok(tables)
@@ -285,8 +342,14 @@ mod tests {
         CompileInput {
             slot,
             seq: slot as u64,
-            params: FaultParams { deadline_ns: 1, ..Default::default() },
-            target_ips: vec!["198.18.0.10".parse().unwrap(), "198.18.0.11".parse().unwrap()],
+            params: FaultParams {
+                deadline_ns: 1,
+                ..Default::default()
+            },
+            target_ips: vec![
+                "198.18.0.10".parse().unwrap(),
+                "198.18.0.11".parse().unwrap(),
+            ],
             directions: vec![Direction::Egress],
             l4,
             includes: includes.iter().map(|s| s.parse().unwrap()).collect(),
@@ -296,8 +359,14 @@ mod tests {
 
     /// Looks a packet up the way the program does.
     fn lookup(t: &Tables, target: &str, dir: Direction, p: u8, port: u16, peer: &str) -> Vec<u16> {
-        let tk = TargetKey { addr: addr16(target.parse().unwrap()), direction: dir as u8, _pad: [0; 3] };
-        let Some(tv) = t.targets.get(&tk) else { return vec![] };
+        let tk = TargetKey {
+            addr: addr16(target.parse().unwrap()),
+            direction: dir as u8,
+            _pad: [0; 3],
+        };
+        let Some(tv) = t.targets.get(&tk) else {
+            return vec![];
+        };
         let peer = addr16(peer.parse().unwrap());
         let find = |p: u8, port: u16| {
             t.rules
@@ -349,12 +418,31 @@ mod tests {
         let port = input(2, vec![(proto::TCP, 80)], &["198.18.0.12/32"], &[]);
         let t = compile(&[all, port], &mut i).unwrap();
         let tgt = "198.18.0.10";
-        assert_eq!(lookup(&t, tgt, Direction::Egress, proto::UDP, 53, "198.18.0.12"), vec![1]);
-        assert_eq!(lookup(&t, tgt, Direction::Egress, proto::TCP, 80, "198.18.0.12"), vec![1, 2]);
-        assert_eq!(lookup(&t, tgt, Direction::Egress, proto::TCP, 80, "198.18.0.99"), vec![1]);
+        assert_eq!(
+            lookup(&t, tgt, Direction::Egress, proto::UDP, 53, "198.18.0.12"),
+            vec![1]
+        );
+        assert_eq!(
+            lookup(&t, tgt, Direction::Egress, proto::TCP, 80, "198.18.0.12"),
+            vec![1, 2]
+        );
+        assert_eq!(
+            lookup(&t, tgt, Direction::Egress, proto::TCP, 80, "198.18.0.99"),
+            vec![1]
+        );
         assert!(lookup(&t, tgt, Direction::Egress, proto::TCP, 80, "198.18.0.13").is_empty());
         assert!(lookup(&t, tgt, Direction::Ingress, proto::TCP, 80, "198.18.0.12").is_empty());
-        assert!(lookup(&t, "198.18.0.99", Direction::Egress, proto::TCP, 80, "198.18.0.12").is_empty());
+        assert!(
+            lookup(
+                &t,
+                "198.18.0.99",
+                Direction::Egress,
+                proto::TCP,
+                80,
+                "198.18.0.12"
+            )
+            .is_empty()
+        );
         // IPv4 prefixes never cover IPv6 peers.
         assert!(lookup(&t, tgt, Direction::Egress, proto::UDP, 1, "fd00::1").is_empty());
     }
@@ -362,7 +450,9 @@ mod tests {
     #[test]
     fn too_many_overlapping_faults_are_refused() {
         let mut i = Interner::default();
-        let fs: Vec<_> = (0..=MAX_FAULTS_PER_RULE as u16).map(|s| input(s, vec![(0, 0)], &["0.0.0.0/0"], &[])).collect();
+        let fs: Vec<_> = (0..=MAX_FAULTS_PER_RULE as u16)
+            .map(|s| input(s, vec![(0, 0)], &["0.0.0.0/0"], &[]))
+            .collect();
         let e = compile(&fs, &mut i).unwrap_err();
         assert_eq!(e.slots.len(), MAX_FAULTS_PER_RULE + 1);
     }
@@ -373,7 +463,17 @@ mod tests {
         let mut f = input(1, vec![(0, 0)], &["198.18.0.12/32"], &[]);
         f.params.flags |= FAULT_PARTITION_CONNECTIONS;
         let t = compile(&[f], &mut i).unwrap();
-        let ingress = TargetKey { addr: addr16("198.18.0.10".parse().unwrap()), direction: Direction::Ingress as u8, _pad: [0; 3] };
-        assert_eq!(t.targets[&ingress], TargetValue { policy: 0, flags: TARGET_TRACK_CONNECTIONS });
+        let ingress = TargetKey {
+            addr: addr16("198.18.0.10".parse().unwrap()),
+            direction: Direction::Ingress as u8,
+            _pad: [0; 3],
+        };
+        assert_eq!(
+            t.targets[&ingress],
+            TargetValue {
+                policy: 0,
+                flags: TARGET_TRACK_CONNECTIONS
+            }
+        );
     }
 }

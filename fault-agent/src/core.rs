@@ -76,7 +76,13 @@ pub struct Core {
 }
 
 fn counters(s: FaultStats) -> Counters {
-    Counters { matched: s.matched, dropped: s.dropped, corrupted: s.corrupted, duplicated: s.duplicated, delayed: s.delayed }
+    Counters {
+        matched: s.matched,
+        dropped: s.dropped,
+        corrupted: s.corrupted,
+        duplicated: s.duplicated,
+        delayed: s.delayed,
+    }
 }
 
 impl Core {
@@ -122,7 +128,10 @@ impl Core {
     /// Time until the nearest deadline of a live fault.
     pub fn next_deadline(&self) -> Option<Duration> {
         let now = kernel::boottime_ns().ok()?;
-        self.store.live().map(|f| Duration::from_nanos(f.deadline_boot_ns.saturating_sub(now))).min()
+        self.store
+            .live()
+            .map(|f| Duration::from_nanos(f.deadline_boot_ns.saturating_sub(now)))
+            .min()
     }
 
     /// Brings the kernel in line with the faults and pods (see the module docs).
@@ -130,8 +139,12 @@ impl Core {
         let now = Timestamp::now();
         let now_boot = kernel::boottime_ns()?;
         let mut report = ReconcileReport::default();
-        let ending: Vec<String> =
-            self.store.live().filter(|f| f.deadline_boot_ns <= now_boot).map(|f| f.id.clone()).collect();
+        let ending: Vec<String> = self
+            .store
+            .live()
+            .filter(|f| f.deadline_boot_ns <= now_boot)
+            .map(|f| f.id.clone())
+            .collect();
         for id in &ending {
             if let Some(f) = self.store.get_mut(id) {
                 f.state = FaultState::Expired;
@@ -151,14 +164,21 @@ impl Core {
             self.store.save()?;
         }
         if report.writes > 0 || report.expired > 0 {
-            tracing::info!(writes = report.writes, expired = report.expired, "reconciled");
+            tracing::info!(
+                writes = report.writes,
+                expired = report.expired,
+                "reconciled"
+            );
         }
         Ok(report)
     }
 
     fn sync_attachments(&mut self) -> Result<()> {
-        let wanted: BTreeMap<String, u32> =
-            self.pods.iter().flat_map(|p| p.host_ifs.iter().map(|h| (h.name.clone(), h.index))).collect();
+        let wanted: BTreeMap<String, u32> = self
+            .pods
+            .iter()
+            .flat_map(|p| p.host_ifs.iter().map(|h| (h.name.clone(), h.index)))
+            .collect();
         let failed = self.dataplane.sync_attachments(&wanted);
         self.attach_errors.clear();
         for (ifname, e) in failed {
@@ -174,16 +194,28 @@ impl Core {
         let (mut pod_progs, mut fq) = (BTreeSet::new(), BTreeSet::new());
         for f in self.store.live().filter(|f| f.spec.needs_fq()) {
             for t in &f.resolution.targets {
-                let Some(pod) = self.pods.iter().find(|p| p.namespace == t.namespace && p.name == t.name && p.is_local()) else {
+                let Some(pod) = self
+                    .pods
+                    .iter()
+                    .find(|p| p.namespace == t.namespace && p.name == t.name && p.is_local())
+                else {
                     continue;
                 };
                 if f.spec.direction.includes_ingress() {
-                    fq.extend(pod.host_ifs.iter().map(|h| Iface { netns: None, ifname: h.name.clone(), ifindex: h.index }));
+                    fq.extend(pod.host_ifs.iter().map(|h| Iface {
+                        netns: None,
+                        ifname: h.name.clone(),
+                        ifindex: h.index,
+                    }));
                 }
                 if f.spec.direction.includes_egress() {
                     if let Some(ns) = &pod.netns {
                         for i in &pod.pod_ifs {
-                            let iface = Iface { netns: Some(ns.clone()), ifname: i.name.clone(), ifindex: i.index };
+                            let iface = Iface {
+                                netns: Some(ns.clone()),
+                                ifname: i.name.clone(),
+                                ifindex: i.index,
+                            };
                             pod_progs.insert(iface.clone());
                             fq.insert(iface);
                         }
@@ -262,7 +294,9 @@ impl Core {
                         .filter(|f| e.slots.contains(&f.slot))
                         .max_by_key(|f| f.seq)
                         .map(|f| f.id.clone());
-                    let Some(id) = newest else { return (Tables::default(), failed_any) };
+                    let Some(id) = newest else {
+                        return (Tables::default(), failed_any);
+                    };
                     tracing::warn!(fault = %id, error = %e, "fault failed");
                     if let Some(f) = self.store.get_mut(&id) {
                         f.state = FaultState::Failed;
@@ -277,7 +311,9 @@ impl Core {
 
     fn snapshot_counters(&mut self, ids: &[String]) {
         for id in ids {
-            let Some(slot) = self.store.get(id).map(|f| f.slot) else { continue };
+            let Some(slot) = self.store.get(id).map(|f| f.slot) else {
+                continue;
+            };
             let c = self.dataplane.stats(slot).map(counters).unwrap_or_default();
             if let Some(f) = self.store.get_mut(id) {
                 f.final_counters = c;
@@ -286,7 +322,11 @@ impl Core {
     }
 
     fn check_supported(&self, spec: &FaultSpec) -> Result<(), AgentError> {
-        let field = if spec.delay.is_some() { "delay" } else { "rate" };
+        let field = if spec.delay.is_some() {
+            "delay"
+        } else {
+            "rate"
+        };
         if spec.needs_fq() && !self.caps.sch_fq {
             return Err(AgentError::Unsupported(FieldError::new(
                 field,
@@ -306,8 +346,11 @@ impl Core {
         let now = Timestamp::now();
         let now_boot = kernel::boottime_ns()?;
         let mut dirty = false;
-        let wanted: BTreeMap<&str, &ExternalFault> =
-            faults.iter().filter(|f| !f.recovered).map(|f| (f.id.as_str(), f)).collect();
+        let wanted: BTreeMap<&str, &ExternalFault> = faults
+            .iter()
+            .filter(|f| !f.recovered)
+            .map(|f| (f.id.as_str(), f))
+            .collect();
         let live_ids: Vec<String> = self.store.live().map(|f| f.id.clone()).collect();
         for id in live_ids {
             if !wanted.contains_key(id.as_str()) {
@@ -338,7 +381,11 @@ impl Core {
                 Ok(()) => (FaultState::Active, None),
                 Err(e) => (FaultState::Failed, Some(e.to_string())),
             };
-            let slot = if state == FaultState::Active { self.store.alloc_slot()? } else { 0 };
+            let slot = if state == FaultState::Active {
+                self.store.alloc_slot()?
+            } else {
+                0
+            };
             let seq = self.store.next_seq();
             self.store.insert(FaultRecord {
                 id: ext.id.clone(),
@@ -347,7 +394,11 @@ impl Core {
                 message,
                 created_at: ext.created_at,
                 expires_at: ext.expires_at,
-                ended_at: if state == FaultState::Failed { Some(now) } else { None },
+                ended_at: if state == FaultState::Failed {
+                    Some(now)
+                } else {
+                    None
+                },
                 deadline_boot_ns: deadline,
                 boot_id: kernel::boot_id(),
                 slot,
@@ -368,13 +419,25 @@ impl Core {
         self.store
             .all()
             .map(|f| {
-                let local = f.resolution.targets.iter().filter(|t| t.node.as_deref() == Some(node)).count() as u32;
+                let local = f
+                    .resolution
+                    .targets
+                    .iter()
+                    .filter(|t| t.node.as_deref() == Some(node))
+                    .count() as u32;
                 let live = f.state.is_live();
                 NodeReport {
                     id: f.id.clone(),
                     local_targets: if live { local } else { 0 },
                     applied: live && local > 0,
-                    counters: if live { self.dataplane.stats(f.slot).map(counters).unwrap_or_default() } else { f.final_counters },
+                    counters: if live {
+                        self.dataplane
+                            .stats(f.slot)
+                            .map(counters)
+                            .unwrap_or_default()
+                    } else {
+                        f.final_counters
+                    },
                     message: f.message.clone(),
                 }
             })
@@ -397,7 +460,10 @@ impl Core {
             Some(d) if d.get() > max => {
                 return Err(AgentError::Invalid(FieldError::new(
                     "duration",
-                    format!("must be at most {} (the agent's --max-duration), got {d}", humantime::format_duration(max)),
+                    format!(
+                        "must be at most {} (the agent's --max-duration), got {d}",
+                        humantime::format_duration(max)
+                    ),
                 )));
             }
             Some(d) => d.get(),
@@ -405,7 +471,10 @@ impl Core {
         };
         let now = Timestamp::now();
         let now_boot = kernel::boottime_ns()?;
-        let slot = self.store.alloc_slot().map_err(|e| AgentError::Conflict(e.to_string()))?;
+        let slot = self
+            .store
+            .alloc_slot()
+            .map_err(|e| AgentError::Conflict(e.to_string()))?;
         let signed = SignedDuration::try_from(duration).context("duration")?;
         let record = FaultRecord {
             id: new_fault_id(),
@@ -429,7 +498,9 @@ impl Core {
             Ok(t) => t,
             Err(e) => {
                 self.store.remove(&id);
-                return Err(AgentError::Conflict(format!("{e}; recover one of them first")));
+                return Err(AgentError::Conflict(format!(
+                    "{e}; recover one of them first"
+                )));
             }
         };
         // Delay and rate need fq (and, for egress, the pod-side program) before they act.
@@ -439,7 +510,10 @@ impl Core {
                 self.store.remove(&id);
                 self.rollback();
                 let field = if spec_needs_delay { "delay" } else { "rate" };
-                return Err(AgentError::Unsupported(FieldError::new(field, errors.join("; "))));
+                return Err(AgentError::Unsupported(FieldError::new(
+                    field,
+                    errors.join("; "),
+                )));
             }
             Err(e) => {
                 self.store.remove(&id);
@@ -447,7 +521,11 @@ impl Core {
                 return Err(AgentError::Internal(e));
             }
         }
-        if let Err(e) = self.dataplane.write(&tables).and_then(|_| self.store.save()) {
+        if let Err(e) = self
+            .dataplane
+            .write(&tables)
+            .and_then(|_| self.store.save())
+        {
             self.store.remove(&id);
             self.rollback();
             return Err(AgentError::Internal(e));
@@ -501,7 +579,10 @@ impl Core {
     /// Recovers one fault: its entries leave the kernel before this returns. Recovering an
     /// ended fault is a no-op that returns it.
     pub fn recover(&mut self, id: &str) -> Result<Fault, AgentError> {
-        let f = self.store.get(id).ok_or_else(|| AgentError::NotFound(id.to_owned()))?;
+        let f = self
+            .store
+            .get(id)
+            .ok_or_else(|| AgentError::NotFound(id.to_owned()))?;
         if f.state.is_live() {
             self.end(vec![id.to_owned()])?;
             tracing::info!(fault = %id, "fault recovered");
@@ -521,18 +602,28 @@ impl Core {
             return Ok(ids);
         }
         let ids = self.end(ids)?;
-        tracing::info!(count = ids.len(), namespace = namespace.unwrap_or("*"), "cleanup");
+        tracing::info!(
+            count = ids.len(),
+            namespace = namespace.unwrap_or("*"),
+            "cleanup"
+        );
         Ok(ids)
     }
 
     fn view(&self, f: &FaultRecord) -> Fault {
         let counters = if f.state.is_live() {
-            self.dataplane.stats(f.slot).map(counters).unwrap_or_default()
+            self.dataplane
+                .stats(f.slot)
+                .map(counters)
+                .unwrap_or_default()
         } else {
             f.final_counters
         };
         let peer_cidrs = if f.spec.all_peers() {
-            vec!["0.0.0.0/0".parse().expect("literal"), "::/0".parse().expect("literal")]
+            vec![
+                "0.0.0.0/0".parse().expect("literal"),
+                "::/0".parse().expect("literal"),
+            ]
         } else {
             f.spec.to_cidrs.clone()
         };
@@ -549,19 +640,29 @@ impl Core {
             peer_cidrs,
             protected: f.resolution.protected.clone(),
             counters,
-            warnings: if f.state.is_live() { f.resolution.warnings.clone() } else { vec![] },
+            warnings: if f.state.is_live() {
+                f.resolution.warnings.clone()
+            } else {
+                vec![]
+            },
         }
     }
 
     /// One fault.
     pub fn get(&self, id: &str) -> Result<Fault, AgentError> {
-        self.store.get(id).map(|f| self.view(f)).ok_or_else(|| AgentError::NotFound(id.to_owned()))
+        self.store
+            .get(id)
+            .map(|f| self.view(f))
+            .ok_or_else(|| AgentError::NotFound(id.to_owned()))
     }
 
     /// Every fault (of a namespace), newest first.
     pub fn list(&self, namespace: Option<&str>) -> Vec<Fault> {
-        let mut v: Vec<&FaultRecord> =
-            self.store.all().filter(|f| namespace.is_none_or(|ns| f.spec.namespace == ns)).collect();
+        let mut v: Vec<&FaultRecord> = self
+            .store
+            .all()
+            .filter(|f| namespace.is_none_or(|ns| f.spec.namespace == ns))
+            .collect();
         v.sort_by_key(|f| std::cmp::Reverse(f.seq));
         v.into_iter().map(|f| self.view(f)).collect()
     }

@@ -41,7 +41,9 @@ struct Veth {
 
 fn veth_of(msg: &LinkMessage) -> Option<Veth> {
     let is_veth = msg.attributes.iter().any(|a| match a {
-        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
         _ => false,
     });
     let peer = msg.attributes.iter().find_map(|a| match a {
@@ -49,9 +51,11 @@ fn veth_of(msg: &LinkMessage) -> Option<Veth> {
         _ => None,
     });
     match (is_veth, peer) {
-        (true, Some(peer_index)) if peer_index != 0 => {
-            Some(Veth { index: msg.header.index, peer_index, name: name_of(msg).unwrap_or_default() })
-        }
+        (true, Some(peer_index)) if peer_index != 0 => Some(Veth {
+            index: msg.header.index,
+            peer_index,
+            name: name_of(msg).unwrap_or_default(),
+        }),
         _ => None,
     }
 }
@@ -71,11 +75,15 @@ fn pod_side(netns: &Path) -> Result<(Vec<Veth>, Vec<IpAddr>)> {
         let addrs: Vec<_> = handle.address().get().execute().try_collect().await?;
         let mut ips = Vec::new();
         for a in addrs {
-            if !veths.iter().any(|v| v.index == a.header.index) || a.header.scope != AddressScope::Universe {
+            if !veths.iter().any(|v| v.index == a.header.index)
+                || a.header.scope != AddressScope::Universe
+            {
                 continue;
             }
             let unusable = a.attributes.iter().any(|at| match at {
-                AddressAttribute::Flags(f) => f.contains(AddressFlags::Tentative) || f.contains(AddressFlags::Dadfailed),
+                AddressAttribute::Flags(f) => {
+                    f.contains(AddressFlags::Tentative) || f.contains(AddressFlags::Dadfailed)
+                }
                 _ => false,
             });
             let ip = a.attributes.iter().find_map(|at| match at {
@@ -119,18 +127,34 @@ pub fn pod_net_with(netns: &Path, host: &HostVeths) -> Result<PodNet> {
     if veths.is_empty() {
         bail!("no veth in network namespace {}", netns.display());
     }
-    let pod_ifs: Vec<HostIf> = veths.iter().map(|v| HostIf { name: v.name.clone(), index: v.index }).collect();
+    let pod_ifs: Vec<HostIf> = veths
+        .iter()
+        .map(|v| HostIf {
+            name: v.name.clone(),
+            index: v.index,
+        })
+        .collect();
     let host_ifs: Vec<HostIf> = veths
         .iter()
         .filter_map(|v| {
             let (name, peer) = host.get(&v.peer_index)?;
-            (*peer == v.index).then(|| HostIf { name: name.clone(), index: v.peer_index })
+            (*peer == v.index).then(|| HostIf {
+                name: name.clone(),
+                index: v.peer_index,
+            })
         })
         .collect();
     if host_ifs.is_empty() {
-        bail!("the veth peers of network namespace {} are not in the agent's network namespace", netns.display());
+        bail!(
+            "the veth peers of network namespace {} are not in the agent's network namespace",
+            netns.display()
+        );
     }
-    Ok(PodNet { ips, host_ifs, pod_ifs })
+    Ok(PodNet {
+        ips,
+        host_ifs,
+        pod_ifs,
+    })
 }
 
 /// [`pod_net_with`] for one pod.

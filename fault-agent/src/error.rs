@@ -47,9 +47,13 @@ impl AgentError {
     /// The error body.
     pub fn to_api(&self) -> ApiError {
         match self {
-            Self::Malformed(f) => ApiError::new("malformed_body", f.to_string()).with_field(f.field.clone()),
+            Self::Malformed(f) => {
+                ApiError::new("malformed_body", f.to_string()).with_field(f.field.clone())
+            }
             Self::Invalid(f) => ApiError::from(f.clone()),
-            Self::Unsupported(f) => ApiError::new("unsupported", f.to_string()).with_field(f.field.clone()),
+            Self::Unsupported(f) => {
+                ApiError::new("unsupported", f.to_string()).with_field(f.field.clone())
+            }
             Self::NotFound(id) => ApiError::new("not_found", format!("no fault with id {id}")),
             Self::Conflict(m) => ApiError::new("conflict", m.clone()),
             Self::ReadOnly(m) => ApiError::new("read_only", m.clone()),

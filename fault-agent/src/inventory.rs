@@ -58,7 +58,13 @@ impl Inventory {
     /// Parses and validates the YAML text of an inventory.
     pub fn parse(text: &str) -> Result<Self, FieldError> {
         let inv: Inventory = serde_yaml::from_str(text).map_err(|e| {
-            let field = e.to_string().split(':').next().filter(|f| f.starts_with("pods")).unwrap_or("pods").to_owned();
+            let field = e
+                .to_string()
+                .split(':')
+                .next()
+                .filter(|f| f.starts_with("pods"))
+                .unwrap_or("pods")
+                .to_owned();
             FieldError::new(field, format!("not a valid inventory: {e}"))
         })?;
         inv.validate()?;
@@ -67,7 +73,10 @@ impl Inventory {
 
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<Self, InventoryError> {
-        let wrap = |error| InventoryError { path: path.display().to_string(), error };
+        let wrap = |error| InventoryError {
+            path: path.display().to_string(),
+            error,
+        };
         let text = std::fs::read_to_string(path)
             .map_err(|e| wrap(FieldError::new("file", format!("cannot read: {e}"))))?;
         Self::parse(&text).map_err(wrap)
@@ -80,7 +89,9 @@ impl Inventory {
             check_namespace(&f("namespace"), &p.namespace)?;
             let name_ok = !p.name.is_empty()
                 && p.name.len() <= 253
-                && p.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+                && p.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
             if !name_ok {
                 return Err(FieldError::new(
                     f("name"),
@@ -89,15 +100,22 @@ impl Inventory {
             }
             Selector::from_labels(p.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .map_err(|e| FieldError::new(f("labels"), e))?;
-            let netns_ok = !p.netns.is_empty() && (p.netns.starts_with('/') || !p.netns.contains('/'));
+            let netns_ok =
+                !p.netns.is_empty() && (p.netns.starts_with('/') || !p.netns.contains('/'));
             if !netns_ok {
                 return Err(FieldError::new(
                     f("netns"),
-                    format!("must be a name under /run/netns or an absolute path, got {:?}", p.netns),
+                    format!(
+                        "must be a name under /run/netns or an absolute path, got {:?}",
+                        p.netns
+                    ),
                 ));
             }
             if !seen.insert((&p.namespace, &p.name)) {
-                return Err(FieldError::new(f("name"), format!("pod {}/{} is listed twice", p.namespace, p.name)));
+                return Err(FieldError::new(
+                    f("name"),
+                    format!("pod {}/{} is listed twice", p.namespace, p.name),
+                ));
             }
         }
         Ok(())
@@ -114,7 +132,10 @@ mod tests {
             "pods:\n  - namespace: dynamo\n    name: vllm-decode-0\n    labels: {app: vllm-decode, nvidia.com/dynamo-component-type: worker}\n    netns: decode0\n",
         )
         .unwrap();
-        assert_eq!(inv.pods[0].netns_path(), PathBuf::from("/run/netns/decode0"));
+        assert_eq!(
+            inv.pods[0].netns_path(),
+            PathBuf::from("/run/netns/decode0")
+        );
         assert_eq!(inv.pods[0].labels["app"], "vllm-decode");
     }
 
@@ -122,13 +143,20 @@ mod tests {
     fn errors_name_the_field() {
         let e = Inventory::parse("pods:\n  - namespace: a\n    name: b\n").unwrap_err();
         assert!(e.message.contains("netns"), "{e}");
-        let e = Inventory::parse("pods:\n  - {namespace: a, name: b, netns: x}\n  - {namespace: A, name: c, netns: y}\n").unwrap_err();
+        let e = Inventory::parse(
+            "pods:\n  - {namespace: a, name: b, netns: x}\n  - {namespace: A, name: c, netns: y}\n",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "pods[1].namespace");
-        let e = Inventory::parse("pods:\n  - {namespace: a, name: b, netns: x}\n  - {namespace: a, name: b, netns: y}\n").unwrap_err();
+        let e = Inventory::parse(
+            "pods:\n  - {namespace: a, name: b, netns: x}\n  - {namespace: a, name: b, netns: y}\n",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "pods[1].name");
         let e = Inventory::parse("pods: [ {namespace: a").unwrap_err();
         assert!(e.message.contains("not a valid inventory"), "{e}");
-        let e = Inventory::parse("pods:\n  - {namespace: a, name: b, netns: x, color: red}\n").unwrap_err();
+        let e = Inventory::parse("pods:\n  - {namespace: a, name: b, netns: x, color: red}\n")
+            .unwrap_err();
         assert!(e.message.contains("color"), "{e}");
         let e = Inventory::parse("pods:\n  - {namespace: a, name: b, netns: x/y}\n").unwrap_err();
         assert_eq!(e.field, "pods[0].netns");

@@ -11,7 +11,11 @@ use fault_agent::{
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "fault-agent", version, about = "Faultline's agent: eBPF network faults between pods")]
+#[command(
+    name = "fault-agent",
+    version,
+    about = "Faultline's agent: eBPF network faults between pods"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -124,37 +128,77 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Standalone { inventory, listen, state_dir, bpffs, max_duration, retention, rescan, attach, token_file, insecure_no_auth } => {
+        Command::Standalone {
+            inventory,
+            listen,
+            state_dir,
+            bpffs,
+            max_duration,
+            retention,
+            rescan,
+            attach,
+            token_file,
+            insecure_no_auth,
+        } => {
             let cfg = standalone::Config {
                 inventory,
                 listen,
                 state_dir,
                 bpffs,
-                core: CoreConfig { max_duration, retention },
+                core: CoreConfig {
+                    max_duration,
+                    retention,
+                },
                 rescan,
                 force_netlink: attach == "netlink",
                 token_file,
                 insecure: insecure_no_auth,
             };
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(standalone::run(cfg))
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(standalone::run(cfg))
         }
-        Command::Node { node_name, listen, state_dir, bpffs, retention, attach, status_interval } => {
+        Command::Node {
+            node_name,
+            listen,
+            state_dir,
+            bpffs,
+            retention,
+            attach,
+            status_interval,
+        } => {
             let cfg = fault_agent::kube::node::Config {
                 node: node_name,
                 listen,
                 state_dir,
                 bpffs,
-                core: CoreConfig { max_duration: fault_api::FaultDuration::MAX, retention },
+                core: CoreConfig {
+                    max_duration: fault_api::FaultDuration::MAX,
+                    retention,
+                },
                 force_netlink: attach == "netlink",
                 status_interval,
             };
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(fault_agent::kube::node::run(cfg))
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(fault_agent::kube::node::run(cfg))
         }
-        Command::Api { listen, max_duration, retention, token_file, insecure_no_auth, wait } => {
+        Command::Api {
+            listen,
+            max_duration,
+            retention,
+            token_file,
+            insecure_no_auth,
+            wait,
+        } => {
             let cfg = fault_agent::kube::api_mode::Config {
                 listen,
                 max_duration,
@@ -163,14 +207,20 @@ fn run() -> Result<()> {
                 insecure: insecure_no_auth,
                 wait,
             };
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(fault_agent::kube::api_mode::run(cfg))
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(fault_agent::kube::api_mode::run(cfg))
         }
         Command::Crd => {
             print!("{}", fault_agent::kube::crd_yaml());
             Ok(())
         }
         Command::Openapi => {
-            println!("{}", serde_json::to_string_pretty(&fault_agent::api::openapi::document())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&fault_agent::api::openapi::document())?
+            );
             Ok(())
         }
         Command::Uninstall { state_dir, bpffs } => {
@@ -181,7 +231,11 @@ fn run() -> Result<()> {
                 store::save_attachments(&state_dir, &[])?;
                 store::save_qdiscs(&state_dir, &[])?;
             }
-            eprintln!("removed what the agent made ({} interfaces, pins under {})", records.len(), bpffs.display());
+            eprintln!(
+                "removed what the agent made ({} interfaces, pins under {})",
+                records.len(),
+                bpffs.display()
+            );
             Ok(())
         }
     }

@@ -37,11 +37,18 @@ impl Pod {
 
     /// NATS, by the labels its charts set: `app.kubernetes.io/name=nats` or `app=nats`.
     pub fn is_nats(&self) -> bool {
-        self.labels.get("app.kubernetes.io/name").is_some_and(|v| v == "nats")
+        self.labels
+            .get("app.kubernetes.io/name")
+            .is_some_and(|v| v == "nats")
             || self.labels.get("app").is_some_and(|v| v == "nats")
     }
 
     pub fn to_ref(&self) -> PodRef {
-        PodRef { namespace: self.namespace.clone(), name: self.name.clone(), ips: self.ips.clone(), node: self.node.clone() }
+        PodRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            ips: self.ips.clone(),
+            node: self.node.clone(),
+        }
     }
 }

@@ -33,14 +33,21 @@ fn host_net(ip: IpAddr) -> IpNet {
 /// The pods a spec targets: its namespace, its name prefix and selector.
 pub fn is_target(spec: &FaultSpec, pod: &Pod) -> bool {
     pod.namespace == spec.namespace
-        && spec.pod_prefix.as_deref().is_none_or(|p| pod.name.starts_with(p))
-        && spec.selector.as_ref().is_none_or(|s| s.matches(&pod.labels))
+        && spec
+            .pod_prefix
+            .as_deref()
+            .is_none_or(|p| pod.name.starts_with(p))
+        && spec
+            .selector
+            .as_ref()
+            .is_none_or(|s| s.matches(&pod.labels))
 }
 
 fn is_peer_pod(spec: &FaultSpec, pod: &Pod) -> bool {
     let ns = spec.to_namespace.as_deref().unwrap_or(&spec.namespace);
     pod.namespace == ns
-        && (spec.to_selectors.is_empty() || spec.to_selectors.iter().any(|s| s.matches(&pod.labels)))
+        && (spec.to_selectors.is_empty()
+            || spec.to_selectors.iter().any(|s| s.matches(&pod.labels)))
 }
 
 /// Resolves `spec` against `pods`.
@@ -52,7 +59,10 @@ pub fn resolve(spec: &FaultSpec, pods: &[Pod]) -> Resolution {
             r.local_target_ips.extend(pod.ips.iter().copied());
         }
         if pod.ips.is_empty() {
-            r.warnings.push(format!("target pod {}/{} has no address yet", pod.namespace, pod.name));
+            r.warnings.push(format!(
+                "target pod {}/{} has no address yet",
+                pod.namespace, pod.name
+            ));
         }
     }
     if r.targets.is_empty() {
@@ -85,7 +95,10 @@ pub fn resolve(spec: &FaultSpec, pods: &[Pod]) -> Resolution {
             continue;
         };
         r.excludes.extend(pod.ips.iter().map(|ip| host_net(*ip)));
-        r.protected.entry(reason).or_default().extend(pod.ips.iter().copied());
+        r.protected
+            .entry(reason)
+            .or_default()
+            .extend(pod.ips.iter().copied());
     }
     r.includes.sort();
     r.includes.dedup();
@@ -103,10 +116,16 @@ mod tests {
         Pod {
             namespace: ns.into(),
             name: name.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             node: None,
             ips: vec![ip.parse().unwrap()],
-            host_ifs: vec![crate::discover::HostIf { name: format!("h-{name}"), index: 1 }],
+            host_ifs: vec![crate::discover::HostIf {
+                name: format!("h-{name}"),
+                index: 1,
+            }],
             netns: None,
             pod_ifs: vec![],
             problem: None,
@@ -115,11 +134,31 @@ mod tests {
 
     fn pods() -> Vec<Pod> {
         vec![
-            pod("dynamo", "vllm-decode-0", &[("app", "vllm-decode")], "198.18.0.10"),
-            pod("dynamo", "vllm-decode-1", &[("app", "vllm-decode")], "198.18.0.11"),
-            pod("dynamo", "vllm-prefill-0", &[("app", "vllm-prefill")], "198.18.0.12"),
+            pod(
+                "dynamo",
+                "vllm-decode-0",
+                &[("app", "vllm-decode")],
+                "198.18.0.10",
+            ),
+            pod(
+                "dynamo",
+                "vllm-decode-1",
+                &[("app", "vllm-decode")],
+                "198.18.0.11",
+            ),
+            pod(
+                "dynamo",
+                "vllm-prefill-0",
+                &[("app", "vllm-prefill")],
+                "198.18.0.12",
+            ),
             pod("dynamo", "nats-0", &[("app", "nats")], "198.18.0.13"),
-            pod("kube-system", "coredns-0", &[("k8s-app", "kube-dns")], "198.18.0.14"),
+            pod(
+                "kube-system",
+                "coredns-0",
+                &[("k8s-app", "kube-dns")],
+                "198.18.0.14",
+            ),
         ]
     }
 
@@ -148,7 +187,9 @@ mod tests {
         let r = resolve(&s, &pods());
         assert_eq!(r.includes.len(), 2, "0.0.0.0/0 and ::/0");
         assert_eq!(r.excludes.len(), 2);
-        assert!(r.protected.contains_key("nats") && r.protected.contains_key("namespace:kube-system"));
+        assert!(
+            r.protected.contains_key("nats") && r.protected.contains_key("namespace:kube-system")
+        );
         s.block_nats = true;
         let r = resolve(&s, &pods());
         assert!(!r.protected.contains_key("nats"));

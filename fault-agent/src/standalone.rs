@@ -78,7 +78,10 @@ fn discover_all(inv: &Inventory) -> Vec<Pod> {
     let mut pods = Vec::with_capacity(inv.pods.len());
     for chunk in inv.pods.chunks(DISCOVERY_PARALLELISM) {
         std::thread::scope(|s| {
-            let handles: Vec<_> = chunk.iter().map(|p| s.spawn(|| discover_pod(p, &host))).collect();
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|p| s.spawn(|| discover_pod(p, &host)))
+                .collect();
             for (h, p) in handles.into_iter().zip(chunk) {
                 pods.push(h.join().unwrap_or_else(|_| {
                     let mut pod = discover_pod_failed(p);
@@ -107,7 +110,11 @@ fn discover_pod_failed(p: &InventoryPod) -> Pod {
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
-    let token = cfg.token_file.as_deref().map(api::auth::read_token).transpose()?;
+    let token = cfg
+        .token_file
+        .as_deref()
+        .map(api::auth::read_token)
+        .transpose()?;
     if token.is_none() && !cfg.listen.ip().is_loopback() && !cfg.insecure {
         anyhow::bail!(
             "--listen {}: without --token-file the API only listens on loopback; pass --insecure-no-auth to serve it unauthenticated",
@@ -121,9 +128,17 @@ pub async fn run(cfg: Config) -> Result<()> {
     let previous = store::load_attachments(&cfg.state_dir)?;
     let previous_fq = store::load_qdiscs(&cfg.state_dir)?;
     let dataplane = Dataplane::open(Pins::new(&cfg.bpffs), &caps, previous, previous_fq)?;
-    let core = Arc::new(Mutex::new(Core::new(store, dataplane, caps, cfg.core.clone())));
+    let core = Arc::new(Mutex::new(Core::new(
+        store,
+        dataplane,
+        caps,
+        cfg.core.clone(),
+    )));
     let state = Arc::new(AppState {
-        backend: api::backend::Backend::Local { core: core.clone(), read_only: false },
+        backend: api::backend::Backend::Local {
+            core: core.clone(),
+            read_only: false,
+        },
         changed: Arc::new(Notify::new()),
         ready: false.into(),
         inventory_error: Mutex::new(None),
@@ -137,9 +152,16 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     state.ready.store(true, Ordering::Release);
 
-    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "API listening");
-    let inventory_task = tokio::spawn(watch_inventory(cfg.inventory.clone(), cfg.rescan, state.clone(), core.clone()));
+    let inventory_task = tokio::spawn(watch_inventory(
+        cfg.inventory.clone(),
+        cfg.rescan,
+        state.clone(),
+        core.clone(),
+    ));
     let expiry_task = tokio::spawn(expire_loop(core.clone(), state.changed.clone()));
     let served = axum::serve(listener, api::router(state.clone(), token))
         .with_graceful_shutdown(shutdown_signal())
@@ -172,7 +194,10 @@ pub async fn run(cfg: Config) -> Result<()> {
 
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return std::future::pending().await;
     };
@@ -183,7 +208,12 @@ pub async fn shutdown_signal() {
 }
 
 /// Reloads the inventory on change and rescans the pods' namespaces periodically.
-async fn watch_inventory(path: PathBuf, rescan: Duration, state: Arc<AppState>, core: Arc<Mutex<Core>>) {
+async fn watch_inventory(
+    path: PathBuf,
+    rescan: Duration,
+    state: Arc<AppState>,
+    core: Arc<Mutex<Core>>,
+) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let name = path.file_name().map(|n| n.to_owned());
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -195,7 +225,10 @@ async fn watch_inventory(path: PathBuf, rescan: Duration, state: Arc<AppState>, 
     });
     let _watcher = match watcher {
         Ok(mut w) => {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
                 tracing::warn!(error = %e, "cannot watch the inventory; relying on the rescan interval");
             }
@@ -219,12 +252,18 @@ async fn watch_inventory(path: PathBuf, rescan: Duration, state: Arc<AppState>, 
         }
         let inv = match Inventory::load(&path) {
             Ok(inv) => {
-                *state.inventory_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *state
+                    .inventory_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
                 inv
             }
             Err(e) => {
                 let msg = e.to_string();
-                let mut slot = state.inventory_error.lock().unwrap_or_else(|p| p.into_inner());
+                let mut slot = state
+                    .inventory_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 if slot.as_deref() != Some(msg.as_str()) {
                     tracing::error!(error = %msg, "inventory refused; keeping the previous pods");
                     *slot = Some(msg);
@@ -241,7 +280,9 @@ async fn watch_inventory(path: PathBuf, rescan: Duration, state: Arc<AppState>, 
         match res {
             Ok(Ok(Some(_))) => state.changed.notify_one(),
             Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "reconcile after a pod change failed"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "reconcile after a pod change failed")
+            }
             Err(e) => tracing::error!(error = %e, "pod discovery task failed"),
         }
     }

@@ -64,7 +64,9 @@ pub struct Store {
 
 fn read_json<T: DeserializeOwned + Default>(path: &Path) -> Result<T> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display())),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+        }
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(T::default()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -114,7 +116,12 @@ impl Store {
             faults.insert(f.id.clone(), f);
         }
         let next_seq = faults.values().map(|f| f.seq + 1).max().unwrap_or(0);
-        Ok(Self { dir: dir.to_owned(), faults, next_seq, next_slot: 0 })
+        Ok(Self {
+            dir: dir.to_owned(),
+            faults,
+            next_seq,
+            next_slot: 0,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -179,7 +186,9 @@ impl Store {
     pub fn gc(&mut self, now: Timestamp, retention: Duration) -> bool {
         let before = self.faults.len();
         self.faults.retain(|_, f| match f.ended_at {
-            Some(end) if !f.state.is_live() => now.duration_since(end).as_secs_f64() < retention.as_secs_f64(),
+            Some(end) if !f.state.is_live() => {
+                now.duration_since(end).as_secs_f64() < retention.as_secs_f64()
+            }
             _ => true,
         });
         before != self.faults.len()

@@ -26,34 +26,100 @@ fn partition_decode_to_prefill_one_way_then_both() {
         assert!(reaches(&p.decode0, &p.prefill, fam), "baseline {fam:?}");
     }
 
-    let id = inject(&env.agent, &["-n", "dynamo", "--pod-prefix", "vllm-decode", "--to-selector", "app=vllm-prefill", "--partition", "--duration", "2m"]);
+    let id = inject(
+        &env.agent,
+        &[
+            "-n",
+            "dynamo",
+            "--pod-prefix",
+            "vllm-decode",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+            "--duration",
+            "2m",
+        ],
+    );
     let f = fault(&env.agent, &id);
     assert_eq!(f.state, FaultState::Active);
     assert_eq!(f.targets.len(), 2);
     assert_eq!(f.peers.len(), 1);
     for fam in FAMILIES {
-        assert!(blocked(&p.decode0, &p.prefill, fam), "decode0 -> prefill must be cut ({fam:?})");
-        assert!(blocked(&p.decode1, &p.prefill, fam), "decode1 -> prefill must be cut ({fam:?})");
-        assert!(reaches(&p.prefill, &p.decode0, fam), "prefill -> decode0 must flow ({fam:?})");
-        assert!(reaches(&p.decode0, &p.nats, fam), "decode0 -> nats must flow ({fam:?})");
-        assert!(probe::tcp_echo_roundtrip(&p.decode0, &p.nats, fam, 4222, LONG).unwrap(), "NATS over TCP ({fam:?})");
-        assert!(reaches(&p.frontend, &p.prefill, fam), "frontend -> prefill must flow ({fam:?})");
-        assert!(reaches(&p.decode0, &p.decode1, fam), "decode0 -> decode1 must flow ({fam:?})");
+        assert!(
+            blocked(&p.decode0, &p.prefill, fam),
+            "decode0 -> prefill must be cut ({fam:?})"
+        );
+        assert!(
+            blocked(&p.decode1, &p.prefill, fam),
+            "decode1 -> prefill must be cut ({fam:?})"
+        );
+        assert!(
+            reaches(&p.prefill, &p.decode0, fam),
+            "prefill -> decode0 must flow ({fam:?})"
+        );
+        assert!(
+            reaches(&p.decode0, &p.nats, fam),
+            "decode0 -> nats must flow ({fam:?})"
+        );
+        assert!(
+            probe::tcp_echo_roundtrip(&p.decode0, &p.nats, fam, 4222, LONG).unwrap(),
+            "NATS over TCP ({fam:?})"
+        );
+        assert!(
+            reaches(&p.frontend, &p.prefill, fam),
+            "frontend -> prefill must flow ({fam:?})"
+        );
+        assert!(
+            reaches(&p.decode0, &p.decode1, fam),
+            "decode0 -> decode1 must flow ({fam:?})"
+        );
     }
     let f = fault(&env.agent, &id);
-    assert!(f.counters.dropped > 0 && f.counters.dropped == f.counters.matched, "{:?}", f.counters);
+    assert!(
+        f.counters.dropped > 0 && f.counters.dropped == f.counters.matched,
+        "{:?}",
+        f.counters
+    );
     ctl(&env.agent, &["recover", &id]);
     assert_eq!(fault(&env.agent, &id).state, FaultState::Recovered);
     for fam in FAMILIES {
-        assert!(reaches(&p.decode0, &p.prefill, fam), "after recover {fam:?}");
+        assert!(
+            reaches(&p.decode0, &p.prefill, fam),
+            "after recover {fam:?}"
+        );
     }
 
-    let id = inject(&env.agent, &["-n", "dynamo", "--pod-prefix", "vllm-decode", "--to-selector", "app=vllm-prefill", "--partition", "--direction", "both"]);
+    let id = inject(
+        &env.agent,
+        &[
+            "-n",
+            "dynamo",
+            "--pod-prefix",
+            "vllm-decode",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+            "--direction",
+            "both",
+        ],
+    );
     for fam in FAMILIES {
-        assert!(blocked(&p.decode0, &p.prefill, fam), "both: decode0 -> prefill ({fam:?})");
-        assert!(blocked(&p.prefill, &p.decode0, fam), "both: prefill -> decode0 ({fam:?})");
-        assert!(reaches(&p.decode0, &p.nats, fam), "both: decode0 -> nats ({fam:?})");
-        assert!(reaches(&p.frontend, &p.decode0, fam), "both: frontend -> decode0 ({fam:?})");
+        assert!(
+            blocked(&p.decode0, &p.prefill, fam),
+            "both: decode0 -> prefill ({fam:?})"
+        );
+        assert!(
+            blocked(&p.prefill, &p.decode0, fam),
+            "both: prefill -> decode0 ({fam:?})"
+        );
+        assert!(
+            reaches(&p.decode0, &p.nats, fam),
+            "both: decode0 -> nats ({fam:?})"
+        );
+        assert!(
+            reaches(&p.frontend, &p.decode0, fam),
+            "both: frontend -> decode0 ({fam:?})"
+        );
     }
     ctl(&env.agent, &["recover", &id]);
 }
@@ -62,41 +128,101 @@ fn partition_decode_to_prefill_one_way_then_both() {
 fn partition_from_everything_keeps_nats_dns_and_allowed_namespaces() {
     let _s = serial();
     let mut env = DynamoEnv::start().unwrap();
-    let dns = env.topo.add_pod("kube-system", "coredns-0", &[("k8s-app", "kube-dns")]).unwrap();
+    let dns = env
+        .topo
+        .add_pod("kube-system", "coredns-0", &[("k8s-app", "kube-dns")])
+        .unwrap();
     env.write_inventory().unwrap();
     wait_for_pods(&env, 6);
     let p = env.pods.clone();
     let _nats = TcpEchoServer::start(&p.nats, Family::V4, 4222).unwrap();
     let _other = TcpEchoServer::start(&p.prefill, Family::V4, 4222).unwrap();
 
-    let id = inject(&env.agent, &["-n", "dynamo", "--pod-prefix", "vllm-decode-0", "--partition", "--allow-namespace", "kube-system"]);
+    let id = inject(
+        &env.agent,
+        &[
+            "-n",
+            "dynamo",
+            "--pod-prefix",
+            "vllm-decode-0",
+            "--partition",
+            "--allow-namespace",
+            "kube-system",
+        ],
+    );
     for fam in FAMILIES {
         assert!(blocked(&p.decode0, &p.prefill, fam), "{fam:?}");
         assert!(blocked(&p.decode0, &p.frontend, fam), "{fam:?}");
-        assert!(reaches(&p.decode0, &p.nats, fam), "NATS pod stays reachable ({fam:?})");
-        assert!(reaches(&p.decode0, &dns, fam), "allowed namespace ({fam:?})");
-        assert!(probe::udp_reachable(&p.decode0, &p.prefill, fam, 53, LONG).unwrap(), "DNS port ({fam:?})");
+        assert!(
+            reaches(&p.decode0, &p.nats, fam),
+            "NATS pod stays reachable ({fam:?})"
+        );
+        assert!(
+            reaches(&p.decode0, &dns, fam),
+            "allowed namespace ({fam:?})"
+        );
+        assert!(
+            probe::udp_reachable(&p.decode0, &p.prefill, fam, 53, LONG).unwrap(),
+            "DNS port ({fam:?})"
+        );
     }
     // TCP 4222 is NATS's client port wherever it listens.
     assert!(probe::tcp_echo_roundtrip(&p.decode0, &p.prefill, Family::V4, 4222, LONG).unwrap());
     ctl(&env.agent, &["recover", &id]);
 
-    let id = inject(&env.agent, &["-n", "dynamo", "--pod-prefix", "vllm-decode-0", "--partition", "--block-nats"]);
-    assert!(blocked(&p.decode0, &p.nats, Family::V4), "--block-nats cuts NATS");
+    let id = inject(
+        &env.agent,
+        &[
+            "-n",
+            "dynamo",
+            "--pod-prefix",
+            "vllm-decode-0",
+            "--partition",
+            "--block-nats",
+        ],
+    );
+    assert!(
+        blocked(&p.decode0, &p.nats, Family::V4),
+        "--block-nats cuts NATS"
+    );
     assert!(!probe::tcp_connect(&p.decode0, &p.nats, Family::V4, 4222, SHORT).unwrap());
-    assert!(blocked(&p.decode0, &dns, Family::V4), "no --allow-namespace this time");
+    assert!(
+        blocked(&p.decode0, &dns, Family::V4),
+        "no --allow-namespace this time"
+    );
     ctl(&env.agent, &["recover", &id]);
 
-    let id = inject(&env.agent, &["-n", "dynamo", "--pod-prefix", "vllm-decode-0", "--partition", "--port", "53"]);
-    assert!(!probe::udp_reachable(&p.decode0, &p.prefill, Family::V4, 53, SHORT).unwrap(), "explicit --port 53 faults DNS");
-    assert!(reaches(&p.decode0, &p.prefill, Family::V4), "other ports flow");
+    let id = inject(
+        &env.agent,
+        &[
+            "-n",
+            "dynamo",
+            "--pod-prefix",
+            "vllm-decode-0",
+            "--partition",
+            "--port",
+            "53",
+        ],
+    );
+    assert!(
+        !probe::udp_reachable(&p.decode0, &p.prefill, Family::V4, 53, SHORT).unwrap(),
+        "explicit --port 53 faults DNS"
+    );
+    assert!(
+        reaches(&p.decode0, &p.prefill, Family::V4),
+        "other ports flow"
+    );
     ctl(&env.agent, &["recover", &id]);
 }
 
 fn wait_for_pods(env: &DynamoEnv, n: usize) {
     for _ in 0..100 {
         let v = env.agent.client().get_json("/v1/pods").unwrap();
-        let ready = v["pods"].as_array().map_or(0, |a| a.iter().filter(|p| !p["host_ifs"].as_array().unwrap().is_empty()).count());
+        let ready = v["pods"].as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|p| !p["host_ifs"].as_array().unwrap().is_empty())
+                .count()
+        });
         if ready == n {
             return;
         }
@@ -112,17 +238,41 @@ fn loss_30_percent_over_20000_datagrams() {
     let p = &env.pods;
     for fam in FAMILIES {
         let base = udp_stream(&p.decode0, &p.prefill, fam, &StreamOpts::default()).unwrap();
-        assert_eq!(base.received, base.sent, "baseline must be lossless: {base}");
-        let id = inject(&env.agent, &["-n", "dynamo", "--pod-prefix", "vllm-decode-0", "--to-selector", "app=vllm-prefill", "--protocol", "udp", "--loss", "30%"]);
+        assert_eq!(
+            base.received, base.sent,
+            "baseline must be lossless: {base}"
+        );
+        let id = inject(
+            &env.agent,
+            &[
+                "-n",
+                "dynamo",
+                "--pod-prefix",
+                "vllm-decode-0",
+                "--to-selector",
+                "app=vllm-prefill",
+                "--protocol",
+                "udp",
+                "--loss",
+                "30%",
+            ],
+        );
         let r = udp_stream(&p.decode0, &p.prefill, fam, &StreamOpts::default()).unwrap();
         let f = fault(&env.agent, &id);
         ctl(&env.agent, &["recover", &id]);
         eprintln!("loss 30% {fam:?}: {r}; counters {:?}", f.counters);
         assert!(r.sent >= 20_000);
         let loss = r.loss_ratio() * 100.0;
-        assert!((28.5..=31.5).contains(&loss), "measured loss {loss:.2}% ({fam:?})");
+        assert!(
+            (28.5..=31.5).contains(&loss),
+            "measured loss {loss:.2}% ({fam:?})"
+        );
         assert_eq!(r.corrupted, 0);
-        assert_eq!(f.counters.dropped, r.sent - r.received, "the kernel's count is what the receiver missed");
+        assert_eq!(
+            f.counters.dropped,
+            r.sent - r.received,
+            "the kernel's count is what the receiver missed"
+        );
     }
 }
 
@@ -132,14 +282,35 @@ fn corruption_share_measured_at_the_receiver() {
     let env = DynamoEnv::start().unwrap();
     let p = &env.pods;
     for fam in FAMILIES {
-        let id = inject(&env.agent, &["-n", "dynamo", "--pod-prefix", "vllm-prefill", "--to-selector", "app=vllm-decode", "--direction", "ingress", "--corrupt", "30"]);
+        let id = inject(
+            &env.agent,
+            &[
+                "-n",
+                "dynamo",
+                "--pod-prefix",
+                "vllm-prefill",
+                "--to-selector",
+                "app=vllm-decode",
+                "--direction",
+                "ingress",
+                "--corrupt",
+                "30",
+            ],
+        );
         let r = udp_stream(&p.decode0, &p.prefill, fam, &StreamOpts::default()).unwrap();
         let f = fault(&env.agent, &id);
         ctl(&env.agent, &["recover", &id]);
         eprintln!("corrupt 30% {fam:?}: {r}; counters {:?}", f.counters);
-        assert_eq!(r.received + r.corrupted, r.sent, "corrupted datagrams still arrive: {r}");
+        assert_eq!(
+            r.received + r.corrupted,
+            r.sent,
+            "corrupted datagrams still arrive: {r}"
+        );
         let share = r.corrupt_ratio() * 100.0;
-        assert!((28.5..=31.5).contains(&share), "corrupted share {share:.2}% ({fam:?})");
+        assert!(
+            (28.5..=31.5).contains(&share),
+            "corrupted share {share:.2}% ({fam:?})"
+        );
         assert_eq!(f.counters.corrupted, r.corrupted);
     }
 }
@@ -148,10 +319,27 @@ fn corruption_share_measured_at_the_receiver() {
 fn deadline_case(kill_agent: bool) {
     let mut env = DynamoEnv::start().unwrap();
     let p = env.pods.clone();
-    let opts = StreamOpts { count: u64::MAX, rate_pps: 2000, ..Default::default() };
+    let opts = StreamOpts {
+        count: u64::MAX,
+        rate_pps: 2000,
+        ..Default::default()
+    };
     let stream = udp_stream_background(&p.decode0, &p.prefill, Family::V4, &opts).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let id = inject(&env.agent, &["-n", "dynamo", "--pod-prefix", "vllm-decode-0", "--to-selector", "app=vllm-prefill", "--partition", "--duration", "3s"]);
+    let id = inject(
+        &env.agent,
+        &[
+            "-n",
+            "dynamo",
+            "--pod-prefix",
+            "vllm-decode-0",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+            "--duration",
+            "3s",
+        ],
+    );
     let injected = fault_testkit::boottime_ns();
     let f = fault(&env.agent, &id);
     let deadline = deadline_boot_ns(&f);
@@ -161,19 +349,45 @@ fn deadline_case(kill_agent: bool) {
     std::thread::sleep(Duration::from_millis(3800));
     let r = stream.stop().unwrap();
     let arrived = r.arrived();
-    let sent_during = |a: u64, b: u64| r.send_ns.iter().enumerate().filter(move |(_, t)| **t >= a && **t < b).map(|(i, _)| i);
-    let leaked = sent_during(injected, deadline - 20_000_000).filter(|i| arrived[*i]).count();
+    let sent_during = |a: u64, b: u64| {
+        r.send_ns
+            .iter()
+            .enumerate()
+            .filter(move |(_, t)| **t >= a && **t < b)
+            .map(|(i, _)| i)
+    };
+    let leaked = sent_during(injected, deadline - 20_000_000)
+        .filter(|i| arrived[*i])
+        .count();
     assert_eq!(leaked, 0, "packets passed while the fault was active");
-    let first_after = sent_during(injected, u64::MAX).find(|i| arrived[*i]).map(|i| r.send_ns[i]).unwrap();
+    let first_after = sent_during(injected, u64::MAX)
+        .find(|i| arrived[*i])
+        .map(|i| r.send_ns[i])
+        .unwrap();
     let late_ms = (first_after as i64 - deadline as i64) as f64 / 1e6;
-    eprintln!("agent {}: fault stopped {late_ms:.1} ms after its deadline", if kill_agent { "killed" } else { "alive" });
-    assert!(late_ms <= 100.0, "stopped {late_ms:.1} ms after the deadline");
-    let lost_after = sent_during(deadline + 100_000_000, u64::MAX).filter(|i| !arrived[*i]).count();
-    assert_eq!(lost_after, 0, "packets lost more than 100 ms after the deadline");
+    eprintln!(
+        "agent {}: fault stopped {late_ms:.1} ms after its deadline",
+        if kill_agent { "killed" } else { "alive" }
+    );
+    assert!(
+        late_ms <= 100.0,
+        "stopped {late_ms:.1} ms after the deadline"
+    );
+    let lost_after = sent_during(deadline + 100_000_000, u64::MAX)
+        .filter(|i| !arrived[*i])
+        .count();
+    assert_eq!(
+        lost_after, 0,
+        "packets lost more than 100 ms after the deadline"
+    );
     if kill_agent {
         // The kernel kept enforcing alone; uninstall removes what the dead agent left.
         let out = env.agent.uninstall().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!env.agent.bpffs().exists(), "pins removed by uninstall");
     }
 }
@@ -196,9 +410,24 @@ fn recover_restores_traffic_within_50ms() {
     let env = DynamoEnv::start().unwrap();
     let p = &env.pods;
     for fam in FAMILIES {
-        let opts = StreamOpts { count: u64::MAX, rate_pps: 2000, ..Default::default() };
+        let opts = StreamOpts {
+            count: u64::MAX,
+            rate_pps: 2000,
+            ..Default::default()
+        };
         let stream = udp_stream_background(&p.decode0, &p.prefill, fam, &opts).unwrap();
-        let id = inject(&env.agent, &["-n", "dynamo", "--pod-prefix", "vllm-decode-0", "--to-selector", "app=vllm-prefill", "--partition"]);
+        let id = inject(
+            &env.agent,
+            &[
+                "-n",
+                "dynamo",
+                "--pod-prefix",
+                "vllm-decode-0",
+                "--to-selector",
+                "app=vllm-prefill",
+                "--partition",
+            ],
+        );
         std::thread::sleep(Duration::from_millis(300));
         ctl(&env.agent, &["recover", &id]);
         let returned = fault_testkit::boottime_ns();
@@ -212,9 +441,27 @@ fn recover_restores_traffic_within_50ms() {
             .filter(|(i, t)| **t >= returned + 50_000_000 && !arrived[*i])
             .map(|(_, t)| (*t as f64 - returned as f64) / 1e6)
             .collect();
-        assert!(lost_after.is_empty(), "lost {} packets sent >= 50 ms after recover returned ({fam:?})", lost_after.len());
-        let first_ok = r.send_ns.iter().enumerate().find(|(i, t)| **t >= returned && arrived[*i]).map(|(_, t)| *t);
-        eprintln!("{fam:?}: first packet sent after recover returned arrived (sent {:.2} ms after)", first_ok.map_or(f64::NAN, |t| (t - returned) as f64 / 1e6));
-        assert!(r.send_ns.iter().zip(&arrived).any(|(t, a)| *t < returned && !*a), "the fault did cut traffic before");
+        assert!(
+            lost_after.is_empty(),
+            "lost {} packets sent >= 50 ms after recover returned ({fam:?})",
+            lost_after.len()
+        );
+        let first_ok = r
+            .send_ns
+            .iter()
+            .enumerate()
+            .find(|(i, t)| **t >= returned && arrived[*i])
+            .map(|(_, t)| *t);
+        eprintln!(
+            "{fam:?}: first packet sent after recover returned arrived (sent {:.2} ms after)",
+            first_ok.map_or(f64::NAN, |t| (t - returned) as f64 / 1e6)
+        );
+        assert!(
+            r.send_ns
+                .iter()
+                .zip(&arrived)
+                .any(|(t, a)| *t < returned && !*a),
+            "the fault did cut traffic before"
+        );
     }
 }

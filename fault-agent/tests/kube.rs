@@ -14,7 +14,9 @@ use std::{
 
 use common::*;
 use fault_agent::kube::crd::{NetworkFault, Phase};
-use fault_testkit::{AgentProcess, Dynamo, Family, Pod, StreamOpts, Topology, kube::KubeEnv, probe, serial};
+use fault_testkit::{
+    AgentProcess, Dynamo, Family, Pod, StreamOpts, Topology, kube::KubeEnv, probe, serial,
+};
 use k8s_openapi::{
     api::core::v1::{Namespace, Pod as KubePod},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -52,15 +54,23 @@ impl Cluster {
         let kube = KubeEnv::start().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let client = rt.block_on(async {
-            let cfg = kube::Config::from_custom_kubeconfig(Kubeconfig::read_from(kube.kubeconfig()).unwrap(), &KubeConfigOptions::default())
-                .await
-                .unwrap();
+            let cfg = kube::Config::from_custom_kubeconfig(
+                Kubeconfig::read_from(kube.kubeconfig()).unwrap(),
+                &KubeConfigOptions::default(),
+            )
+            .await
+            .unwrap();
             Client::try_from(cfg).unwrap()
         });
         rt.block_on(install_crd(&client));
         rt.block_on(async {
             let ns: Api<Namespace> = Api::all(client.clone());
-            ns.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap()).await.unwrap();
+            ns.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap(),
+            )
+            .await
+            .unwrap();
         });
         let mut topo = Topology::new().unwrap();
         let pods = topo.dynamo().unwrap();
@@ -68,9 +78,20 @@ impl Cluster {
             rt.block_on(play_kubelet(&client, &p, node_of(p.name())));
         }
         let cfg = kube.kubeconfig();
-        let nodes = ["node-a", "node-b"].iter().map(|n| AgentProcess::start_node(&cfg, n, &[]).unwrap()).collect();
+        let nodes = ["node-a", "node-b"]
+            .iter()
+            .map(|n| AgentProcess::start_node(&cfg, n, &[]).unwrap())
+            .collect();
         let api = AgentProcess::start_api(&cfg, &["--wait", "5s", "--retention", "3s"]).unwrap();
-        Cluster { nodes, api, pods, topo, client, rt, kube }
+        Cluster {
+            nodes,
+            api,
+            pods,
+            topo,
+            client,
+            rt,
+            kube,
+        }
     }
 
     fn fault(&self, id: &str) -> NetworkFault {
@@ -99,12 +120,21 @@ impl Cluster {
 
 async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("networkfaults.faultline.dev", &PatchParams::apply("faultline-test").force(), &Patch::Apply(fault_agent::kube::crd()))
-        .await
-        .unwrap();
+    crds.patch(
+        "networkfaults.faultline.dev",
+        &PatchParams::apply("faultline-test").force(),
+        &Patch::Apply(fault_agent::kube::crd()),
+    )
+    .await
+    .unwrap();
     for _ in 0..100 {
         let c = crds.get("networkfaults.faultline.dev").await.unwrap();
-        let established = c.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True");
+        let established = c
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
         if established {
             // The endpoint takes a moment to serve after Established.
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -131,7 +161,9 @@ async fn set_pod_ips(client: &Client, p: &Pod, v4: &str) {
     let api: Api<KubePod> = Api::namespaced(client.clone(), p.namespace());
     let status = json!({"status": {"phase": "Running", "podIP": v4, "hostIP": "127.0.0.1",
         "podIPs": [{"ip": v4}, {"ip": p.ipv6().to_string()}]}});
-    api.patch_status(p.name(), &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    api.patch_status(p.name(), &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
@@ -151,18 +183,40 @@ fn faults_through_the_api_are_networkfaults_applied_by_both_nodes() {
     let c = Cluster::start();
     let p = &c.pods;
     let _nats = probe::TcpEchoServer::start(&p.nats, Family::V4, 4222).unwrap();
-    let id = inject(&c.api, &["-n", NS, "--pod-prefix", "vllm-decode", "--to-selector", "app=vllm-prefill", "--partition", "--duration", "2m"]);
+    let id = inject(
+        &c.api,
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+            "--duration",
+            "2m",
+        ],
+    );
     let nf = c.wait_phase(&id, Phase::Active, Duration::from_secs(5));
     let st = nf.status.clone().unwrap();
     assert_eq!(st.target_count, Some(2));
     assert_eq!(st.peer_count, Some(1));
     for node in ["node-a", "node-b"] {
         let n = &st.nodes[node];
-        assert!(n.applied && n.targets == 1, "{node} applies its half: {n:?}");
+        assert!(
+            n.applied && n.targets == 1,
+            "{node} applies its half: {n:?}"
+        );
     }
     for fam in [Family::V4, Family::V6] {
-        assert!(blocked(&p.decode0, &p.prefill, fam), "decode0 (node-a) -> prefill ({fam:?})");
-        assert!(blocked(&p.decode1, &p.prefill, fam), "decode1 (node-b) -> prefill ({fam:?})");
+        assert!(
+            blocked(&p.decode0, &p.prefill, fam),
+            "decode0 (node-a) -> prefill ({fam:?})"
+        );
+        assert!(
+            blocked(&p.decode1, &p.prefill, fam),
+            "decode1 (node-b) -> prefill ({fam:?})"
+        );
         assert!(reaches(&p.prefill, &p.decode0, fam));
         assert!(reaches(&p.frontend, &p.prefill, fam));
     }
@@ -170,13 +224,29 @@ fn faults_through_the_api_are_networkfaults_applied_by_both_nodes() {
 
     // `kubectl get networkfaults`: the server renders the printer columns as a Table.
     let out = std::process::Command::new("curl")
-        .args(["-s", "-k", "-H", "Accept: application/json;as=Table;v=v1;g=meta.k8s.io"])
-        .args(["-H", &format!("Authorization: Bearer {}", fault_testkit::kube::ADMIN_TOKEN)])
-        .arg(format!("{}/apis/faultline.dev/v1alpha1/namespaces/{NS}/networkfaults", c.kube.url()))
+        .args([
+            "-s",
+            "-k",
+            "-H",
+            "Accept: application/json;as=Table;v=v1;g=meta.k8s.io",
+        ])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", fault_testkit::kube::ADMIN_TOKEN),
+        ])
+        .arg(format!(
+            "{}/apis/faultline.dev/v1alpha1/namespaces/{NS}/networkfaults",
+            c.kube.url()
+        ))
         .output()
         .unwrap();
     let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let columns: Vec<&str> = table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     let row = &table["rows"][0]["cells"];
     let cell = |name: &str| row[columns.iter().position(|c| *c == name).unwrap()].clone();
     eprintln!("kubectl get networkfaults: {columns:?} {row}");
@@ -191,7 +261,20 @@ fn faults_through_the_api_are_networkfaults_applied_by_both_nodes() {
     assert!(nf.status.unwrap().nodes.values().all(|n| !n.applied));
 
     // Expiry.
-    let id = inject(&c.api, &["-n", NS, "--pod-prefix", "vllm-decode-0", "--to-selector", "app=vllm-prefill", "--partition", "--duration", "2s"]);
+    let id = inject(
+        &c.api,
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode-0",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+            "--duration",
+            "2s",
+        ],
+    );
     assert!(blocked(&p.decode0, &p.prefill, Family::V4));
     let nf = c.wait_phase(&id, Phase::Expired, Duration::from_secs(4));
     assert!(nf.status.unwrap().ended_at.is_some());
@@ -199,9 +282,11 @@ fn faults_through_the_api_are_networkfaults_applied_by_both_nodes() {
 
     // Ended faults are garbage-collected after the retention period (3 s here).
     let faults: Api<NetworkFault> = Api::namespaced(c.client.clone(), NS);
-    wait_until("expired fault deleted after retention", Duration::from_secs(6), || {
-        c.rt.block_on(faults.get_opt(&id)).unwrap().is_none()
-    });
+    wait_until(
+        "expired fault deleted after retention",
+        Duration::from_secs(6),
+        || c.rt.block_on(faults.get_opt(&id)).unwrap().is_none(),
+    );
 
     // `kubectl apply -f fault.yaml`: an object written directly is applied the same way.
     let applied: NetworkFault = serde_json::from_value(json!({
@@ -210,12 +295,27 @@ fn faults_through_the_api_are_networkfaults_applied_by_both_nodes() {
         "spec": {"podPrefix": "vllm-decode-1", "toSelectors": ["app=vllm-prefill"], "partition": "packets", "duration": "1m"}
     }))
     .unwrap();
-    c.rt.block_on(faults.patch("from-kubectl", &PatchParams::apply("kubectl").force(), &Patch::Apply(&applied))).unwrap();
+    c.rt.block_on(faults.patch(
+        "from-kubectl",
+        &PatchParams::apply("kubectl").force(),
+        &Patch::Apply(&applied),
+    ))
+    .unwrap();
     c.wait_phase("from-kubectl", Phase::Active, Duration::from_secs(5));
-    wait_until("object applied by node-b", Duration::from_secs(3), || blocked(&p.decode1, &p.prefill, Family::V4));
-    assert!(reaches(&p.decode0, &p.prefill, Family::V4), "only decode-1 is targeted");
-    c.rt.block_on(faults.delete("from-kubectl", &DeleteParams::default())).unwrap();
-    wait_until("deleted object's entries gone", Duration::from_secs(3), || reaches(&p.decode1, &p.prefill, Family::V4));
+    wait_until("object applied by node-b", Duration::from_secs(3), || {
+        blocked(&p.decode1, &p.prefill, Family::V4)
+    });
+    assert!(
+        reaches(&p.decode0, &p.prefill, Family::V4),
+        "only decode-1 is targeted"
+    );
+    c.rt.block_on(faults.delete("from-kubectl", &DeleteParams::default()))
+        .unwrap();
+    wait_until(
+        "deleted object's entries gone",
+        Duration::from_secs(3),
+        || reaches(&p.decode1, &p.prefill, Family::V4),
+    );
 }
 
 #[test]
@@ -224,33 +324,77 @@ fn pods_that_start_go_or_move_are_followed() {
     let _s = serial();
     let mut c = Cluster::start();
     let p = c.pods.clone();
-    let id = inject(&c.api, &["-n", NS, "--pod-prefix", "vllm-decode", "--to-selector", "app=vllm-prefill", "--partition"]);
+    let id = inject(
+        &c.api,
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+        ],
+    );
     c.wait_phase(&id, Phase::Active, Duration::from_secs(5));
 
     // A new decode pod: covered within 2 s of its status carrying an IP.
-    let decode2 = c.topo.add_pod(NS, "vllm-decode-2", &[("app", "vllm-decode")]).unwrap();
+    let decode2 = c
+        .topo
+        .add_pod(NS, "vllm-decode-2", &[("app", "vllm-decode")])
+        .unwrap();
     let pods: Api<KubePod> = Api::namespaced(c.client.clone(), NS);
     let pod: KubePod = serde_json::from_value(json!({"metadata": {"name": "vllm-decode-2", "labels": {"app": "vllm-decode"}},
         "spec": {"nodeName": "node-b", "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.9"}]}})).unwrap();
-    c.rt.block_on(pods.create(&PostParams::default(), &pod)).unwrap();
-    assert!(reaches(&decode2, &p.prefill, Family::V4), "not covered before it has an IP");
-    c.rt.block_on(set_pod_ips(&c.client, &decode2, &decode2.ipv4().to_string()));
+    c.rt.block_on(pods.create(&PostParams::default(), &pod))
+        .unwrap();
+    assert!(
+        reaches(&decode2, &p.prefill, Family::V4),
+        "not covered before it has an IP"
+    );
+    c.rt.block_on(set_pod_ips(
+        &c.client,
+        &decode2,
+        &decode2.ipv4().to_string(),
+    ));
     let took = wait_until("new pod covered", Duration::from_secs(2), || {
-        !probe::udp_reachable(&decode2, &p.prefill, Family::V4, 9000, Duration::from_millis(100)).unwrap()
+        !probe::udp_reachable(
+            &decode2,
+            &p.prefill,
+            Family::V4,
+            9000,
+            Duration::from_millis(100),
+        )
+        .unwrap()
     });
     assert!(took <= Duration::from_secs(2));
 
     // A deleted pod's entries go within 2 s (its namespace stays: traffic flows again).
-    c.rt.block_on(pods.delete("vllm-decode-1", &DeleteParams::default().grace_period(0))).unwrap();
+    c.rt.block_on(pods.delete("vllm-decode-1", &DeleteParams::default().grace_period(0)))
+        .unwrap();
     wait_until("deleted pod's entries gone", Duration::from_secs(2), || {
-        probe::udp_reachable(&p.decode1, &p.prefill, Family::V4, 9000, Duration::from_millis(100)).unwrap()
+        probe::udp_reachable(
+            &p.decode1,
+            &p.prefill,
+            Family::V4,
+            9000,
+            Duration::from_millis(100),
+        )
+        .unwrap()
     });
 
     // The peer changes address: followed.
     let moved = c.topo.readdress(&p.prefill, 99).unwrap();
     c.rt.block_on(set_pod_ips(&c.client, &moved, "198.18.0.99"));
     wait_until("peer's new address cut", Duration::from_secs(2), || {
-        !probe::udp_reachable(&p.decode0, &moved, Family::V4, 9000, Duration::from_millis(100)).unwrap()
+        !probe::udp_reachable(
+            &p.decode0,
+            &moved,
+            Family::V4,
+            9000,
+            Duration::from_millis(100),
+        )
+        .unwrap()
     });
     assert!(reaches(&p.frontend, &moved, Family::V4));
 }
@@ -261,11 +405,27 @@ fn a_node_agent_killed_and_restarted_keeps_the_fault_without_duplicates() {
     let _s = serial();
     let mut c = Cluster::start();
     let p = c.pods.clone();
-    let id = inject(&c.api, &["-n", NS, "--pod-prefix", "vllm-decode", "--to-selector", "app=vllm-prefill", "--partition"]);
+    let id = inject(
+        &c.api,
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+        ],
+    );
     c.wait_phase(&id, Phase::Active, Duration::from_secs(5));
     let tables = |a: &AgentProcess| a.client().get_json("/v1/tables").unwrap();
     let before = tables(&c.nodes[0]);
-    let opts = StreamOpts { count: u64::MAX, rate_pps: 1000, port: 41_002, ..Default::default() };
+    let opts = StreamOpts {
+        count: u64::MAX,
+        rate_pps: 1000,
+        port: 41_002,
+        ..Default::default()
+    };
     let watch = probe::udp_stream_background(&p.decode0, &p.prefill, Family::V4, &opts).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     c.nodes[0].kill().unwrap();
@@ -274,11 +434,19 @@ fn a_node_agent_killed_and_restarted_keeps_the_fault_without_duplicates() {
     std::thread::sleep(Duration::from_millis(500));
     let r = watch.stop().unwrap();
     assert_eq!(r.received, 0, "the fault lapsed during the restart: {r}");
-    assert_eq!(tables(&c.nodes[0]), before, "same entries after the restart, none duplicated or leaked");
+    assert_eq!(
+        tables(&c.nodes[0]),
+        before,
+        "same entries after the restart, none duplicated or leaked"
+    );
     let nf = c.fault(&id);
     assert!(nf.status.unwrap().nodes["node-a"].applied);
     ctl(&c.api, &["recover", &id]);
-    assert_eq!(tables(&c.nodes[0])["rules"], 0, "entries removed after recover");
+    assert_eq!(
+        tables(&c.nodes[0])["rules"],
+        0,
+        "entries removed after recover"
+    );
     assert!(reaches(&p.decode0, &p.prefill, Family::V4));
 }
 
@@ -291,17 +459,34 @@ fn invalid_networkfaults_are_rejected_or_failed_with_the_reason() {
     let ar = kube::api::ApiResource::erase::<NetworkFault>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), NS, &ar);
     let make = |name: &str, spec: serde_json::Value| -> DynamicObject {
-        serde_json::from_value(json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
-            "metadata": {"name": name, "namespace": NS}, "spec": spec})).unwrap()
+        serde_json::from_value(
+            json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
+            "metadata": {"name": name, "namespace": NS}, "spec": spec}),
+        )
+        .unwrap()
     };
     // What the schema catches: rejected by the API server, with its message.
     for (spec, field) in [
-        (json!({"podPrefix": "vllm", "lossPercent": 150}), "lossPercent"),
-        (json!({"podPrefix": "vllm", "partition": "sideways"}), "partition"),
-        (json!({"podPrefix": "vllm", "partition": "packets", "duration": "-3s"}), "duration"),
-        (json!({"podPrefix": "vllm", "partition": "packets", "port": 70000}), "port"),
+        (
+            json!({"podPrefix": "vllm", "lossPercent": 150}),
+            "lossPercent",
+        ),
+        (
+            json!({"podPrefix": "vllm", "partition": "sideways"}),
+            "partition",
+        ),
+        (
+            json!({"podPrefix": "vllm", "partition": "packets", "duration": "-3s"}),
+            "duration",
+        ),
+        (
+            json!({"podPrefix": "vllm", "partition": "packets", "port": 70000}),
+            "port",
+        ),
     ] {
-        let err = c.rt.block_on(api.create(&PostParams::default(), &make("bad", spec.clone()))).unwrap_err();
+        let err =
+            c.rt.block_on(api.create(&PostParams::default(), &make("bad", spec.clone())))
+                .unwrap_err();
         match err {
             kube::Error::Api(e) => {
                 assert_eq!(e.code, 422, "{spec}: {e:?}");
@@ -312,13 +497,25 @@ fn invalid_networkfaults_are_rejected_or_failed_with_the_reason() {
         }
     }
     // What it cannot: Failed in status, with the reason; no node applies it.
-    c.rt.block_on(api.create(&PostParams::default(), &make("bad-selector", json!({"selector": "app in (x", "partition": "packets"}))))
-        .unwrap();
+    c.rt.block_on(api.create(
+        &PostParams::default(),
+        &make(
+            "bad-selector",
+            json!({"selector": "app in (x", "partition": "packets"}),
+        ),
+    ))
+    .unwrap();
     let nf = c.wait_phase("bad-selector", Phase::Failed, Duration::from_secs(5));
     let msg = nf.status.unwrap().message.unwrap();
-    assert!(msg.contains("spec.selector") && msg.contains("malformed"), "{msg}");
+    assert!(
+        msg.contains("spec.selector") && msg.contains("malformed"),
+        "{msg}"
+    );
     // The same through the API: refused before any object exists.
-    let out = c.api.faultctl(&["inject", "-n", NS, "--pod-prefix", "vllm", "--loss", "150"]).unwrap();
+    let out = c
+        .api
+        .faultctl(&["inject", "-n", NS, "--pod-prefix", "vllm", "--loss", "150"])
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -329,12 +526,17 @@ fn deploy_manifests_pass_server_side_dry_run() {
     let kube = KubeEnv::start().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let cfg = kube::Config::from_custom_kubeconfig(Kubeconfig::read_from(kube.kubeconfig()).unwrap(), &KubeConfigOptions::default())
-            .await
-            .unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(kube.kubeconfig()).unwrap(),
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
         let client = Client::try_from(cfg).unwrap();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-        let kustomization: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
+        let kustomization: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
+                .unwrap();
         let mut checked = Vec::new();
         for file in kustomization["resources"].as_array().unwrap() {
             let text = std::fs::read_to_string(dir.join(file.as_str().unwrap())).unwrap();
@@ -344,8 +546,11 @@ fn deploy_manifests_pass_server_side_dry_run() {
                 let gvk = kube::api::GroupVersionKind::try_from(&types).unwrap();
                 let (ar, caps) = discovery::pinned_kind(&client, &gvk).await.unwrap();
                 let name = obj.metadata.name.clone().unwrap();
-                let api: Api<DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
-                    (discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+                let api: Api<DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref())
+                {
+                    (discovery::Scope::Namespaced, Some(ns)) => {
+                        Api::namespaced_with(client.clone(), ns, &ar)
+                    }
                     _ => Api::all_with(client.clone(), &ar),
                 };
                 // Namespaces and CRDs are applied for real: what follows needs them to exist.
@@ -354,7 +559,9 @@ fn deploy_manifests_pass_server_side_dry_run() {
                 if !real {
                     pp = pp.dry_run();
                 }
-                api.patch(&name, &pp, &Patch::Apply(&obj)).await.unwrap_or_else(|e| panic!("{} {name}: {e}", gvk.kind));
+                api.patch(&name, &pp, &Patch::Apply(&obj))
+                    .await
+                    .unwrap_or_else(|e| panic!("{} {name}: {e}", gvk.kind));
                 checked.push(format!("{}/{name}", gvk.kind));
                 if gvk.kind == "CustomResourceDefinition" {
                     install_crd(&client).await;

@@ -7,7 +7,10 @@ use std::{process::Command, time::Duration};
 use common::*;
 use fault_testkit::{
     DynamoEnv, Family, StreamOpts,
-    probe::{TcpEchoServer, UdpEchoServer, tcp_connect, tcp_echo_roundtrip, udp_echo_roundtrip, udp_stream},
+    probe::{
+        TcpEchoServer, UdpEchoServer, tcp_connect, tcp_echo_roundtrip, udp_echo_roundtrip,
+        udp_stream,
+    },
     serial,
 };
 use serde_json::{Value, json};
@@ -23,7 +26,10 @@ fn curl_post(url: &str, body: Option<&str>, extra: &[&str]) -> (u16, Value) {
     let out = cmd.output().expect("curl runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }
 
 fn inject_url(env: &DynamoEnv) -> String {
@@ -82,7 +88,8 @@ fn networkpolicy_example_blocks_new_connections_only_and_recovers() {
     let _servers = [&p.prefill, &p.decode0, &p.decode1, &p.nats, &p.frontend]
         .map(|pod| TcpEchoServer::start(pod, Family::V4, 8000).unwrap());
     let _nats = TcpEchoServer::start(&p.nats, Family::V4, 4222).unwrap();
-    let _udp = [&p.prefill, &p.decode0].map(|pod| UdpEchoServer::start(pod, Family::V4, 9100).unwrap());
+    let _udp =
+        [&p.prefill, &p.decode0].map(|pod| UdpEchoServer::start(pod, Family::V4, 9100).unwrap());
 
     let (code, body) = curl_post(&inject_url(&env), Some(BLOCK_DECODE_PREFILL), &[]);
     assert_eq!(code, 200, "{body}");
@@ -91,21 +98,43 @@ fn networkpolicy_example_blocks_new_connections_only_and_recovers() {
     assert_eq!(body["target_pods"].as_array().unwrap().len(), 2);
 
     // decode cannot open connections to workers...
-    assert!(!tcp_connect(&p.decode0, &p.prefill, Family::V4, 8000, SHORT).unwrap(), "decode -> prefill TCP");
-    assert!(!tcp_connect(&p.decode0, &p.decode1, Family::V4, 8000, SHORT).unwrap(), "decode -> decode TCP");
-    assert!(!udp_echo_roundtrip(&p.decode0, &p.prefill, Family::V4, 9100, SHORT).unwrap(), "decode -> prefill UDP");
+    assert!(
+        !tcp_connect(&p.decode0, &p.prefill, Family::V4, 8000, SHORT).unwrap(),
+        "decode -> prefill TCP"
+    );
+    assert!(
+        !tcp_connect(&p.decode0, &p.decode1, Family::V4, 8000, SHORT).unwrap(),
+        "decode -> decode TCP"
+    );
+    assert!(
+        !udp_echo_roundtrip(&p.decode0, &p.prefill, Family::V4, 9100, SHORT).unwrap(),
+        "decode -> prefill UDP"
+    );
     // ...but workers can open connections to decode and get replies (NetworkPolicy semantics)...
-    assert!(tcp_echo_roundtrip(&p.prefill, &p.decode0, Family::V4, 8000, LONG).unwrap(), "prefill -> decode TCP with replies");
-    assert!(udp_echo_roundtrip(&p.prefill, &p.decode0, Family::V4, 9100, LONG).unwrap(), "prefill -> decode UDP with replies");
+    assert!(
+        tcp_echo_roundtrip(&p.prefill, &p.decode0, Family::V4, 8000, LONG).unwrap(),
+        "prefill -> decode TCP with replies"
+    );
+    assert!(
+        udp_echo_roundtrip(&p.prefill, &p.decode0, Family::V4, 9100, LONG).unwrap(),
+        "prefill -> decode UDP with replies"
+    );
     // ...and NATS and the frontend stay reachable.
     assert!(tcp_echo_roundtrip(&p.decode0, &p.nats, Family::V4, 4222, LONG).unwrap());
     assert!(tcp_echo_roundtrip(&p.decode0, &p.frontend, Family::V4, 8000, LONG).unwrap());
 
     // curl -X POST http://fault-injection-api:8080/api/v1/faults/{fault_id}/recover
-    let (code, body) = curl_post(&format!("{}/api/v1/faults/{id}/recover", env.agent.api_url()), None, &[]);
+    let (code, body) = curl_post(
+        &format!("{}/api/v1/faults/{id}/recover", env.agent.api_url()),
+        None,
+        &[],
+    );
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["status"], "recovered");
-    assert!(tcp_echo_roundtrip(&p.decode0, &p.prefill, Family::V4, 8000, LONG).unwrap(), "recovered");
+    assert!(
+        tcp_echo_roundtrip(&p.decode0, &p.prefill, Family::V4, 8000, LONG).unwrap(),
+        "recovered"
+    );
 }
 
 #[test]
@@ -123,22 +152,51 @@ fn nats_stays_reachable_unless_block_nats() {
     };
     let (code, body) = curl_post(&inject_url(&env), Some(&isolate(false)), &[]);
     assert_eq!(code, 200, "{body}");
-    assert!(!tcp_connect(&p.decode0, &p.prefill, Family::V4, 8000, SHORT).unwrap(), "worker isolated");
-    assert!(tcp_echo_roundtrip(&p.decode0, &p.nats, Family::V4, 4222, LONG).unwrap(), "block_nats false: NATS reachable");
-    let (code, _) = curl_post(&format!("{}/api/v1/faults/network/cleanup?namespace=dynamo", env.agent.api_url()), None, &[]);
+    assert!(
+        !tcp_connect(&p.decode0, &p.prefill, Family::V4, 8000, SHORT).unwrap(),
+        "worker isolated"
+    );
+    assert!(
+        tcp_echo_roundtrip(&p.decode0, &p.nats, Family::V4, 4222, LONG).unwrap(),
+        "block_nats false: NATS reachable"
+    );
+    let (code, _) = curl_post(
+        &format!(
+            "{}/api/v1/faults/network/cleanup?namespace=dynamo",
+            env.agent.api_url()
+        ),
+        None,
+        &[],
+    );
     assert_eq!(code, 200);
 
     let (code, body) = curl_post(&inject_url(&env), Some(&isolate(true)), &[]);
     assert_eq!(code, 200, "{body}");
-    assert!(!tcp_connect(&p.decode0, &p.nats, Family::V4, 4222, SHORT).unwrap(), "block_nats true: NATS cut");
+    assert!(
+        !tcp_connect(&p.decode0, &p.nats, Family::V4, 4222, SHORT).unwrap(),
+        "block_nats true: NATS cut"
+    );
     // Worker -> NATS only (no block_all_egress): the seed's "Worker→NATS Partition".
-    curl_post(&format!("{}/api/v1/faults/network/cleanup?namespace=dynamo", env.agent.api_url()), None, &[]);
+    curl_post(
+        &format!(
+            "{}/api/v1/faults/network/cleanup?namespace=dynamo",
+            env.agent.api_url()
+        ),
+        None,
+        &[],
+    );
     let only_nats = json!({"partition_type": "frontend_worker", "source": "dynamo", "target": "dynamo", "mode": "networkpolicy", "duration": 60,
         "parameters": {"namespace": "dynamo", "target_pod_prefix": "vllm-decode-0", "block_nats": true}});
     let (code, body) = curl_post(&inject_url(&env), Some(&only_nats.to_string()), &[]);
     assert_eq!(code, 200, "{body}");
-    assert!(!tcp_connect(&p.decode0, &p.nats, Family::V4, 4222, SHORT).unwrap(), "worker -> NATS cut");
-    assert!(tcp_connect(&p.decode0, &p.prefill, Family::V4, 8000, LONG).unwrap(), "the rest flows");
+    assert!(
+        !tcp_connect(&p.decode0, &p.nats, Family::V4, 4222, SHORT).unwrap(),
+        "worker -> NATS cut"
+    );
+    assert!(
+        tcp_connect(&p.decode0, &p.prefill, Family::V4, 8000, LONG).unwrap(),
+        "the rest flows"
+    );
 }
 
 #[test]
@@ -152,14 +210,42 @@ fn chaos_mesh_loss_example_measured_then_cleanup_and_expiry() {
     let loss = r.loss_ratio() * 100.0;
     eprintln!("seed 50% loss example: {r}");
     assert!((48.5..=51.5).contains(&loss), "measured {loss:.2}%");
-    let to_nats = udp_stream(&p.decode0, &p.nats, Family::V4, &StreamOpts { count: 2_000, ..Default::default() }).unwrap();
-    assert_eq!(to_nats.received, to_nats.sent, "target_nats false: NATS untouched: {to_nats}");
+    let to_nats = udp_stream(
+        &p.decode0,
+        &p.nats,
+        Family::V4,
+        &StreamOpts {
+            count: 2_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        to_nats.received, to_nats.sent,
+        "target_nats false: NATS untouched: {to_nats}"
+    );
 
     // curl -X POST "http://fault-injection-api:8080/api/v1/faults/network/cleanup?namespace=dynamo"
-    let (code, body) = curl_post(&format!("{}/api/v1/faults/network/cleanup?namespace=dynamo", env.agent.api_url()), None, &[]);
+    let (code, body) = curl_post(
+        &format!(
+            "{}/api/v1/faults/network/cleanup?namespace=dynamo",
+            env.agent.api_url()
+        ),
+        None,
+        &[],
+    );
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["cleaned"], 1);
-    let r = udp_stream(&p.decode0, &p.prefill, Family::V4, &StreamOpts { count: 2_000, ..Default::default() }).unwrap();
+    let r = udp_stream(
+        &p.decode0,
+        &p.prefill,
+        Family::V4,
+        &StreamOpts {
+            count: 2_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(r.received, r.sent, "after cleanup: {r}");
 
     // duration expires the fault.
@@ -168,9 +254,22 @@ fn chaos_mesh_loss_example_measured_then_cleanup_and_expiry() {
     assert_eq!(code, 200, "{body}");
     let id = body["fault_id"].as_str().unwrap().to_owned();
     std::thread::sleep(Duration::from_millis(1300));
-    let r = udp_stream(&p.decode0, &p.prefill, Family::V4, &StreamOpts { count: 2_000, ..Default::default() }).unwrap();
+    let r = udp_stream(
+        &p.decode0,
+        &p.prefill,
+        Family::V4,
+        &StreamOpts {
+            count: 2_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(r.received, r.sent, "after expiry: {r}");
-    let got: Value = env.agent.client().get_json(&format!("/api/v1/faults/{id}")).unwrap();
+    let got: Value = env
+        .agent
+        .client()
+        .get_json(&format!("/api/v1/faults/{id}"))
+        .unwrap();
     assert_eq!(got["status"], "expired");
     let list = env.agent.client().get_json("/api/v1/faults").unwrap();
     assert_eq!(list["count"], 2);
@@ -186,18 +285,38 @@ fn what_this_kernel_cannot_do_is_refused_not_ignored() {
         return;
     }
     let qdiscs = |pod: &fault_testkit::Pod| {
-        let o = Command::new("tc").args(["qdisc", "show", "dev", pod.host_ifname()]).output().unwrap();
+        let o = Command::new("tc")
+            .args(["qdisc", "show", "dev", pod.host_ifname()])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     let before = qdiscs(&env.pods.prefill);
     let (code, body) = curl_post(&inject_url(&env), Some(HIGH_LATENCY), &[]);
     assert_eq!(code, 422, "{body}");
     assert_eq!(body["error"]["field"], "parameters.delay_ms", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("fq"), "{body}");
-    assert_eq!(env.agent.client().get_json("/api/v1/faults").unwrap()["count"], 0);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("fq"),
+        "{body}"
+    );
+    assert_eq!(
+        env.agent.client().get_json("/api/v1/faults").unwrap()["count"],
+        0
+    );
     assert_eq!(qdiscs(&env.pods.prefill), before, "nothing half-applied");
     // The native API and the CLI say the same.
-    let out = env.agent.faultctl(&["inject", "-n", "dynamo", "--pod-prefix", "vllm-prefill", "--delay", "50ms"]).unwrap();
+    let out = env
+        .agent
+        .faultctl(&[
+            "inject",
+            "-n",
+            "dynamo",
+            "--pod-prefix",
+            "vllm-prefill",
+            "--delay",
+            "50ms",
+        ])
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sch_fq") && err.contains("delay"), "{err}");
@@ -210,17 +329,37 @@ fn bad_seed_requests_get_400_or_422_naming_the_field() {
     let url = inject_url(&env);
     let cases: [(&str, u16, &str); 5] = [
         ("{\"partition_type\": ", 400, "body"),
-        (r#"{"partition_type": "sideways", "source": "dynamo", "parameters": {"target_pod_prefix": "vllm"}}"#, 422, "partition_type"),
-        (r#"{"partition_type": "custom", "source": "dynamo", "mode": "chaos_mesh", "parameters": {"target_pod_prefix": "vllm", "packet_loss_percent": 150}}"#, 422, "parameters.packet_loss_percent"),
-        (r#"{"partition_type": "custom", "source": "dynamo", "parameters": {"namespace": "dynamo"}}"#, 422, "parameters.target_pod_prefix"),
-        (r#"{"partition_type": "custom", "source": "dynamo", "mode": "networkpolicy", "parameters": {"target_pod_prefix": "vllm", "corrupt_percent": 5}}"#, 422, "parameters.corrupt_percent"),
+        (
+            r#"{"partition_type": "sideways", "source": "dynamo", "parameters": {"target_pod_prefix": "vllm"}}"#,
+            422,
+            "partition_type",
+        ),
+        (
+            r#"{"partition_type": "custom", "source": "dynamo", "mode": "chaos_mesh", "parameters": {"target_pod_prefix": "vllm", "packet_loss_percent": 150}}"#,
+            422,
+            "parameters.packet_loss_percent",
+        ),
+        (
+            r#"{"partition_type": "custom", "source": "dynamo", "parameters": {"namespace": "dynamo"}}"#,
+            422,
+            "parameters.target_pod_prefix",
+        ),
+        (
+            r#"{"partition_type": "custom", "source": "dynamo", "mode": "networkpolicy", "parameters": {"target_pod_prefix": "vllm", "corrupt_percent": 5}}"#,
+            422,
+            "parameters.corrupt_percent",
+        ),
     ];
     for (body, status, field) in cases {
         let (code, resp) = curl_post(&url, Some(body), &[]);
         assert_eq!(code, status, "{body}: {resp}");
         assert_eq!(resp["error"]["field"], field, "{body}: {resp}");
     }
-    assert_eq!(env.agent.client().get_json("/api/v1/faults").unwrap()["count"], 0, "nothing created");
+    assert_eq!(
+        env.agent.client().get_json("/api/v1/faults").unwrap()["count"],
+        0,
+        "nothing created"
+    );
 }
 
 #[test]
@@ -233,15 +372,38 @@ fn a_token_guards_the_api_and_401_403_say_why() {
     let url = inject_url(&env);
     let (code, body) = curl_post(&url, Some(LOSS_50), &[]);
     assert_eq!(code, 401, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("bearer token"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bearer token"),
+        "{body}"
+    );
     let (code, body) = curl_post(&url, Some(LOSS_50), &["-H", "Authorization: Bearer wrong"]);
     assert_eq!(code, 403, "{body}");
-    let (code, body) = curl_post(&url, Some(LOSS_50), &["-H", "Authorization: Bearer s3cret-token"]);
+    let (code, body) = curl_post(
+        &url,
+        Some(LOSS_50),
+        &["-H", "Authorization: Bearer s3cret-token"],
+    );
     assert_eq!(code, 200, "{body}");
-    let health = Command::new("curl").args(["-s", &format!("{}/health", env.agent.api_url())]).output().unwrap();
-    assert!(String::from_utf8_lossy(&health.stdout).contains("healthy"), "health stays open");
-    let out = env.agent.faultctl(&["--token", "s3cret-token", "list"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let health = Command::new("curl")
+        .args(["-s", &format!("{}/health", env.agent.api_url())])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&health.stdout).contains("healthy"),
+        "health stays open"
+    );
+    let out = env
+        .agent
+        .faultctl(&["--token", "s3cret-token", "list"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Without a token the agent refuses a non-loopback address.
     let out = Command::new(fault_testkit::bin_path("fault-agent").unwrap())

@@ -33,7 +33,11 @@ impl Client {
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .build();
-        Self { base: base.trim_end_matches('/').to_owned(), token: None, agent: config.into() }
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: None,
+            agent: config.into(),
+        }
     }
 
     /// Sends `Authorization: Bearer TOKEN` with every request.
@@ -61,7 +65,10 @@ impl Client {
                 .map_err(|e| ClientError::Transport(format!("unexpected answer ({e}): {body}")))
         } else {
             match serde_json::from_str::<ErrorBody>(&body) {
-                Ok(b) => Err(ClientError::Api { status, error: b.error }),
+                Ok(b) => Err(ClientError::Api {
+                    status,
+                    error: b.error,
+                }),
                 Err(_) => Err(ClientError::Api {
                     status,
                     error: ApiError::new("http", format!("HTTP {status}: {body}")),

@@ -3,7 +3,9 @@ use serde::{Deserialize, Serialize};
 
 /// A spec field that is wrong, and why. `field` is the JSON name (`loss_percent`, `to_cidrs[1]`);
 /// `message` says what was accepted (range, forms) and what was given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema,
+)]
 #[error("{field}: {message}")]
 pub struct FieldError {
     pub field: String,
@@ -12,7 +14,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -29,7 +34,9 @@ pub struct ErrorBody {
 /// (422), `not_found` (404), `conflict` (409, e.g. too many overlapping faults),
 /// `unsupported` (422, the kernel lacks what the fault needs), `unauthorized` (401),
 /// `forbidden` (403), `internal` (500).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema,
+)]
 #[error("{message}")]
 pub struct ApiError {
     pub code: String,
@@ -40,7 +47,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        Self { code: code.to_owned(), message: message.into(), field: None }
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+            field: None,
+        }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -51,7 +62,11 @@ impl ApiError {
 
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
-        ApiError { code: "invalid_field".into(), message: e.to_string(), field: Some(e.field) }
+        ApiError {
+            code: "invalid_field".into(),
+            message: e.to_string(),
+            field: Some(e.field),
+        }
     }
 }
 
@@ -73,7 +88,11 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Fiel
         // serde names a missing field only in the text (the path is its parent's).
         let named = msg
             .find('`')
-            .and_then(|s| msg[s + 1..].find('`').map(|e| msg[s + 1..s + 1 + e].to_owned()))
+            .and_then(|s| {
+                msg[s + 1..]
+                    .find('`')
+                    .map(|e| msg[s + 1..s + 1 + e].to_owned())
+            })
             .filter(|_| msg.starts_with("missing field"));
         let at_root = path == "." || path == "?" || path.is_empty();
         let field = match (named, at_root) {
@@ -84,6 +103,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Fiel
         };
         FieldError::new(field, msg)
     })?;
-    de.end().map_err(|e| FieldError::new("body", format!("malformed JSON: {e}")))?;
+    de.end()
+        .map_err(|e| FieldError::new("body", format!("malformed JSON: {e}")))?;
     Ok(value)
 }

@@ -43,7 +43,9 @@ impl std::fmt::Display for FaultState {
 }
 
 /// A pod a fault resolved to.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct PodRef {
     pub namespace: String,
     pub name: String,
@@ -56,7 +58,9 @@ pub struct PodRef {
 
 /// Packets the fault acted on, summed over CPUs (and nodes in cluster mode). Counts skbs: a
 /// TCP segmentation-offload super-packet counts once.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Counters {
     /// Packets that matched while the fault was active (protected traffic excluded).
     pub matched: u64,
@@ -148,6 +152,9 @@ pub fn new_fault_id() -> String {
         }
     }
     let mut id = String::from("f-");
-    id.extend(raw.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char));
+    id.extend(
+        raw.iter()
+            .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char),
+    );
     id
 }

@@ -57,7 +57,9 @@ impl PartitionType {
 }
 
 /// `mode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     #[default]
@@ -145,9 +147,12 @@ fn percent(name: &str, v: Option<f64>) -> Result<Option<Percent>, FieldError> {
     match v {
         None => Ok(None),
         Some(x) if x == 0.0 => Ok(None),
-        Some(x) => Percent::new(x)
-            .map(Some)
-            .map_err(|_| FieldError::new(field(name), format!("must be a percentage in [0, 100] (0 = off), got {x}"))),
+        Some(x) => Percent::new(x).map(Some).map_err(|_| {
+            FieldError::new(
+                field(name),
+                format!("must be a percentage in [0, 100] (0 = off), got {x}"),
+            )
+        }),
     }
 }
 
@@ -155,10 +160,15 @@ fn millis(name: &str, v: Option<f64>) -> Result<Option<FaultDuration>, FieldErro
     match v {
         None => Ok(None),
         Some(x) if x == 0.0 => Ok(None),
-        Some(x) if x.is_finite() && x > 0.0 && x.fract() == 0.0 => FaultDuration::from_millis(x as u64)
-            .map(Some)
-            .map_err(|e| FieldError::new(field(name), e)),
-        Some(x) => Err(FieldError::new(field(name), format!("must be a whole number of milliseconds >= 0, got {x}"))),
+        Some(x) if x.is_finite() && x > 0.0 && x.fract() == 0.0 => {
+            FaultDuration::from_millis(x as u64)
+                .map(Some)
+                .map_err(|e| FieldError::new(field(name), e))
+        }
+        Some(x) => Err(FieldError::new(
+            field(name),
+            format!("must be a whole number of milliseconds >= 0, got {x}"),
+        )),
     }
 }
 
@@ -167,7 +177,10 @@ fn selectors(name: &str, maps: &[BTreeMap<String, String>]) -> Result<Vec<Select
         .enumerate()
         .map(|(i, m)| {
             if m.is_empty() {
-                return Err(FieldError::new(format!("{}[{i}]", field(name)), "an empty label map would select every pod; list labels"));
+                return Err(FieldError::new(
+                    format!("{}[{i}]", field(name)),
+                    "an empty label map would select every pod; list labels",
+                ));
             }
             Selector::from_labels(m.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .map_err(|e| FieldError::new(format!("{}[{i}]", field(name)), e))
@@ -176,7 +189,10 @@ fn selectors(name: &str, maps: &[BTreeMap<String, String>]) -> Result<Vec<Select
 }
 
 fn nats_selectors() -> Vec<Selector> {
-    ["app.kubernetes.io/name=nats", "app=nats"].iter().filter_map(|s| s.parse().ok()).collect()
+    ["app.kubernetes.io/name=nats", "app=nats"]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 
 impl InjectRequest {
@@ -192,9 +208,14 @@ impl InjectRequest {
             .namespace
             .clone()
             .or_else(|| self.source.clone())
-            .ok_or_else(|| FieldError::new(field("namespace"), "give parameters.namespace or source"))?;
+            .ok_or_else(|| {
+                FieldError::new(field("namespace"), "give parameters.namespace or source")
+            })?;
         if p.target_pod_prefix.is_empty() {
-            return Err(FieldError::new(field("target_pod_prefix"), "must not be empty"));
+            return Err(FieldError::new(
+                field("target_pod_prefix"),
+                "must not be empty",
+            ));
         }
         let mut spec = FaultSpec::new(namespace.clone());
         spec.pod_prefix = Some(p.target_pod_prefix.clone());
@@ -206,11 +227,20 @@ impl InjectRequest {
                 FaultDuration::new(std::time::Duration::from_secs_f64(s.min(1e9)))
                     .map_err(|e| FieldError::new("duration", e))?,
             ),
-            Some(s) => return Err(FieldError::new("duration", format!("must be a positive number of seconds or null, got {s}"))),
+            Some(s) => {
+                return Err(FieldError::new(
+                    "duration",
+                    format!("must be a positive number of seconds or null, got {s}"),
+                ));
+            }
         };
         spec.labels.insert(LABEL_API.into(), "seed".into());
-        spec.labels.insert(LABEL_PARTITION_TYPE.into(), self.partition_type.as_str().into());
-        spec.labels.insert(LABEL_MODE.into(), self.mode.as_str().into());
+        spec.labels.insert(
+            LABEL_PARTITION_TYPE.into(),
+            self.partition_type.as_str().into(),
+        );
+        spec.labels
+            .insert(LABEL_MODE.into(), self.mode.as_str().into());
         match self.mode {
             Mode::Networkpolicy => self.networkpolicy(&mut spec)?,
             Mode::ChaosMesh => self.chaos_mesh(&mut spec)?,
@@ -228,16 +258,34 @@ impl InjectRequest {
     fn networkpolicy(&self, spec: &mut FaultSpec) -> Result<(), FieldError> {
         let p = &self.parameters;
         let chaos_only: [(&str, bool); 7] = [
-            ("packet_loss_percent", p.packet_loss_percent.is_some_and(|v| v != 0.0)),
+            (
+                "packet_loss_percent",
+                p.packet_loss_percent.is_some_and(|v| v != 0.0),
+            ),
             ("delay_ms", p.delay_ms.is_some_and(|v| v != 0.0)),
-            ("delay_jitter_ms", p.delay_jitter_ms.is_some_and(|v| v != 0.0)),
-            ("bandwidth_limit", p.bandwidth_limit.as_deref().is_some_and(|v| !v.is_empty())),
-            ("corrupt_percent", p.corrupt_percent.is_some_and(|v| v != 0.0)),
-            ("duplicate_percent", p.duplicate_percent.is_some_and(|v| v != 0.0)),
+            (
+                "delay_jitter_ms",
+                p.delay_jitter_ms.is_some_and(|v| v != 0.0),
+            ),
+            (
+                "bandwidth_limit",
+                p.bandwidth_limit.as_deref().is_some_and(|v| !v.is_empty()),
+            ),
+            (
+                "corrupt_percent",
+                p.corrupt_percent.is_some_and(|v| v != 0.0),
+            ),
+            (
+                "duplicate_percent",
+                p.duplicate_percent.is_some_and(|v| v != 0.0),
+            ),
             ("target_specific_pods", !p.target_specific_pods.is_empty()),
         ];
         if let Some((name, _)) = chaos_only.iter().find(|(_, set)| *set) {
-            return Err(FieldError::new(field(name), "is a chaos_mesh parameter: mode networkpolicy partitions only"));
+            return Err(FieldError::new(
+                field(name),
+                "is a chaos_mesh parameter: mode networkpolicy partitions only",
+            ));
         }
         let block_nats = p
             .block_nats
@@ -245,7 +293,11 @@ impl InjectRequest {
             .unwrap_or(self.partition_type == PartitionType::WorkerNats);
         spec.block_nats = block_nats;
         spec.partition = Some(PartitionMode::Connections);
-        spec.direction = if p.block_ingress { Direction::Both } else { Direction::Egress };
+        spec.direction = if p.block_ingress {
+            Direction::Both
+        } else {
+            Direction::Egress
+        };
         let specific = selectors("block_specific_pods", &p.block_specific_pods)?;
         if p.block_all_egress {
             // Every peer (spec with no peer selection).
@@ -268,7 +320,10 @@ impl InjectRequest {
             ("block_specific_pods", !p.block_specific_pods.is_empty()),
         ];
         if let Some((name, _)) = np_only.iter().find(|(_, set)| *set) {
-            return Err(FieldError::new(field(name), "is a networkpolicy parameter: mode chaos_mesh degrades only"));
+            return Err(FieldError::new(
+                field(name),
+                "is a networkpolicy parameter: mode chaos_mesh degrades only",
+            ));
         }
         spec.loss_percent = percent("packet_loss_percent", p.packet_loss_percent)?;
         spec.corrupt_percent = percent("corrupt_percent", p.corrupt_percent)?;
@@ -280,7 +335,10 @@ impl InjectRequest {
         }
         spec.rate = match p.bandwidth_limit.as_deref() {
             None | Some("") => None,
-            Some(r) => Some(r.parse::<Rate>().map_err(|e| FieldError::new(field("bandwidth_limit"), e))?),
+            Some(r) => Some(
+                r.parse::<Rate>()
+                    .map_err(|e| FieldError::new(field("bandwidth_limit"), e))?,
+            ),
         };
         let degrades = spec.loss_percent.is_some()
             || spec.corrupt_percent.is_some()
@@ -329,7 +387,10 @@ impl From<Fault> for SeedFault {
         let label = |k: &str| f.spec.labels.get(k).cloned();
         SeedFault {
             fault_id: f.id.clone(),
-            status: serde_json::to_value(f.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            status: serde_json::to_value(f.state)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
             partition_type: label(LABEL_PARTITION_TYPE),
             mode: label(LABEL_MODE),
             namespace: f.spec.namespace.clone(),
@@ -376,7 +437,10 @@ mod tests {
                 "block_specific_pods": [{"nvidia.com/dynamo-component-type": "worker"}]}}))
         .unwrap();
         assert_eq!(s.partition, Some(PartitionMode::Connections));
-        assert_eq!(s.to_selectors[0].to_string(), "nvidia.com/dynamo-component-type=worker");
+        assert_eq!(
+            s.to_selectors[0].to_string(),
+            "nvidia.com/dynamo-component-type=worker"
+        );
         assert!(!s.block_nats);
         // "Example: 50% Packet Loss"
         let s = req(json!({"partition_type": "worker_worker", "source": "dynamo", "target": "dynamo", "mode": "chaos_mesh", "duration": 120,
@@ -402,16 +466,48 @@ mod tests {
     fn bad_requests_name_the_field() {
         let base = |params: serde_json::Value| json!({"partition_type": "custom", "source": "d", "mode": "chaos_mesh", "parameters": params});
         let cases = [
-            (json!({"partition_type": "sideways", "parameters": {"target_pod_prefix": "w"}}), "partition_type"),
-            (json!({"partition_type": "custom", "source": "d", "parameters": {}}), "parameters.target_pod_prefix"),
-            (base(json!({"target_pod_prefix": "w", "packet_loss_percent": 150})), "parameters.packet_loss_percent"),
-            (base(json!({"target_pod_prefix": "w", "corrupt_percent": -1})), "parameters.corrupt_percent"),
-            (base(json!({"target_pod_prefix": "w"})), "parameters.packet_loss_percent"),
-            (base(json!({"target_pod_prefix": "w", "packet_loss_percent": 5, "block_ingress": true})), "parameters.block_ingress"),
-            (json!({"partition_type": "custom", "source": "d", "parameters": {"target_pod_prefix": "w", "delay_ms": 100}}), "parameters.delay_ms"),
-            (json!({"partition_type": "custom", "source": "d", "mode": "teleport", "parameters": {"target_pod_prefix": "w"}}), "mode"),
-            (json!({"partition_type": "custom", "source": "d", "duration": -3, "parameters": {"target_pod_prefix": "w"}}), "duration"),
-            (json!({"partition_type": "custom", "parameters": {"target_pod_prefix": "w"}}), "parameters.namespace"),
+            (
+                json!({"partition_type": "sideways", "parameters": {"target_pod_prefix": "w"}}),
+                "partition_type",
+            ),
+            (
+                json!({"partition_type": "custom", "source": "d", "parameters": {}}),
+                "parameters.target_pod_prefix",
+            ),
+            (
+                base(json!({"target_pod_prefix": "w", "packet_loss_percent": 150})),
+                "parameters.packet_loss_percent",
+            ),
+            (
+                base(json!({"target_pod_prefix": "w", "corrupt_percent": -1})),
+                "parameters.corrupt_percent",
+            ),
+            (
+                base(json!({"target_pod_prefix": "w"})),
+                "parameters.packet_loss_percent",
+            ),
+            (
+                base(
+                    json!({"target_pod_prefix": "w", "packet_loss_percent": 5, "block_ingress": true}),
+                ),
+                "parameters.block_ingress",
+            ),
+            (
+                json!({"partition_type": "custom", "source": "d", "parameters": {"target_pod_prefix": "w", "delay_ms": 100}}),
+                "parameters.delay_ms",
+            ),
+            (
+                json!({"partition_type": "custom", "source": "d", "mode": "teleport", "parameters": {"target_pod_prefix": "w"}}),
+                "mode",
+            ),
+            (
+                json!({"partition_type": "custom", "source": "d", "duration": -3, "parameters": {"target_pod_prefix": "w"}}),
+                "duration",
+            ),
+            (
+                json!({"partition_type": "custom", "parameters": {"target_pod_prefix": "w"}}),
+                "parameters.namespace",
+            ),
         ];
         for (body, f) in cases {
             let e = req(body.clone()).unwrap_err();

@@ -35,7 +35,9 @@ pub struct Selector {
 
 impl Selector {
     /// A selector of `key=value` requirements (Kubernetes `matchLabels`).
-    pub fn from_labels<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, String> {
+    pub fn from_labels<'a>(
+        labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, String> {
         let mut requirements = Vec::new();
         for (k, v) in labels {
             check_key(k)?;
@@ -67,7 +69,9 @@ impl Selector {
 }
 
 fn check_name(what: &str, s: &str) -> Result<(), String> {
-    let ok_chars = s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok_chars = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     let ends_ok = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
     if s.is_empty() || s.len() > 63 || !ok_chars || !ends_ok {
@@ -85,10 +89,13 @@ fn check_key(k: &str) -> Result<(), String> {
                 && prefix.len() <= 253
                 && prefix.split('.').all(|p| {
                     !p.is_empty()
-                        && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                        && p.chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 });
             if !prefix_ok {
-                return Err(format!("invalid label key prefix {prefix:?}: must be a DNS subdomain"));
+                return Err(format!(
+                    "invalid label key prefix {prefix:?}: must be a DNS subdomain"
+                ));
             }
             check_name("key", name)
         }
@@ -97,7 +104,11 @@ fn check_key(k: &str) -> Result<(), String> {
 }
 
 fn check_value(v: &str) -> Result<(), String> {
-    if v.is_empty() { Ok(()) } else { check_name("value", v) }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        check_name("value", v)
+    }
 }
 
 /// Splits on commas that are not inside parentheses.
@@ -176,7 +187,9 @@ fn parse_requirement(part: &str) -> Result<Requirement, String> {
             } else if let Some(set) = rest.strip_prefix("in") {
                 Ok(Requirement::In(key.into(), parse_set(set)?))
             } else {
-                Err(format!("expected =, ==, !=, in or notin after {key:?}, got {rest:?}"))
+                Err(format!(
+                    "expected =, ==, !=, in or notin after {key:?}, got {rest:?}"
+                ))
             }
         }
     }
@@ -230,13 +243,13 @@ impl<'de> Deserialize<'de> for Selector {
             Map(BTreeMap<String, String>),
         }
         match Form::deserialize(d).map_err(|_| {
-            de::Error::custom("expected a label selector string like \"app=x,tier=y\" or a map of labels")
+            de::Error::custom(
+                "expected a label selector string like \"app=x,tier=y\" or a map of labels",
+            )
         })? {
             Form::Str(s) => s.parse().map_err(de::Error::custom),
-            Form::Map(m) => {
-                Selector::from_labels(m.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                    .map_err(de::Error::custom)
-            }
+            Form::Map(m) => Selector::from_labels(m.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .map_err(de::Error::custom),
         }
     }
 }
@@ -246,18 +259,35 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn parses_and_matches_every_operator() {
-        let s: Selector = "app=decode, tier!=db,env in (prod, staging),!canary,nvidia.com/gpu".parse().unwrap();
+        let s: Selector = "app=decode, tier!=db,env in (prod, staging),!canary,nvidia.com/gpu"
+            .parse()
+            .unwrap();
         assert_eq!(s.requirements().len(), 5);
         let pod = labels(&[("app", "decode"), ("env", "prod"), ("nvidia.com/gpu", "1")]);
         assert!(s.matches(&pod));
-        assert!(!s.matches(&labels(&[("app", "decode"), ("env", "dev"), ("nvidia.com/gpu", "1")])));
-        assert!(!s.matches(&labels(&[("app", "decode"), ("env", "prod"), ("nvidia.com/gpu", "1"), ("canary", "")])));
-        assert_eq!(s.to_string(), "app=decode,tier!=db,env in (prod,staging),!canary,nvidia.com/gpu");
+        assert!(!s.matches(&labels(&[
+            ("app", "decode"),
+            ("env", "dev"),
+            ("nvidia.com/gpu", "1")
+        ])));
+        assert!(!s.matches(&labels(&[
+            ("app", "decode"),
+            ("env", "prod"),
+            ("nvidia.com/gpu", "1"),
+            ("canary", "")
+        ])));
+        assert_eq!(
+            s.to_string(),
+            "app=decode,tier!=db,env in (prod,staging),!canary,nvidia.com/gpu"
+        );
         let n: Selector = "env notin (prod)".parse().unwrap();
         assert!(n.matches(&labels(&[])));
         assert!(!n.matches(&labels(&[("env", "prod")])));
@@ -265,7 +295,17 @@ mod tests {
 
     #[test]
     fn rejects_malformed_selectors_with_a_reason() {
-        for bad in ["app=", "=x", "app=a b", "a,,b", "env in (a", "env in a", "app=x)", "-bad=x", "env within (a)"] {
+        for bad in [
+            "app=",
+            "=x",
+            "app=a b",
+            "a,,b",
+            "env in (a",
+            "env in a",
+            "app=x)",
+            "-bad=x",
+            "env within (a)",
+        ] {
             let e = bad.parse::<Selector>();
             // "app=" is a valid selector for an empty value in Kubernetes.
             if bad == "app=" {

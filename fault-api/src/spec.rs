@@ -13,7 +13,19 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use crate::{FaultDuration, FieldError, Percent, Rate, Selector};
 
 /// Transport protocol a fault is limited to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -35,7 +47,9 @@ impl std::str::FromStr for Protocol {
 }
 
 /// Direction relative to the target pods.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Traffic the targets send to the peers (the default).
@@ -169,7 +183,11 @@ pub struct FaultSpec {
     pub direction: Direction,
 
     /// Cut traffic: `true`/`"packets"` or `"connections"`.
-    #[serde(default, deserialize_with = "de_partition", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_partition",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub partition: Option<PartitionMode>,
     /// Drop this share of packets, percent in (0, 100].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,7 +234,9 @@ pub const NATS_CLIENT_PORT: u16 = 4222;
 pub fn check_namespace(field: &str, ns: &str) -> Result<(), FieldError> {
     let ok = !ns.is_empty()
         && ns.len() <= 63
-        && ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !ns.starts_with('-')
         && !ns.ends_with('-');
     if ok {
@@ -289,7 +309,10 @@ impl FaultSpec {
             return Err(FieldError::new("port", "must be a port in 1-65535, got 0"));
         }
         if self.port.is_some() && self.protocol == Some(Protocol::Icmp) {
-            return Err(FieldError::new("port", "ICMP has no ports: drop port or protocol"));
+            return Err(FieldError::new(
+                "port",
+                "ICMP has no ports: drop port or protocol",
+            ));
         }
         let degrades = self.loss_percent.is_some()
             || self.corrupt_percent.is_some()
@@ -327,7 +350,10 @@ impl FaultSpec {
             if total > std::time::Duration::from_secs(10) {
                 return Err(FieldError::new(
                     "delay",
-                    format!("delay plus jitter must be at most 10s (the fq horizon is 12s), got {}", humantime::format_duration(total)),
+                    format!(
+                        "delay plus jitter must be at most 10s (the fq horizon is 12s), got {}",
+                        humantime::format_duration(total)
+                    ),
                 ));
             }
         }
@@ -388,10 +414,19 @@ mod tests {
             ("namespace", Box::new(|s| s.namespace = "Bad_NS".into())),
             ("pod_prefix", Box::new(|s| s.pod_prefix = None)),
             ("partition", Box::new(|s| s.partition = None)),
-            ("partition", Box::new(|s| s.loss_percent = Some("3".parse().unwrap()))),
+            (
+                "partition",
+                Box::new(|s| s.loss_percent = Some("3".parse().unwrap())),
+            ),
             ("port", Box::new(|s| s.port = Some(0))),
-            ("to_cidrs[0]", Box::new(|s| s.to_cidrs = vec!["198.18.0.1/24".parse().unwrap()])),
-            ("allow_namespaces[1]", Box::new(|s| s.allow_namespaces = vec!["ok".into(), "NO".into()])),
+            (
+                "to_cidrs[0]",
+                Box::new(|s| s.to_cidrs = vec!["198.18.0.1/24".parse().unwrap()]),
+            ),
+            (
+                "allow_namespaces[1]",
+                Box::new(|s| s.allow_namespaces = vec!["ok".into(), "NO".into()]),
+            ),
         ];
         for (field, mutate) in cases {
             let mut s = base();
@@ -402,10 +437,12 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field() {
-        let e = FaultSpec::from_json(br#"{"namespace":"a","pod_prefix":"p","loss_percent":150}"#).unwrap_err();
+        let e = FaultSpec::from_json(br#"{"namespace":"a","pod_prefix":"p","loss_percent":150}"#)
+            .unwrap_err();
         assert_eq!(e.field, "loss_percent");
         assert!(e.message.contains("(0, 100]"), "{}", e.message);
-        let e = FaultSpec::from_json(br#"{"namespace":"a","pod_prefix":"p","duration":"-3s"}"#).unwrap_err();
+        let e = FaultSpec::from_json(br#"{"namespace":"a","pod_prefix":"p","duration":"-3s"}"#)
+            .unwrap_err();
         assert_eq!(e.field, "duration");
         let e = FaultSpec::from_json(br#"{"pod_prefix":"p"}"#).unwrap_err();
         assert_eq!(e.field, "namespace");
@@ -413,7 +450,8 @@ mod tests {
         assert_eq!(e.field, "lossy");
         let e = FaultSpec::from_json(br#"{"namespace":"a","selector":"app=(x"}"#).unwrap_err();
         assert_eq!(e.field, "selector");
-        let e = FaultSpec::from_json(br#"{"namespace":"a","to_selectors":["ok=1","bad=a b"]}"#).unwrap_err();
+        let e = FaultSpec::from_json(br#"{"namespace":"a","to_selectors":["ok=1","bad=a b"]}"#)
+            .unwrap_err();
         assert_eq!(e.field, "to_selectors[1]");
         let e = FaultSpec::from_json(b"{not json").unwrap_err();
         assert_eq!(e.field, "body");
@@ -421,11 +459,16 @@ mod tests {
 
     #[test]
     fn partition_accepts_bool_or_mode() {
-        let s = FaultSpec::from_json(br#"{"namespace":"a","pod_prefix":"p","partition":true}"#).unwrap();
+        let s = FaultSpec::from_json(br#"{"namespace":"a","pod_prefix":"p","partition":true}"#)
+            .unwrap();
         assert_eq!(s.partition, Some(PartitionMode::Packets));
-        let s = FaultSpec::from_json(br#"{"namespace":"a","pod_prefix":"p","partition":"connections"}"#).unwrap();
+        let s = FaultSpec::from_json(
+            br#"{"namespace":"a","pod_prefix":"p","partition":"connections"}"#,
+        )
+        .unwrap();
         assert_eq!(s.partition, Some(PartitionMode::Connections));
-        let s = FaultSpec::from_json(br#"{"namespace":"a","pod_prefix":"p","partition":false}"#).unwrap();
+        let s = FaultSpec::from_json(br#"{"namespace":"a","pod_prefix":"p","partition":false}"#)
+            .unwrap();
         assert_eq!(s.partition, None);
     }
 }

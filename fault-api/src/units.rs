@@ -36,8 +36,9 @@ impl FromStr for Percent {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         let t = t.strip_suffix('%').unwrap_or(t).trim();
-        let v: f64 =
-            t.parse().map_err(|_| format!("must be a percentage like 30 or 30%, got {s:?}"))?;
+        let v: f64 = t
+            .parse()
+            .map_err(|_| format!("must be a percentage like 30 or 30%, got {s:?}"))?;
         Percent::new(v)
     }
 }
@@ -84,7 +85,10 @@ impl FaultDuration {
         if d.is_zero() {
             Err("must be a positive duration like 500ms, 30s or 5m, got 0".into())
         } else if d > Self::MAX {
-            Err(format!("must be at most 7 days, got {}", humantime::format_duration(d)))
+            Err(format!(
+                "must be at most 7 days, got {}",
+                humantime::format_duration(d)
+            ))
         } else {
             Ok(Self(d))
         }
@@ -109,11 +113,12 @@ impl FromStr for FaultDuration {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         if t.starts_with('-') {
-            return Err(format!("must be a positive duration like 500ms, 30s or 5m, got {s:?}"));
+            return Err(format!(
+                "must be a positive duration like 500ms, 30s or 5m, got {s:?}"
+            ));
         }
-        let d = humantime::parse_duration(t).map_err(|e| {
-            format!("must be a duration like 500ms, 30s or 5m, got {s:?} ({e})")
-        })?;
+        let d = humantime::parse_duration(t)
+            .map_err(|e| format!("must be a duration like 500ms, 30s or 5m, got {s:?} ({e})"))?;
         FaultDuration::new(d)
     }
 }
@@ -164,7 +169,9 @@ impl Rate {
         if (Self::MIN_BYTES_PER_SEC..=Self::MAX_BYTES_PER_SEC).contains(&b) {
             Ok(Self { bytes_per_sec: b })
         } else {
-            Err(format!("must be between 8bit and 100gbit per second, got {b} bytes/s"))
+            Err(format!(
+                "must be between 8bit and 100gbit per second, got {b} bytes/s"
+            ))
         }
     }
 
@@ -178,7 +185,9 @@ impl FromStr for Rate {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim().to_ascii_lowercase();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let bad = || format!("must be a rate like 1mbit, 500kbit or 1mbps (tc units), got {s:?}");
         let v: f64 = num.parse().map_err(|_| bad())?;

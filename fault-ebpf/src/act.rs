@@ -48,12 +48,16 @@ pub fn rand() -> u32 {
 /// Runs fault `slot` on the packet described by `s`; returns the verdict.
 #[inline(never)]
 pub fn one(ctx: &TcContext, s: &Scratch, slot: u32) -> i32 {
-    let Some(fault) = FL_FAULTS.get(slot) else { return verdict::NEXT };
+    let Some(fault) = FL_FAULTS.get(slot) else {
+        return verdict::NEXT;
+    };
     // The deadline is enforced here, so an expired fault stops even if the agent is dead.
     if s.now >= fault.deadline_ns || protected(fault.flags, &s.pkt, &s.flow) {
         return verdict::NEXT;
     }
-    let Some(stats) = FL_STATS.get_ptr_mut(slot) else { return verdict::NEXT };
+    let Some(stats) = FL_STATS.get_ptr_mut(slot) else {
+        return verdict::NEXT;
+    };
     // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
     let stats = unsafe { &mut *stats };
     if s.hook != Hook::PodEgress {
@@ -62,7 +66,10 @@ pub fn one(ctx: &TcContext, s: &Scratch, slot: u32) -> i32 {
             stats.dropped += 1;
             return verdict::DROP;
         }
-        if fault.corrupt_ppm != 0 && chance(rand(), fault.corrupt_ppm) && corrupt::payload(ctx, &s.pkt) {
+        if fault.corrupt_ppm != 0
+            && chance(rand(), fault.corrupt_ppm)
+            && corrupt::payload(ctx, &s.pkt)
+        {
             stats.corrupted += 1;
         }
     }
@@ -90,8 +97,14 @@ pub fn one(ctx: &TcContext, s: &Scratch, slot: u32) -> i32 {
 #[inline(always)]
 fn protected(flags: u32, pkt: &Packet, flow: &Flow) -> bool {
     match pkt.proto {
-        proto::TCP | proto::UDP if flags & FAULT_PROTECT_DNS != 0 && flow.peer_port == DNS_PORT => true,
-        proto::TCP if flags & FAULT_PROTECT_NATS_PORT != 0 && flow.peer_port == NATS_CLIENT_PORT => true,
+        proto::TCP | proto::UDP if flags & FAULT_PROTECT_DNS != 0 && flow.peer_port == DNS_PORT => {
+            true
+        }
+        proto::TCP
+            if flags & FAULT_PROTECT_NATS_PORT != 0 && flow.peer_port == NATS_CLIENT_PORT =>
+        {
+            true
+        }
         proto::ICMP => pkt.icmp_type >= ICMPV6_ND_FIRST && pkt.icmp_type <= ICMPV6_ND_LAST,
         _ => false,
     }
@@ -102,7 +115,9 @@ fn drops(fault: &FaultParams, pkt: &Packet, flow: &Flow, direction: Direction, n
     if fault.flags & FAULT_PARTITION != 0 {
         return true;
     }
-    if fault.flags & FAULT_PARTITION_CONNECTIONS != 0 && conntrack::opens_connection(pkt, flow, direction, now) {
+    if fault.flags & FAULT_PARTITION_CONNECTIONS != 0
+        && conntrack::opens_connection(pkt, flow, direction, now)
+    {
         return true;
     }
     fault.loss_ppm != 0 && chance(rand(), fault.loss_ppm)

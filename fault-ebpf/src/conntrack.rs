@@ -1,8 +1,9 @@
 //! The state behind connection-aware partitions (see `fault_common::ct` for the semantics).
 use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use fault_common::{
-    Direction, proto,
+    Direction,
     ct::{CT_UDP_TIMEOUT_NS, CtKey, CtValue},
+    proto,
 };
 
 use crate::{
@@ -32,7 +33,9 @@ pub fn record(pkt: &Packet, flow: &Flow, direction: Direction) {
     if pkt.proto != proto::UDP {
         return;
     }
-    let value = CtValue { last_seen_ns: unsafe { bpf_ktime_get_boot_ns() } };
+    let value = CtValue {
+        last_seen_ns: unsafe { bpf_ktime_get_boot_ns() },
+    };
     let _ = FL_CT.insert(&key(pkt, flow, direction), &value, 0);
 }
 

@@ -25,12 +25,19 @@ pub fn payload(ctx: &TcContext, pkt: &Packet) -> bool {
     let words = (pkt.end_off - pkt.payload_off) / 2;
     let r = rand();
     // Even offsets from the L4 header keep the word aligned with the checksum's 16-bit sums.
-    let Some(word) = ((r >> 4) as usize).checked_rem(words) else { return false };
+    let Some(word) = ((r >> 4) as usize).checked_rem(words) else {
+        return false;
+    };
     let off = pkt.payload_off + word * 2;
-    let Ok(old) = ctx.load::<[u8; 2]>(off) else { return false };
+    let Ok(old) = ctx.load::<[u8; 2]>(off) else {
+        return false;
+    };
     let old = u16::from_ne_bytes(old);
     let new = old ^ (1u16 << (r & 15));
-    if ctx.store(off, &new.to_ne_bytes(), BPF_F_RECOMPUTE_CSUM as u64).is_err() {
+    if ctx
+        .store(off, &new.to_ne_bytes(), BPF_F_RECOMPUTE_CSUM as u64)
+        .is_err()
+    {
         return false;
     }
     let mut flags = CSUM_SIZE_16;
@@ -38,5 +45,6 @@ pub fn payload(ctx: &TcContext, pkt: &Packet) -> bool {
         // A zero UDP checksum (IPv4: "none") stays zero.
         flags |= BPF_F_MARK_MANGLED_0 as u64;
     }
-    ctx.l4_csum_replace(pkt.csum_off, old as u64, new as u64, flags).is_ok()
+    ctx.l4_csum_replace(pkt.csum_off, old as u64, new as u64, flags)
+        .is_ok()
 }

@@ -26,7 +26,9 @@ pub fn duplicate(ctx: &TcContext, ingress: bool) -> bool {
     let skb = ctx.skb.skb;
     let (mark, ifindex) = unsafe { ((*skb).mark, (*skb).ifindex) };
     ctx.set_mark(DUPLICATE_MARK);
-    let ok = ctx.clone_redirect(ifindex, if ingress { BPF_F_INGRESS } else { 0 }).is_ok();
+    let ok = ctx
+        .clone_redirect(ifindex, if ingress { BPF_F_INGRESS } else { 0 })
+        .is_ok();
     ctx.set_mark(mark);
     ok
 }

@@ -33,7 +33,13 @@ pub enum Scheduled {
 
 /// Sets the departure time of the packet for `fault`.
 #[inline(always)]
-pub fn schedule(ctx: &TcContext, fault: &FaultParams, slot: u16, target: &[u8; 16], direction: Direction) -> Scheduled {
+pub fn schedule(
+    ctx: &TcContext,
+    fault: &FaultParams,
+    slot: u16,
+    target: &[u8; 16],
+    direction: Direction,
+) -> Scheduled {
     if fault.delay_ns == 0 && fault.rate_bytes_per_sec == 0 {
         return Scheduled::Untouched;
     }
@@ -42,7 +48,12 @@ pub fn schedule(ctx: &TcContext, fault: &FaultParams, slot: u16, target: &[u8; 1
     let current = unsafe { (*skb).tstamp };
     let mut t = if current > now { current } else { now };
     if fault.rate_bytes_per_sec != 0 {
-        let key = RateKey { addr: *target, slot, direction: direction as u8, _pad: [0; 5] };
+        let key = RateKey {
+            addr: *target,
+            slot,
+            direction: direction as u8,
+            _pad: [0; 5],
+        };
         let len = ctx.len() as u64;
         let next = match FL_RATE.get_ptr_mut(&key) {
             Some(s) => unsafe { (*s).next_ns },
@@ -54,7 +65,9 @@ pub fn schedule(ctx: &TcContext, fault: &FaultParams, slot: u16, target: &[u8; 1
         if t - now > RATE_MAX_BACKLOG_NS {
             return Scheduled::Drop;
         }
-        let state = RateState { next_ns: t + len * 1_000_000_000 / fault.rate_bytes_per_sec };
+        let state = RateState {
+            next_ns: t + len * 1_000_000_000 / fault.rate_bytes_per_sec,
+        };
         let _ = FL_RATE.insert(&key, &state, 0);
     }
     if fault.delay_ns != 0 {

@@ -1,8 +1,8 @@
 //! Finding a packet's target pod and the rules that apply (see `fault_common` for the tables).
 use aya_ebpf::maps::lpm_trie::Key;
 use fault_common::{
-    RULE_FULL_BITS, RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES,
-    TargetKey, TargetValue, proto,
+    RULE_FULL_BITS, RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES, TargetKey,
+    TargetValue, proto,
 };
 
 use crate::maps::{FL_RULES, FL_TARGETS};
@@ -28,7 +28,13 @@ pub fn rule(
 ) -> Option<&'static RuleValue> {
     let mut key = Key::new(
         RULE_FULL_BITS,
-        RuleKey { policy: target.policy.to_be_bytes(), proto, _pad: 0, port: peer_port, peer: *peer },
+        RuleKey {
+            policy: target.policy.to_be_bytes(),
+            proto,
+            _pad: 0,
+            port: peer_port,
+            peer: *peer,
+        },
     );
     if target.flags & TARGET_HAS_PORT_RULES != 0 && peer_port != [0, 0] {
         if let Some(rule) = FL_RULES.get(&key) {

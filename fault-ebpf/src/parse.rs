@@ -100,7 +100,9 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
 
 #[inline(always)]
 fn mapped_v4(addr: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
 }
 
 /// Makes the headers a lookup needs linear (they nearly always are already).
@@ -108,7 +110,11 @@ fn mapped_v4(addr: [u8; 4]) -> [u8; 16] {
 pub fn pull_headers(ctx: &TcContext) -> Option<()> {
     let linear = (ctx.data_end() - ctx.data()) as u32;
     if linear < HEADERS_PULL && ctx.len() > linear {
-        let want = if ctx.len() < HEADERS_PULL { ctx.len() } else { HEADERS_PULL };
+        let want = if ctx.len() < HEADERS_PULL {
+            ctx.len()
+        } else {
+            HEADERS_PULL
+        };
         ctx.pull_data(want).ok()?;
     }
     Some(())
@@ -121,7 +127,11 @@ pub fn pull_headers(ctx: &TcContext) -> Option<()> {
 pub fn target_key(ctx: &TcContext, direction: Direction) -> Option<TargetKey> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    let mut key = TargetKey { addr: [0; 16], direction: direction as u8, _pad: [0; 3] };
+    let mut key = TargetKey {
+        addr: [0; 16],
+        direction: direction as u8,
+        _pad: [0; 3],
+    };
     if ether_type == ETH_P_IP {
         let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
         let a = match direction {
@@ -198,8 +208,14 @@ pub fn packet(ctx: &TcContext, pkt: &mut Packet) -> Option<()> {
 #[inline(always)]
 pub fn l4(ctx: &TcContext, pkt: &mut Packet) {
     if pkt.ipv6 {
-        let Some((next, off, first_fragment)) = skip_ipv6_extensions(ctx, pkt.proto) else { return };
-        pkt.proto = if next == proto::ICMPV6 { proto::ICMP } else { next };
+        let Some((next, off, first_fragment)) = skip_ipv6_extensions(ctx, pkt.proto) else {
+            return;
+        };
+        pkt.proto = if next == proto::ICMPV6 {
+            proto::ICMP
+        } else {
+            next
+        };
         pkt.l4_off = off;
         pkt.first_fragment = first_fragment;
     }
@@ -238,24 +254,32 @@ fn skip_ipv6_extensions(ctx: &TcContext, first: u8) -> Option<(u8, usize, bool)>
 fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4_off: usize) {
     match pkt.proto {
         proto::TCP => {
-            let Ok(tcp) = ctx.load::<TcpHdr>(l4_off) else { return };
+            let Ok(tcp) = ctx.load::<TcpHdr>(l4_off) else {
+                return;
+            };
             pkt.src_port = tcp.source;
             pkt.dst_port = tcp.dest;
             // Byte 13 of the TCP header holds the flags, byte 12 the data offset.
-            let Ok(bytes) = ctx.load::<[u8; 2]>(l4_off + 12) else { return };
+            let Ok(bytes) = ctx.load::<[u8; 2]>(l4_off + 12) else {
+                return;
+            };
             pkt.tcp_flags = bytes[1];
             pkt.csum_off = l4_off + 16;
             pkt.payload_off = l4_off + (bytes[0] >> 4) as usize * 4;
         }
         proto::UDP => {
-            let Ok(udp) = ctx.load::<UdpHdr>(l4_off) else { return };
+            let Ok(udp) = ctx.load::<UdpHdr>(l4_off) else {
+                return;
+            };
             pkt.src_port = udp.src;
             pkt.dst_port = udp.dst;
             pkt.csum_off = l4_off + 6;
             pkt.payload_off = l4_off + UdpHdr::LEN;
         }
         proto::ICMP => {
-            let Ok(ty) = ctx.load::<u8>(l4_off) else { return };
+            let Ok(ty) = ctx.load::<u8>(l4_off) else {
+                return;
+            };
             pkt.icmp_type = ty;
             pkt.csum_off = l4_off + 2;
             pkt.payload_off = l4_off + ICMP_HDR_LEN;

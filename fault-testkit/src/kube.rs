@@ -21,10 +21,12 @@ pub const ADMIN_TOKEN: &str = "faultline-testenv-admin";
 
 /// Where the kube binaries are cached.
 pub fn kube_bin_dir() -> PathBuf {
-    std::env::var_os("FAULTLINE_KUBE_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        Path::new(&home).join(".cache/faultline/kube-v1.20.2/bin")
-    })
+    std::env::var_os("FAULTLINE_KUBE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+            Path::new(&home).join(".cache/faultline/kube-v1.20.2/bin")
+        })
 }
 
 fn free_port() -> Result<u16> {
@@ -41,7 +43,10 @@ fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
             Ok(())
         });
     }
-    cmd.stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("starting {:?}", cmd.get_program()))
+    cmd.stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))
 }
 
 /// A running API server (and its etcd).
@@ -57,34 +62,98 @@ impl KubeEnv {
         let bin = kube_bin_dir();
         let apiserver = bin.join("kube-apiserver");
         if !apiserver.exists() {
-            bail!("{} missing: run `cargo xtask kube build` (or `cargo xtask test`)", apiserver.display());
+            bail!(
+                "{} missing: run `cargo xtask kube build` (or `cargo xtask test`)",
+                apiserver.display()
+            );
         }
-        let dir = tempfile::Builder::new().prefix("faultline-kube-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("faultline-kube-")
+            .tempdir()?;
         let d = dir.path();
         let (port, etcd_client, etcd_peer) = (free_port()?, free_port()?, free_port()?);
         let pki = d.join("pki");
         std::fs::create_dir_all(&pki)?;
         let ssl = |args: &[&str]| crate::run("openssl", args).map(|_| ());
         let p = |f: &str| pki.join(f).display().to_string();
-        ssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=faultline-testenv-ca", "-keyout", &p("ca.key"), "-out", &p("ca.crt")])?;
-        ssl(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver", "-keyout", &p("apiserver.key"), "-out", &p("apiserver.csr")])?;
-        std::fs::write(pki.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")?;
-        ssl(&["x509", "-req", "-in", &p("apiserver.csr"), "-CA", &p("ca.crt"), "-CAkey", &p("ca.key"), "-CAcreateserial", "-days", "2", "-extfile", &p("san.ext"), "-out", &p("apiserver.crt")])?;
+        ssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=faultline-testenv-ca",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+        ])?;
+        ssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=kube-apiserver",
+            "-keyout",
+            &p("apiserver.key"),
+            "-out",
+            &p("apiserver.csr"),
+        ])?;
+        std::fs::write(
+            pki.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )?;
+        ssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p("apiserver.csr"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &p("san.ext"),
+            "-out",
+            &p("apiserver.crt"),
+        ])?;
         ssl(&["genrsa", "-out", &p("sa.key"), "2048"])?;
         ssl(&["rsa", "-in", &p("sa.key"), "-pubout", "-out", &p("sa.pub")])?;
-        std::fs::write(pki.join("tokens.csv"), format!("{ADMIN_TOKEN},admin,uid-admin,\"system:masters\"\n"))?;
+        std::fs::write(
+            pki.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},admin,uid-admin,\"system:masters\"\n"),
+        )?;
 
-        let mut env = Self { dir, children: vec![], port };
+        let mut env = Self {
+            dir,
+            children: vec![],
+            port,
+        };
         let d = env.dir.path().to_owned();
         env.children.push(spawn(
             Command::new("etcd")
                 .arg("--data-dir")
                 .arg(d.join("etcd"))
-                .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"))
-                .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"))
+                .arg(format!(
+                    "--listen-client-urls=http://127.0.0.1:{etcd_client}"
+                ))
+                .arg(format!(
+                    "--advertise-client-urls=http://127.0.0.1:{etcd_client}"
+                ))
                 .arg(format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"))
-                .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"))
-                .arg(format!("--initial-cluster=default=http://127.0.0.1:{etcd_peer}")),
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"
+                ))
+                .arg(format!(
+                    "--initial-cluster=default=http://127.0.0.1:{etcd_peer}"
+                )),
             &d.join("etcd.log"),
         )?);
         env.children.push(spawn(
@@ -98,9 +167,18 @@ impl KubeEnv {
                 .arg(format!("--token-auth-file={}", p("tokens.csv")))
                 .arg("--service-account-issuer=https://kubernetes.default.svc")
                 .arg(format!("--service-account-key-file={}", p("sa.pub")))
-                .arg(format!("--service-account-signing-key-file={}", p("sa.key")))
-                .args(["--service-cluster-ip-range=198.19.255.0/24", "--authorization-mode=RBAC"])
-                .args(["--disable-admission-plugins=ServiceAccount", "--endpoint-reconciler-type=none"]),
+                .arg(format!(
+                    "--service-account-signing-key-file={}",
+                    p("sa.key")
+                ))
+                .args([
+                    "--service-cluster-ip-range=198.19.255.0/24",
+                    "--authorization-mode=RBAC",
+                ])
+                .args([
+                    "--disable-admission-plugins=ServiceAccount",
+                    "--endpoint-reconciler-type=none",
+                ]),
             &d.join("apiserver.log"),
         )?);
         std::fs::write(
@@ -135,7 +213,10 @@ impl KubeEnv {
                 return Ok(());
             }
             if start.elapsed() > timeout {
-                bail!("the test API server was not ready within {timeout:?}:\n{}", self.log());
+                bail!(
+                    "the test API server was not ready within {timeout:?}:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -157,7 +238,10 @@ impl KubeEnv {
         for f in ["etcd.log", "apiserver.log"] {
             let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(20).collect();
-            s.push_str(&format!("--- {f}\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+            s.push_str(&format!(
+                "--- {f}\n{}\n",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
         }
         s
     }
@@ -166,7 +250,10 @@ impl KubeEnv {
 impl Drop for KubeEnv {
     fn drop(&mut self) {
         for c in self.children.iter_mut().rev() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for c in self.children.iter_mut() {

@@ -16,7 +16,10 @@ pub struct CleanupArgs {
 }
 
 pub fn run(client: &Client, out: Output, args: CleanupArgs) -> Result<(), CliError> {
-    let res = client.cleanup(&CleanupRequest { namespace: args.namespace, all: args.all })?;
+    let res = client.cleanup(&CleanupRequest {
+        namespace: args.namespace,
+        all: args.all,
+    })?;
     match out {
         Output::Json => println!("{}", serde_json::json!({ "recovered": res.recovered })),
         Output::Table => {

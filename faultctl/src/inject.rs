@@ -2,8 +2,8 @@
 //! agent runs (errors name the flag), then sent.
 use clap::Args;
 use fault_api::{
-    ApiError, Direction, FaultDuration, FaultSpec, PartitionMode, Percent, Protocol, Rate, Selector,
-    client::Client,
+    ApiError, Direction, FaultDuration, FaultSpec, PartitionMode, Percent, Protocol, Rate,
+    Selector, client::Client,
 };
 use ipnet::IpNet;
 
@@ -116,7 +116,8 @@ pub fn run(client: &Client, out: Output, args: InjectArgs) -> Result<(), CliErro
     if let Err(e) = spec.validate() {
         let flag = flag_of(&e.field);
         return Err(CliError::Usage(
-            ApiError::new("invalid_field", format!("invalid {flag}: {}", e.message)).with_field(e.field),
+            ApiError::new("invalid_field", format!("invalid {flag}: {}", e.message))
+                .with_field(e.field),
         ));
     }
     let fault = client.create(&spec)?;

@@ -14,10 +14,19 @@ use fault_api::client::Client;
 use output::{Output, fail};
 
 #[derive(Parser)]
-#[command(name = "faultctl", version, about = "Inject, list and recover network faults between pods (Faultline)")]
+#[command(
+    name = "faultctl",
+    version,
+    about = "Inject, list and recover network faults between pods (Faultline)"
+)]
 struct Cli {
     /// Agent API URL.
-    #[arg(long, global = true, env = "FAULTLINE_API", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "FAULTLINE_API",
+        default_value = "http://127.0.0.1:8080"
+    )]
     api: String,
     /// Bearer token for the API (or env FAULTLINE_TOKEN).
     #[arg(long, global = true, env = "FAULTLINE_TOKEN", hide_env_values = true)]
@@ -55,14 +64,26 @@ fn main() -> ExitCode {
     let out = cli.output;
     let result = match cli.command {
         Command::Inject(args) => inject::run(&client, out, *args),
-        Command::List { namespace } => {
-            client.list(namespace.as_deref()).map(|l| out.faults(&l.faults)).map_err(Into::into)
-        }
-        Command::Get { id } => client.get_fault(&id).map(|f| out.fault(&f)).map_err(Into::into),
-        Command::Recover { id } => client.recover(&id).map(|f| out.recovered(&f)).map_err(Into::into),
+        Command::List { namespace } => client
+            .list(namespace.as_deref())
+            .map(|l| out.faults(&l.faults))
+            .map_err(Into::into),
+        Command::Get { id } => client
+            .get_fault(&id)
+            .map(|f| out.fault(&f))
+            .map_err(Into::into),
+        Command::Recover { id } => client
+            .recover(&id)
+            .map(|f| out.recovered(&f))
+            .map_err(Into::into),
         Command::Cleanup(args) => cleanup::run(&client, out, args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "faultctl", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "faultctl",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
     };

@@ -41,7 +41,9 @@ pub fn fail(out: Output, e: CliError) -> ExitCode {
         CliError::Client(ClientError::Transport(m)) => (1, ApiError::new("unreachable", m), None),
     };
     match out {
-        Output::Json => match serde_json::to_string_pretty(&fault_api::ErrorBody { error: error.clone() }) {
+        Output::Json => match serde_json::to_string_pretty(&fault_api::ErrorBody {
+            error: error.clone(),
+        }) {
             Ok(s) => eprintln!("{s}"),
             Err(_) => eprintln!("error: {}", error.message),
         },
@@ -55,7 +57,11 @@ pub fn fail(out: Output, e: CliError) -> ExitCode {
 
 fn ago_or_in(t: jiff::Timestamp) -> String {
     let secs = t.duration_since(jiff::Timestamp::now()).as_secs();
-    if secs >= 0 { format!("in {secs}s") } else { format!("{}s ago", -secs) }
+    if secs >= 0 {
+        format!("in {secs}s")
+    } else {
+        format!("{}s ago", -secs)
+    }
 }
 
 fn action(f: &Fault) -> String {
@@ -84,9 +90,15 @@ fn action(f: &Fault) -> String {
 
 fn table(rows: Vec<Vec<String>>) {
     let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
     for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
         println!("{}", line.join("  ").trim_end());
     }
 }
@@ -98,12 +110,28 @@ impl Output {
             return print_json(&serde_json::json!({ "faults": faults }));
         }
         let mut rows = vec![
-            ["ID", "NAMESPACE", "STATE", "ACTION", "DIRECTION", "TARGETS", "PEERS", "EXPIRES", "MATCHED", "DROPPED", "CORRUPTED"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "ID",
+                "NAMESPACE",
+                "STATE",
+                "ACTION",
+                "DIRECTION",
+                "TARGETS",
+                "PEERS",
+                "EXPIRES",
+                "MATCHED",
+                "DROPPED",
+                "CORRUPTED",
+            ]
+            .map(String::from)
+            .to_vec(),
         ];
         for f in faults {
-            let peers = if f.spec.all_peers() { "all".into() } else { (f.peers.len() + f.peer_cidrs.len()).to_string() };
+            let peers = if f.spec.all_peers() {
+                "all".into()
+            } else {
+                (f.peers.len() + f.peer_cidrs.len()).to_string()
+            };
             rows.push(vec![
                 f.id.clone(),
                 f.spec.namespace.clone(),
@@ -112,7 +140,11 @@ impl Output {
                 format!("{:?}", f.spec.direction).to_lowercase(),
                 f.targets.len().to_string(),
                 peers,
-                if f.state.is_live() { ago_or_in(f.expires_at) } else { "-".into() },
+                if f.state.is_live() {
+                    ago_or_in(f.expires_at)
+                } else {
+                    "-".into()
+                },
                 f.counters.matched.to_string(),
                 f.counters.dropped.to_string(),
                 f.counters.corrupted.to_string(),
@@ -127,24 +159,51 @@ impl Output {
             return print_json(f);
         }
         println!("id:         {}", f.id);
-        println!("state:      {}{}", f.state, f.message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default());
+        println!(
+            "state:      {}{}",
+            f.state,
+            f.message
+                .as_ref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        );
         println!("action:     {}", action(f));
         println!("direction:  {:?}", f.spec.direction);
         println!("created:    {}", f.created_at);
         println!("expires:    {} ({})", f.expires_at, ago_or_in(f.expires_at));
-        println!("targets:    {}", f.targets.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect::<Vec<_>>().join(", "));
+        println!(
+            "targets:    {}",
+            f.targets
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         if f.spec.all_peers() {
             println!("peers:      all");
         } else {
-            let mut peers: Vec<String> = f.peers.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect();
+            let mut peers: Vec<String> = f
+                .peers
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect();
             peers.extend(f.peer_cidrs.iter().map(|c| c.to_string()));
             println!("peers:      {}", peers.join(", "));
         }
         for (why, ips) in &f.protected {
-            println!("protected:  {why}: {}", ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
+            println!(
+                "protected:  {why}: {}",
+                ips.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         let c = &f.counters;
-        println!("counters:   matched {} dropped {} corrupted {}", c.matched, c.dropped, c.corrupted);
+        println!(
+            "counters:   matched {} dropped {} corrupted {}",
+            c.matched, c.dropped, c.corrupted
+        );
         for w in &f.warnings {
             println!("warning:    {w}");
         }

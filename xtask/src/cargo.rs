@@ -9,7 +9,18 @@ use crate::util::{path_with_cargo_bin, root, run};
 /// faultctl and the testkit's `fault-testenv`. Returns the folder holding the binaries.
 pub fn build(release: bool) -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["build", "-p", "fault-agent", "-p", "faultctl", "-p", "fault-testkit", "--bins"]).current_dir(root()).env("PATH", path_with_cargo_bin());
+    cmd.args([
+        "build",
+        "-p",
+        "fault-agent",
+        "-p",
+        "faultctl",
+        "-p",
+        "fault-testkit",
+        "--bins",
+    ])
+    .current_dir(root())
+    .env("PATH", path_with_cargo_bin());
     if release {
         cmd.arg("--release");
     }
@@ -19,5 +30,7 @@ pub fn build(release: bool) -> Result<PathBuf> {
 
 /// The cargo target folder (honours CARGO_TARGET_DIR).
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }

@@ -6,7 +6,10 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::Result;
 
-use crate::{setup, util::{root, run}};
+use crate::{
+    setup,
+    util::{root, run},
+};
 
 /// The cache folder (the testkit reads the same default, or `FAULTLINE_KUBE_BIN`).
 pub fn cache_dir() -> PathBuf {
@@ -22,5 +25,7 @@ pub fn build() -> Result<()> {
         eprintln!("setup: kube-apiserver cached in {}", dir.display());
         return Ok(());
     }
-    run(Command::new("bash").arg(root().join("xtask/scripts/kube-build.sh")).arg(&dir))
+    run(Command::new("bash")
+        .arg(root().join("xtask/scripts/kube-build.sh"))
+        .arg(&dir))
 }

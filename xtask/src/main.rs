@@ -54,6 +54,10 @@ enum Task {
         /// Skip the delay figures (they need the 6.1 VM, ~2 minutes).
         #[arg(long)]
         no_vm: bool,
+        /// Run only these sections (overhead, apply, accuracy, scale, cluster, expiry), for
+        /// working on one; the published file comes from a run of all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -72,10 +76,23 @@ fn main() -> Result<()> {
         Task::Test => test::run(),
         Task::KubeBuild => kube::build(),
         Task::Vm { command } => vm::run_inside(&command),
-        Task::Bench { out, quick, no_vm } => {
+        Task::Bench {
+            out,
+            quick,
+            no_vm,
+            only,
+        } => {
             setup::core()?;
             let bin = cargo::build(true)?;
-            bench::run(&bin, &out, &bench::Options { quick, with_vm: !no_vm })
+            bench::run(
+                &bin,
+                &out,
+                &bench::Options {
+                    quick,
+                    with_vm: !no_vm,
+                    only,
+                },
+            )
         }
     }
 }

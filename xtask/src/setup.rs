@@ -7,15 +7,34 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{output, path_with_cargo_bin, run};
 
 /// Debian packages the datapath tests, the demo and the benchmarks use.
-pub const CORE_PACKAGES: &[&str] =
-    &["iproute2", "bpftool", "iputils-ping", "curl", "iperf3", "nftables", "iptables", "ipset"];
+pub const CORE_PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "iputils-ping",
+    "curl",
+    "iperf3",
+    "nftables",
+    "iptables",
+    "ipset",
+];
 
 /// What building and running the Kubernetes test environment needs.
-pub const KUBE_PACKAGES: &[&str] = &["etcd-server", "golang-go", "golang-github-modern-go-reflect2-dev", "dpkg-dev", "openssl"];
+pub const KUBE_PACKAGES: &[&str] = &[
+    "etcd-server",
+    "golang-go",
+    "golang-github-modern-go-reflect2-dev",
+    "dpkg-dev",
+    "openssl",
+];
 
 /// What the 6.1 VM needs: qemu, Debian's 6.1 kernel, busybox (virtme-ng's init), and a venv
 /// for virtme-ng.
-pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "linux-image-amd64", "busybox-static", "python3-venv"];
+pub const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "linux-image-amd64",
+    "busybox-static",
+    "python3-venv",
+];
 
 /// Installs the Debian packages of `pkgs` that are missing.
 pub fn apt(pkgs: &[&str]) -> Result<()> {
@@ -31,7 +50,9 @@ pub fn apt(pkgs: &[&str]) -> Result<()> {
         eprintln!("setup: apt packages present ({})", pkgs.join(" "));
         return Ok(());
     }
-    run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing)
@@ -42,10 +63,18 @@ pub fn apt(pkgs: &[&str]) -> Result<()> {
 fn rust_src() -> Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        bail!("the nightly toolchain is missing: `rustup toolchain install nightly` (the eBPF programs need it)");
+        bail!(
+            "the nightly toolchain is missing: `rustup toolchain install nightly` (the eBPF programs need it)"
+        );
     }
-    let installed =
-        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"])).unwrap_or_default();
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("setup: nightly rust-src present");
         return Ok(());
@@ -56,7 +85,13 @@ fn rust_src() -> Result<()> {
 /// bpf-linker, linked against nightly rustc's own LLVM (the one that emits our bitcode).
 fn bpf_linker() -> Result<()> {
     let path = path_with_cargo_bin();
-    if output(Command::new("bpf-linker").arg("--version").env("PATH", &path)).is_some() {
+    if output(
+        Command::new("bpf-linker")
+            .arg("--version")
+            .env("PATH", &path),
+    )
+    .is_some()
+    {
         eprintln!("setup: bpf-linker present");
         return Ok(());
     }
@@ -66,7 +101,10 @@ fn bpf_linker() -> Result<()> {
     let llvm = std::fs::read_dir(&lib_dir)?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
         .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
     let major = llvm
         .file_name()
@@ -83,7 +121,12 @@ fn bpf_linker() -> Result<()> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&llvm, &link)?;
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--no-default-features", "--features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix)
         .env("PATH", &path))
@@ -102,7 +145,9 @@ fn bpffs() -> Result<()> {
 /// What building, the demo and the datapath tests need.
 pub fn core() -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
-        bail!("Faultline's tasks load eBPF programs and create network namespaces: run them as root");
+        bail!(
+            "Faultline's tasks load eBPF programs and create network namespaces: run them as root"
+        );
     }
     apt(CORE_PACKAGES)?;
     rust_src()?;
@@ -122,7 +167,11 @@ pub fn python_venv(target: &Path, client: &Path) -> Result<std::path::PathBuf> {
     if !bin.join("python").exists() {
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
     }
-    let installed = output(Command::new(bin.join("python")).args(["-c", "import fault_injection_client, pytest, httpx"])).is_some();
+    let installed = output(
+        Command::new(bin.join("python"))
+            .args(["-c", "import fault_injection_client, pytest, httpx"]),
+    )
+    .is_some();
     if installed {
         eprintln!("setup: Python venv ready ({})", venv.display());
     } else {

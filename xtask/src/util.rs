@@ -9,7 +9,9 @@ use anyhow::{Context as _, Result, bail};
 /// Prints and runs a command, inheriting stdio; fails on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", show(cmd));
-    let status = cmd.status().with_context(|| format!("starting {}", show(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", show(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", show(cmd));
     }
@@ -19,7 +21,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs quietly and returns stdout, or `None` when the command fails or does not exist.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn show(cmd: &Command) -> String {
@@ -33,7 +37,10 @@ fn show(cmd: &Command) -> String {
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 /// `$HOME/.cargo/bin` first on PATH: bpf-linker and rustup's proxies live there.

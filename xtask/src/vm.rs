@@ -2,21 +2,29 @@
 //! netlink attach path of kernels without TCX): Debian's 6.1 kernel in a VM under software
 //! emulation, through virtme-ng. The VM shares this machine's filesystem, so binaries built
 //! here run inside as they are.
-use std::{path::{Path, PathBuf}, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{setup, util::run};
+use crate::setup;
 
 /// The 6.1 kernel image Debian's `linux-image-amd64` installs.
 fn kernel() -> Result<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-6.1.")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-6.1."))
+        })
         .collect();
     found.sort();
-    found.pop().context("no /boot/vmlinuz-6.1.* (apt package linux-image-amd64)")
+    found
+        .pop()
+        .context("no /boot/vmlinuz-6.1.* (apt package linux-image-amd64)")
 }
 
 /// Runs `command` (a shell command line) as root inside the VM, after loading sch_fq and
@@ -25,15 +33,44 @@ pub fn run_inside(command: &str) -> Result<()> {
     setup::apt(setup::VM_PACKAGES)?;
     let venv = setup::virtme_venv()?;
     let kernel = kernel()?;
-    let path = format!("{}:{}", venv.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        venv.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let script = format!("modprobe sch_fq && mount -t bpf bpf /sys/fs/bpf && {command}");
-    run(Command::new(venv.join("vng"))
-        .arg("--disable-kvm")
+    let mut cmd = Command::new(venv.join("vng"));
+    cmd.arg("--disable-kvm")
         .arg("--run")
         .arg(&kernel)
         .args(["--user", "root", "--memory", "2G", "--cpus", "2", "--"])
         .arg(script)
-        .env("PATH", path))
+        .env("PATH", path);
+    run_piped(&mut cmd)
+}
+
+/// Runs `cmd` with its stdout and stderr copied through pipes to ours. QEMU opens the
+/// guest's console as `/proc/self/fd/1` with truncation: handed our file directly, it would
+/// erase what a caller redirecting to a log file had already written.
+fn run_piped(cmd: &mut Command) -> Result<()> {
+    use std::{io::copy, process::Stdio};
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting vng")?;
+    let mut out = child.stdout.take().context("vng stdout")?;
+    let mut err = child.stderr.take().context("vng stderr")?;
+    let t_out = std::thread::spawn(move || copy(&mut out, &mut std::io::stdout()));
+    let t_err = std::thread::spawn(move || copy(&mut err, &mut std::io::stderr()));
+    let status = child.wait().context("waiting for vng")?;
+    let _ = t_out.join();
+    let _ = t_err.join();
+    if !status.success() {
+        bail!("the VM command failed ({status})");
+    }
+    Ok(())
 }
 
 /// Runs a test executable inside the VM with `--ignored` (the VM-only tests are ignored
@@ -54,7 +91,11 @@ pub fn capture_inside(command: &str) -> Result<String> {
     setup::apt(setup::VM_PACKAGES)?;
     let venv = setup::virtme_venv()?;
     let kernel = kernel()?;
-    let path = format!("{}:{}", venv.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        venv.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let script = format!("modprobe sch_fq && mount -t bpf bpf /sys/fs/bpf && {command} 2>&1");
     let out = Command::new(venv.join("vng"))
         .arg("--disable-kvm")

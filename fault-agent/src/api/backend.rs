@@ -12,7 +12,10 @@ use crate::{core::Core, error::AgentError, kube::backend::KubeBackend, pods::Pod
 pub enum Backend {
     /// This agent's own core. A node agent's core follows the cluster: `read_only` refuses
     /// writes through its API.
-    Local { core: Arc<Mutex<Core>>, read_only: bool },
+    Local {
+        core: Arc<Mutex<Core>>,
+        read_only: bool,
+    },
     /// `NetworkFault` objects (the API deployment).
     Cluster(Arc<KubeBackend>),
 }
@@ -44,7 +47,9 @@ impl Backend {
 
     pub async fn create(&self, spec: FaultSpec) -> Result<Fault, AgentError> {
         match self {
-            Backend::Local { read_only: true, .. } => Err(read_only()),
+            Backend::Local {
+                read_only: true, ..
+            } => Err(read_only()),
             Backend::Local { core, .. } => Self::local(core, move |c| c.create(spec)).await,
             Backend::Cluster(k) => k.create(spec).await,
         }
@@ -59,14 +64,18 @@ impl Backend {
 
     pub async fn list(&self, namespace: Option<String>) -> Result<Vec<Fault>, AgentError> {
         match self {
-            Backend::Local { core, .. } => Self::local(core, move |c| Ok(c.list(namespace.as_deref()))).await,
+            Backend::Local { core, .. } => {
+                Self::local(core, move |c| Ok(c.list(namespace.as_deref()))).await
+            }
             Backend::Cluster(k) => k.list(namespace.as_deref()).await,
         }
     }
 
     pub async fn recover(&self, id: String) -> Result<Fault, AgentError> {
         match self {
-            Backend::Local { read_only: true, .. } => Err(read_only()),
+            Backend::Local {
+                read_only: true, ..
+            } => Err(read_only()),
             Backend::Local { core, .. } => Self::local(core, move |c| c.recover(&id)).await,
             Backend::Cluster(k) => k.recover(&id).await,
         }
@@ -75,14 +84,20 @@ impl Backend {
     /// Recovers every live fault of `namespace` (all for `None`); returns their ids.
     pub async fn cleanup(&self, namespace: Option<String>) -> Result<Vec<String>, AgentError> {
         match self {
-            Backend::Local { read_only: true, .. } => Err(read_only()),
-            Backend::Local { core, .. } => Self::local(core, move |c| c.cleanup(namespace.as_deref())).await,
+            Backend::Local {
+                read_only: true, ..
+            } => Err(read_only()),
+            Backend::Local { core, .. } => {
+                Self::local(core, move |c| c.cleanup(namespace.as_deref())).await
+            }
             Backend::Cluster(k) => k.cleanup(namespace.as_deref()).await,
         }
     }
 
     /// The pods known, and interfaces that could not be attached.
-    pub async fn pods(&self) -> Result<(Vec<Pod>, std::collections::BTreeMap<String, String>), AgentError> {
+    pub async fn pods(
+        &self,
+    ) -> Result<(Vec<Pod>, std::collections::BTreeMap<String, String>), AgentError> {
         match self {
             Backend::Local { core, .. } => {
                 Self::local(core, |c| Ok((c.pods().to_vec(), c.attach_errors().clone()))).await
@@ -98,12 +113,18 @@ impl Backend {
     ) -> Result<T, AgentError> {
         match self {
             Backend::Local { core, .. } => Self::local(core, f).await,
-            Backend::Cluster(_) => Err(AgentError::NotFound("(the cluster API has no datapath: ask a node agent)".into())),
+            Backend::Cluster(_) => Err(AgentError::NotFound(
+                "(the cluster API has no datapath: ask a node agent)".into(),
+            )),
         }
     }
 }
 
 /// `FieldError` for request bodies that are not what the endpoint expects.
 pub fn body_error(e: FieldError) -> AgentError {
-    if e.field == "body" { AgentError::Malformed(e) } else { AgentError::Invalid(e) }
+    if e.field == "body" {
+        AgentError::Malformed(e)
+    } else {
+        AgentError::Invalid(e)
+    }
 }

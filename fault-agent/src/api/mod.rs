@@ -43,11 +43,18 @@ pub fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
 
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        (status, Json(ErrorBody { error: self.to_api() })).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_api(),
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -64,7 +71,10 @@ pub fn router(state: Arc<AppState>, token: Option<Arc<str>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/health", get(|| async { Json(serde_json::json!({"status": "healthy"})) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "healthy"})) }),
+        )
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .merge(api)
         .with_state(state)
@@ -74,6 +84,10 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     if s.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: first reconcile pending").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: first reconcile pending",
+        )
+            .into_response()
     }
 }

@@ -36,8 +36,13 @@ struct NamespaceQuery {
     namespace: Option<String>,
 }
 
-async fn list(State(s): State<Arc<AppState>>, Query(q): Query<NamespaceQuery>) -> Result<Json<FaultList>, AgentError> {
-    Ok(Json(FaultList { faults: s.backend.list(q.namespace).await? }))
+async fn list(
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<NamespaceQuery>,
+) -> Result<Json<FaultList>, AgentError> {
+    Ok(Json(FaultList {
+        faults: s.backend.list(q.namespace).await?,
+    }))
 }
 
 async fn create(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, AgentError> {
@@ -47,18 +52,27 @@ async fn create(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response,
     Ok((StatusCode::CREATED, Json(fault)).into_response())
 }
 
-async fn get_one(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, AgentError> {
+async fn get_one(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, AgentError> {
     let fault = s.backend.get(id).await?;
     Ok(Json(fault).into_response())
 }
 
-async fn recover(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, AgentError> {
+async fn recover(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, AgentError> {
     let fault = s.backend.recover(id).await?;
     s.changed.notify_one();
     Ok(Json(fault).into_response())
 }
 
-async fn cleanup(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Json<CleanupResponse>, AgentError> {
+async fn cleanup(
+    State(s): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<CleanupResponse>, AgentError> {
     let req: CleanupRequest = serde_json::from_slice(&body)
         .map_err(|e| AgentError::Malformed(FieldError::new("body", e.to_string())))?;
     match (&req.namespace, req.all) {
@@ -86,9 +100,17 @@ struct PodsView {
 }
 
 async fn pods(State(s): State<Arc<AppState>>) -> Result<Json<PodsView>, AgentError> {
-    let inventory_error = s.inventory_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let inventory_error = s
+        .inventory_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let (pods, attach_errors) = s.backend.pods().await?;
-    Ok(Json(PodsView { pods, attach_errors, inventory_error }))
+    Ok(Json(PodsView {
+        pods,
+        attach_errors,
+        inventory_error,
+    }))
 }
 
 /// `GET /v1/capabilities`: the kernel probe and the loaded programs with their run-time stats.
@@ -108,22 +130,28 @@ struct ProgramView {
     run_count: u64,
 }
 
-async fn capabilities(State(s): State<Arc<AppState>>) -> Result<Json<CapabilitiesView>, AgentError> {
-    s.backend.with_core(|c| {
-        let programs = c
-            .dataplane()
-            .program_infos()
-            .into_iter()
-            .map(|(name, info)| ProgramView {
-                name,
-                id: info.id(),
-                run_time_ns: info.run_time().as_nanos() as u64,
-                run_count: info.run_count(),
-            })
-            .collect();
-        Ok(Json(CapabilitiesView { caps: c.capabilities().clone(), programs }))
-    })
-    .await
+async fn capabilities(
+    State(s): State<Arc<AppState>>,
+) -> Result<Json<CapabilitiesView>, AgentError> {
+    s.backend
+        .with_core(|c| {
+            let programs = c
+                .dataplane()
+                .program_infos()
+                .into_iter()
+                .map(|(name, info)| ProgramView {
+                    name,
+                    id: info.id(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    run_count: info.run_count(),
+                })
+                .collect();
+            Ok(Json(CapabilitiesView {
+                caps: c.capabilities().clone(),
+                programs,
+            }))
+        })
+        .await
 }
 
 /// `GET /v1/tables`: how many entries the kernel maps hold (targets, rules, fault slots).
@@ -131,7 +159,9 @@ async fn tables(State(s): State<Arc<AppState>>) -> Result<Json<serde_json::Value
     s.backend
         .with_core(|c| {
             let (targets, rules, faults) = c.table_sizes();
-            Ok(Json(serde_json::json!({"targets": targets, "rules": rules, "faults": faults})))
+            Ok(Json(
+                serde_json::json!({"targets": targets, "rules": rules, "faults": faults}),
+            ))
         })
         .await
 }

@@ -35,7 +35,11 @@ pub fn document() -> Value {
     let seed_list = schema::<SeedFaultList>(&mut g);
     let seed_cleanup = schema::<CleanupResult>(&mut g);
     let errors = |codes: &[(&str, &str)]| -> Value {
-        codes.iter().map(|(c, d)| (c.to_string(), ok(d, error.clone()))).collect::<serde_json::Map<_, _>>().into()
+        codes
+            .iter()
+            .map(|(c, d)| (c.to_string(), ok(d, error.clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     };
     let with = |mut base: Value, extra: Value| {
         if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
@@ -44,7 +48,14 @@ pub fn document() -> Value {
         base
     };
     let id_param = |name: &str| json!([{"name": name, "in": "path", "required": true, "schema": {"type": "string"}}]);
-    let invalid = [("400", "Malformed body (field `body`)"), ("422", "Invalid field (named in `error.field`), or unsupported on this kernel"), ("409", "Conflicts with other faults")];
+    let invalid = [
+        ("400", "Malformed body (field `body`)"),
+        (
+            "422",
+            "Invalid field (named in `error.field`), or unsupported on this kernel",
+        ),
+        ("409", "Conflicts with other faults"),
+    ];
     let missing = [("404", "No such fault")];
     let definitions = g.take_definitions(true);
     json!({

@@ -28,7 +28,10 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/faults/{fault_id}/recover", post(recover))
 }
 
-async fn inject(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Json<SeedFault>, AgentError> {
+async fn inject(
+    State(s): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<SeedFault>, AgentError> {
     let req = InjectRequest::from_json(&body).map_err(body_error)?;
     let spec = req.to_spec().map_err(AgentError::Invalid)?;
     let fault = s.backend.create(spec).await.map_err(rename_fields)?;
@@ -49,22 +52,41 @@ fn rename_fields(e: AgentError) -> AgentError {
         }
     };
     match e {
-        AgentError::Invalid(f) => AgentError::Invalid(FieldError::new(seed_name(&f.field), f.message)),
-        AgentError::Unsupported(f) => AgentError::Unsupported(FieldError::new(seed_name(&f.field), f.message)),
+        AgentError::Invalid(f) => {
+            AgentError::Invalid(FieldError::new(seed_name(&f.field), f.message))
+        }
+        AgentError::Unsupported(f) => {
+            AgentError::Unsupported(FieldError::new(seed_name(&f.field), f.message))
+        }
         other => other,
     }
 }
 
 async fn list(State(s): State<Arc<AppState>>) -> Result<Json<SeedFaultList>, AgentError> {
-    let faults: Vec<SeedFault> = s.backend.list(None).await?.into_iter().map(SeedFault::from).collect();
-    Ok(Json(SeedFaultList { count: faults.len(), faults }))
+    let faults: Vec<SeedFault> = s
+        .backend
+        .list(None)
+        .await?
+        .into_iter()
+        .map(SeedFault::from)
+        .collect();
+    Ok(Json(SeedFaultList {
+        count: faults.len(),
+        faults,
+    }))
 }
 
-async fn get_one(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<SeedFault>, AgentError> {
+async fn get_one(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<SeedFault>, AgentError> {
     Ok(Json(s.backend.get(id).await?.into()))
 }
 
-async fn recover(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<SeedFault>, AgentError> {
+async fn recover(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<SeedFault>, AgentError> {
     let f = s.backend.recover(id).await?;
     s.changed.notify_one();
     Ok(Json(f.into()))
@@ -75,10 +97,19 @@ struct CleanupQuery {
     namespace: Option<String>,
 }
 
-async fn cleanup(State(s): State<Arc<AppState>>, Query(q): Query<CleanupQuery>) -> Result<Json<CleanupResult>, AgentError> {
-    let ns = q.namespace.ok_or_else(|| AgentError::Invalid(FieldError::new("namespace", "give ?namespace=NS")))?;
+async fn cleanup(
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<CleanupQuery>,
+) -> Result<Json<CleanupResult>, AgentError> {
+    let ns = q
+        .namespace
+        .ok_or_else(|| AgentError::Invalid(FieldError::new("namespace", "give ?namespace=NS")))?;
     check_namespace("namespace", &ns).map_err(AgentError::Invalid)?;
     let fault_ids = s.backend.cleanup(Some(ns.clone())).await?;
     s.changed.notify_one();
-    Ok(Json(CleanupResult { namespace: ns, cleaned: fault_ids.len(), fault_ids }))
+    Ok(Json(CleanupResult {
+        namespace: ns,
+        cleaned: fault_ids.len(),
+        fault_ids,
+    }))
 }

@@ -101,9 +101,21 @@ fn is_errno(e: &TcError, errno: i32) -> bool {
 }
 
 /// Attaches both programs to `ifname` (adopting what a previous agent left there).
-pub fn attach(ebpf: &mut Ebpf, pins: &Pins, mode: AttachMode, ifname: &str, ifindex: u32) -> Result<Attached> {
-    let mut record =
-        AttachRecord { ifname: ifname.into(), ifindex, kind: AttachKind::Host, netns: None, mode, clsact_created: false };
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pins: &Pins,
+    mode: AttachMode,
+    ifname: &str,
+    ifindex: u32,
+) -> Result<Attached> {
+    let mut record = AttachRecord {
+        ifname: ifname.into(),
+        ifindex,
+        kind: AttachKind::Host,
+        netns: None,
+        mode,
+        clsact_created: false,
+    };
     let mut held = Vec::new();
     if mode == AttachMode::Netlink {
         match tc::qdisc_add_clsact(ifname) {
@@ -115,7 +127,13 @@ pub fn attach(ebpf: &mut Ebpf, pins: &Pins, mode: AttachMode, ifname: &str, ifin
     for (name, hook, hook_name) in HOOKS {
         let prog = program(ebpf, name)?;
         let h = match mode {
-            AttachMode::Tcx => Held::Tcx(attach_tcx(prog, &pins.link(ifname, hook_name), ifname, hook, hook_name)?),
+            AttachMode::Tcx => Held::Tcx(attach_tcx(
+                prog,
+                &pins.link(ifname, hook_name),
+                ifname,
+                hook,
+                hook_name,
+            )?),
             AttachMode::Netlink => Held::Netlink(attach_netlink(prog, ifname, hook)?),
         };
         held.push(h);
@@ -126,7 +144,8 @@ pub fn attach(ebpf: &mut Ebpf, pins: &Pins, mode: AttachMode, ifname: &str, ifin
 /// Runs `f` on a scoped thread inside the network namespace `netns` (interface names and
 /// indexes, and netlink sockets, are per namespace).
 fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let file = std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let file =
+        std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
     std::thread::scope(|s| {
         s.spawn(move || {
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
@@ -139,19 +158,38 @@ fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> Result<T> + Send) -> Resu
 
 /// Attaches [`PROG_POD_EGRESS`] to the egress hook of the pod's own interface `ifname` in
 /// `netns` (the place where a pod's outgoing packets can still be given a departure time).
-pub fn attach_pod_egress(ebpf: &mut Ebpf, pins: &Pins, mode: AttachMode, netns: &Path, ifname: &str, ifindex: u32) -> Result<Attached> {
+pub fn attach_pod_egress(
+    ebpf: &mut Ebpf,
+    pins: &Pins,
+    mode: AttachMode,
+    netns: &Path,
+    ifname: &str,
+    ifindex: u32,
+) -> Result<Attached> {
     let prog = program(ebpf, PROG_POD_EGRESS)?;
     let pin = pins.pod_link(netns, ifname)?;
     let (held, clsact_created) = in_netns(netns, || -> Result<(Held, bool)> {
         match mode {
-            AttachMode::Tcx => Ok((Held::Tcx(attach_tcx(prog, &pin, ifname, TcAttachType::Egress, "egress")?), false)),
+            AttachMode::Tcx => Ok((
+                Held::Tcx(attach_tcx(
+                    prog,
+                    &pin,
+                    ifname,
+                    TcAttachType::Egress,
+                    "egress",
+                )?),
+                false,
+            )),
             AttachMode::Netlink => {
                 let created = match tc::qdisc_add_clsact(ifname) {
                     Ok(()) => true,
                     Err(e) if is_errno(&e, libc::EEXIST) => false,
                     Err(e) => return Err(e).with_context(|| format!("adding clsact to {ifname}")),
                 };
-                Ok((Held::Netlink(attach_netlink(prog, ifname, TcAttachType::Egress)?), created))
+                Ok((
+                    Held::Netlink(attach_netlink(prog, ifname, TcAttachType::Egress)?),
+                    created,
+                ))
             }
         }
     })?;
@@ -163,14 +201,26 @@ pub fn attach_pod_egress(ebpf: &mut Ebpf, pins: &Pins, mode: AttachMode, netns: 
         mode,
         clsact_created,
     };
-    Ok(Attached { record, held: vec![held] })
+    Ok(Attached {
+        record,
+        held: vec![held],
+    })
 }
 
-fn attach_tcx(prog: &mut SchedClassifier, pin: &Path, ifname: &str, hook: TcAttachType, hook_name: &str) -> Result<FdLink> {
+fn attach_tcx(
+    prog: &mut SchedClassifier,
+    pin: &Path,
+    ifname: &str,
+    hook: TcAttachType,
+    hook_name: &str,
+) -> Result<FdLink> {
     let adopted = match PinnedLink::from_pin(pin) {
         Ok(old) => {
             let link = SchedClassifierLink::try_from(FdLink::from(old));
-            match link.map_err(anyhow::Error::from).and_then(|l| prog.attach_to_link(l).map_err(Into::into)) {
+            match link
+                .map_err(anyhow::Error::from)
+                .and_then(|l| prog.attach_to_link(l).map_err(Into::into))
+            {
                 Ok(id) => Some(id),
                 Err(e) => {
                     // The interface it was on is gone (ENOLINK) or it is not ours: start afresh.
@@ -188,22 +238,42 @@ fn attach_tcx(prog: &mut SchedClassifier, pin: &Path, ifname: &str, hook: TcAtta
             .attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::first()))
             .with_context(|| format!("attaching {hook_name} program to {ifname} (TCX)"))?,
     };
-    let link: FdLink = prog.take_link(id)?.try_into().context("TCX link as fd link")?;
+    let link: FdLink = prog
+        .take_link(id)?
+        .try_into()
+        .context("TCX link as fd link")?;
     if pin.exists() {
         return Ok(link);
     }
-    let pinned = link.pin(pin).with_context(|| format!("pinning {}", pin.display()))?;
+    let pinned = link
+        .pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
     Ok(FdLink::from(pinned))
 }
 
-fn attach_netlink(prog: &mut SchedClassifier, ifname: &str, hook: TcAttachType) -> Result<SchedClassifierLink> {
-    let options = || NlOptions { priority: NL_PRIORITY, handle: TcHandle::from(NL_HANDLE), classid: None };
+fn attach_netlink(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    hook: TcAttachType,
+) -> Result<SchedClassifierLink> {
+    let options = || NlOptions {
+        priority: NL_PRIORITY,
+        handle: TcHandle::from(NL_HANDLE),
+        classid: None,
+    };
     let id = match prog.attach_with_options(ifname, hook, TcAttachOptions::Netlink(options())) {
         Ok(id) => id,
         Err(aya::programs::ProgramError::TcError(e)) if is_errno(&e, libc::EEXIST) => {
             // A filter of ours from a previous agent: replace its program in place.
-            let old = SchedClassifierLink::attached(ifname, hook, NL_PRIORITY, TcHandle::from(NL_HANDLE), None)?;
-            prog.attach_to_link(old).with_context(|| format!("replacing our filter on {ifname}"))?
+            let old = SchedClassifierLink::attached(
+                ifname,
+                hook,
+                NL_PRIORITY,
+                TcHandle::from(NL_HANDLE),
+                None,
+            )?;
+            prog.attach_to_link(old)
+                .with_context(|| format!("replacing our filter on {ifname}"))?
         }
         Err(e) => return Err(e).with_context(|| format!("attaching to {ifname} (netlink)")),
     };
@@ -267,14 +337,22 @@ pub fn detach_record(record: &AttachRecord, pins: &Pins) -> Result<()> {
             },
             AttachMode::Netlink => {
                 let detach = || -> Result<()> {
-                    match SchedClassifierLink::attached(&record.ifname, hook, NL_PRIORITY, TcHandle::from(NL_HANDLE), None) {
+                    match SchedClassifierLink::attached(
+                        &record.ifname,
+                        hook,
+                        NL_PRIORITY,
+                        TcHandle::from(NL_HANDLE),
+                        None,
+                    ) {
                         Ok(link) => {
                             use aya::programs::links::Link as _;
                             let _ = link.detach();
                         }
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                         Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
-                        Err(e) => tracing::debug!(ifname = %record.ifname, error = %e, "interface gone"),
+                        Err(e) => {
+                            tracing::debug!(ifname = %record.ifname, error = %e, "interface gone")
+                        }
                     }
                     Ok(())
                 };

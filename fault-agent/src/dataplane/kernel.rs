@@ -36,7 +36,11 @@ impl Capabilities {
             sch_fq: sch_fq_available(&kernel),
             bpf_stats_enabled: fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
                 .is_ok_and(|s| s.trim() == "1"),
-            attach_mode: if tcx && !force_netlink { AttachMode::Tcx } else { AttachMode::Netlink },
+            attach_mode: if tcx && !force_netlink {
+                AttachMode::Tcx
+            } else {
+                AttachMode::Netlink
+            },
             tcx,
             kernel,
         }
@@ -49,7 +53,10 @@ fn sch_fq_available(release: &str) -> bool {
     if Path::new("/sys/module/sch_fq").exists() {
         return true;
     }
-    if fs::read_to_string("/proc/kallsyms").is_ok_and(|k| k.lines().any(|l| l.ends_with(" fq_enqueue") || l.contains(" fq_enqueue\t"))) {
+    if fs::read_to_string("/proc/kallsyms").is_ok_and(|k| {
+        k.lines()
+            .any(|l| l.ends_with(" fq_enqueue") || l.contains(" fq_enqueue\t"))
+    }) {
         return true;
     }
     fs::read_to_string(format!("/lib/modules/{release}/modules.dep"))

@@ -2,7 +2,10 @@
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, lpm_trie::{Key, LpmTrie}},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, PerCpuValues,
+        lpm_trie::{Key, LpmTrie},
+    },
     util::nr_cpus,
 };
 use fault_common::{
@@ -21,8 +24,13 @@ pub struct Maps {
     cpus: usize,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
-    let map = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -62,13 +70,19 @@ impl Maps {
     /// Applies `diff` in its order. Stops at the first error: the caller resyncs with [`Maps::read`].
     pub fn apply(&mut self, diff: &Diff) -> Result<()> {
         for (slot, params) in &diff.set_faults {
-            self.faults.set(*slot as u32, params, 0).with_context(|| format!("writing fault slot {slot}"))?;
+            self.faults
+                .set(*slot as u32, params, 0)
+                .with_context(|| format!("writing fault slot {slot}"))?;
         }
         for ((len, key), value) in &diff.put_rules {
-            self.rules.insert(&Key::new(*len, *key), value, 0).context("writing a rule")?;
+            self.rules
+                .insert(&Key::new(*len, *key), value, 0)
+                .context("writing a rule")?;
         }
         for (key, value) in &diff.put_targets {
-            self.targets.insert(key, value, 0).context("writing a target")?;
+            self.targets
+                .insert(key, value, 0)
+                .context("writing a target")?;
         }
         for key in &diff.del_targets {
             ignore_missing(self.targets.remove(key)).context("removing a target")?;
@@ -86,7 +100,10 @@ impl Maps {
 
     /// The counters of `slot`, summed over CPUs.
     pub fn stats(&self, slot: u16) -> Result<FaultStats> {
-        let per_cpu = self.stats.get(&(slot as u32), 0).context("reading FL_STATS")?;
+        let per_cpu = self
+            .stats
+            .get(&(slot as u32), 0)
+            .context("reading FL_STATS")?;
         let mut sum = FaultStats::default();
         for s in per_cpu.iter() {
             sum.matched += s.matched;
@@ -102,14 +119,20 @@ impl Maps {
     pub fn reset_stats(&mut self, slot: u16) -> Result<()> {
         let zeros = PerCpuValues::try_from(vec![FaultStats::default(); self.cpus])
             .map_err(|e| anyhow!("building per-CPU zeros: {e}"))?;
-        self.stats.set(slot as u32, zeros, 0).context("zeroing FL_STATS")
+        self.stats
+            .set(slot as u32, zeros, 0)
+            .context("zeroing FL_STATS")
     }
 }
 
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }

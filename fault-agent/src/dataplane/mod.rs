@@ -68,7 +68,12 @@ impl Dataplane {
     /// acting across an agent restart), and reads what those maps hold. `previous` are the
     /// attachments a previous agent recorded; the first [`Dataplane::sync_attachments`]
     /// adopts the ones still wanted and removes the others.
-    pub fn open(pins: Pins, caps: &Capabilities, previous: Vec<AttachRecord>, previous_fq: Vec<FqRecord>) -> Result<Self> {
+    pub fn open(
+        pins: Pins,
+        caps: &Capabilities,
+        previous: Vec<AttachRecord>,
+        previous_fq: Vec<FqRecord>,
+    ) -> Result<Self> {
         pins.ensure()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins.maps_dir())
@@ -84,7 +89,8 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
+            prog.load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
         }
         let maps = Maps::take(&mut ebpf)?;
         let applied = maps.read()?;
@@ -134,7 +140,10 @@ impl Dataplane {
                 Ok(diff.len())
             }
             Err(e) => {
-                self.applied = self.maps.read().context("re-reading the maps after a failed write")?;
+                self.applied = self
+                    .maps
+                    .read()
+                    .context("re-reading the maps after a failed write")?;
                 Err(e)
             }
         }
@@ -142,7 +151,10 @@ impl Dataplane {
 
     /// Attaches to every interface of `wanted` (name -> ifindex) not attached yet and detaches
     /// from the others. Returns the interfaces that failed, with why; the others are done.
-    pub fn sync_attachments(&mut self, wanted: &BTreeMap<String, u32>) -> Vec<(String, anyhow::Error)> {
+    pub fn sync_attachments(
+        &mut self,
+        wanted: &BTreeMap<String, u32>,
+    ) -> Vec<(String, anyhow::Error)> {
         let mut failed = Vec::new();
         // An interface re-created under the same name has a new index: attach again.
         let stale: Vec<String> = self
@@ -173,7 +185,11 @@ impl Dataplane {
         // What a previous agent left on interfaces nobody wants any more.
         let orphans = std::mem::take(&mut self.orphans);
         for rec in orphans {
-            if self.attached.get(&rec.ifname).is_some_and(|a| a.record.ifindex == rec.ifindex) {
+            if self
+                .attached
+                .get(&rec.ifname)
+                .is_some_and(|a| a.record.ifindex == rec.ifindex)
+            {
                 // Adopted: keep the record's clsact ownership.
                 if let Some(a) = self.attached.get_mut(&rec.ifname) {
                     a.record.clsact_created |= rec.clsact_created;
@@ -211,8 +227,17 @@ impl Dataplane {
             if self.pod_attached.contains_key(i) {
                 continue;
             }
-            let Some(ns) = i.netns.as_deref() else { continue };
-            match attach::attach_pod_egress(&mut self.ebpf, &self.pins, self.mode, ns, &i.ifname, i.ifindex) {
+            let Some(ns) = i.netns.as_deref() else {
+                continue;
+            };
+            match attach::attach_pod_egress(
+                &mut self.ebpf,
+                &self.pins,
+                self.mode,
+                ns,
+                &i.ifname,
+                i.ifindex,
+            ) {
                 Ok(a) => {
                     self.pod_attached.insert(i.clone(), a);
                 }
@@ -231,7 +256,13 @@ impl Dataplane {
             }
             match qdisc::install_fq(i.netns.as_deref(), &i.ifname, i.ifindex) {
                 Ok(created) => {
-                    self.fq.insert(i.clone(), FqRecord { iface: i.clone(), created });
+                    self.fq.insert(
+                        i.clone(),
+                        FqRecord {
+                            iface: i.clone(),
+                            created,
+                        },
+                    );
                 }
                 Err(e) => failed.push((i.clone(), e)),
             }
@@ -239,7 +270,12 @@ impl Dataplane {
         if !remove {
             return failed;
         }
-        let stale: Vec<Iface> = self.pod_attached.keys().filter(|i| !pod_progs.contains(*i)).cloned().collect();
+        let stale: Vec<Iface> = self
+            .pod_attached
+            .keys()
+            .filter(|i| !pod_progs.contains(*i))
+            .cloned()
+            .collect();
         for i in stale {
             if let Some(a) = self.pod_attached.remove(&i) {
                 if let Err(e) = attach::detach(a, &self.pins) {
@@ -247,7 +283,12 @@ impl Dataplane {
                 }
             }
         }
-        let stale: Vec<Iface> = self.fq.keys().filter(|i| !fq.contains(*i)).cloned().collect();
+        let stale: Vec<Iface> = self
+            .fq
+            .keys()
+            .filter(|i| !fq.contains(*i))
+            .cloned()
+            .collect();
         for i in stale {
             if let Some(r) = self.fq.remove(&i) {
                 if let Err(e) = remove_fq(&r) {
@@ -265,7 +306,11 @@ impl Dataplane {
 
     /// fq qdiscs in use, for the state dir.
     pub fn fq_records(&self) -> Vec<FqRecord> {
-        self.fq.values().cloned().chain(self.fq_orphans.iter().cloned()).collect()
+        self.fq
+            .values()
+            .cloned()
+            .chain(self.fq_orphans.iter().cloned())
+            .collect()
     }
 
     /// What is attached now, for the state dir.
@@ -299,13 +344,17 @@ impl Dataplane {
     /// Detaches everything and removes every pin: the kernel is left as before the agent.
     pub fn shutdown(mut self) -> Result<()> {
         let mut first_err = None;
-        let attached = std::mem::take(&mut self.attached).into_values().chain(std::mem::take(&mut self.pod_attached).into_values());
+        let attached = std::mem::take(&mut self.attached)
+            .into_values()
+            .chain(std::mem::take(&mut self.pod_attached).into_values());
         for a in attached {
             if let Err(e) = attach::detach(a, &self.pins) {
                 first_err.get_or_insert(e);
             }
         }
-        let fq = std::mem::take(&mut self.fq).into_values().chain(std::mem::take(&mut self.fq_orphans));
+        let fq = std::mem::take(&mut self.fq)
+            .into_values()
+            .chain(std::mem::take(&mut self.fq_orphans));
         for r in fq {
             if let Err(e) = remove_fq(&r) {
                 first_err.get_or_insert(e);

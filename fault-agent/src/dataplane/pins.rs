@@ -56,16 +56,25 @@ impl Pins {
     /// Pin of the egress link on the pod interface `ifname` of the namespace `netns`.
     pub fn pod_link(&self, netns: &Path, ifname: &str) -> Result<PathBuf> {
         use std::os::unix::fs::MetadataExt as _;
-        let ino = fs::metadata(netns).with_context(|| format!("stat {}", netns.display()))?.ino();
-        Ok(self.pod_links_dir().join(format!("{ino}-{}", ifname.replace('.', "%2E"))))
+        let ino = fs::metadata(netns)
+            .with_context(|| format!("stat {}", netns.display()))?
+            .ino();
+        Ok(self
+            .pod_links_dir()
+            .join(format!("{ino}-{}", ifname.replace('.', "%2E"))))
     }
 
     /// Removes the pod-interface pins named after `ifname` whose namespace is gone.
     pub fn remove_pod_links_of(&self, ifname: &str) -> Result<()> {
-        let Ok(dir) = fs::read_dir(self.pod_links_dir()) else { return Ok(()) };
+        let Ok(dir) = fs::read_dir(self.pod_links_dir()) else {
+            return Ok(());
+        };
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.split_once('-').is_some_and(|(_, i)| i.replace("%2E", ".") == ifname) {
+            if name
+                .split_once('-')
+                .is_some_and(|(_, i)| i.replace("%2E", ".") == ifname)
+            {
                 remove_file(&e.path())?;
             }
         }
@@ -74,7 +83,8 @@ impl Pins {
 
     /// Pin of the link of `hook` (`ingress`/`egress`) on `ifname`.
     pub fn link(&self, ifname: &str, hook: &str) -> PathBuf {
-        self.links_dir().join(format!("{hook}-{}", ifname.replace('.', "%2E")))
+        self.links_dir()
+            .join(format!("{hook}-{}", ifname.replace('.', "%2E")))
     }
 
     /// Mounts bpffs on the nearest missing mount point if needed, then creates the folders.

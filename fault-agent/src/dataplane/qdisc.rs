@@ -25,7 +25,9 @@ pub fn delete_clsact(netns: Option<&Path>, ifindex: u32) -> Result<()> {
         match req.execute().await {
             Ok(()) => Ok(()),
             Err(e) if netlink::is_errno(&e, &[libc::ENODEV, libc::ENOENT, libc::EINVAL]) => Ok(()),
-            Err(e) => Err(anyhow::Error::from(e).context(format!("deleting clsact on ifindex {ifindex}"))),
+            Err(e) => {
+                Err(anyhow::Error::from(e).context(format!("deleting clsact on ifindex {ifindex}")))
+            }
         }
     })
 }
@@ -59,7 +61,13 @@ pub enum Root {
 pub fn root(netns: Option<&Path>, ifindex: u32) -> Result<Root> {
     netlink::run(netns, move |handle| async move {
         use futures::TryStreamExt as _;
-        let all: Vec<_> = handle.qdisc().get().index(ifindex as i32).execute().try_collect().await?;
+        let all: Vec<_> = handle
+            .qdisc()
+            .get()
+            .index(ifindex as i32)
+            .execute()
+            .try_collect()
+            .await?;
         let kind = all
             .iter()
             .filter(|m| m.header.index == ifindex as i32 && u32::from(m.header.parent) == TC_H_ROOT)
@@ -90,15 +98,30 @@ pub fn install_fq(netns: Option<&Path>, ifname: &str, ifindex: u32) -> Result<bo
     }
     netlink::run(netns, move |mut handle| async move {
         use futures::StreamExt as _;
-        use netlink_packet_core::{DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
-        use netlink_packet_route::{RouteNetlinkMessage, tc::{TcMessage, TcOption}};
+        use netlink_packet_core::{
+            DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+            NetlinkPayload,
+        };
+        use netlink_packet_route::{
+            RouteNetlinkMessage,
+            tc::{TcMessage, TcOption},
+        };
         let mut msg = TcMessage::with_index(ifindex as i32);
         msg.header.parent = TcHandle::from(TC_H_ROOT);
         msg.attributes.push(TcAttribute::Kind("fq".into()));
         msg.attributes.push(TcAttribute::Options(vec![
-            TcOption::Other(DefaultNla::new(TCA_FQ_PLIMIT, FQ_LIMIT.to_ne_bytes().to_vec())),
-            TcOption::Other(DefaultNla::new(TCA_FQ_FLOW_PLIMIT, FQ_FLOW_LIMIT.to_ne_bytes().to_vec())),
-            TcOption::Other(DefaultNla::new(TCA_FQ_HORIZON, FQ_HORIZON_US.to_ne_bytes().to_vec())),
+            TcOption::Other(DefaultNla::new(
+                TCA_FQ_PLIMIT,
+                FQ_LIMIT.to_ne_bytes().to_vec(),
+            )),
+            TcOption::Other(DefaultNla::new(
+                TCA_FQ_FLOW_PLIMIT,
+                FQ_FLOW_LIMIT.to_ne_bytes().to_vec(),
+            )),
+            TcOption::Other(DefaultNla::new(
+                TCA_FQ_HORIZON,
+                FQ_HORIZON_US.to_ne_bytes().to_vec(),
+            )),
         ]));
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(msg));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
@@ -127,7 +150,8 @@ pub fn delete_root(netns: Option<&Path>, ifindex: u32) -> Result<()> {
         match req.execute().await {
             Ok(()) => Ok(()),
             Err(e) if netlink::is_errno(&e, &[libc::ENODEV, libc::ENOENT, libc::EINVAL]) => Ok(()),
-            Err(e) => Err(anyhow::Error::from(e).context(format!("deleting the root qdisc of ifindex {ifindex}"))),
+            Err(e) => Err(anyhow::Error::from(e)
+                .context(format!("deleting the root qdisc of ifindex {ifindex}"))),
         }
     })
 }

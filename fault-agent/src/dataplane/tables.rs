@@ -71,9 +71,15 @@ fn changed<K: Ord + Copy, V: PartialEq + Copy>(
     from: &BTreeMap<K, V>,
     to: &BTreeMap<K, V>,
 ) -> Vec<(K, V)> {
-    to.iter().filter(|(k, v)| from.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect()
+    to.iter()
+        .filter(|(k, v)| from.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect()
 }
 
 fn removed<K: Ord + Copy, V>(from: &BTreeMap<K, V>, to: &BTreeMap<K, V>) -> Vec<K> {
-    from.keys().filter(|k| !to.contains_key(k)).copied().collect()
+    from.keys()
+        .filter(|k| !to.contains_key(k))
+        .copied()
+        .collect()
 }

@@ -1,14 +1,18 @@
 //! `fault-agent api`: the HTTP API (native and seed) stored as `NetworkFault` objects, and the
 //! controller that owns their status. Runs as a Deployment behind a Service.
-use std::{net::SocketAddr, sync::{Arc, Mutex}, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod as KubePod;
 use kube::{
     Api, Client,
     runtime::{WatchStreamExt as _, reflector, watcher},
 };
-use futures::StreamExt as _;
 use tokio::{net::TcpListener, sync::Notify};
 
 use super::{backend::KubeBackend, controller, crd::NetworkFault};
@@ -31,22 +35,46 @@ pub struct Config {
 
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
-    let token = cfg.token_file.as_deref().map(api::auth::read_token).transpose()?;
+    let token = cfg
+        .token_file
+        .as_deref()
+        .map(api::auth::read_token)
+        .transpose()?;
     if token.is_none() && !cfg.listen.ip().is_loopback() && !cfg.insecure {
         anyhow::bail!(
             "--listen {}: without --token-file the API only listens on loopback; pass --insecure-no-auth to serve it unauthenticated",
             cfg.listen
         );
     }
-    let client = Client::try_default().await.context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG)")?;
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG)")?;
     let (pods_r, pods_w) = reflector::store::<KubePod>();
     let (faults_r, faults_w) = reflector::store::<NetworkFault>();
-    let pods = reflector(pods_w, watcher(Api::<KubePod>::all(client.clone()), watcher::Config::default()).default_backoff());
-    let faults = reflector(faults_w, watcher(Api::<NetworkFault>::all(client.clone()), watcher::Config::default()).default_backoff());
+    let pods = reflector(
+        pods_w,
+        watcher(
+            Api::<KubePod>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(super::pods::slim),
+    );
+    let faults = reflector(
+        faults_w,
+        watcher(
+            Api::<NetworkFault>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    );
     let w1 = tokio::spawn(pods.for_each(|_| async {}));
     let w2 = tokio::spawn(faults.for_each(|_| async {}));
     pods_r.wait_until_ready().await.context("pod watch")?;
-    faults_r.wait_until_ready().await.context("networkfault watch")?;
+    faults_r
+        .wait_until_ready()
+        .await
+        .context("networkfault watch")?;
 
     let ctx = Arc::new(controller::Context {
         client: client.clone(),
@@ -55,16 +83,26 @@ pub async fn run(cfg: Config) -> Result<()> {
         retention: cfg.retention,
     });
     let ctl = tokio::spawn(controller::run(ctx));
-    let backend = KubeBackend { client, pods: pods_r, faults: faults_r, max_duration: cfg.max_duration, wait: cfg.wait };
+    let backend = KubeBackend {
+        client,
+        pods: pods_r,
+        faults: faults_r,
+        max_duration: cfg.max_duration,
+        wait: cfg.wait,
+    };
     let state = Arc::new(AppState {
         backend: Backend::Cluster(Arc::new(backend)),
         changed: Arc::new(Notify::new()),
         ready: true.into(),
         inventory_error: Mutex::new(None),
     });
-    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "API listening (cluster mode)");
-    let served = axum::serve(listener, api::router(state, token)).with_graceful_shutdown(shutdown_signal()).await;
+    let served = axum::serve(listener, api::router(state, token))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
     for t in [w1, w2, ctl] {
         t.abort();
     }

@@ -33,7 +33,9 @@ pub struct KubeBackend {
 /// Maps a Kubernetes API error to ours; admission (schema) errors keep their message.
 pub fn kube_error(e: kube::Error) -> AgentError {
     match e {
-        kube::Error::Api(s) if s.code == 422 || s.code == 400 => AgentError::Invalid(FieldError::new("spec", s.message)),
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => {
+            AgentError::Invalid(FieldError::new("spec", s.message))
+        }
         kube::Error::Api(s) if s.code == 404 => AgentError::NotFound(s.message),
         kube::Error::Api(s) if s.code == 409 => AgentError::Conflict(s.message),
         other => AgentError::Upstream(other.to_string()),
@@ -53,11 +55,18 @@ fn state_of(nf: &NetworkFault) -> FaultState {
 impl KubeBackend {
     /// Every pod, as the agent sees pods.
     pub fn pods(&self) -> Vec<Pod> {
-        self.pods.state().iter().filter_map(|p| from_kube(p)).collect()
+        self.pods
+            .state()
+            .iter()
+            .filter_map(|p| from_kube(p))
+            .collect()
     }
 
     fn find(&self, id: &str) -> Option<std::sync::Arc<NetworkFault>> {
-        self.faults.state().into_iter().find(|f| f.metadata.name.as_deref() == Some(id))
+        self.faults
+            .state()
+            .into_iter()
+            .find(|f| f.metadata.name.as_deref() == Some(id))
     }
 
     async fn fetch(&self, id: &str) -> Result<NetworkFault, AgentError> {
@@ -65,18 +74,35 @@ impl KubeBackend {
             return Ok((*f).clone());
         }
         let all: Api<NetworkFault> = Api::all(self.client.clone());
-        let list = all.list(&ListParams::default().fields(&format!("metadata.name={id}"))).await.map_err(kube_error)?;
-        list.items.into_iter().next().ok_or_else(|| AgentError::NotFound(id.to_owned()))
+        let list = all
+            .list(&ListParams::default().fields(&format!("metadata.name={id}")))
+            .await
+            .map_err(kube_error)?;
+        list.items
+            .into_iter()
+            .next()
+            .ok_or_else(|| AgentError::NotFound(id.to_owned()))
     }
 
     /// Nodes hosting the fault's target pods.
     fn target_nodes(&self, nf: &NetworkFault) -> BTreeSet<String> {
-        let Ok(spec) = nf.fault_spec() else { return BTreeSet::new() };
-        self.pods().iter().filter(|p| resolve::is_target(&spec, p)).filter_map(|p| p.node.clone()).collect()
+        let Ok(spec) = nf.fault_spec() else {
+            return BTreeSet::new();
+        };
+        self.pods()
+            .iter()
+            .filter(|p| resolve::is_target(&spec, p))
+            .filter_map(|p| p.node.clone())
+            .collect()
     }
 
     /// Polls the watched object until `done` or `self.wait`.
-    async fn wait_until(&self, ns: &str, id: &str, done: impl Fn(&NetworkFault, &BTreeSet<String>) -> bool) -> Option<NetworkFault> {
+    async fn wait_until(
+        &self,
+        ns: &str,
+        id: &str,
+        done: impl Fn(&NetworkFault, &BTreeSet<String>) -> bool,
+    ) -> Option<NetworkFault> {
         let key = ObjectRef::<NetworkFault>::new(id).within(ns);
         let start = std::time::Instant::now();
         let mut last = None;
@@ -99,7 +125,10 @@ impl KubeBackend {
             if d.get() > self.max_duration {
                 return Err(AgentError::Invalid(FieldError::new(
                     "duration",
-                    format!("must be at most {} (the API's --max-duration), got {d}", humantime::format_duration(self.max_duration)),
+                    format!(
+                        "must be at most {} (the API's --max-duration), got {d}",
+                        humantime::format_duration(self.max_duration)
+                    ),
                 )));
             }
         }
@@ -110,13 +139,18 @@ impl KubeBackend {
             nf.metadata.labels = Some(spec.labels.clone());
         }
         let api: Api<NetworkFault> = Api::namespaced(self.client.clone(), &spec.namespace);
-        let created = api.create(&PostParams::default(), &nf).await.map_err(kube_error)?;
+        let created = api
+            .create(&PostParams::default(), &nf)
+            .await
+            .map_err(kube_error)?;
         let settled = self
             .wait_until(&spec.namespace, &id, |f, nodes| {
                 let st = f.status.clone().unwrap_or_default();
                 match st.phase {
                     None | Some(Phase::Pending) => false,
-                    Some(Phase::Active) => nodes.iter().all(|n| st.nodes.get(n).is_some_and(|s| s.applied)),
+                    Some(Phase::Active) => nodes
+                        .iter()
+                        .all(|n| st.nodes.get(n).is_some_and(|s| s.applied)),
                     Some(_) => true,
                 }
             })
@@ -143,7 +177,9 @@ impl KubeBackend {
         let ns = nf.metadata.namespace.clone().unwrap_or_default();
         let api: Api<NetworkFault> = Api::namespaced(self.client.clone(), &ns);
         let patch = serde_json::json!({"metadata": {"annotations": {RECOVERED_AT: Timestamp::now().to_string()}}});
-        api.patch(&nf.id(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(kube_error)?;
+        api.patch(&nf.id(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_error)?;
         Ok(())
     }
 
@@ -190,14 +226,21 @@ impl KubeBackend {
     pub fn view(&self, nf: &NetworkFault) -> Fault {
         let ns = nf.metadata.namespace.clone().unwrap_or_default();
         let st = nf.status.clone().unwrap_or_default();
-        let created = nf.metadata.creation_timestamp.clone().map(|t| t.0).unwrap_or_else(Timestamp::now);
+        let created = nf
+            .metadata
+            .creation_timestamp
+            .clone()
+            .map(|t| t.0)
+            .unwrap_or_else(Timestamp::now);
         let (spec, mut message) = match nf.fault_spec() {
             Ok(s) => (s, st.message.clone()),
             Err(e) => (FaultSpec::new(ns.clone()), Some(e.to_string())),
         };
         let duration = spec.duration.map_or(self.max_duration, |d| d.get());
         let expires_at = st.expires_at.unwrap_or_else(|| {
-            created.checked_add(SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO)).unwrap_or(created)
+            created
+                .checked_add(SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO))
+                .unwrap_or(created)
         });
         let res = resolve::resolve(&spec, &self.pods());
         let mut counters = Counters::default();
@@ -209,7 +252,10 @@ impl KubeBackend {
             message = Some("failed".into());
         }
         let peer_cidrs = if spec.all_peers() {
-            vec!["0.0.0.0/0".parse().expect("literal"), "::/0".parse().expect("literal")]
+            vec![
+                "0.0.0.0/0".parse().expect("literal"),
+                "::/0".parse().expect("literal"),
+            ]
         } else {
             spec.to_cidrs.clone()
         };
@@ -225,7 +271,11 @@ impl KubeBackend {
             peer_cidrs,
             protected: res.protected,
             counters,
-            warnings: if state.is_live() { res.warnings } else { vec![] },
+            warnings: if state.is_live() {
+                res.warnings
+            } else {
+                vec![]
+            },
             spec,
         }
     }

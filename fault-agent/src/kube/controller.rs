@@ -13,12 +13,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client, ResourceExt as _,
     api::{DeleteParams, Patch, PatchParams},
-    runtime::{
-        Controller,
-        controller::Action,
-        reflector::Store,
-        watcher,
-    },
+    runtime::{Controller, controller::Action, reflector::Store, watcher},
 };
 
 use super::{
@@ -45,9 +40,20 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
-fn condition(old: &[Condition], type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+fn condition(
+    old: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
     // An empty message would be written as null, which the API server refuses.
-    let message = if message.is_empty() { reason.to_owned() } else { message };
+    let message = if message.is_empty() {
+        reason.to_owned()
+    } else {
+        message
+    };
     let status = if ok { "True" } else { "False" };
     // lastTransitionTime moves only when the status does.
     let since = old
@@ -66,44 +72,103 @@ fn condition(old: &[Condition], type_: &str, ok: bool, reason: &str, message: St
 }
 
 /// The status the controller owns, from the object, the pods and `now`. Pure.
-pub fn desired_status(nf: &NetworkFault, pods: &[Pod], now: Timestamp, max: Duration) -> NetworkFaultStatus {
+pub fn desired_status(
+    nf: &NetworkFault,
+    pods: &[Pod],
+    now: Timestamp,
+    max: Duration,
+) -> NetworkFaultStatus {
     let old = nf.status.clone().unwrap_or_default();
     let generation = nf.metadata.generation;
-    let created = nf.metadata.creation_timestamp.clone().map(|t| t.0).unwrap_or(now);
-    let mut st = NetworkFaultStatus { observed_generation: generation, ..Default::default() };
+    let created = nf
+        .metadata
+        .creation_timestamp
+        .clone()
+        .map(|t| t.0)
+        .unwrap_or(now);
+    let mut st = NetworkFaultStatus {
+        observed_generation: generation,
+        ..Default::default()
+    };
     let spec = match nf.fault_spec() {
         Ok(s) => s,
         Err(e) => {
             st.phase = Some(Phase::Failed);
             st.ended_at = Some(old.ended_at.unwrap_or(now));
             st.message = Some(e.to_string());
-            st.conditions = vec![condition(&old.conditions, "Valid", false, "InvalidSpec", e.to_string(), generation)];
+            st.conditions = vec![condition(
+                &old.conditions,
+                "Valid",
+                false,
+                "InvalidSpec",
+                e.to_string(),
+                generation,
+            )];
             return st;
         }
     };
     let duration = spec.duration.map_or(max, |d| d.get());
     if duration > max {
-        let msg = format!("spec.duration: must be at most {} (the controller's --max-duration)", humantime::format_duration(max));
+        let msg = format!(
+            "spec.duration: must be at most {} (the controller's --max-duration)",
+            humantime::format_duration(max)
+        );
         st.phase = Some(Phase::Failed);
         st.ended_at = Some(old.ended_at.unwrap_or(now));
         st.message = Some(msg.clone());
-        st.conditions = vec![condition(&old.conditions, "Valid", false, "DurationTooLong", msg, generation)];
+        st.conditions = vec![condition(
+            &old.conditions,
+            "Valid",
+            false,
+            "DurationTooLong",
+            msg,
+            generation,
+        )];
         return st;
     }
     let expires = old.expires_at.unwrap_or_else(|| {
-        created.checked_add(SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO)).unwrap_or(created)
+        created
+            .checked_add(SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO))
+            .unwrap_or(created)
     });
     st.expires_at = Some(expires);
     let res = resolve::resolve(&spec, pods);
     st.target_count = Some(res.targets.len() as u32);
-    st.peer_count = if spec.all_peers() { None } else { Some((res.peers.len() + spec.to_cidrs.len()) as u32) };
-    st.target_pods = res.targets.iter().map(|t| format!("{}/{}", t.namespace, t.name)).collect();
-    let applied: Vec<&String> = old.nodes.iter().filter(|(_, n)| n.applied).map(|(k, _)| k).collect();
-    st.applied_nodes = (!applied.is_empty()).then(|| applied.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","));
+    st.peer_count = if spec.all_peers() {
+        None
+    } else {
+        Some((res.peers.len() + spec.to_cidrs.len()) as u32)
+    };
+    st.target_pods = res
+        .targets
+        .iter()
+        .map(|t| format!("{}/{}", t.namespace, t.name))
+        .collect();
+    let applied: Vec<&String> = old
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.applied)
+        .map(|(k, _)| k)
+        .collect();
+    st.applied_nodes = (!applied.is_empty()).then(|| {
+        applied
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     let (phase, ended, msg) = if let Some(at) = nf.recovered_at() {
-        (Phase::Recovered, Some(old.ended_at.unwrap_or(at)), "recovered".to_owned())
+        (
+            Phase::Recovered,
+            Some(old.ended_at.unwrap_or(at)),
+            "recovered".to_owned(),
+        )
     } else if now >= expires {
-        (Phase::Expired, Some(expires), "reached its deadline".to_owned())
+        (
+            Phase::Expired,
+            Some(expires),
+            "reached its deadline".to_owned(),
+        )
     } else {
         let warning = res.warnings.first().cloned().unwrap_or_default();
         (Phase::Active, None, warning)
@@ -111,25 +176,90 @@ pub fn desired_status(nf: &NetworkFault, pods: &[Pod], now: Timestamp, max: Dura
     st.phase = Some(phase);
     st.ended_at = ended;
     st.message = (!msg.is_empty()).then_some(msg);
-    let target_nodes: BTreeSet<&str> = res.targets.iter().filter_map(|t| t.node.as_deref()).collect();
-    let waiting: Vec<&str> =
-        target_nodes.iter().copied().filter(|n| !old.nodes.get(*n).is_some_and(|s| s.applied)).collect();
-    let failing: Vec<String> =
-        old.nodes.iter().filter_map(|(n, s)| s.message.as_ref().filter(|_| !s.applied).map(|m| format!("{n}: {m}"))).collect();
+    let target_nodes: BTreeSet<&str> = res
+        .targets
+        .iter()
+        .filter_map(|t| t.node.as_deref())
+        .collect();
+    let waiting: Vec<&str> = target_nodes
+        .iter()
+        .copied()
+        .filter(|n| !old.nodes.get(*n).is_some_and(|s| s.applied))
+        .collect();
+    let failing: Vec<String> = old
+        .nodes
+        .iter()
+        .filter_map(|(n, s)| {
+            s.message
+                .as_ref()
+                .filter(|_| !s.applied)
+                .map(|m| format!("{n}: {m}"))
+        })
+        .collect();
     let applied_cond = match phase {
-        Phase::Active if !failing.is_empty() => condition(&old.conditions, "Applied", false, "NodeFailed", failing.join("; "), generation),
-        Phase::Active if res.targets.is_empty() => condition(&old.conditions, "Applied", false, "NoTargets", "no pod matches the targets yet".into(), generation),
-        Phase::Active if !waiting.is_empty() => condition(&old.conditions, "Applied", false, "WaitingForNodes", format!("waiting for {}", waiting.join(", ")), generation),
-        Phase::Active => condition(&old.conditions, "Applied", true, "AllNodesApplied", format!("applied on {}", target_nodes.len()), generation),
-        _ => condition(&old.conditions, "Applied", false, "Ended", st.message.clone().unwrap_or_else(|| "ended".into()), generation),
+        Phase::Active if !failing.is_empty() => condition(
+            &old.conditions,
+            "Applied",
+            false,
+            "NodeFailed",
+            failing.join("; "),
+            generation,
+        ),
+        Phase::Active if res.targets.is_empty() => condition(
+            &old.conditions,
+            "Applied",
+            false,
+            "NoTargets",
+            "no pod matches the targets yet".into(),
+            generation,
+        ),
+        Phase::Active if !waiting.is_empty() => condition(
+            &old.conditions,
+            "Applied",
+            false,
+            "WaitingForNodes",
+            format!("waiting for {}", waiting.join(", ")),
+            generation,
+        ),
+        Phase::Active => condition(
+            &old.conditions,
+            "Applied",
+            true,
+            "AllNodesApplied",
+            format!("applied on {}", target_nodes.len()),
+            generation,
+        ),
+        _ => condition(
+            &old.conditions,
+            "Applied",
+            false,
+            "Ended",
+            st.message.clone().unwrap_or_else(|| "ended".into()),
+            generation,
+        ),
     };
-    st.conditions = vec![condition(&old.conditions, "Valid", true, "SpecValid", "the spec is valid".into(), generation), applied_cond];
+    st.conditions = vec![
+        condition(
+            &old.conditions,
+            "Valid",
+            true,
+            "SpecValid",
+            "the spec is valid".into(),
+            generation,
+        ),
+        applied_cond,
+    ];
     st
 }
 
 async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = Timestamp::now();
-    let pods: Vec<Pod> = ctx.pods.state().iter().filter_map(|p| from_kube(p)).collect();
+    let pods: Vec<Pod> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter_map(|p| from_kube(p))
+        .collect();
     let st = desired_status(&nf, &pods, now, ctx.max_duration);
     let ns = nf.namespace().unwrap_or_default();
     let api: Api<NetworkFault> = Api::namespaced(ctx.client.clone(), &ns);
@@ -141,13 +271,20 @@ async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, E
     };
     if mine(&old) != st {
         let patch = serde_json::json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault", "status": st});
-        api.patch_status(&nf.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+        api.patch_status(
+            &nf.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
     }
     match (st.phase, st.ended_at, st.expires_at) {
         (Some(Phase::Active), _, Some(exp)) => {
             let left = exp.duration_since(now).as_secs_f64().max(0.0);
             // Pods come and go: refresh the counts every few seconds too.
-            Ok(Action::requeue(Duration::from_secs_f64(left.min(5.0)) + Duration::from_millis(5)))
+            Ok(Action::requeue(
+                Duration::from_secs_f64(left.min(5.0)) + Duration::from_millis(5),
+            ))
         }
         (_, Some(end), _) => {
             let age = now.duration_since(end).as_secs_f64();
@@ -155,7 +292,9 @@ async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, E
                 api.delete(&nf.name_any(), &DeleteParams::default()).await?;
                 return Ok(Action::await_change());
             }
-            Ok(Action::requeue(Duration::from_secs_f64(ctx.retention.as_secs_f64() - age)))
+            Ok(Action::requeue(Duration::from_secs_f64(
+                ctx.retention.as_secs_f64() - age,
+            )))
         }
         _ => Ok(Action::requeue(Duration::from_secs(5))),
     }

@@ -39,7 +39,11 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Peers", type_ = "integer", json_path = ".status.peerCount"),
     printcolumn(name = "Nodes", type_ = "string", json_path = ".status.appliedNodes"),
     printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkFaultSpec {
@@ -215,11 +219,20 @@ impl NetworkFault {
     pub fn fault_spec(&self) -> Result<FaultSpec, FieldError> {
         let namespace = self.metadata.namespace.clone().unwrap_or_default();
         let s = &self.spec;
-        fn parse<T: std::str::FromStr<Err = String>>(field: &str, v: &Option<String>) -> Result<Option<T>, FieldError> {
-            v.as_deref().map(|t| t.parse().map_err(|e| FieldError::new(format!("spec.{field}"), e))).transpose()
+        fn parse<T: std::str::FromStr<Err = String>>(
+            field: &str,
+            v: &Option<String>,
+        ) -> Result<Option<T>, FieldError> {
+            v.as_deref()
+                .map(|t| {
+                    t.parse()
+                        .map_err(|e| FieldError::new(format!("spec.{field}"), e))
+                })
+                .transpose()
         }
         fn percent(field: &str, v: Option<f64>) -> Result<Option<Percent>, FieldError> {
-            v.map(|x| Percent::new(x).map_err(|e| FieldError::new(format!("spec.{field}"), e))).transpose()
+            v.map(|x| Percent::new(x).map_err(|e| FieldError::new(format!("spec.{field}"), e)))
+                .transpose()
         }
         let mut f = FaultSpec::new(namespace);
         f.pod_prefix = s.pod_prefix.clone();
@@ -228,7 +241,10 @@ impl NetworkFault {
             .to_selectors
             .iter()
             .enumerate()
-            .map(|(i, t)| t.parse().map_err(|e| FieldError::new(format!("spec.toSelectors[{i}]"), e)))
+            .map(|(i, t)| {
+                t.parse()
+                    .map_err(|e| FieldError::new(format!("spec.toSelectors[{i}]"), e))
+            })
             .collect::<Result<_, _>>()?;
         f.to_namespace = s.to_namespace.clone();
         f.to_cidrs = s
@@ -236,7 +252,12 @@ impl NetworkFault {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                t.parse::<IpNet>().map_err(|e| FieldError::new(format!("spec.toCidrs[{i}]"), format!("not a CIDR ({e}): {t:?}")))
+                t.parse::<IpNet>().map_err(|e| {
+                    FieldError::new(
+                        format!("spec.toCidrs[{i}]"),
+                        format!("not a CIDR ({e}): {t:?}"),
+                    )
+                })
             })
             .collect::<Result<_, _>>()?;
         f.port = s.port;
@@ -260,7 +281,8 @@ impl NetworkFault {
             .into_iter()
             .filter(|(k, v)| Selector::from_labels([(k.as_str(), v.as_str())]).is_ok())
             .collect();
-        f.validate().map_err(|e| FieldError::new(format!("spec.{}", camel(&e.field)), e.message))?;
+        f.validate()
+            .map_err(|e| FieldError::new(format!("spec.{}", camel(&e.field)), e.message))?;
         Ok(f)
     }
 
@@ -271,7 +293,12 @@ impl NetworkFault {
 
     /// Whether the API (or a user) asked to recover it.
     pub fn recovered_at(&self) -> Option<Timestamp> {
-        self.metadata.annotations.as_ref()?.get(RECOVERED_AT)?.parse().ok()
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(RECOVERED_AT)?
+            .parse()
+            .ok()
     }
 }
 
@@ -284,12 +311,18 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crd.yaml");
         let generated = crate::kube::crd_yaml();
         let kept = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(kept == generated, "deploy/crd.yaml is stale: regenerate it with `cargo run -p fault-agent -- crd > deploy/crd.yaml`");
+        assert!(
+            kept == generated,
+            "deploy/crd.yaml is stale: regenerate it with `cargo run -p fault-agent -- crd > deploy/crd.yaml`"
+        );
     }
 
     #[test]
     fn spec_errors_name_camel_case_fields() {
-        let mut nf = NetworkFault::new("f-1", NetworkFaultSpec::from_fault_spec(&FaultSpec::new("dynamo")));
+        let mut nf = NetworkFault::new(
+            "f-1",
+            NetworkFaultSpec::from_fault_spec(&FaultSpec::new("dynamo")),
+        );
         nf.metadata.namespace = Some("dynamo".into());
         nf.spec.pod_prefix = Some("vllm".into());
         nf.spec.to_cidrs = vec!["198.18.0.1/24".into()];
@@ -306,6 +339,9 @@ mod tests {
         assert!(nf.fault_spec().is_err());
         assert!(crate::kube::crd().spec.versions[0].subresources.is_some());
         let yaml = crate::kube::crd_yaml();
-        assert!(!yaml.contains("- null"), "no null in enums (API servers before 1.21 refuse them)");
+        assert!(
+            !yaml.contains("- null"),
+            "no null in enums (API servers before 1.21 refuse them)"
+        );
     }
 }

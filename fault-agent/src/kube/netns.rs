@@ -43,7 +43,11 @@ fn candidates() -> Vec<PathBuf> {
     }
     if let Ok(procs) = std::fs::read_dir("/proc") {
         for e in procs.flatten() {
-            if e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            if e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
                 consider(e.path().join("ns/net"));
             }
         }

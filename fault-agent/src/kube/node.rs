@@ -68,13 +68,19 @@ impl Discovery {
     fn fill(&mut self, pods: &mut [Pod], node: &str) {
         for pod in pods.iter_mut().filter(|p| p.node.as_deref() == Some(node)) {
             let key = (format!("{}/{}", pod.namespace, pod.name), pod.ips.clone());
-            if let Some((ns, net)) = self.cache.get(&key).filter(|(_, n)| n.host_ifs.iter().all(if_still_there)) {
+            if let Some((ns, net)) = self
+                .cache
+                .get(&key)
+                .filter(|(_, n)| n.host_ifs.iter().all(if_still_there))
+            {
                 pod.host_ifs = net.host_ifs.clone();
                 pod.pod_ifs = net.pod_ifs.clone();
                 pod.netns = Some(ns.clone());
                 continue;
             }
-            let Some(ip) = pod.ips.first().copied() else { continue };
+            let Some(ip) = pod.ips.first().copied() else {
+                continue;
+            };
             let Some(ns) = self.index.find(ip) else {
                 pod.problem = Some(format!("no network namespace of this node holds {ip}"));
                 continue;
@@ -89,8 +95,10 @@ impl Discovery {
                 Err(e) => pod.problem = Some(format!("{e:#}")),
             }
         }
-        let live: std::collections::HashSet<_> =
-            pods.iter().map(|p| (format!("{}/{}", p.namespace, p.name), p.ips.clone())).collect();
+        let live: std::collections::HashSet<_> = pods
+            .iter()
+            .map(|p| (format!("{}/{}", p.namespace, p.name), p.ips.clone()))
+            .collect();
         self.cache.retain(|k, _| live.contains(k));
     }
 }
@@ -107,7 +115,12 @@ fn external(nf: &NetworkFault) -> Option<ExternalFault> {
     Some(ExternalFault {
         id: nf.id(),
         spec,
-        created_at: nf.metadata.creation_timestamp.clone().map(|t| t.0).unwrap_or_else(Timestamp::now),
+        created_at: nf
+            .metadata
+            .creation_timestamp
+            .clone()
+            .map(|t| t.0)
+            .unwrap_or_else(Timestamp::now),
         expires_at,
         recovered: nf.recovered_at().is_some() || st.phase == Some(Phase::Recovered),
     })
@@ -129,36 +142,74 @@ where
 
 /// Runs the node agent until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
-    let client = Client::try_default().await.context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG)")?;
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG)")?;
     let caps = Capabilities::probe(cfg.force_netlink);
     tracing::info!(node = %cfg.node, kernel = %caps.kernel, tcx = caps.tcx, sch_fq = caps.sch_fq, "node agent");
     let store = Store::open(&cfg.state_dir, &kernel::boot_id(), kernel::boottime_ns()?)?;
     let previous = store::load_attachments(&cfg.state_dir)?;
     let previous_fq = store::load_qdiscs(&cfg.state_dir)?;
     let dataplane = Dataplane::open(Pins::new(&cfg.bpffs), &caps, previous, previous_fq)?;
-    let core = Arc::new(Mutex::new(Core::new(store, dataplane, caps, cfg.core.clone())));
+    let core = Arc::new(Mutex::new(Core::new(
+        store,
+        dataplane,
+        caps,
+        cfg.core.clone(),
+    )));
 
     let changed = Arc::new(Notify::new());
     let (pods_r, pods_w) = reflector::store::<KubePod>();
     let (faults_r, faults_w) = reflector::store::<NetworkFault>();
-    let pods_watch = reflector(pods_w, watcher(Api::<KubePod>::all(client.clone()), watcher::Config::default()).default_backoff());
-    let faults_watch =
-        reflector(faults_w, watcher(Api::<NetworkFault>::all(client.clone()), watcher::Config::default()).default_backoff());
+    let pods_watch = reflector(
+        pods_w,
+        watcher(
+            Api::<KubePod>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(super::pods::slim),
+    );
+    let faults_watch = reflector(
+        faults_w,
+        watcher(
+            Api::<NetworkFault>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    );
     let w1 = tokio::spawn(drive(pods_watch, changed.clone(), "pods"));
     let w2 = tokio::spawn(drive(faults_watch, changed.clone(), "networkfaults"));
     pods_r.wait_until_ready().await.context("pod watch")?;
-    faults_r.wait_until_ready().await.context("networkfault watch")?;
+    faults_r
+        .wait_until_ready()
+        .await
+        .context("networkfault watch")?;
 
     let state = Arc::new(AppState {
-        backend: Backend::Local { core: core.clone(), read_only: true },
+        backend: Backend::Local {
+            core: core.clone(),
+            read_only: true,
+        },
         changed: changed.clone(),
         ready: false.into(),
         inventory_error: Mutex::new(None),
     });
-    let sync = tokio::spawn(sync_loop(cfg.clone(), core.clone(), pods_r, faults_r, client, state.clone()));
-    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let sync = tokio::spawn(sync_loop(
+        cfg.clone(),
+        core.clone(),
+        pods_r,
+        faults_r,
+        client,
+        state.clone(),
+    ));
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "node agent API listening");
-    let served = axum::serve(listener, api::router(state.clone(), None)).with_graceful_shutdown(shutdown_signal()).await;
+    let served = axum::serve(listener, api::router(state.clone(), None))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
     for t in [w1, w2, sync] {
         t.abort();
         let _ = t.await;
@@ -197,14 +248,17 @@ async fn sync_loop(
         let mut pods: Vec<Pod> = pods_r.state().iter().filter_map(|p| from_kube(p)).collect();
         let faults: Vec<ExternalFault> = objects.iter().filter_map(|f| external(f)).collect();
         let (c, d, node) = (core.clone(), discovery.clone(), cfg.node.clone());
-        let res = tokio::task::spawn_blocking(move || -> Result<(Vec<NodeReport>, Option<Duration>)> {
-            d.lock().unwrap_or_else(|p| p.into_inner()).fill(&mut pods, &node);
-            let mut core = lock(&c);
-            core.set_pods(pods)?;
-            core.sync_external(&faults)?;
-            Ok((core.node_reports(&node), core.next_deadline()))
-        })
-        .await;
+        let res =
+            tokio::task::spawn_blocking(move || -> Result<(Vec<NodeReport>, Option<Duration>)> {
+                d.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .fill(&mut pods, &node);
+                let mut core = lock(&c);
+                core.set_pods(pods)?;
+                core.sync_external(&faults)?;
+                Ok((core.node_reports(&node), core.next_deadline()))
+            })
+            .await;
         let mut next = Duration::from_secs(5);
         match res {
             Ok(Ok((reports, deadline))) => {
@@ -237,7 +291,9 @@ async fn write_status(
     for nf in objects {
         let ns = nf.metadata.namespace.clone().unwrap_or_default();
         let key = (ns.clone(), nf.id());
-        let Some(r) = reports.iter().find(|r| r.id == key.1) else { continue };
+        let Some(r) = reports.iter().find(|r| r.id == key.1) else {
+            continue;
+        };
         let mut status = NodeFaultStatus {
             targets: r.local_targets,
             applied: r.applied,
@@ -255,7 +311,9 @@ async fn write_status(
                     || (last.counters != status.counters && at.elapsed() >= cfg.status_interval)
                     || in_object.is_none_or(|o| !same(o, &status))
             }
-            None => status.applied || status.message.is_some() || in_object.is_some_and(|o| o.applied),
+            None => {
+                status.applied || status.message.is_some() || in_object.is_some_and(|o| o.applied)
+            }
         };
         if !due {
             continue;
@@ -266,7 +324,14 @@ async fn write_status(
             "apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
             "status": {"nodes": {cfg.node.clone(): status}}
         });
-        match api.patch_status(&key.1, &PatchParams::apply(&manager).force(), &Patch::Apply(&patch)).await {
+        match api
+            .patch_status(
+                &key.1,
+                &PatchParams::apply(&manager).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
             Ok(_) => {
                 written.insert(key, (status, Instant::now()));
             }
@@ -276,5 +341,9 @@ async fn write_status(
             Err(e) => tracing::warn!(fault = %key.1, error = %e, "status write failed (retrying)"),
         }
     }
-    written.retain(|k, _| objects.iter().any(|o| o.metadata.namespace.as_deref() == Some(k.0.as_str()) && o.id() == k.1));
+    written.retain(|k, _| {
+        objects
+            .iter()
+            .any(|o| o.metadata.namespace.as_deref() == Some(k.0.as_str()) && o.id() == k.1)
+    });
 }

@@ -12,7 +12,10 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use fault_testkit::{
     DynamoEnv, Family, Pod, StreamOpts,
-    probe::{TcpEchoServer, UdpEchoServer, tcp_connect, tcp_echo_roundtrip, udp_echo_roundtrip, udp_stream},
+    probe::{
+        TcpEchoServer, UdpEchoServer, tcp_connect, tcp_echo_roundtrip, udp_echo_roundtrip,
+        udp_stream,
+    },
 };
 use serde_json::json;
 
@@ -69,19 +72,43 @@ fn pod_at(netns: &str, ip: IpAddr) -> Pod {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Up { ready_file, agent_args } => up(&ready_file, &agent_args),
-        Cmd::Probe { kind, from, to, to_netns, port, timeout_ms, count } => {
+        Cmd::Up {
+            ready_file,
+            agent_args,
+        } => up(&ready_file, &agent_args),
+        Cmd::Probe {
+            kind,
+            from,
+            to,
+            to_netns,
+            port,
+            timeout_ms,
+            count,
+        } => {
             let fam = if to.is_ipv4() { Family::V4 } else { Family::V6 };
             let src = pod_at(&from, to);
             let dst = pod_at(to_netns.as_deref().unwrap_or(""), to);
             let timeout = Duration::from_millis(timeout_ms);
             let out = match kind {
                 ProbeKind::Tcp => json!({"ok": tcp_connect(&src, &dst, fam, port, timeout)?}),
-                ProbeKind::TcpEcho => json!({"ok": tcp_echo_roundtrip(&src, &dst, fam, port, timeout)?}),
-                ProbeKind::UdpEcho => json!({"ok": udp_echo_roundtrip(&src, &dst, fam, port, timeout)?}),
+                ProbeKind::TcpEcho => {
+                    json!({"ok": tcp_echo_roundtrip(&src, &dst, fam, port, timeout)?})
+                }
+                ProbeKind::UdpEcho => {
+                    json!({"ok": udp_echo_roundtrip(&src, &dst, fam, port, timeout)?})
+                }
                 ProbeKind::UdpStream => {
                     to_netns.context("udp-stream needs --to-netns")?;
-                    let r = udp_stream(&src, &dst, fam, &StreamOpts { count, port, ..Default::default() })?;
+                    let r = udp_stream(
+                        &src,
+                        &dst,
+                        fam,
+                        &StreamOpts {
+                            count,
+                            port,
+                            ..Default::default()
+                        },
+                    )?;
                     json!({"sent": r.sent, "received": r.received, "corrupted": r.corrupted,
                            "loss_ratio": r.loss_ratio(), "corrupt_ratio": r.corrupt_ratio()})
                 }

@@ -10,9 +10,9 @@ use anyhow::{Context as _, Result};
 use fault_api::{FaultSpec, PartitionMode};
 use fault_testkit::{AgentProcess, Family, Topology, probe::udp_reachable};
 
-use super::{Options, other_prefixes};
+use super::{Options, Report, other_prefixes};
 
-fn rss_mib(pid: u32) -> Result<f64> {
+pub fn rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
         .lines()
@@ -23,11 +23,20 @@ fn rss_mib(pid: u32) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
-pub fn run(out: &mut String, opts: &Options) -> Result<()> {
-    writeln!(out, "## 4. Scale\n")?;
-    writeln!(out, "Pods are real network namespaces with veths on one bridge; the single-host agent reads each one. Ready: from start to `/readyz` (programs loaded and attached to every pod). Fault over all pods: API request to response (the maps are written before it answers). 10,000 rules: a fault on one pod with 10,000 peer CIDRs. New pod: from the inventory file naming it to its traffic being cut by a fault that already covers its name prefix.\n")?;
-    writeln!(out, "| pods | topology build s | agent ready s | RSS MiB | fault over all pods ms | RSS MiB after | 10,000 rules ms | RSS MiB after | new pod covered ms |")?;
-    writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")?;
+pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
+    writeln!(r.out, "## 4. Scale\n")?;
+    writeln!(
+        r.out,
+        "Pods are real network namespaces with veths on one bridge; the single-host agent reads each one. Ready: from start to `/readyz` (programs loaded and attached to every pod). Fault over all pods: API request to response (the maps are written before it answers). 10,000 rules: a fault on one pod with 10,000 peer CIDRs. New pod: from the inventory file naming it to its traffic being cut by a fault that already covers its name prefix.\n"
+    )?;
+    writeln!(
+        r.out,
+        "| pods | topology build s | agent ready s | RSS MiB | fault over all pods ms | RSS MiB after | 10,000 rules ms | RSS MiB after | new pod covered ms |"
+    )?;
+    writeln!(
+        r.out,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )?;
     let sizes: &[usize] = if opts.quick { &[100] } else { &[100, 1000] };
     for &n in sizes {
         let t = Instant::now();
@@ -41,7 +50,9 @@ pub fn run(out: &mut String, opts: &Options) -> Result<()> {
         let inventory = dir.path().join("inventory.yaml");
         topo.write_inventory(&inventory)?;
         let t = Instant::now();
-        let agent = AgentProcess::builder(&inventory).ready_timeout(Duration::from_secs(600)).start()?;
+        let agent = AgentProcess::builder(&inventory)
+            .ready_timeout(Duration::from_secs(600))
+            .start()?;
         let ready = t.elapsed().as_secs_f64();
         let pid = agent.pid().context("agent pid")?;
         let rss0 = rss_mib(pid)?;
@@ -66,15 +77,36 @@ pub fn run(out: &mut String, opts: &Options) -> Result<()> {
         topo.write_inventory(&inventory)?;
         let mut covered = f64::NAN;
         while t.elapsed() < Duration::from_secs(30) {
-            if !udp_reachable(&newcomer, &peer, Family::V4, 9000, Duration::from_millis(20))? {
+            if !udp_reachable(
+                &newcomer,
+                &peer,
+                Family::V4,
+                9000,
+                Duration::from_millis(20),
+            )? {
                 covered = t.elapsed().as_secs_f64() * 1e3;
                 break;
             }
         }
-        writeln!(out, "| {n} | {build:.1} | {ready:.1} | {rss0:.1} | {all:.1} | {rss1:.1} | {ten_k:.1} | {rss2:.1} | {covered:.0} |")?;
+        if n == 1000 {
+            let worst = rss0.max(rss1).max(rss2);
+            r.target(
+                "agent RSS <= 30 MiB with 1,000 pods",
+                format!("{rss0:.1} MiB ready, {worst:.1} MiB at most (after 10,000 rules)"),
+                worst <= 30.0,
+                "the agent keeps each pod's discovered interfaces and the compiled tables (what it last wrote, to write only differences); 10,000 CIDRs are held as compiled prefixes per slot",
+            );
+        }
+        writeln!(
+            r.out,
+            "| {n} | {build:.1} | {ready:.1} | {rss0:.1} | {all:.1} | {rss1:.1} | {ten_k:.1} | {rss2:.1} | {covered:.0} |"
+        )?;
         drop(agent);
         drop(topo);
     }
-    writeln!(out, "\n10,000 pods were not measured: the single-host agent re-reads every pod's network namespace each second (one netlink dump per pod, `--rescan`), which at that size is the dominant cost; in cluster mode only the node's own pods are read, and the others are plain Pod objects from the API server.\n")?;
+    writeln!(
+        r.out,
+        "\nReading: memory and the time to write a fault grow with the pods the agent attaches to; 10,000 rules cost one compile and one batch of map writes. 10,000 pods are not built on one host (a Linux bridge takes at most 1,024 ports, and a kubelet runs at most 110 pods by default): a node agent sees 10,000 pods as Pod objects of a cluster, measured in 4b.\n"
+    )?;
     Ok(())
 }
