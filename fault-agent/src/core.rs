@@ -136,6 +136,10 @@ impl Core {
 
     /// Brings the kernel in line with the faults and pods (see the module docs).
     pub fn reconcile(&mut self) -> Result<ReconcileReport> {
+        /// A reconcile that wrote this many map entries allocated enough to be worth giving
+        /// back (see [`crate::memory`]); smaller ones skip the trim, which would only add to
+        /// the time until a fault acts.
+        const TRIM_AFTER_WRITES: usize = 1024;
         let now = Timestamp::now();
         let now_boot = kernel::boottime_ns()?;
         let mut report = ReconcileReport::default();
@@ -169,6 +173,9 @@ impl Core {
                 expired = report.expired,
                 "reconciled"
             );
+        }
+        if report.writes >= TRIM_AFTER_WRITES {
+            crate::memory::trim();
         }
         Ok(report)
     }

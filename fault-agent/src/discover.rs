@@ -2,17 +2,20 @@
 //! relying on a CNI: inside the pod, every veth's peer index (`IFLA_LINK`) names the peer in
 //! the agent's namespace; the host-side candidate must be a veth whose own peer index is the
 //! pod-side interface, both ways, before it is trusted.
-use std::{net::IpAddr, path::Path};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{Result, bail};
-use futures::TryStreamExt as _;
+use anyhow::{Context as _, Result, anyhow, bail};
 use netlink_packet_route::{
-    address::{AddressAttribute, AddressFlags, AddressScope},
-    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    RouteNetlinkMessage,
+    address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope},
+    link::{InfoKind, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage},
 };
 use serde::Serialize;
 
-use crate::netlink;
+use crate::rtdump;
 
 /// The host side of one pod veth, in the agent's network namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -67,42 +70,113 @@ fn name_of(msg: &LinkMessage) -> Option<String> {
     })
 }
 
-/// The veths of a network namespace and their usable addresses.
-fn pod_side(netns: &Path) -> Result<(Vec<Veth>, Vec<IpAddr>)> {
-    netlink::run(Some(netns), |handle| async move {
-        let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
-        let veths: Vec<Veth> = links.iter().filter_map(veth_of).collect();
-        let addrs: Vec<_> = handle.address().get().execute().try_collect().await?;
-        let mut ips = Vec::new();
-        for a in addrs {
-            if !veths.iter().any(|v| v.index == a.header.index)
-                || a.header.scope != AddressScope::Universe
-            {
-                continue;
-            }
-            let unusable = a.attributes.iter().any(|at| match at {
-                AddressAttribute::Flags(f) => {
-                    f.contains(AddressFlags::Tentative) || f.contains(AddressFlags::Dadfailed)
-                }
-                _ => false,
-            });
-            let ip = a.attributes.iter().find_map(|at| match at {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            if let (Some(ip), false) = (ip, unusable) {
-                ips.push(ip);
-            }
+/// A link dump request without statistics (`RTEXT_FILTER_SKIP_STATS`, Linux 4.13): the
+/// per-interface counters are most of what the kernel computes and sends per link.
+fn get_links() -> RouteNetlinkMessage {
+    let mut req = LinkMessage::default();
+    req.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    RouteNetlinkMessage::GetLink(req)
+}
+
+/// The veths of the current thread's network namespace and their usable addresses.
+fn pod_side_here() -> Result<(Vec<Veth>, Vec<IpAddr>)> {
+    let sock = rtdump::Socket::open()?;
+    let links: Vec<LinkMessage> = sock
+        .dump(get_links())?
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l),
+            _ => None,
+        })
+        .collect();
+    let veths: Vec<Veth> = links.iter().filter_map(veth_of).collect();
+    let addrs: Vec<AddressMessage> = sock
+        .dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let mut ips = Vec::new();
+    for a in addrs {
+        if !veths.iter().any(|v| v.index == a.header.index)
+            || a.header.scope != AddressScope::Universe
+        {
+            continue;
         }
-        ips.sort();
-        ips.dedup();
-        Ok((veths, ips))
+        let unusable = a.attributes.iter().any(|at| match at {
+            AddressAttribute::Flags(f) => {
+                f.contains(AddressFlags::Tentative) || f.contains(AddressFlags::Dadfailed)
+            }
+            _ => false,
+        });
+        let ip = a.attributes.iter().find_map(|at| match at {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if let (Some(ip), false) = (ip, unusable) {
+            ips.push(ip);
+        }
+    }
+    ips.sort();
+    ips.dedup();
+    Ok((veths, ips))
+}
+
+/// Threads that read namespaces (each enters one namespace after another; a thread is
+/// cheap next to the `setns(2)` and the two dumps it serves, and two keep both cores busy).
+const READERS: usize = 2;
+
+/// Reads many network namespaces: `f` runs in each (on a reader thread that entered it with
+/// `setns(2)`), results in the order of `paths`. A reader thread is never returned to a pool
+/// in a foreign namespace: it ends with its batch.
+pub fn in_each_netns<T: Send>(
+    paths: &[PathBuf],
+    f: impl Fn() -> Result<T> + Sync,
+) -> Vec<Result<T>> {
+    if paths.is_empty() {
+        return Vec::new();
+    }
+    let per = paths.len().div_ceil(READERS);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = paths
+            .chunks(per)
+            .map(|chunk| {
+                let f = &f;
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|p| {
+                            let file = std::fs::File::open(p)
+                                .with_context(|| format!("opening {}", p.display()))?;
+                            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                                .with_context(|| format!("entering {}", p.display()))?;
+                            f()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(paths.chunks(per))
+            .flat_map(|(h, chunk)| {
+                h.join().unwrap_or_else(|_| {
+                    chunk
+                        .iter()
+                        .map(|p| Err(anyhow!("reading {} panicked", p.display())))
+                        .collect()
+                })
+            })
+            .collect()
     })
 }
 
-/// The usable addresses of the veths of a network namespace.
-pub fn addresses(netns: &Path) -> Result<Vec<IpAddr>> {
-    Ok(pod_side(netns)?.1)
+/// The usable addresses of the veths of each network namespace of `paths`.
+pub fn addresses_of(paths: &[PathBuf]) -> Vec<Result<Vec<IpAddr>>> {
+    in_each_netns(paths, || Ok(pod_side_here()?.1))
 }
 
 /// The veths of the agent's own namespace: index -> (name, peer index).
@@ -110,20 +184,33 @@ pub type HostVeths = std::collections::HashMap<u32, (String, u32)>;
 
 /// Dumps the agent namespace's veths once (for many pods).
 pub fn host_veths() -> Result<HostVeths> {
-    netlink::run(None, |handle| async move {
-        let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
-        Ok(links
-            .iter()
-            .filter_map(|m| Some((veth_of(m)?, name_of(m)?)))
-            .map(|(v, name)| (v.index, (name, v.peer_index)))
-            .collect())
-    })
+    let links = rtdump::Socket::open()?.dump(get_links())?;
+    Ok(links
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l),
+            _ => None,
+        })
+        .filter_map(|m| Some((veth_of(m)?, name_of(m)?)))
+        .map(|(v, name)| (v.index, (name, v.peer_index)))
+        .collect())
 }
 
-/// Reads the pod's veths and addresses from `netns`, and finds their host-side peers in
-/// `host` (from [`host_veths`]).
-pub fn pod_net_with(netns: &Path, host: &HostVeths) -> Result<PodNet> {
-    let (veths, ips) = pod_side(netns)?;
+/// Reads each pod's veths and addresses from its network namespace (`paths`), and finds their
+/// host-side peers in `host` (from [`host_veths`]); results in the order of `paths`.
+pub fn pod_nets(paths: &[PathBuf], host: &HostVeths) -> Vec<Result<PodNet>> {
+    in_each_netns(paths, pod_side_here)
+        .into_iter()
+        .zip(paths)
+        .map(|(side, netns)| pod_net_from(side?, netns, host))
+        .collect()
+}
+
+fn pod_net_from(
+    (veths, ips): (Vec<Veth>, Vec<IpAddr>),
+    netns: &Path,
+    host: &HostVeths,
+) -> Result<PodNet> {
     if veths.is_empty() {
         bail!("no veth in network namespace {}", netns.display());
     }
@@ -157,7 +244,10 @@ pub fn pod_net_with(netns: &Path, host: &HostVeths) -> Result<PodNet> {
     })
 }
 
-/// [`pod_net_with`] for one pod.
+/// [`pod_nets`] for one pod.
 pub fn pod_net(netns: &Path) -> Result<PodNet> {
-    pod_net_with(netns, &host_veths()?)
+    let host = host_veths()?;
+    pod_nets(&[netns.to_path_buf()], &host)
+        .pop()
+        .unwrap_or_else(|| Err(anyhow!("no result for {}", netns.display())))
 }

@@ -116,6 +116,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    fault_agent::memory::tune_allocator();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

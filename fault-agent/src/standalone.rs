@@ -1,8 +1,10 @@
 //! `fault-agent standalone`: the agent on a single host, pods listed in an inventory file.
 //!
 //! Tasks around the synchronous [`Core`]:
-//! - inventory: reloads the file when it changes (inotify on its folder) and re-reads every
-//!   pod's network namespace every `--rescan` (addresses change without the file changing);
+//! - inventory: reloads the file when it changes (inotify on its folder; only pods new to it
+//!   are read then) and re-reads every pod's network namespace every `--rescan`, or ten times
+//!   as long as the last full pass took if that is longer, so that discovery keeps to about a
+//!   tenth of a core however many pods there are (addresses change without the file changing);
 //! - expiry: sleeps until the nearest deadline (or a change) and reconciles;
 //! - API: the HTTP server, until SIGTERM or SIGINT, after which everything the agent made in
 //!   the kernel is removed.
@@ -22,7 +24,7 @@ use crate::{
     core::{Core, CoreConfig},
     dataplane::{Capabilities, Dataplane, Pins, kernel},
     discover,
-    inventory::{Inventory, InventoryPod},
+    inventory::Inventory,
     pods::Pod,
     store::{self, Store},
 };
@@ -45,67 +47,64 @@ pub struct Config {
     pub insecure: bool,
 }
 
-/// Reads a pod's network namespace; a pod that cannot be read is kept with the reason.
-fn discover_pod(p: &InventoryPod, host: &discover::HostVeths) -> Pod {
-    let (ips, host_ifs, pod_ifs, problem) = match discover::pod_net_with(&p.netns_path(), host) {
-        Ok(net) => (net.ips, net.host_ifs, net.pod_ifs, None),
-        Err(e) => (vec![], vec![], vec![], Some(format!("{e:#}"))),
-    };
-    Pod {
-        namespace: p.namespace.clone(),
-        name: p.name.clone(),
-        labels: p.labels.clone(),
-        node: None,
-        ips,
-        host_ifs,
-        netns: Some(p.netns_path()),
-        pod_ifs,
-        problem,
-    }
-}
+/// What the last pass read in each network namespace (by path), or why it could not.
+type NetCache = std::collections::HashMap<PathBuf, Result<discover::PodNet, String>>;
 
-/// Pods read at once, each on its own thread (a namespace is entered per thread).
-const DISCOVERY_PARALLELISM: usize = 16;
-
-fn discover_all(inv: &Inventory) -> Vec<Pod> {
-    let host = match discover::host_veths() {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "cannot list this namespace's veths");
-            Default::default()
-        }
-    };
-    let mut pods = Vec::with_capacity(inv.pods.len());
-    for chunk in inv.pods.chunks(DISCOVERY_PARALLELISM) {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|p| s.spawn(|| discover_pod(p, &host)))
-                .collect();
-            for (h, p) in handles.into_iter().zip(chunk) {
-                pods.push(h.join().unwrap_or_else(|_| {
-                    let mut pod = discover_pod_failed(p);
-                    pod.problem = Some("discovery panicked".into());
-                    pod
-                }));
+/// The pods of `inv` with what their network namespaces hold. Namespaces in `cache` are not
+/// read again (pass an empty cache for a full pass); a pod that cannot be read is kept with
+/// the reason. Returns the pods and the cache of this pass.
+fn discover_all(inv: &Inventory, cache: &NetCache) -> (Vec<Pod>, NetCache) {
+    let paths: Vec<PathBuf> = inv.pods.iter().map(|p| p.netns_path()).collect();
+    let unread: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| !cache.contains_key(*p))
+        .cloned()
+        .collect();
+    let mut fresh: NetCache = NetCache::new();
+    if !unread.is_empty() {
+        match discover::host_veths() {
+            Ok(host) => {
+                for (path, net) in unread.iter().zip(discover::pod_nets(&unread, &host)) {
+                    fresh.insert(path.clone(), net.map_err(|e| format!("{e:#}")));
+                }
             }
-        });
+            Err(e) => {
+                let e = format!("cannot list the agent's veths: {e:#}");
+                tracing::error!(error = %e);
+                fresh.extend(unread.iter().map(|p| (p.clone(), Err(e.clone()))));
+            }
+        }
     }
-    pods
-}
-
-fn discover_pod_failed(p: &InventoryPod) -> Pod {
-    Pod {
-        namespace: p.namespace.clone(),
-        name: p.name.clone(),
-        labels: p.labels.clone(),
-        node: None,
-        ips: vec![],
-        host_ifs: vec![],
-        netns: Some(p.netns_path()),
-        pod_ifs: vec![],
-        problem: None,
-    }
+    let mut next = NetCache::new();
+    let pods = inv
+        .pods
+        .iter()
+        .zip(paths)
+        .map(|(p, path)| {
+            let net = fresh
+                .get(&path)
+                .or_else(|| cache.get(&path))
+                .cloned()
+                .unwrap_or_else(|| Err("not read".into()));
+            next.insert(path.clone(), net.clone());
+            let (ips, host_ifs, pod_ifs, problem) = match net {
+                Ok(net) => (net.ips, net.host_ifs, net.pod_ifs, None),
+                Err(e) => (vec![], vec![], vec![], Some(e)),
+            };
+            Pod {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                node: None,
+                ips,
+                host_ifs,
+                netns: Some(path),
+                pod_ifs,
+                problem,
+            }
+        })
+        .collect();
+    (pods, next)
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
@@ -144,12 +143,25 @@ pub async fn run(cfg: Config) -> Result<()> {
         inventory_error: Mutex::new(None),
     });
 
-    let pods = tokio::task::spawn_blocking(move || discover_all(&inventory)).await?;
+    let t = std::time::Instant::now();
+    let pods =
+        tokio::task::spawn_blocking(move || discover_all(&inventory, &NetCache::new()).0).await?;
+    tracing::info!(
+        pods = pods.len(),
+        took_ms = t.elapsed().as_millis() as u64,
+        "pods read"
+    );
+    let t = std::time::Instant::now();
     {
         let mut c = lock(&core);
         c.set_pods(pods)?;
         c.reconcile()?;
     }
+    crate::memory::trim();
+    tracing::info!(
+        took_ms = t.elapsed().as_millis() as u64,
+        "programs attached and maps written"
+    );
     state.ready.store(true, Ordering::Release);
 
     let listener = TcpListener::bind(cfg.listen)
@@ -239,19 +251,33 @@ async fn watch_inventory(
             None
         }
     };
-    let mut tick = tokio::time::interval(rescan);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cache = NetCache::new();
+    // The inventory as last parsed, with the file's (modification time, length) then.
+    type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
+    let mut parsed: Option<(Stamp, Inventory)> = None;
+    // The pods were read at start.
+    let mut next_full = tokio::time::Instant::now() + rescan;
     loop {
-        tokio::select! {
+        let full = tokio::select! {
             Some(()) = rx.recv() => {
                 // Editors write in several steps: let them finish.
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 while rx.try_recv().is_ok() {}
+                false
             }
-            _ = tick.tick() => {}
-        }
-        let inv = match Inventory::load(&path) {
+            _ = tokio::time::sleep_until(next_full) => true,
+        };
+        // The file unchanged since the last read (a rescan tick): reuse what it said.
+        let stamp = std::fs::metadata(&path)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()));
+        let loaded = match &parsed {
+            Some((s, inv)) if stamp.is_some() && *s == stamp => Ok(inv.clone()),
+            _ => Inventory::load(&path),
+        };
+        let inv = match loaded {
             Ok(inv) => {
+                parsed = Some((stamp, inv.clone()));
                 *state
                     .inventory_error
                     .lock()
@@ -268,20 +294,39 @@ async fn watch_inventory(
                     tracing::error!(error = %msg, "inventory refused; keeping the previous pods");
                     *slot = Some(msg);
                 }
+                if full {
+                    next_full = tokio::time::Instant::now() + rescan;
+                }
                 continue;
             }
         };
         let core = core.clone();
+        let previous = if full {
+            NetCache::new()
+        } else {
+            std::mem::take(&mut cache)
+        };
+        let started = tokio::time::Instant::now();
         let res = tokio::task::spawn_blocking(move || {
-            let pods = discover_all(&inv);
-            lock(&core).set_pods(pods)
+            let (pods, cache) = discover_all(&inv, &previous);
+            let result = lock(&core).set_pods(pods);
+            crate::memory::trim();
+            (result, cache)
         })
         .await;
+        if full {
+            next_full = tokio::time::Instant::now() + rescan.max(started.elapsed() * 10);
+        }
         match res {
-            Ok(Ok(Some(_))) => state.changed.notify_one(),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "reconcile after a pod change failed")
+            Ok((result, fresh)) => {
+                cache = fresh;
+                match result {
+                    Ok(Some(_)) => state.changed.notify_one(),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "reconcile after a pod change failed")
+                    }
+                }
             }
             Err(e) => tracing::error!(error = %e, "pod discovery task failed"),
         }

@@ -94,6 +94,7 @@ impl Dataplane {
         }
         let maps = Maps::take(&mut ebpf)?;
         let applied = maps.read()?;
+        crate::memory::trim();
         let mode = caps.attach_mode;
         Ok(Self {
             ebpf,

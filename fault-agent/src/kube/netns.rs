@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -70,11 +70,10 @@ impl NetnsIndex {
 
     fn rebuild(&mut self) {
         self.by_ip.clear();
-        for ns in candidates() {
-            if let Ok(ips) = discover::addresses(Path::new(&ns)) {
-                for ip in ips {
-                    self.by_ip.entry(ip).or_insert_with(|| ns.clone());
-                }
+        let all = candidates();
+        for (ns, ips) in all.iter().zip(discover::addresses_of(&all)) {
+            for ip in ips.into_iter().flatten() {
+                self.by_ip.entry(ip).or_insert_with(|| ns.clone());
             }
         }
         self.built = Some(Instant::now());

@@ -256,7 +256,11 @@ async fn sync_loop(
                 let mut core = lock(&c);
                 core.set_pods(pods)?;
                 core.sync_external(&faults)?;
-                Ok((core.node_reports(&node), core.next_deadline()))
+                let out = (core.node_reports(&node), core.next_deadline());
+                drop(core);
+                // Each pass converts every Pod of the cluster: give that back.
+                crate::memory::trim();
+                Ok(out)
             })
             .await;
         let mut next = Duration::from_secs(5);
