@@ -331,6 +331,7 @@ pub fn compile(faults: &[CompileInput], interner: &mut Interner) -> Result<Table
         );
     }
     interner.retain(&live);
+    tables.derive_gates();
     Ok(tables)
 }
 

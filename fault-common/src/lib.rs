@@ -6,6 +6,10 @@
 //! lets one LPM trie hold IPv4 and IPv6 prefixes without one ever covering the other.
 //!
 //! # How a packet finds its faults
+//! 0. [`MAP_GATE`] (array, inlined by the verifier) at [`gate_index`] of the pod address: a
+//!    zero bit for the packet's direction means no pod with that address suffix has anything
+//!    here, and the packet leaves at once. This is the no-fault path; it spares the hash
+//!    lookup below, which costs more than the program's entry on its own.
 //! 1. [`TargetKey`] `(pod address, direction)` in [`MAP_TARGETS`] (hash) gives a [`TargetValue`]:
 //!    the pod's policy id. A miss ends the lookup: the packet is not ours.
 //! 2. [`RuleKey`] `(policy, protocol, peer port, peer address)` in [`MAP_RULES`] (LPM trie) gives
@@ -29,6 +33,28 @@ pub const MAX_RULES: u32 = 262_144;
 /// How many faults may act on the same (target, peer prefix, protocol, port); the agent
 /// refuses a fault that would exceed it.
 pub const MAX_FAULTS_PER_RULE: usize = 8;
+
+/// Pin and map name of the gate in front of [`MAP_TARGETS`] (array of [`GATE_ENTRIES`] `u8`):
+/// entry [`gate_index`]`(addr)` has bit [`gate_bit`]`(direction)` set when some target with an
+/// address of that suffix exists for that direction. A superset of the targets (two addresses
+/// can share an entry); the agent sets a bit before it writes a target and clears it after the
+/// last target it stood for is gone.
+pub const MAP_GATE: &str = "FL_GATE";
+/// Number of [`MAP_GATE`] entries: one per value of an address's last two bytes.
+pub const GATE_ENTRIES: u32 = 65_536;
+
+/// The [`MAP_GATE`] entry of a 16-byte address (IPv6 or IPv4-mapped): its last two bytes, the
+/// ones that differ most between the pods of a node.
+#[inline(always)]
+pub fn gate_index(addr: &[u8; 16]) -> u32 {
+    ((addr[14] as u32) << 8) | addr[15] as u32
+}
+
+/// The bit of a [`Direction`] (as stored in [`TargetKey::direction`]) in a [`MAP_GATE`] entry.
+#[inline(always)]
+pub fn gate_bit(direction: u8) -> u8 {
+    1 << (direction & 1)
+}
 
 /// Pin and map name of the target table (hash, [`TargetKey`] -> [`TargetValue`]).
 pub const MAP_TARGETS: &str = "FL_TARGETS";

@@ -1,11 +1,21 @@
 //! Finding a packet's target pod and the rules that apply (see `fault_common` for the tables).
 use aya_ebpf::maps::lpm_trie::Key;
 use fault_common::{
-    RULE_FULL_BITS, RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES, TargetKey,
-    TargetValue, proto,
+    Direction, RULE_FULL_BITS, RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES,
+    TargetKey, TargetValue, gate_bit, proto,
 };
 
-use crate::maps::{FL_RULES, FL_TARGETS};
+use crate::maps::{FL_GATE, FL_RULES, FL_TARGETS};
+
+/// Whether a target may exist for an address with gate entry `index` (`gate_index`) and
+/// `direction`: one array lookup, which the verifier inlines. `false` is certain; `true` only
+/// means [`target`] must look.
+#[inline(always)]
+pub fn gated(index: u32, direction: Direction) -> bool {
+    FL_GATE
+        .get(index)
+        .is_some_and(|bits| bits & gate_bit(direction as u8) != 0)
+}
 
 /// The target pod's policy, or `None` when Faultline has nothing for this address and
 /// direction (the common case: one hash lookup and out).

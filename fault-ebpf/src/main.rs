@@ -63,14 +63,17 @@ mod entry {
         if duplicate::is_copy(ctx) {
             return verdict::NEXT;
         }
-        // The no-fault path: the target's address into a key, one hash lookup, out.
+        // The no-fault path: the target's address into a key, one array lookup (the gate), out.
         if parse::pull_headers(ctx).is_none() {
             return verdict::NEXT;
         }
-        let Some(key) = parse::target_key(ctx, direction) else {
+        let Some(addr) = parse::target_addr(ctx, direction) else {
             return verdict::NEXT;
         };
-        let Some(target) = lookup::target(&key) else {
+        if !lookup::gated(addr.gate_index(), direction) {
+            return verdict::NEXT;
+        }
+        let Some(target) = lookup::target(&addr.key(direction)) else {
             return verdict::NEXT;
         };
         // A fault may apply: parse the rest, into this CPU's scratch space.

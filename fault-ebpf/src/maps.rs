@@ -5,10 +5,14 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use fault_common::{
-    FaultParams, FaultStats, MAX_FAULTS, MAX_RATE, MAX_RULES, MAX_TARGETS, RateKey, RateState,
-    RuleKey, RuleValue, TargetKey, TargetValue,
+    FaultParams, FaultStats, GATE_ENTRIES, MAX_FAULTS, MAX_RATE, MAX_RULES, MAX_TARGETS, RateKey,
+    RateState, RuleKey, RuleValue, TargetKey, TargetValue,
     ct::{CtKey, CtValue, MAX_CT},
 };
+
+/// Address suffix -> directions with targets. See `fault_common::MAP_GATE`.
+#[map(name = "FL_GATE")]
+pub static FL_GATE: Array<u8> = Array::pinned(GATE_ENTRIES, 0);
 
 /// (pod address, direction) -> policy. See `fault_common::MAP_TARGETS`.
 #[map(name = "FL_TARGETS")]

@@ -17,8 +17,11 @@ use network_types::{
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
-/// Ethernet + IPv6 + TCP: the headers a lookup needs in the linear part of the skb.
-const HEADERS_PULL: u32 = 14 + 40 + 20;
+/// Ethernet + IPv6: the headers read by direct packet access ([`target_addr`], [`packet`]);
+/// everything past them is read with `bpf_skb_load_bytes`, which also reads paged data. Pulling
+/// no further matters: a TCP segment's linear part usually ends with its TCP header, and pulling
+/// past it would copy payload (and unclone the skb) on every packet.
+const HEADERS_PULL: u32 = 14 + 40;
 const IPV6_MAX_EXT_HEADERS: usize = 4;
 /// ICMP header length (type, code, checksum, rest of header).
 const ICMP_HDR_LEN: usize = 8;
@@ -120,37 +123,64 @@ pub fn pull_headers(ctx: &TcContext) -> Option<()> {
     Some(())
 }
 
-/// The target lookup key of a packet: its source address on the target's egress, its
-/// destination on the target's ingress, read straight into the key (the no-fault path builds
-/// nothing else). `None` for what is not IP.
+/// Where a packet's target address is: its source on the target's egress, its destination
+/// on the target's ingress. An IPv6 address stays in the packet until [`TargetAddr::key`]:
+/// the no-fault path reads two bytes of it for the gate and copies nothing.
+pub enum TargetAddr {
+    V4([u8; 4]),
+    V6(*const [u8; 16]),
+}
+
+impl TargetAddr {
+    /// The address's entry in the gate, as `fault_common::gate_index` computes it from the
+    /// 16-byte form (the last two bytes are the same in the IPv4-mapped form).
+    #[inline(always)]
+    pub fn gate_index(&self) -> u32 {
+        let (hi, lo) = match self {
+            TargetAddr::V4(a) => (a[2], a[3]),
+            // SAFETY: points into the packet, bounds checked by `target_addr`.
+            TargetAddr::V6(p) => unsafe { ((**p)[14], (**p)[15]) },
+        };
+        ((hi as u32) << 8) | lo as u32
+    }
+
+    /// The target map key of this address and `direction`.
+    #[inline(always)]
+    pub fn key(&self, direction: Direction) -> TargetKey {
+        TargetKey {
+            addr: match self {
+                TargetAddr::V4(a) => mapped_v4(*a),
+                // SAFETY: as above.
+                TargetAddr::V6(p) => unsafe { **p },
+            },
+            direction: direction as u8,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// The target address of a packet (see [`TargetAddr`]); `None` for what is not IP.
 #[inline(always)]
-pub fn target_key(ctx: &TcContext, direction: Direction) -> Option<TargetKey> {
+pub fn target_addr(ctx: &TcContext, direction: Direction) -> Option<TargetAddr> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    let mut key = TargetKey {
-        addr: [0; 16],
-        direction: direction as u8,
-        _pad: [0; 3],
-    };
     if ether_type == ETH_P_IP {
         let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
-        let a = match direction {
+        // SAFETY: `ptr_at` checked the header is within the linear data.
+        Some(TargetAddr::V4(match direction {
             Direction::Egress => unsafe { (*ip).src_addr },
             Direction::Ingress => unsafe { (*ip).dst_addr },
-        };
-        key.addr[10] = 0xff;
-        key.addr[11] = 0xff;
-        key.addr[12..].copy_from_slice(&a);
+        }))
     } else if ether_type == ETH_P_IPV6 {
         let ip: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
-        key.addr = match direction {
-            Direction::Egress => unsafe { (*ip).src_addr },
-            Direction::Ingress => unsafe { (*ip).dst_addr },
-        };
+        // SAFETY: as above; only the field's address is taken here.
+        Some(TargetAddr::V6(match direction {
+            Direction::Egress => unsafe { core::ptr::addr_of!((*ip).src_addr) },
+            Direction::Ingress => unsafe { core::ptr::addr_of!((*ip).dst_addr) },
+        }))
     } else {
-        return None;
+        None
     }
-    Some(key)
 }
 
 /// Parses the L2 and L3 headers of `ctx`, or `None` for what Faultline never acts on (not IP,

@@ -9,14 +9,15 @@ use aya::{
     util::nr_cpus,
 };
 use fault_common::{
-    FaultParams, FaultStats, MAP_FAULTS, MAP_RULES, MAP_STATS, MAP_TARGETS, MAX_FAULTS, RuleKey,
-    RuleValue, TargetKey, TargetValue,
+    FaultParams, FaultStats, GATE_ENTRIES, MAP_FAULTS, MAP_GATE, MAP_RULES, MAP_STATS, MAP_TARGETS,
+    MAX_FAULTS, RuleKey, RuleValue, TargetKey, TargetValue,
 };
 
 use super::tables::{Diff, Tables};
 
 /// The maps Faultline writes.
 pub struct Maps {
+    gate: Array<MapData, u8>,
     targets: HashMap<MapData, TargetKey, TargetValue>,
     rules: LpmTrie<MapData, RuleKey, RuleValue>,
     faults: Array<MapData, FaultParams>,
@@ -39,6 +40,7 @@ impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let cpus = nr_cpus().map_err(|(_, e)| anyhow!("counting possible CPUs: {e}"))?;
         Ok(Self {
+            gate: take(ebpf, MAP_GATE)?,
             targets: take(ebpf, MAP_TARGETS)?,
             rules: take(ebpf, MAP_RULES)?,
             faults: take(ebpf, MAP_FAULTS)?,
@@ -64,6 +66,12 @@ impl Maps {
                 t.faults.insert(slot as u16, p);
             }
         }
+        for i in 0..GATE_ENTRIES {
+            let bits = self.gate.get(&i, 0).context("reading FL_GATE")?;
+            if bits != 0 {
+                t.gates.insert(i as u16, bits);
+            }
+        }
         Ok(t)
     }
 
@@ -79,6 +87,11 @@ impl Maps {
                 .insert(&Key::new(*len, *key), value, 0)
                 .context("writing a rule")?;
         }
+        for (i, bits) in &diff.widen_gates {
+            self.gate
+                .set(*i as u32, bits, 0)
+                .with_context(|| format!("opening gate entry {i}"))?;
+        }
         for (key, value) in &diff.put_targets {
             self.targets
                 .insert(key, value, 0)
@@ -86,6 +99,11 @@ impl Maps {
         }
         for key in &diff.del_targets {
             ignore_missing(self.targets.remove(key)).context("removing a target")?;
+        }
+        for (i, bits) in &diff.narrow_gates {
+            self.gate
+                .set(*i as u32, bits, 0)
+                .with_context(|| format!("closing gate entry {i}"))?;
         }
         for (len, key) in &diff.del_rules {
             ignore_missing(self.rules.remove(&Key::new(*len, *key))).context("removing a rule")?;

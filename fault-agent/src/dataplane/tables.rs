@@ -2,7 +2,7 @@
 //! kernel holds. Diffing two of them gives the writes that take one to the other.
 use std::collections::BTreeMap;
 
-use fault_common::{FaultParams, RuleKey, RuleValue, TargetKey, TargetValue};
+use fault_common::{FaultParams, RuleKey, RuleValue, TargetKey, TargetValue, gate_bit, gate_index};
 
 /// An LPM key: prefix length in bits and the key data.
 pub type RuleEntry = (u32, RuleKey);
@@ -14,34 +14,69 @@ pub struct Tables {
     pub rules: BTreeMap<RuleEntry, RuleValue>,
     /// Active fault slots; a slot absent here is zero (inactive) in the kernel.
     pub faults: BTreeMap<u16, FaultParams>,
+    /// Nonzero entries of the gate (`fault_common::MAP_GATE`): [`gate_index`] -> direction
+    /// bits. Derived from `targets` by [`Tables::derive_gates`]; an index absent here is zero.
+    pub gates: BTreeMap<u16, u8>,
 }
 
 impl Tables {
     pub fn is_empty(&self) -> bool {
-        self.targets.is_empty() && self.rules.is_empty() && self.faults.is_empty()
+        self.targets.is_empty()
+            && self.rules.is_empty()
+            && self.faults.is_empty()
+            && self.gates.is_empty()
+    }
+
+    /// Sets `gates` to what `targets` need: the bit of each target's direction at its
+    /// address's gate index.
+    pub fn derive_gates(&mut self) {
+        self.gates.clear();
+        for key in self.targets.keys() {
+            *self.gates.entry(gate_index(&key.addr) as u16).or_default() |= gate_bit(key.direction);
+        }
     }
 }
 
 /// The writes taking the kernel from one [`Tables`] to another, in the order that never lets
 /// a packet see a half-written fault: fault parameters first, then the rules of new policies,
-/// then the targets switch to them, then what nobody references any more goes.
+/// then the gate opens for new targets, then the targets switch to them, then what nobody
+/// references any more goes (targets, then their gate bits, rules, slots).
 #[derive(Debug, Default)]
 pub struct Diff {
     pub set_faults: Vec<(u16, FaultParams)>,
     pub put_rules: Vec<(RuleEntry, RuleValue)>,
+    /// Gate entries gaining bits, written as old | new before any target needing them.
+    pub widen_gates: Vec<(u16, u8)>,
     pub put_targets: Vec<(TargetKey, TargetValue)>,
     pub del_targets: Vec<TargetKey>,
+    /// Gate entries losing bits, written as new (0 included) once their targets are gone.
+    pub narrow_gates: Vec<(u16, u8)>,
     pub del_rules: Vec<RuleEntry>,
     pub clear_faults: Vec<u16>,
 }
 
 impl Diff {
     pub fn between(from: &Tables, to: &Tables) -> Self {
+        let (mut widen_gates, mut narrow_gates) = (Vec::new(), Vec::new());
+        let indexes: std::collections::BTreeSet<u16> =
+            from.gates.keys().chain(to.gates.keys()).copied().collect();
+        for i in indexes {
+            let old = from.gates.get(&i).copied().unwrap_or(0);
+            let new = to.gates.get(&i).copied().unwrap_or(0);
+            if old | new != old {
+                widen_gates.push((i, old | new));
+            }
+            if new != old | new {
+                narrow_gates.push((i, new));
+            }
+        }
         Diff {
             set_faults: changed(&from.faults, &to.faults),
             put_rules: changed(&from.rules, &to.rules),
+            widen_gates,
             put_targets: changed(&from.targets, &to.targets),
             del_targets: removed(&from.targets, &to.targets),
+            narrow_gates,
             del_rules: removed(&from.rules, &to.rules),
             clear_faults: removed(&from.faults, &to.faults),
         }
@@ -50,6 +85,8 @@ impl Diff {
     pub fn is_empty(&self) -> bool {
         self.set_faults.is_empty()
             && self.put_rules.is_empty()
+            && self.widen_gates.is_empty()
+            && self.narrow_gates.is_empty()
             && self.put_targets.is_empty()
             && self.del_targets.is_empty()
             && self.del_rules.is_empty()
@@ -60,6 +97,8 @@ impl Diff {
     pub fn len(&self) -> usize {
         self.set_faults.len()
             + self.put_rules.len()
+            + self.widen_gates.len()
+            + self.narrow_gates.len()
             + self.put_targets.len()
             + self.del_targets.len()
             + self.del_rules.len()
@@ -82,4 +121,71 @@ fn removed<K: Ord + Copy, V>(from: &BTreeMap<K, V>, to: &BTreeMap<K, V>) -> Vec<
         .filter(|k| !to.contains_key(k))
         .copied()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(last: [u8; 2], direction: u8) -> TargetKey {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12] = 198;
+        addr[13] = 18;
+        addr[14] = last[0];
+        addr[15] = last[1];
+        TargetKey {
+            addr,
+            direction,
+            _pad: [0; 3],
+        }
+    }
+
+    fn tables(keys: &[TargetKey]) -> Tables {
+        let mut t = Tables::default();
+        for k in keys {
+            t.targets.insert(
+                *k,
+                TargetValue {
+                    policy: 1,
+                    flags: 0,
+                },
+            );
+        }
+        t.derive_gates();
+        t
+    }
+
+    #[test]
+    fn gates_open_before_targets_and_close_after_them() {
+        let a_egress = target([0, 10], 0);
+        let a_ingress = target([0, 10], 1);
+        let b = target([1, 7], 0);
+        let from = tables(&[a_egress, b]);
+        assert_eq!(from.gates.get(&10), Some(&0b01));
+        assert_eq!(from.gates.get(&(256 + 7)), Some(&0b01));
+        let to = tables(&[a_ingress]);
+        let d = Diff::between(&from, &to);
+        // a gains ingress (widened to both while a's egress target may still be there)...
+        assert_eq!(d.widen_gates, vec![(10, 0b11)]);
+        // ...and loses egress, b goes: narrowed once the targets are deleted.
+        assert_eq!(d.narrow_gates, vec![(10, 0b10), (256 + 7, 0)]);
+        assert_eq!(d.put_targets.len(), 1);
+        assert_eq!(d.del_targets.len(), 2);
+        assert!(Diff::between(&to, &to).is_empty());
+    }
+
+    #[test]
+    fn addresses_sharing_a_gate_entry_keep_it_open() {
+        // 198.18.0.10 and fd00::a share the entry of their last two bytes.
+        let v4 = target([0, 10], 0);
+        let mut v6 = target([0, 10], 0);
+        v6.addr = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10];
+        let from = tables(&[v4, v6]);
+        let to = tables(&[v6]);
+        let d = Diff::between(&from, &to);
+        assert!(d.widen_gates.is_empty() && d.narrow_gates.is_empty());
+        assert_eq!(d.del_targets, vec![v4]);
+    }
 }

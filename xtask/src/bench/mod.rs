@@ -7,6 +7,7 @@ mod accuracy;
 mod apply;
 mod cluster;
 mod expiry;
+mod floor;
 mod overhead;
 mod scale;
 
