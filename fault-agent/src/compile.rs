@@ -148,7 +148,7 @@ impl Interner {
         }
         let next = by_policy.keys().max().map_or(1, |m| m + 1);
         let ids = by_policy.into_iter().map(|(id, mut c)| {
-            c.sort_by(|a, b| a.0.cmp(&b.0));
+            c.sort_by_key(|a| a.0);
             (c, id)
         });
         Self {
@@ -241,7 +241,7 @@ fn tables_of(
             content.push(((key.0, key.1, peer, bits), value));
         }
     }
-    content.sort_by(|a, b| a.0.cmp(&b.0));
+    content.sort_by_key(|a| a.0);
     Ok(content)
 }
 
@@ -381,15 +381,16 @@ mod tests {
                 .max_by_key(|((bits, _), _)| *bits)
                 .map(|(_, v)| v.slots[..v.count as usize].to_vec())
         };
-        if tv.flags & TARGET_HAS_PORT_RULES != 0 && port != 0 {
-            if let Some(s) = find(p, port) {
-                return s;
-            }
+        if tv.flags & TARGET_HAS_PORT_RULES != 0
+            && port != 0
+            && let Some(s) = find(p, port)
+        {
+            return s;
         }
-        if tv.flags & TARGET_HAS_PROTO_RULES != 0 {
-            if let Some(s) = find(p, 0) {
-                return s;
-            }
+        if tv.flags & TARGET_HAS_PROTO_RULES != 0
+            && let Some(s) = find(p, 0)
+        {
+            return s;
         }
         find(0, 0).unwrap_or_default()
     }

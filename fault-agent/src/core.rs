@@ -215,17 +215,17 @@ impl Core {
                         ifindex: h.index,
                     }));
                 }
-                if f.spec.direction.includes_egress() {
-                    if let Some(ns) = &pod.netns {
-                        for i in &pod.pod_ifs {
-                            let iface = Iface {
-                                netns: Some(ns.clone()),
-                                ifname: i.name.clone(),
-                                ifindex: i.index,
-                            };
-                            pod_progs.insert(iface.clone());
-                            fq.insert(iface);
-                        }
+                if f.spec.direction.includes_egress()
+                    && let Some(ns) = &pod.netns
+                {
+                    for i in &pod.pod_ifs {
+                        let iface = Iface {
+                            netns: Some(ns.clone()),
+                            ifname: i.name.clone(),
+                            ifindex: i.index,
+                        };
+                        pod_progs.insert(iface.clone());
+                        fq.insert(iface);
                     }
                 }
             }
@@ -360,13 +360,13 @@ impl Core {
             .collect();
         let live_ids: Vec<String> = self.store.live().map(|f| f.id.clone()).collect();
         for id in live_ids {
-            if !wanted.contains_key(id.as_str()) {
-                if let Some(f) = self.store.get_mut(&id) {
-                    f.state = FaultState::Recovered;
-                    f.ended_at = Some(now);
-                    f.message = Some("recovered".into());
-                    dirty = true;
-                }
+            if !wanted.contains_key(id.as_str())
+                && let Some(f) = self.store.get_mut(&id)
+            {
+                f.state = FaultState::Recovered;
+                f.ended_at = Some(now);
+                f.message = Some("recovered".into());
+                dirty = true;
             }
         }
         for ext in wanted.values() {

@@ -229,10 +229,10 @@ async fn watch_inventory(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let name = path.file_name().map(|n| n.to_owned());
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            if ev.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-                let _ = tx.send(());
-            }
+        if let Ok(ev) = ev
+            && ev.paths.iter().any(|p| p.file_name() == name.as_deref())
+        {
+            let _ = tx.send(());
         }
     });
     let _watcher = match watcher {

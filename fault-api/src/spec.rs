@@ -280,10 +280,10 @@ impl FaultSpec {
     /// Ranges of single values are already enforced by their types when parsed.
     pub fn validate(&self) -> Result<(), FieldError> {
         check_namespace("namespace", &self.namespace)?;
-        if let Some(p) = &self.pod_prefix {
-            if p.is_empty() || p.len() > 253 {
-                return Err(FieldError::new("pod_prefix", "must be 1-253 characters"));
-            }
+        if let Some(p) = &self.pod_prefix
+            && (p.is_empty() || p.len() > 253)
+        {
+            return Err(FieldError::new("pod_prefix", "must be 1-253 characters"));
         }
         if self.pod_prefix.is_none() && self.selector.is_none() {
             return Err(FieldError::new(

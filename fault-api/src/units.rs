@@ -213,11 +213,11 @@ impl FromStr for Rate {
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bits = self.bytes_per_sec * 8;
-        if bits % 1_000_000_000 == 0 {
+        if bits.is_multiple_of(1_000_000_000) {
             write!(f, "{}gbit", bits / 1_000_000_000)
-        } else if bits % 1_000_000 == 0 {
+        } else if bits.is_multiple_of(1_000_000) {
             write!(f, "{}mbit", bits / 1_000_000)
-        } else if bits % 1_000 == 0 {
+        } else if bits.is_multiple_of(1_000) {
             write!(f, "{}kbit", bits / 1_000)
         } else {
             write!(f, "{bits}bit")

@@ -32,10 +32,11 @@ pub fn test_executable(package: &str, test: &str) -> Result<std::path::PathBuf> 
         let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if m["reason"] == "compiler-artifact" && m["target"]["name"] == test {
-            if let Some(exe) = m["executable"].as_str() {
-                return Ok(exe.into());
-            }
+        if m["reason"] == "compiler-artifact"
+            && m["target"]["name"] == test
+            && let Some(exe) = m["executable"].as_str()
+        {
+            return Ok(exe.into());
         }
     }
     bail!("no executable for test target {test}")

@@ -322,10 +322,10 @@ pub fn detach_record(record: &AttachRecord, pins: &Pins) -> Result<()> {
     let netns = record.netns.as_deref();
     if netns.is_some_and(|p| !p.exists()) {
         // The pod's namespace is gone, and everything in it; only our pin may remain.
-        if let Some(ns) = netns {
-            if let Ok(pin) = pins.pod_link(ns, &record.ifname) {
-                remove_file(&pin)?;
-            }
+        if let Some(ns) = netns
+            && let Ok(pin) = pins.pod_link(ns, &record.ifname)
+        {
+            remove_file(&pin)?;
         }
         return pins.remove_pod_links_of(&record.ifname);
     }

@@ -165,10 +165,10 @@ impl Dataplane {
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
-            if let Some(a) = self.attached.remove(&name) {
-                if let Err(e) = attach::detach(a, &self.pins) {
-                    failed.push((name, e));
-                }
+            if let Some(a) = self.attached.remove(&name)
+                && let Err(e) = attach::detach(a, &self.pins)
+            {
+                failed.push((name, e));
             }
         }
         for (name, index) in wanted {
@@ -278,10 +278,10 @@ impl Dataplane {
             .cloned()
             .collect();
         for i in stale {
-            if let Some(a) = self.pod_attached.remove(&i) {
-                if let Err(e) = attach::detach(a, &self.pins) {
-                    failed.push((i, e));
-                }
+            if let Some(a) = self.pod_attached.remove(&i)
+                && let Err(e) = attach::detach(a, &self.pins)
+            {
+                failed.push((i, e));
             }
         }
         let stale: Vec<Iface> = self
@@ -291,10 +291,10 @@ impl Dataplane {
             .cloned()
             .collect();
         for i in stale {
-            if let Some(r) = self.fq.remove(&i) {
-                if let Err(e) = remove_fq(&r) {
-                    failed.push((i, e));
-                }
+            if let Some(r) = self.fq.remove(&i)
+                && let Err(e) = remove_fq(&r)
+            {
+                failed.push((i, e));
             }
         }
         for r in std::mem::take(&mut self.fq_orphans) {

@@ -91,13 +91,14 @@ impl Pins {
     /// Errors when the root's filesystem is not bpffs and cannot be made so.
     pub fn ensure(&self) -> Result<()> {
         ensure_bpffs(Path::new("/sys/fs/bpf"))?;
-        if let Some(parent) = self.root.parent() {
-            if parent.exists() && !is_bpffs(parent)? {
-                bail!(
-                    "{} is not on a bpf filesystem: choose a --bpffs under /sys/fs/bpf",
-                    self.root.display()
-                );
-            }
+        if let Some(parent) = self.root.parent()
+            && parent.exists()
+            && !is_bpffs(parent)?
+        {
+            bail!(
+                "{} is not on a bpf filesystem: choose a --bpffs under /sys/fs/bpf",
+                self.root.display()
+            );
         }
         for dir in [self.maps_dir(), self.links_dir(), self.pod_links_dir()] {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

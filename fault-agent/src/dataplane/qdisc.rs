@@ -127,10 +127,10 @@ pub fn install_fq(netns: Option<&Path>, ifname: &str, ifindex: u32) -> Result<bo
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         let mut resp = handle.request(req)?;
         while let Some(m) = resp.next().await {
-            if let NetlinkPayload::Error(e) = m.payload {
-                if e.code.is_some() {
-                    return Err(anyhow::anyhow!("adding fq: {}", e.to_io()));
-                }
+            if let NetlinkPayload::Error(e) = m.payload
+                && e.code.is_some()
+            {
+                return Err(anyhow::anyhow!("adding fq: {}", e.to_io()));
             }
         }
         Ok(())

@@ -121,16 +121,16 @@ impl KubeBackend {
 
     pub async fn create(&self, spec: FaultSpec) -> Result<Fault, AgentError> {
         spec.validate().map_err(AgentError::Invalid)?;
-        if let Some(d) = spec.duration {
-            if d.get() > self.max_duration {
-                return Err(AgentError::Invalid(FieldError::new(
-                    "duration",
-                    format!(
-                        "must be at most {} (the API's --max-duration), got {d}",
-                        humantime::format_duration(self.max_duration)
-                    ),
-                )));
-            }
+        if let Some(d) = spec.duration
+            && d.get() > self.max_duration
+        {
+            return Err(AgentError::Invalid(FieldError::new(
+                "duration",
+                format!(
+                    "must be at most {} (the API's --max-duration), got {d}",
+                    humantime::format_duration(self.max_duration)
+                ),
+            )));
         }
         let id = new_fault_id();
         let mut nf = NetworkFault::new(&id, NetworkFaultSpec::from_fault_spec(&spec));

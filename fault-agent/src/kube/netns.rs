@@ -28,10 +28,11 @@ fn candidates() -> Vec<PathBuf> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     let mut consider = |p: PathBuf| {
-        if let Ok(m) = std::fs::metadata(&p) {
-            if Some(m.ino()) != own && seen.insert((m.dev(), m.ino())) {
-                out.push(p);
-            }
+        if let Ok(m) = std::fs::metadata(&p)
+            && Some(m.ino()) != own
+            && seen.insert((m.dev(), m.ino()))
+        {
+            out.push(p);
         }
     };
     for dir in ["/run/netns", "/var/run/netns"] {

@@ -1,6 +1,6 @@
 //! 3. Accuracy: loss and corruption at 1, 10, 30, 50 and 90% over 100,000 datagrams each,
-//! measured at the receiver, against the binomial 99% interval; delay error at 1, 10, 100 and
-//! 1000 ms on Debian's 6.1 kernel (the VM: this kernel has no sch_fq).
+//!    measured at the receiver, against the binomial 99% interval; delay error at 1, 10, 100 and
+//!    1000 ms on Debian's 6.1 kernel (the VM: this kernel has no sch_fq).
 use std::fmt::Write as _;
 
 use anyhow::Result;

@@ -1,8 +1,8 @@
 //! 2. Time to apply and to lift: from the request to the first packet affected, and from the
-//! recover request to the first packet passing, measured on a 20,000 datagram/s stream into
-//! the target pod that gets its rule last (resolution: 50 us). Through the API, through
-//! `faultctl`, and the incumbents' way: entering each pod's network namespace and running
-//! `iptables` (as Chaos Mesh's daemon does), for 1 and for 100 target pods.
+//!    recover request to the first packet passing, measured on a 20,000 datagram/s stream into
+//!    the target pod that gets its rule last (resolution: 50 us). Through the API, through
+//!    `faultctl`, and the incumbents' way: entering each pod's network namespace and running
+//!    `iptables` (as Chaos Mesh's daemon does), for 1 and for 100 target pods.
 use std::{
     fmt::Write as _,
     time::{Duration, Instant},

@@ -1,6 +1,6 @@
 //! 5. Expiry precision: how late after its deadline a fault stops acting, with the agent alive
-//! and with the agent killed (SIGKILL) right after creating it: the kernel program checks each
-//! fault's deadline itself (`bpf_ktime_get_boot_ns`).
+//!    and with the agent killed (SIGKILL) right after creating it: the kernel program checks each
+//!    fault's deadline itself (`bpf_ktime_get_boot_ns`).
 use std::{fmt::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result};

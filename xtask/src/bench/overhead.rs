@@ -1,9 +1,9 @@
 //! 1. Idle overhead: what unaffected traffic pays. TCP and UDP throughput (iperf3) and TCP
-//! request latency between two pods, with (a) nothing, (b) Faultline attached and no fault,
-//! (c) 1,000 and 10,000 rules for another pod, and (d) the incumbents' mechanisms holding the
-//! same kind of partition for other addresses: iptables + an ipset (Chaos Mesh), an nftables
-//! set, and tc u32 filters on an HTB root (Litmus-style classification; this kernel has no
-//! prio/netem/gact to copy Litmus exactly). Plus the kernel's per-packet cost of our programs.
+//!    request latency between two pods, with (a) nothing, (b) Faultline attached and no fault,
+//!    (c) 1,000 and 10,000 rules for another pod, and (d) the incumbents' mechanisms holding the
+//!    same kind of partition for other addresses: iptables + an ipset (Chaos Mesh), an nftables
+//!    set, and tc u32 filters on an HTB root (Litmus-style classification; this kernel has no
+//!    prio/netem/gact to copy Litmus exactly). Plus the kernel's per-packet cost of our programs.
 use std::{
     fmt::Write as _,
     io::{Read as _, Write as _},
@@ -147,10 +147,10 @@ enum Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Held::Undo(script) = self {
-            if let Err(e) = sh(script) {
-                eprintln!("bench: undoing a scenario: {e:#}");
-            }
+        if let Held::Undo(script) = self
+            && let Err(e) = sh(script)
+        {
+            eprintln!("bench: undoing a scenario: {e:#}");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! 4. Scale: the agent with 100 and 1,000 pods (real network namespaces and veths): time to
-//! be ready, resident memory, the time to write a fault over every pod, the time to write
-//! 10,000 rules, and how long a new matching pod waits to be covered.
+//!    be ready, resident memory, the time to write a fault over every pod, the time to write
+//!    10,000 rules, and how long a new matching pod waits to be covered.
 use std::{
     fmt::Write as _,
     time::{Duration, Instant},
