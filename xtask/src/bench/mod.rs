@@ -57,7 +57,7 @@ struct Target {
     measured: String,
     met: bool,
     /// What stands in the way when it is not met.
-    obstacle: &'static str,
+    obstacle: String,
 }
 
 impl Report {
@@ -67,13 +67,13 @@ impl Report {
         what: &'static str,
         measured: String,
         met: bool,
-        obstacle: &'static str,
+        obstacle: impl Into<String>,
     ) {
         self.targets.push(Target {
             what,
             measured,
             met,
-            obstacle,
+            obstacle: obstacle.into(),
         });
     }
 
@@ -88,7 +88,7 @@ impl Report {
                 x.what,
                 x.measured,
                 if x.met { "yes" } else { "**no**" },
-                if x.met { "" } else { x.obstacle }
+                if x.met { "" } else { x.obstacle.as_str() }
             );
         }
         t.push('\n');
