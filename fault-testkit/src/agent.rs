@@ -236,6 +236,28 @@ impl AgentProcess {
         faultctl(&self.api_url(), args)
     }
 
+    /// The command line [`AgentProcess::faultctl`] runs for `args`, as a shell would show it
+    /// (for reports such as `BENCHMARKS.md`).
+    pub fn faultctl_line(&self, args: &[&str]) -> String {
+        format!("faultctl --api {} {}", self.api_url(), shell_words(args))
+    }
+
+    /// The agent's command line (last start), as a shell would show it, environment aside.
+    pub fn command_line(&self) -> String {
+        let mut args: Vec<String> = self.mode.clone();
+        args.push("--listen".into());
+        args.push(format!("127.0.0.1:{}", self.port));
+        if self.datapath {
+            args.push("--state-dir".into());
+            args.push(self.state_dir().display().to_string());
+            args.push("--bpffs".into());
+            args.push(self.bpffs.display().to_string());
+        }
+        args.extend(self.extra.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        format!("fault-agent {}", shell_words(&args))
+    }
+
     /// Its state directory (in a temporary directory removed on drop).
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
@@ -379,5 +401,35 @@ impl Drop for AgentProcess {
         {
             eprintln!("testkit: removing {}: {e}", self.bpffs.display());
         }
+    }
+}
+
+/// Arguments joined with spaces, single-quoted where a shell would need it.
+fn shell_words(args: &[&str]) -> String {
+    args.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,%@+".contains(c))
+            {
+                (*a).to_owned()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_words;
+
+    #[test]
+    fn shell_words_quotes_what_a_shell_would_split() {
+        assert_eq!(
+            shell_words(&["inject", "-n", "a b", "it's", "--loss", "30%"]),
+            r"inject -n 'a b' 'it'\''s' --loss 30%"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use fault_testkit::{AgentProcess, Family, StreamOpts, Topology, probe::udp_stream};
 
-use super::{Options, Report};
+use super::{Options, Report, commands};
 
 pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
     let mut topo = Topology::named("bench-accuracy")?;
@@ -90,6 +90,21 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
             )?;
         }
     }
+    let lines = vec![
+        format!("# the agent: {}", agent.command_line()),
+        agent.faultctl_line(&[
+            "inject",
+            "-n",
+            "bench",
+            "--pod-prefix",
+            "a-0",
+            "--to-selector",
+            "app=b",
+            "--loss",
+            "<level>%",
+        ]),
+        "# or --corrupt <level>% ; then: the probe (fault-testkit's udp_stream) sends the datagrams from a-0's netns to b-0's, then DELETE /v1/faults/<id>".into(),
+    ];
     drop(agent);
     writeln!(r.out)?;
     writeln!(
@@ -102,6 +117,7 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         loss_all_within,
         "a level outside its 99% interval happens by chance about once in 100 levels; repeated outside one points at the random source or at losses elsewhere on the path (the receiver's socket buffer at high rates)",
     );
+    commands(&mut r.out, &lines)?;
     if opts.with_vm {
         delay_in_vm(&mut r.out)?;
     } else {
@@ -117,11 +133,12 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
 fn delay_in_vm(out: &mut String) -> Result<()> {
     let exe = crate::test::test_executable("fault-agent", "vm")?;
     let bin = crate::cargo::target_dir().join("release");
-    let log = crate::vm::capture_inside(&format!(
+    let inside = format!(
         "FAULTLINE_BIN_DIR={} {} --ignored --test-threads=1 --nocapture added_latency",
         bin.display(),
         exe.display()
-    ))?;
+    );
+    let log = crate::vm::capture_inside(&inside)?;
     writeln!(
         out,
         "Delay error on Debian's 6.1 kernel (VM under software emulation, netlink attach, fq): 60 datagrams at 30/s, median one-way latency minus the median without the fault:\n"
@@ -156,6 +173,13 @@ fn delay_in_vm(out: &mut String) -> Result<()> {
     writeln!(
         out,
         "Reading: the program stamps each packet's departure time (`skb->tstamp`, earliest departure time) and `fq` holds it until then, so the error is the qdisc's timer slack plus the VM's: under software emulation (no KVM) timers fire late by a fraction of a millisecond to a few. The delay is a minimum: `fq` never releases a packet before its stamp. On this machine's kernel (no `sch_fq`) the agent refuses delay instead of pretending.\n"
+    )?;
+    commands(
+        out,
+        &[
+            format!("cargo xtask vm '{inside}'"),
+            "# inside the VM the test (fault-agent/tests/vm.rs) runs, for d in 1 10 100 1000: faultctl inject -n dynamo --pod-prefix vllm-decode-0 --to-selector app=vllm-prefill --delay <d>ms ; the probe ; faultctl recover <id>".into(),
+        ],
     )?;
     anyhow::ensure!(
         rows == 4,

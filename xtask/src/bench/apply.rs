@@ -14,7 +14,7 @@ use fault_testkit::{
     AgentProcess, Family, Pod, StreamOpts, Topology, boottime_ns, probe::udp_stream_background,
 };
 
-use super::{Dist, Options, Report};
+use super::{Dist, Options, Report, commands};
 
 /// One way of applying and lifting the partition "targets refuse the peer's packets".
 trait Mechanism {
@@ -45,20 +45,23 @@ struct Cli<'a> {
     id: Option<String>,
 }
 
+/// The partition `faultctl` applies: the same as the API's.
+const INJECT: &[&str] = &[
+    "inject",
+    "-n",
+    "bench",
+    "--pod-prefix",
+    "t-",
+    "--to-selector",
+    "app=peer",
+    "--direction",
+    "ingress",
+    "--partition",
+];
+
 impl Mechanism for Cli<'_> {
     fn apply(&mut self) -> Result<()> {
-        let out = self.agent.faultctl(&[
-            "inject",
-            "-n",
-            "bench",
-            "--pod-prefix",
-            "t-",
-            "--to-selector",
-            "app=peer",
-            "--direction",
-            "ingress",
-            "--partition",
-        ])?;
+        let out = self.agent.faultctl(INJECT)?;
         if !out.status.success() {
             bail!("faultctl: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -163,6 +166,7 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
     )?;
     writeln!(r.out, "| --- | --- | --- | --- | --- | --- | --- |")?;
     let (mut api_p50, mut ipt_p50) = (Vec::new(), Vec::new());
+    let mut lines = Vec::new();
     for targets in [1usize, 100] {
         let mut topo = Topology::named("bench-apply")?;
         let peer = topo.add_pod("bench", "peer-0", &[("app", "peer")])?;
@@ -185,6 +189,17 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         spec.to_selectors = vec!["app=peer".parse().map_err(anyhow::Error::msg)?];
         spec.direction = fault_api::Direction::Ingress;
         spec.partition = Some(PartitionMode::Packets);
+        if targets > 1 {
+            lines.push(format!("# the agent: {}", agent.command_line()));
+            lines.push(format!(
+                "# API: POST {}/v1/faults {} ; DELETE {}/v1/faults/<id>",
+                agent.api_url(),
+                serde_json::to_string(&spec)?,
+                agent.api_url()
+            ));
+            lines.push(agent.faultctl_line(INJECT));
+            lines.push(agent.faultctl_line(&["recover", "<id>"]));
+        }
         let t = Instant::now();
         let (a, l) = cycles(
             &peer,
@@ -232,6 +247,12 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
             targets: pods.iter().map(|p| p.netns_name().to_owned()).collect(),
             peer: peer.ipv4().to_string(),
         };
+        if targets > 1 {
+            lines.push(format!(
+                "# incumbent, for each target pod <ns> in turn: ip netns exec <ns> iptables -A INPUT -s {} -j DROP ; ip netns exec <ns> iptables -D INPUT -s {} -j DROP",
+                ipt.peer, ipt.peer
+            ));
+        }
         let (a, l) = cycles(&peer, &watched, &mut ipt, n_ipt)?;
         row(&mut r.out, "iptables per pod (incumbent)", targets, &a, &l)?;
         ipt_p50.push((a.median(), l.median()));
@@ -244,6 +265,7 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
             a100.0, a100.1, a1.0, a1.1, i1.0, i1.1, i100.0, i100.1
         )?;
     }
+    commands(&mut r.out, &lines)?;
     Ok(())
 }
 

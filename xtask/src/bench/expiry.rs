@@ -8,7 +8,7 @@ use fault_testkit::{
     AgentProcess, Family, StreamOpts, Topology, boottime_ns, probe::udp_stream_background,
 };
 
-use super::{Dist, Options, Report};
+use super::{Dist, Options, Report, commands};
 
 pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
     let mut topo = Topology::named("bench-expiry")?;
@@ -28,9 +28,26 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         "| agent | faults | late p50 ms | late p99 ms | late max ms |"
     )?;
     writeln!(r.out, "| --- | --- | --- | --- | --- |")?;
+    let mut lines = Vec::new();
     for killed in [false, true] {
         let mut late = Vec::new();
         let mut agent = AgentProcess::start(&inventory)?;
+        if !killed {
+            lines.push(format!("# the agent: {}", agent.command_line()));
+            lines.push(agent.faultctl_line(&[
+                "inject",
+                "-n",
+                "bench",
+                "--pod-prefix",
+                "a-0",
+                "--to-selector",
+                "app=b",
+                "--partition",
+                "--duration",
+                "1s",
+            ]));
+            lines.push("# killed: kill -KILL <agent pid> right after the inject returns; before the next fault the agent is uninstalled (fault-agent uninstall) and started again".into());
+        }
         for _ in 0..cycles {
             if killed && agent.pid().is_none() {
                 agent.uninstall()?;
@@ -100,5 +117,6 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         r.out,
         "Reading: a fault's deadline is in the kernel map with the fault (boot-time nanoseconds), and the program stops applying it at the first packet past the deadline, so the agent being alive or killed makes no difference; the agent's own timer only removes the spent entries afterwards. Chaos Mesh and Litmus lift a fault from a userspace process: if that process dies, the rules stay in the kernel until it, or someone, comes back to remove them.\n"
     )?;
+    commands(&mut r.out, &lines)?;
     Ok(())
 }

@@ -96,6 +96,17 @@ impl Report {
     }
 }
 
+/// Writes the command lines a section ran, as a shell block (`# ...` lines are comments;
+/// `<...>` stands for a list too long to print).
+pub fn commands(out: &mut String, lines: &[String]) -> Result<()> {
+    writeln!(out, "Command lines of this run:\n\n```sh")?;
+    for l in lines {
+        writeln!(out, "{l}")?;
+    }
+    writeln!(out, "```\n")?;
+    Ok(())
+}
+
 /// Runs a shell command line (for incumbents' tools and stdin-fed batches).
 pub fn sh(script: &str) -> Result<String> {
     let out = Command::new("sh")

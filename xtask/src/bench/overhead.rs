@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result};
 use fault_api::{FaultSpec, PartitionMode};
 use fault_testkit::{AgentProcess, Family, Pod, Topology, probe::TcpEchoServer};
 
-use super::{Dist, Options, Report, floor::EmptyProgram, other_prefixes, sh};
+use super::{Dist, Options, Report, commands, floor::EmptyProgram, other_prefixes, sh};
 
 struct Sample {
     tcp_bps: f64,
@@ -268,10 +268,14 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
     let reps = if opts.quick { 1 } else { 5 };
     let secs = if opts.quick { 2 } else { 3 };
     let mut samples: Vec<Vec<Sample>> = scenarios.iter().map(|_| Vec::new()).collect();
+    let mut agent_line = None;
     for rep in 0..reps {
         for (i, (name, setup)) in scenarios.iter().enumerate() {
             eprintln!("bench: overhead {name} (run {})", rep + 1);
             let held = setup()?;
+            if let Held::Agent(a) = &held {
+                agent_line.get_or_insert_with(|| a.command_line());
+            }
             samples[i].push(measure(&client, &server, &held, secs)?);
             drop(held);
         }
@@ -355,6 +359,29 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         nft.1,
         u32f.0,
         u32f.1
+    )?;
+    let mut shown = FaultSpec::new("bench");
+    shown.pod_prefix = Some("other-0".into());
+    shown.to_cidrs = other_prefixes(1);
+    shown.partition = Some(PartitionMode::Packets);
+    let (sns, sip) = (server.netns_name().to_owned(), server.ipv4().to_string());
+    commands(
+        &mut r.out,
+        &[
+            format!("ip netns exec {sns} iperf3 -s -p 5201"),
+            format!("ip netns exec {cns} iperf3 -c {sip} -p 5201 -t {secs} -J"),
+            format!("ip netns exec {cns} iperf3 -c {sip} -p 5201 -t {secs} -J -u -b 2G -l 1400"),
+            "# (a') bpf(BPF_PROG_LOAD, sched_cls, {r0 = -1; exit}); bpf(BPF_LINK_CREATE, BPF_TCX_INGRESS and BPF_TCX_EGRESS) on both pods' host veths".into(),
+            format!("# (b), (c): {}", agent_line.as_deref().unwrap_or("fault-agent standalone")),
+            format!(
+                "# (c): POST /v1/faults {} (to_cidrs: 1,000 or 10,000 /32s from 198.19.128.0 on; the first shown)",
+                serde_json::to_string(&shown)?
+            ),
+            format!("ip netns exec {cns} ipset restore   # create flbench hash:ip; add flbench <address> (x1,000)"),
+            format!("ip netns exec {cns} iptables -A OUTPUT -m set --match-set flbench dst -j DROP"),
+            format!("ip netns exec {cns} nft -f -   # table inet flbench {{ set blocked {{ type ipv4_addr; elements = {{ <1,000 addresses> }} }}; chain out {{ type filter hook output priority 0; policy accept; ip daddr @blocked drop }} }}"),
+            format!("ip netns exec {cns} tc -batch -   # qdisc add dev eth0 root handle 1: htb default 1; class add dev eth0 parent 1: classid 1:1 htb rate 100gbit; class add dev eth0 parent 1: classid 1:2 htb rate 8bit; filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst <address>/32 flowid 1:2 (x1,000)"),
+        ],
     )?;
     let idle_worst = idle.0.min(idle.1);
     // What the programs' own time is worth at (a)'s UDP packet rate: two runs per datagram

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use fault_api::{FaultSpec, PartitionMode};
 use fault_testkit::{AgentProcess, Family, Topology, probe::udp_reachable};
 
-use super::{Options, Report, other_prefixes};
+use super::{Options, Report, commands, other_prefixes};
 
 pub fn rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -38,6 +38,7 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )?;
     let sizes: &[usize] = if opts.quick { &[100] } else { &[100, 1000] };
+    let mut lines = Vec::new();
     for &n in sizes {
         let t = Instant::now();
         let mut topo = Topology::named("bench-scale")?;
@@ -71,6 +72,24 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         let t = Instant::now();
         agent.client().create(&rules)?;
         let ten_k = t.elapsed().as_secs_f64() * 1e3;
+        if lines.is_empty() {
+            let mut shown = rules.clone();
+            shown.to_cidrs.truncate(1);
+            lines = vec![
+                format!("# the agent (rebuilt for each size): {}", agent.command_line()),
+                format!(
+                    "# fault over all pods: POST {}/v1/faults {}",
+                    agent.api_url(),
+                    serde_json::to_string(&spec)?
+                ),
+                format!(
+                    "# 10,000 rules: POST {}/v1/faults {} (to_cidrs: 10,000 /32s from 198.19.128.0 on; the first shown)",
+                    agent.api_url(),
+                    serde_json::to_string(&shown)?
+                ),
+                "# new pod: the testkit adds netns t-new with its veth, rewrites the inventory file, and probes UDP from it to peer-0 every 20 ms".into(),
+            ];
+        }
         let rss2 = rss_mib(pid)?;
         let newcomer = topo.add_pod("bench", "t-new", &[("app", "target")])?;
         let t = Instant::now();
@@ -108,5 +127,6 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         r.out,
         "\nReading: the time to be ready grows with the pods because each pod's host veth gets two TCX links, made one after another, and the kernel takes 8-19 ms to create each one here (`BPF_LINK_CREATE` under strace: it waits for readers of the interface's program list); a cluster node with its usual tens of pods is ready in seconds. Memory: the agent reads every pod's namespace with one netlink socket per namespace from two threads and gives the memory of each pass back (`malloc_trim`), so its RSS follows what it holds, not its peaks. 10,000 rules cost one compile and one batch of map writes. 10,000 pods are not built on one host (a Linux bridge takes at most 1,024 ports, and a kubelet runs at most 110 pods by default): a node agent sees 10,000 pods as Pod objects of a cluster, measured in 4b.\n"
     )?;
+    commands(&mut r.out, &lines)?;
     Ok(())
 }
