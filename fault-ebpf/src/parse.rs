@@ -127,7 +127,9 @@ pub fn pull_headers(ctx: &TcContext) -> Option<()> {
 /// on the target's ingress. An IPv6 address stays in the packet until [`TargetAddr::key`]:
 /// the no-fault path reads two bytes of it for the gate and copies nothing.
 pub enum TargetAddr {
+    /// An IPv4 address, copied (4 bytes, network order).
     V4([u8; 4]),
+    /// An IPv6 address, where it is in the packet's linear data (16 bytes, network order).
     V6(*const [u8; 16]),
 }
 

@@ -10,6 +10,20 @@ use fault_testkit::{
 
 use super::{Dist, Options, Report, commands};
 
+/// The fault each cycle injects: a 1 s partition from a-0 to the pods labelled app=b.
+const INJECT: &[&str] = &[
+    "inject",
+    "-n",
+    "bench",
+    "--pod-prefix",
+    "a-0",
+    "--to-selector",
+    "app=b",
+    "--partition",
+    "--duration",
+    "1s",
+];
+
 pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
     let mut topo = Topology::named("bench-expiry")?;
     let a = topo.add_pod("bench", "a-0", &[("app", "a")])?;
@@ -34,18 +48,7 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         let mut agent = AgentProcess::start(&inventory)?;
         if !killed {
             lines.push(format!("# the agent: {}", agent.command_line()));
-            lines.push(agent.faultctl_line(&[
-                "inject",
-                "-n",
-                "bench",
-                "--pod-prefix",
-                "a-0",
-                "--to-selector",
-                "app=b",
-                "--partition",
-                "--duration",
-                "1s",
-            ]));
+            lines.push(agent.faultctl_line(INJECT));
             lines.push("# killed: kill -KILL <agent pid> right after the inject returns; before the next fault the agent is uninstalled (fault-agent uninstall) and started again".into());
         }
         for _ in 0..cycles {
@@ -61,18 +64,7 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
             };
             let stream = udp_stream_background(&a, &b, Family::V4, &opts)?;
             std::thread::sleep(Duration::from_millis(50));
-            let out_ = agent.faultctl(&[
-                "inject",
-                "-n",
-                "bench",
-                "--pod-prefix",
-                "a-0",
-                "--to-selector",
-                "app=b",
-                "--partition",
-                "--duration",
-                "1s",
-            ])?;
+            let out_ = agent.faultctl(INJECT)?;
             anyhow::ensure!(
                 out_.status.success(),
                 "{}",
