@@ -47,7 +47,14 @@ pub const GATE_ENTRIES: u32 = 65_536;
 /// ones that differ most between the pods of a node.
 #[inline(always)]
 pub fn gate_index(addr: &[u8; 16]) -> u32 {
-    ((addr[14] as u32) << 8) | addr[15] as u32
+    gate_index_of([addr[14], addr[15]])
+}
+
+/// The [`MAP_GATE`] entry of an address from its last two bytes alone (an IPv4 address's last
+/// two bytes are its IPv4-mapped form's), for a caller that has not built the 16-byte form.
+#[inline(always)]
+pub fn gate_index_of(last_two: [u8; 2]) -> u32 {
+    u16::from_be_bytes(last_two) as u32
 }
 
 /// The bit of a [`Direction`] (as stored in [`TargetKey::direction`]) in a [`MAP_GATE`] entry.
@@ -298,6 +305,18 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::chance;
+
+    #[test]
+    fn gate_index_of_the_last_two_bytes_is_that_of_the_16_byte_form() {
+        // 198.18.1.10 IPv4-mapped, and fd00:fa::10a.
+        let v4 = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 1, 10];
+        let v6 = [0xfd, 0, 0, 0xfa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 10];
+        assert_eq!(super::gate_index(&v4), 266);
+        assert_eq!(super::gate_index(&v6), 266);
+        assert_eq!(super::gate_index_of([1, 10]), 266);
+        assert_eq!(super::gate_bit(0), 1);
+        assert_eq!(super::gate_bit(1), 2);
+    }
 
     #[test]
     fn chance_bounds_are_exact() {

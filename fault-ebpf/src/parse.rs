@@ -7,7 +7,7 @@
 //! The offsets of the L4 checksum and payload are kept for the actions that rewrite the packet.
 use aya_ebpf::programs::TcContext;
 use core::mem::size_of;
-use fault_common::{Direction, TargetKey, proto};
+use fault_common::{Direction, TargetKey, gate_index_of, proto};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -134,16 +134,14 @@ pub enum TargetAddr {
 }
 
 impl TargetAddr {
-    /// The address's entry in the gate, as `fault_common::gate_index` computes it from the
-    /// 16-byte form (the last two bytes are the same in the IPv4-mapped form).
+    /// The address's entry in the gate (`fault_common::gate_index_of` its last two bytes).
     #[inline(always)]
     pub fn gate_index(&self) -> u32 {
-        let (hi, lo) = match self {
-            TargetAddr::V4(a) => (a[2], a[3]),
+        gate_index_of(match self {
+            TargetAddr::V4(a) => [a[2], a[3]],
             // SAFETY: points into the packet, bounds checked by `target_addr`.
-            TargetAddr::V6(p) => unsafe { ((**p)[14], (**p)[15]) },
-        };
-        ((hi as u32) << 8) | lo as u32
+            TargetAddr::V6(p) => unsafe { [(**p)[14], (**p)[15]] },
+        })
     }
 
     /// The target map key of this address and `direction`.

@@ -66,6 +66,7 @@ impl Maps {
                 t.faults.insert(slot as u16, p);
             }
         }
+        // One lookup per entry (65,536): only at start and after a failed write.
         for i in 0..GATE_ENTRIES {
             let bits = self.gate.get(&i, 0).context("reading FL_GATE")?;
             if bits != 0 {

@@ -15,7 +15,9 @@ pub struct Tables {
     /// Active fault slots; a slot absent here is zero (inactive) in the kernel.
     pub faults: BTreeMap<u16, FaultParams>,
     /// Nonzero entries of the gate (`fault_common::MAP_GATE`): [`gate_index`] -> direction
-    /// bits. Derived from `targets` by [`Tables::derive_gates`]; an index absent here is zero.
+    /// bits. Derived from `targets` by [`Tables::derive_gates`] in what the compiler produces,
+    /// but kept as its own field because what the kernel holds (read back at start or after a
+    /// failed write) need not match its targets; an index absent here is zero.
     pub gates: BTreeMap<u16, u8>,
 }
 

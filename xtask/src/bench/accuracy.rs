@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use fault_testkit::{AgentProcess, Family, StreamOpts, Topology, probe::udp_stream};
 
-use super::{Options, Report, commands};
+use super::{Options, Report, commands, inject_a_to_b};
 
 pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
     let mut topo = Topology::named("bench-accuracy")?;
@@ -31,7 +31,7 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
     let (mut loss_rows, mut loss_all_within) = (Vec::new(), true);
     for (flag, what) in [("--loss", "loss"), ("--corrupt", "corruption")] {
         for level in [1.0f64, 10.0, 30.0, 50.0, 90.0] {
-            let out_ = agent.faultctl(&inject_args(flag, &format!("{level}%")))?;
+            let out_ = agent.faultctl(&inject_a_to_b(&[flag, &format!("{level}%")]))?;
             anyhow::ensure!(
                 out_.status.success(),
                 "{}",
@@ -82,7 +82,7 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
     }
     let lines = vec![
         format!("# the agent: {}", agent.command_line()),
-        agent.faultctl_line(&inject_args("--loss", "<level>%")),
+        agent.faultctl_line(&inject_a_to_b(&["--loss", "<level>%"])),
         "# or --corrupt <level>% ; then: the probe (fault-testkit's udp_stream) sends the datagrams from a-0's netns to b-0's, then DELETE /v1/faults/<id>".into(),
     ];
     drop(agent);
@@ -107,22 +107,6 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// `faultctl` arguments of a loss or corruption fault (`flag` `--loss` or `--corrupt`, `level`
-/// like `30%`) from pod a-0 to the pods labelled app=b.
-fn inject_args<'a>(flag: &'a str, level: &'a str) -> [&'a str; 9] {
-    [
-        "inject",
-        "-n",
-        "bench",
-        "--pod-prefix",
-        "a-0",
-        "--to-selector",
-        "app=b",
-        flag,
-        level,
-    ]
 }
 
 /// Runs the VM suite's `added_latency_error_at_1_10_100_1000ms` and reports its lines.

@@ -14,7 +14,7 @@ use fault_testkit::{
     AgentProcess, Family, Pod, StreamOpts, Topology, boottime_ns, probe::udp_stream_background,
 };
 
-use super::{Dist, Options, Report, commands};
+use super::{Dist, Options, Report, commands, post_line};
 
 /// One way of applying and lifting the partition "targets refuse the peer's packets".
 trait Mechanism {
@@ -191,10 +191,9 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         spec.partition = Some(PartitionMode::Packets);
         if targets > 1 {
             lines.push(format!("# the agent: {}", agent.command_line()));
+            lines.push(post_line("API, apply", &agent.api_url(), &spec)?);
             lines.push(format!(
-                "# API: POST {}/v1/faults {} ; DELETE {}/v1/faults/<id>",
-                agent.api_url(),
-                serde_json::to_string(&spec)?,
+                "# API, lift: DELETE {}/v1/faults/<id>",
                 agent.api_url()
             ));
             lines.push(agent.faultctl_line(INJECT));

@@ -26,7 +26,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Options, Report, commands, other_prefixes, scale::rss_mib};
+use super::{Options, Report, commands, other_prefixes, post_line, scale::rss_mib};
 
 const NS: &str = "bench";
 const NODE: &str = "node-a";
@@ -262,24 +262,14 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         r.out,
         "Reading: the node agent holds every Pod of the cluster (it resolves selectors on any node) but attaches only to its own; a fault over all {total} pods is one NetworkFault object, one compile and one batch of map writes on the node that has the source pod, and the API answers when that node has reported it in the object's status, so the time includes two API-server round trips and a watch event each way.\n"
     )?;
-    let mut shown = rules.clone();
-    shown.to_cidrs.truncate(1);
     commands(
         &mut r.out,
         &[
             "# kube-apiserver 1.20 + etcd from `cargo xtask kube-build`; Pods created (POST), then their status merge-patched to Running with their addresses, as a kubelet would".into(),
             format!("KUBECONFIG=<kubeconfig> {}", node.command_line()),
             format!("KUBECONFIG=<kubeconfig> {}", api.command_line()),
-            format!(
-                "# fault over all pods: POST {}/v1/faults {}",
-                api.api_url(),
-                serde_json::to_string(&all)?
-            ),
-            format!(
-                "# 10,000 rules: POST {}/v1/faults {} (to_cidrs: 10,000 /32s from 198.19.128.0 on; the first shown)",
-                api.api_url(),
-                serde_json::to_string(&shown)?
-            ),
+            post_line("fault over all pods", &api.api_url(), &all)?,
+            post_line("10,000 rules", &api.api_url(), &rules)?,
         ],
     )?;
     drop(api);

@@ -8,21 +8,10 @@ use fault_testkit::{
     AgentProcess, Family, StreamOpts, Topology, boottime_ns, probe::udp_stream_background,
 };
 
-use super::{Dist, Options, Report, commands};
+use super::{Dist, Options, Report, commands, inject_a_to_b};
 
 /// The fault each cycle injects: a 1 s partition from a-0 to the pods labelled app=b.
-const INJECT: &[&str] = &[
-    "inject",
-    "-n",
-    "bench",
-    "--pod-prefix",
-    "a-0",
-    "--to-selector",
-    "app=b",
-    "--partition",
-    "--duration",
-    "1s",
-];
+const PARTITION_1S: &[&str] = &["--partition", "--duration", "1s"];
 
 pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
     let mut topo = Topology::named("bench-expiry")?;
@@ -48,7 +37,7 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         let mut agent = AgentProcess::start(&inventory)?;
         if !killed {
             lines.push(format!("# the agent: {}", agent.command_line()));
-            lines.push(agent.faultctl_line(INJECT));
+            lines.push(agent.faultctl_line(&inject_a_to_b(PARTITION_1S)));
             lines.push("# killed: kill -KILL <agent pid> right after the inject returns; before the next fault the agent is uninstalled (fault-agent uninstall) and started again".into());
         }
         for _ in 0..cycles {
@@ -64,7 +53,7 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
             };
             let stream = udp_stream_background(&a, &b, Family::V4, &opts)?;
             std::thread::sleep(Duration::from_millis(50));
-            let out_ = agent.faultctl(INJECT)?;
+            let out_ = agent.faultctl(&inject_a_to_b(PARTITION_1S))?;
             anyhow::ensure!(
                 out_.status.success(),
                 "{}",

@@ -107,6 +107,39 @@ pub fn commands(out: &mut String, lines: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A command-line comment showing the API request that created `spec`: `# {what}: POST
+/// {api_url}/v1/faults {body}`; a long `to_cidrs` list is cut to its first entry, with a note.
+pub fn post_line(what: &str, api_url: &str, spec: &fault_api::FaultSpec) -> Result<String> {
+    let mut shown = spec.clone();
+    let cidrs = shown.to_cidrs.len();
+    shown.to_cidrs.truncate(1);
+    let note = if cidrs > 1 {
+        format!(" (to_cidrs: {cidrs} prefixes; the first shown)")
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "# {what}: POST {api_url}/v1/faults {}{note}",
+        serde_json::to_string(&shown)?
+    ))
+}
+
+/// `faultctl` arguments of a fault from pod `a-0` to the pods labelled `app=b` in namespace
+/// `bench` (the accuracy and expiry topologies), followed by `action` (`--loss 30%`...).
+pub fn inject_a_to_b<'a>(action: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "inject",
+        "-n",
+        "bench",
+        "--pod-prefix",
+        "a-0",
+        "--to-selector",
+        "app=b",
+    ];
+    args.extend_from_slice(action);
+    args
+}
+
 /// Runs a shell command line (for incumbents' tools and stdin-fed batches).
 pub fn sh(script: &str) -> Result<String> {
     let out = Command::new("sh")

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use fault_api::{FaultSpec, PartitionMode};
 use fault_testkit::{AgentProcess, Family, Topology, probe::udp_reachable};
 
-use super::{Options, Report, commands, other_prefixes};
+use super::{Options, Report, commands, other_prefixes, post_line};
 
 pub fn rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -73,20 +73,10 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         agent.client().create(&rules)?;
         let ten_k = t.elapsed().as_secs_f64() * 1e3;
         if lines.is_empty() {
-            let mut shown = rules.clone();
-            shown.to_cidrs.truncate(1);
             lines = vec![
                 format!("# the agent (rebuilt for each size): {}", agent.command_line()),
-                format!(
-                    "# fault over all pods: POST {}/v1/faults {}",
-                    agent.api_url(),
-                    serde_json::to_string(&spec)?
-                ),
-                format!(
-                    "# 10,000 rules: POST {}/v1/faults {} (to_cidrs: 10,000 /32s from 198.19.128.0 on; the first shown)",
-                    agent.api_url(),
-                    serde_json::to_string(&shown)?
-                ),
+                post_line("fault over all pods", &agent.api_url(), &spec)?,
+                post_line("10,000 rules", &agent.api_url(), &rules)?,
                 "# new pod: the testkit adds netns t-new with its veth, rewrites the inventory file, and probes UDP from it to peer-0 every 20 ms".into(),
             ];
         }
