@@ -6,7 +6,8 @@
 //!   send times, TCP connects and echoes);
 //! - [`agent`]: a real `fault-agent` process and the `faultctl` binary;
 //! - [`env`]: the inference topology with an agent in front of it;
-//! - [`kube`]: a real Kubernetes API server for the cluster-mode tests.
+//! - [`kube`]: a real Kubernetes API server for the cluster-mode tests;
+//! - [`node`]: a real node (`cargo xtask cluster up`) reached with kubectl, for the node suite.
 //!
 //! Everything it creates is removed on `Drop`, also when a test panics; objects left by a
 //! killed process are reaped by the next [`topology::Topology::new`]. It needs root.
@@ -15,6 +16,7 @@ mod cmd;
 pub mod env;
 pub mod kube;
 pub mod netns;
+pub mod node;
 pub mod probe;
 mod rand;
 pub mod topology;
