@@ -2,7 +2,7 @@
 //! (`scripts/kube-build.sh`: ~6 min on 2 cores for the API server and the controller manager,
 //! ~4 more for the kubelet, kube-proxy and kube-scheduler) and cached outside the repository,
 //! in `~/.cache/faultline/kube-v1.20.2/bin`. The cluster tests start the API server themselves
-//! (`fault_testkit::kube::KubeEnv`).
+//! (`fault_testkit::kube::KubeEnv`); `cargo xtask cluster` runs them all.
 use std::{path::PathBuf, process::Command};
 
 use anyhow::Result;
@@ -14,8 +14,7 @@ use crate::{
 
 /// The cache folder (the testkit reads the same default, or `FAULTLINE_KUBE_BIN`).
 pub fn cache_dir() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    PathBuf::from(home).join(".cache/faultline/kube-v1.20.2")
+    crate::cluster::layout::cache_root().join("kube-v1.20.2")
 }
 
 /// Builds the API server and the controller manager unless cached; installs etcd and the

@@ -3,11 +3,16 @@
 //! - `setup`: toolchain parts, apt packages, bpffs;
 //! - `build`: the agent (with its eBPF programs) and faultctl;
 //! - `demo`: the main job end to end on real packets;
-//! - `test`: every test suite.
+//! - `test`: every test suite;
+//! - `cluster up|down|status`: a one-machine Kubernetes cluster (see [`cluster`]);
+//! - `image`: Faultline's container image from `deploy/Containerfile`.
 mod bench;
 mod cargo;
+mod cluster;
 mod demo;
+mod image;
 mod kube;
+mod node;
 mod setup;
 mod test;
 mod util;
@@ -38,6 +43,14 @@ enum Task {
     Test,
     /// Build (once, cached) the kube-apiserver of the cluster tests.
     KubeBuild,
+    /// A one-machine Kubernetes cluster (containerd, CNI bridge, kubelet, kube-proxy...).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+    /// Build Faultline's image (deploy/Containerfile over static release binaries, with
+    /// buildah); import it into the cluster when it runs.
+    Image,
     /// Run a shell command as root in Debian's 6.1 kernel (VM, software emulation).
     Vm {
         /// The command line.
@@ -54,11 +67,21 @@ enum Task {
         /// Skip the delay figures (they need the 6.1 VM, ~2 minutes).
         #[arg(long)]
         no_vm: bool,
-        /// Run only these sections (overhead, apply, accuracy, scale, cluster, expiry), for
+        /// Run only these sections (overhead, apply, accuracy, scale, cluster, expiry, node), for
         /// working on one; the published file comes from a run of all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Start it (idempotent; builds and caches what it needs first).
+    Up,
+    /// Stop it and remove everything it made.
+    Down,
+    /// What runs, and the kubeconfig's path.
+    Status,
 }
 
 fn main() -> Result<()> {
@@ -75,6 +98,25 @@ fn main() -> Result<()> {
         }
         Task::Test => test::run(),
         Task::KubeBuild => kube::build(),
+        Task::Cluster { action } => match action {
+            ClusterAction::Up => cluster::up().map(|_| ()),
+            ClusterAction::Down => cluster::down(),
+            ClusterAction::Status => cluster::status(),
+        },
+        Task::Image => {
+            setup::core()?;
+            let img = image::faultline(&image::musl_binaries()?)?;
+            println!(
+                "{} ({:.1} MiB): {}",
+                img.reference,
+                img.size() as f64 / 1048576.0,
+                img.archive.display()
+            );
+            if cluster::healthy() {
+                cluster::import(&img)?;
+            }
+            Ok(())
+        }
         Task::Vm { command } => vm::run_inside(&command),
         Task::Bench {
             out,

@@ -42,18 +42,42 @@ pub fn test_executable(package: &str, test: &str) -> Result<std::path::PathBuf> 
     bail!("no executable for test target {test}")
 }
 
+/// A suite that cannot run on this machine: it is reported as skipped with the reason, not
+/// as passed or failed.
+#[derive(Debug)]
+pub struct Skipped(pub String);
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "skipped: {}", self.0)
+    }
+}
+
+impl std::error::Error for Skipped {}
+
 struct Outcome {
     name: &'static str,
     took: Duration,
     result: Result<()>,
 }
 
+impl Outcome {
+    fn skipped(&self) -> Option<&Skipped> {
+        self.result.as_ref().err()?.downcast_ref::<Skipped>()
+    }
+    fn failed(&self) -> bool {
+        self.result.is_err() && self.skipped().is_none()
+    }
+}
+
 fn suite(name: &'static str, f: impl FnOnce() -> Result<()>) -> Outcome {
     eprintln!("\n=== {name} ===");
     let start = Instant::now();
     let result = f();
-    if let Err(e) = &result {
-        eprintln!("=== {name}: FAILED: {e:#}");
+    match &result {
+        Err(e) if e.downcast_ref::<Skipped>().is_some() => eprintln!("=== {name}: {e}"),
+        Err(e) => eprintln!("=== {name}: FAILED: {e:#}"),
+        Ok(()) => {}
     }
     Outcome {
         name,
@@ -108,6 +132,10 @@ pub fn run() -> Result<()> {
         },
     ));
     outcomes.push(suite(
+        "node: real kubelet, containerd, CNI, kube-proxy; kubectl apply -k deploy/",
+        || crate::node::run_suite(&bin),
+    ));
+    outcomes.push(suite(
         "kernel 6.1 VM: delay, jitter, duplication, rate, netlink attach",
         || {
             let exe = test_executable("fault-agent", "vm")?;
@@ -129,10 +157,14 @@ pub fn run() -> Result<()> {
     ));
     eprintln!("\n{:<70} {:>8}  result", "suite", "time");
     for o in &outcomes {
-        let verdict = if o.result.is_ok() { "ok" } else { "FAILED" };
+        let verdict = match (o.skipped(), o.result.is_ok()) {
+            (Some(s), _) => s.to_string(),
+            (None, true) => "ok".into(),
+            (None, false) => "FAILED".into(),
+        };
         eprintln!("{:<70} {:>7.0}s  {verdict}", o.name, o.took.as_secs_f64());
     }
-    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    let failed = outcomes.iter().filter(|o| o.failed()).count();
     if failed > 0 {
         bail!("{failed} suite(s) failed");
     }

@@ -8,6 +8,7 @@ mod apply;
 mod cluster;
 mod expiry;
 mod floor;
+mod node;
 mod overhead;
 mod scale;
 
@@ -240,6 +241,7 @@ pub fn run(bin_dir: &Path, file: &Path, opts: &Options) -> Result<()> {
             }),
         ),
         ("expiry", Box::new(expiry::run)),
+        ("node", Box::new(node::run)),
     ];
     let mut report = Report::default();
     let write = |report: &Report, tail: &str| -> Result<()> {
@@ -252,7 +254,7 @@ pub fn run(bin_dir: &Path, file: &Path, opts: &Options) -> Result<()> {
         .find(|o| !sections.iter().any(|(n, _)| n == o))
     {
         anyhow::bail!(
-            "--only: no section {unknown:?} (overhead, apply, accuracy, scale, cluster, expiry)"
+            "--only: no section {unknown:?} (overhead, apply, accuracy, scale, cluster, expiry, node)"
         );
     }
     for (name, section) in sections {
