@@ -169,6 +169,25 @@ impl Node {
     }
 }
 
+/// A NetworkFault name unique to this run (`<base>-<pid>-<n>`): a test reusing a name of an
+/// earlier run would meet the node agent's memory of the old object (see
+/// `a_networkfault_recreated_under_the_same_name_is_applied_again`).
+pub fn unique(base: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{base}-{}-{n}", std::process::id())
+}
+
+/// Deletes every NetworkFault of the workload's namespace when dropped, also when the test
+/// panics (the next test's [`node`] scales the workload back).
+pub struct Cleanup<'a>(pub &'a Node);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.0.delete_all_faults();
+    }
+}
+
 /// The wall-clock instant `rfc3339` on the `CLOCK_BOOTTIME` axis of stream timestamps, ns.
 pub fn boot_ns_of(rfc3339: &str) -> u64 {
     let at: jiff::Timestamp = rfc3339.parse().expect("an RFC 3339 timestamp");

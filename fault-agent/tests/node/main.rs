@@ -12,7 +12,7 @@ mod host;
 
 use std::time::{Duration, Instant};
 
-use env::{Node, boot_ns_of, node};
+use env::{Cleanup, Node, boot_ns_of, node, unique};
 use fault_testkit::{
     Family, Pod, boottime_ns,
     node::{deploy::SYSTEM_NS, measure, pods::KubePod, watch::PodWatch, workload::NS},
@@ -91,6 +91,7 @@ fn deploy_applies_unchanged_and_the_agent_and_api_become_ready() {
 fn networkfault_partitions_decode_from_prefill_then_recovers_and_expires() {
     let n = node();
     n.delete_all_faults();
+    let _cleanup = Cleanup(&n);
     let t = n.topo();
     let (d0, d1, p, f, nats) = (
         h(&t.decode[0]),
@@ -106,11 +107,12 @@ fn networkfault_partitions_decode_from_prefill_then_recovers_and_expires() {
     let s = measure::stream(&d0, &p, 2000, 44_200).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let t0 = boottime_ns();
+    let cut_name = unique("decode-prefill-cut");
     n.apply_fault(
-        "decode-prefill-cut",
+        &cut_name,
         partition("vllm-decode", "app=vllm-prefill", "2m"),
     );
-    let st = n.wait_phase("decode-prefill-cut", "Active", Duration::from_secs(10));
+    let st = n.wait_phase(&cut_name, "Active", Duration::from_secs(10));
     assert_eq!(st["targetCount"], 2, "{st}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(!tcp(&d0, &p, 8000, SHORT), "decode-0 -> prefill cut");
@@ -121,17 +123,8 @@ fn networkfault_partitions_decode_from_prefill_then_recovers_and_expires() {
         probe::udp_reachable(&p, &d0, Family::V4, 9000, LONG).unwrap(),
         "prefill -> decode (one way) untouched"
     );
-    let via_service = tcp_to(&d0, n.service_ip("vllm-prefill"), 8000, SHORT);
-    eprintln!(
-        "node: decode-0 -> Service vllm-prefill (cluster IP, kube-proxy DNAT) during the partition: {}",
-        if via_service {
-            "PASSES (the fault does not cover Service traffic)"
-        } else {
-            "cut"
-        }
-    );
     let t1 = boottime_ns();
-    n.delete_fault("decode-prefill-cut");
+    n.delete_fault(&cut_name);
     std::thread::sleep(Duration::from_millis(1500));
     let r = s.stop().unwrap();
     let applied = measure::first_lost_after(&r, t0).expect("a datagram was lost");
@@ -153,13 +146,11 @@ fn networkfault_partitions_decode_from_prefill_then_recovers_and_expires() {
 
     // Expiry: the kernel program stops applying it at its deadline.
     let s = measure::stream(&d0, &p, 2000, 44_201).unwrap();
-    n.apply_fault(
-        "decode-prefill-3s",
-        partition("vllm-decode-0", "app=vllm-prefill", "3s"),
-    );
-    let st = n.wait_phase("decode-prefill-3s", "Active", Duration::from_secs(10));
+    let short = unique("decode-prefill-3s");
+    n.apply_fault(&short, partition("vllm-decode-0", "app=vllm-prefill", "3s"));
+    let st = n.wait_phase(&short, "Active", Duration::from_secs(10));
     let expires = boot_ns_of(st["expiresAt"].as_str().expect("expiresAt"));
-    let st = n.wait_phase("decode-prefill-3s", "Expired", Duration::from_secs(10));
+    let st = n.wait_phase(&short, "Expired", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     let r = s.stop().unwrap();
     let cut = measure::first_lost_after(&r, 0).expect("the fault acted");
@@ -173,7 +164,6 @@ fn networkfault_partitions_decode_from_prefill_then_recovers_and_expires() {
         (-50.0..=500.0).contains(&late),
         "traffic back {late:.1} ms from the deadline"
     );
-    n.delete_fault("decode-prefill-3s");
 }
 
 #[test]
@@ -260,22 +250,37 @@ fn watch_new_pods(w: &PodWatch, names: &[String], decode: &[Pod], port: u16) -> 
 /// Each watched pod's coverage, in ms after it became Ready (negative: before), as target and
 /// as peer; asserts both streams were cut for good within the limit.
 fn coverage(w: &PodWatch, watched: Vec<Watched>) -> Vec<(String, f64, f64)> {
-    let ready = w.first_ready();
+    let (ready, addressed) = (w.first_ready(), w.first_addressed());
     let mut out = Vec::new();
     for x in watched {
         let at = ready
             .get(&x.name)
             .unwrap_or_else(|| panic!("{} never Ready", x.name))
             .at_ns as i128;
+        let ip_at = addressed[&x.name].at_ns as i128;
         let (rt, rp) = (x.as_target.stop().unwrap(), x.as_peer.stop().unwrap());
         let ct =
             measure::cut_from(&rt).unwrap_or_else(|| panic!("{}: target stream never cut", x.name));
         let cp =
             measure::cut_from(&rp).unwrap_or_else(|| panic!("{}: peer stream never cut", x.name));
         let (t_ms, p_ms) = (ms(ct as i128 - at), ms(cp as i128 - at));
+        // With no datagram through, the pod was covered before the first one: the figure is
+        // then an upper bound (the stream starts once the address is known).
+        let how = |r: &fault_testkit::StreamReport| {
+            if r.received == 0 {
+                "at the latest".to_owned()
+            } else {
+                format!("after {} datagrams passed", r.received)
+            }
+        };
         eprintln!(
-            "node: {} covered {t_ms:.0} ms (as target) and {p_ms:.0} ms (as peer) after Ready ({} + {} datagrams)",
-            x.name, rt.sent, rp.sent
+            "node: {} covered {t_ms:.0} ms after Ready as target ({}), {p_ms:.0} ms as peer ({}); \
+             {:.0} / {:.0} ms after its address was reported",
+            x.name,
+            how(&rt),
+            how(&rp),
+            ms(ct as i128 - ip_at),
+            ms(cp as i128 - ip_at),
         );
         out.push((x.name, t_ms, p_ms));
     }
@@ -287,19 +292,30 @@ fn coverage(w: &PodWatch, watched: Vec<Watched>) -> Vec<(String, f64, f64)> {
 fn new_and_recreated_prefill_pods_are_covered_within_2s_of_ready() {
     let n = node();
     n.delete_all_faults();
+    let _cleanup = Cleanup(&n);
     let t = n.topo();
     let decode: Vec<Pod> = t.decode.iter().map(h).collect();
-    n.apply_fault(
-        "prefill-to-decode",
-        partition("vllm-prefill", "app=vllm-decode", "10m"),
-    );
-    n.apply_fault(
-        "decode0-to-prefill",
-        partition("vllm-decode-0", "app=vllm-prefill", "10m"),
-    );
-    n.wait_phase("prefill-to-decode", "Active", Duration::from_secs(10));
-    n.wait_phase("decode0-to-prefill", "Active", Duration::from_secs(10));
-    let before: Vec<String> = t.prefill.iter().map(|p| p.name.clone()).collect();
+    for (name, spec) in [
+        (
+            unique("prefill-to-decode"),
+            partition("vllm-prefill", "app=vllm-decode", "10m"),
+        ),
+        (
+            unique("decode0-to-prefill"),
+            partition("vllm-decode-0", "app=vllm-prefill", "10m"),
+        ),
+    ] {
+        n.apply_fault(&name, spec);
+        let st = n.wait_phase(&name, "Active", Duration::from_secs(10));
+        assert_eq!(st["appliedNodes"], "faultline-node", "{name}: {st}");
+    }
+    let before: Vec<String> = n
+        .cluster
+        .pods(NS, "app=vllm-prefill")
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
     let w = PodWatch::start(&n.cluster, NS, "app=vllm-prefill").unwrap();
 
     // Scale 1 -> 3.
@@ -356,7 +372,6 @@ fn new_and_recreated_prefill_pods_are_covered_within_2s_of_ready() {
     n.cluster
         .kubectl(&["-n", NS, "scale", "deployment/vllm-prefill", "--replicas=1"])
         .unwrap();
-    n.delete_all_faults();
     let worst = figures
         .iter()
         .map(|(_, a, b)| a.max(*b))
@@ -412,13 +427,12 @@ fn agent_uid(n: &Node) -> String {
 fn the_fault_acts_with_no_gap_while_the_agent_pod_is_replaced() {
     let n = node();
     n.delete_all_faults();
+    let _cleanup = Cleanup(&n);
     let t = n.topo();
     let (d0, p, f) = (h(&t.decode[0]), h(&t.prefill[0]), h(&t.frontend));
-    n.apply_fault(
-        "while-replaced",
-        partition("vllm-decode-0", "app=vllm-prefill", "10m"),
-    );
-    n.wait_phase("while-replaced", "Active", Duration::from_secs(10));
+    let name = unique("while-replaced");
+    n.apply_fault(&name, partition("vllm-decode-0", "app=vllm-prefill", "10m"));
+    n.wait_phase(&name, "Active", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(200));
     let cut = measure::stream(&d0, &p, 2000, 44_400).unwrap();
     let control = measure::stream(&f, &p, 2000, 44_401).unwrap();
@@ -480,14 +494,13 @@ fn the_fault_acts_with_no_gap_while_the_agent_pod_is_replaced() {
 fn a_deadline_passing_while_no_agent_runs_stops_the_fault_on_time() {
     let n = node();
     n.delete_all_faults();
+    let _cleanup = Cleanup(&n);
     let t = n.topo();
     let (d0, p) = (h(&t.decode[0]), h(&t.prefill[0]));
     let s = measure::stream(&d0, &p, 2000, 44_500).unwrap();
-    n.apply_fault(
-        "no-agent",
-        partition("vllm-decode-0", "app=vllm-prefill", "12s"),
-    );
-    let st = n.wait_phase("no-agent", "Active", Duration::from_secs(10));
+    let name = unique("no-agent");
+    n.apply_fault(&name, partition("vllm-decode-0", "app=vllm-prefill", "12s"));
+    let st = n.wait_phase(&name, "Active", Duration::from_secs(10));
     let expires = boot_ns_of(st["expiresAt"].as_str().expect("expiresAt"));
     // No agent on the node: the DaemonSet selects no node.
     let patch =
@@ -558,13 +571,12 @@ fn a_deadline_passing_while_no_agent_runs_stops_the_fault_on_time() {
 fn kubectl_delete_k_leaves_no_program_link_pin_qdisc_or_fault() {
     let n = node();
     n.delete_all_faults();
+    let _cleanup = Cleanup(&n);
     let t = n.topo();
     let (d0, p) = (h(&t.decode[0]), h(&t.prefill[0]));
-    n.apply_fault(
-        "left-active",
-        partition("vllm-decode-0", "app=vllm-prefill", "10m"),
-    );
-    n.wait_phase("left-active", "Active", Duration::from_secs(10));
+    let name = unique("left-active");
+    n.apply_fault(&name, partition("vllm-decode-0", "app=vllm-prefill", "10m"));
+    n.wait_phase(&name, "Active", Duration::from_secs(10));
     assert!(
         !tcp(&d0, &p, 8000, SHORT),
         "the fault acts before the uninstall"
@@ -602,10 +614,10 @@ fn kubectl_delete_k_leaves_no_program_link_pin_qdisc_or_fault() {
 fn api_request_through_the_service_to_first_packet() {
     let n = node();
     n.delete_all_faults();
+    let _cleanup = Cleanup(&n);
     let t = n.topo();
     let (d0, p) = (h(&t.decode[0]), h(&t.prefill[0]));
     let cycles = measure::api_cycles(&n.api(), NS, &d0, &p, "app=vllm-prefill", 50, 2000).unwrap();
-    n.delete_all_faults();
     assert!(
         cycles.len() >= 45,
         "only {} of 50 cycles measured",
@@ -628,5 +640,125 @@ fn api_request_through_the_service_to_first_packet() {
     assert!(
         a99 < 5000.0 && l99 < 5000.0,
         "apply p99 {a99:.0} ms, lift p99 {l99:.0} ms"
+    );
+}
+
+#[test]
+#[ignore = "needs the one-machine cluster: run through `cargo xtask test`"]
+fn a_networkfault_recreated_under_the_same_name_is_applied_again() {
+    let n = node();
+    n.delete_all_faults();
+    let _cleanup = Cleanup(&n);
+    let t = n.topo();
+    let (d0, p) = (h(&t.decode[0]), h(&t.prefill[0]));
+    let name = unique("same-name");
+    for round in ["first", "second"] {
+        n.apply_fault(&name, partition("vllm-decode-0", "app=vllm-prefill", "5m"));
+        let st = n.wait_phase(&name, "Active", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(500));
+        let cut = !tcp(&d0, &p, 8000, SHORT);
+        eprintln!(
+            "node: {round} `kubectl apply` of {name}: cut {cut}, node status {}",
+            st["nodes"]
+        );
+        assert!(
+            cut,
+            "{round} apply of {name}: decode-0 -> prefill not cut; status {st}"
+        );
+        n.delete_fault(&name);
+        let start = Instant::now();
+        while n
+            .cluster
+            .json(&["-n", NS, "get", "networkfault", &name])
+            .is_ok()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name} not deleted"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            tcp(&d0, &p, 8000, LONG),
+            "{round}: decode-0 -> prefill after the delete"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the one-machine cluster: run through `cargo xtask test`"]
+fn a_partition_covers_traffic_through_a_service() {
+    let n = node();
+    n.delete_all_faults();
+    let _cleanup = Cleanup(&n);
+    let t = n.topo();
+    let d0 = h(&t.decode[0]);
+    let vip = n.service_ip("vllm-prefill");
+    assert!(
+        tcp_to(&d0, vip, 8000, LONG),
+        "decode-0 -> Service vllm-prefill before"
+    );
+    let name = unique("via-service");
+    n.apply_fault(&name, partition("vllm-decode-0", "app=vllm-prefill", "5m"));
+    n.wait_phase(&name, "Active", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !tcp(&d0, &h(&t.prefill[0]), 8000, SHORT),
+        "decode-0 -> prefill's pod IP is cut"
+    );
+    let through = tcp_to(&d0, vip, 8000, SHORT);
+    assert!(
+        !through,
+        "decode-0 -> Service vllm-prefill ({vip}, kube-proxy DNAT to the same pod) still passes"
+    );
+}
+
+/// Seconds of the Ready condition's last transition, and whether it is True.
+fn ready_condition(n: &Node, pod: &str) -> (bool, String) {
+    let p = n.cluster.json(&["-n", NS, "get", "pod", pod]).unwrap();
+    let c = p["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or_default();
+    (
+        c["status"] == "True",
+        c["lastTransitionTime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+#[test]
+#[ignore = "needs the one-machine cluster: run through `cargo xtask test`"]
+fn a_fault_on_every_peer_leaves_the_kubelets_probes_alone() {
+    let n = node();
+    n.delete_all_faults();
+    let _cleanup = Cleanup(&n);
+    let t = n.topo();
+    let pod = t.decode[0].name.clone();
+    let before = ready_condition(&n, &pod);
+    assert!(before.0, "{pod} Ready before");
+    let name = unique("every-peer");
+    // No peers named: every peer, as the seed API's worker isolation asks.
+    n.apply_fault(
+        &name,
+        json!({"podPrefix": pod, "partition": "packets", "duration": "1m"}),
+    );
+    n.wait_phase(&name, "Active", Duration::from_secs(10));
+    // The workload's readiness probe: every second, three failures make the pod NotReady.
+    std::thread::sleep(Duration::from_secs(6));
+    let during = ready_condition(&n, &pod);
+    n.delete_fault(&name);
+    eprintln!(
+        "node: {pod} Ready before {before:?}, after 6 s of a partition from every peer {during:?}"
+    );
+    assert!(
+        during.0 && during.1 == before.1,
+        "the kubelet's readiness probe of {pod} (from the node's address) was cut: Ready {during:?}"
     );
 }

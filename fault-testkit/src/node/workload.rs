@@ -131,7 +131,7 @@ pub fn manifests(image: &str) -> serde_json::Value {
 
 impl Cluster {
     /// Applies the topology (idempotent) and waits until every workload is rolled out with
-    /// its replica count.
+    /// its replica count and no pod of the namespace is terminating.
     pub fn deploy_workload(&self, timeout: Duration) -> Result<()> {
         let text = manifests(&self.workload_image).to_string();
         self.kubectl_stdin(&["apply", "-f", "-"], Some(&text))?;
@@ -148,6 +148,18 @@ impl Cluster {
             ])?;
             self.kubectl(&["-n", NS, "rollout", "status", &what, &t])?;
         }
-        Ok(())
+        // Pods of an earlier scale-down may still be terminating: wait until they are gone.
+        let start = std::time::Instant::now();
+        loop {
+            let pods = self.pods(NS, "")?;
+            if pods.iter().all(|p| p.ready && !p.terminating) {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+                anyhow::bail!("pods of {NS} not all Ready within {timeout:?}: {names:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
