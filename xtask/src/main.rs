@@ -40,7 +40,11 @@ enum Task {
     /// Run the main job end to end on real packets: pods, agent, faults, measurements.
     Demo,
     /// Run every test suite (what CI runs).
-    Test,
+    Test {
+        /// Run only these suites (unit, cluster, node, vm, pytest).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Build (once, cached) the kube-apiserver of the cluster tests.
     KubeBuild,
     /// A one-machine Kubernetes cluster (containerd, CNI bridge, kubelet, kube-proxy...).
@@ -96,7 +100,7 @@ fn main() -> Result<()> {
             let bin = cargo::build(true)?;
             demo::run(&bin)
         }
-        Task::Test => test::run(),
+        Task::Test { only } => test::run(&only),
         Task::KubeBuild => kube::build(),
         Task::Cluster { action } => match action {
             ClusterAction::Up => cluster::up().map(|_| ()),

@@ -137,6 +137,7 @@ pub fn kubelet() -> Command {
     .arg(format!("--hostname-override={NODE_NAME}"))
     .arg(format!("--node-ip={NODE_IP}"))
     .arg(format!("--root-dir={}", state("kubelet").display()))
+    .arg(format!("--cert-dir={}", state("kubelet-pki").display()))
     .arg(format!(
         "--volume-plugin-dir={}",
         state("kubelet-plugins").display()

@@ -27,13 +27,15 @@ const SYSCTLS: &[&str] = &[
 ];
 
 /// Shared folders the components create when missing; removed by `down` only if they did not
-/// exist before `up` (otherwise only our entries are removed). `/var/lib/faultline` is the
-/// node agent's state (a hostPath of `deploy/daemonset.yaml`).
+/// exist before `up` (otherwise only our entries are removed). The kubelet 1.20 keeps its
+/// device-plugin socket in `/var/lib/kubelet/device-plugins` whatever its root dir;
+/// `/var/lib/faultline` is the node agent's state (a hostPath of `deploy/daemonset.yaml`).
 pub const SHARED_DIRS: &[&str] = &[
     "/var/log/pods",
     "/var/log/containers",
     "/var/lib/cni",
     "/run/containerd",
+    "/var/lib/kubelet",
     "/var/lib/faultline",
 ];
 
