@@ -119,6 +119,10 @@ fn main() -> Result<()> {
             if cluster::healthy() {
                 cluster::import(&img)?;
             }
+            let (name, tag) = img.reference.rsplit_once(':').unwrap_or((&img.reference, ""));
+            println!(
+                "kustomize: images: [{{name: ghcr.io/faultline-dev/faultline, newName: {name}, newTag: \"{tag}\"}}]"
+            );
             Ok(())
         }
         Task::Vm { command } => vm::run_inside(&command),
