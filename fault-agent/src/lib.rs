@@ -13,6 +13,7 @@ pub mod kube;
 pub mod memory;
 pub mod netlink;
 pub mod pods;
+pub mod prefixes;
 pub mod resolve;
 pub mod rtdump;
 pub mod standalone;

@@ -25,6 +25,44 @@ fn duration(s: &str) -> Result<Duration, String> {
     s.parse::<fault_api::FaultDuration>().map(|d| d.get())
 }
 
+fn mark_bit(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"));
+    let value = match digits {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    dataplane::check_mark_bit(value)
+}
+
+fn cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|e| format!("{s:?} is neither a CIDR nor an address: {e}"))
+}
+
+/// What both agents that own a datapath take.
+#[derive(clap::Args)]
+struct DatapathArgs {
+    /// How to attach: `auto` (TCX on Linux >= 6.6, else netlink), or `netlink` (a clsact
+    /// qdisc and cls_bpf filters, as on older kernels).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "netlink"])]
+    attach: String,
+    /// Addresses the node translates to pod addresses after Faultline's hooks (repeatable,
+    /// CIDR or address): the Service CIDR (kube-apiserver's --service-cluster-ip-range),
+    /// externalIPs, node addresses that serve NodePorts. They are never taken for a peer of a
+    /// broader prefix: the packet is judged after the translation, by its real peer. In node
+    /// mode, ClusterIPs, externalIPs, load-balancer IPs and node addresses come from the API too.
+    #[arg(long = "service-cidr", value_name = "CIDR", value_parser = cidr)]
+    service_cidrs: Vec<ipnet::IpNet>,
+    /// The skb->mark bit the sender's veth sets on a packet it judged, so that the receiver's
+    /// veth on the same node does not judge it again (cleared before the pod sees it). One
+    /// bit, outside those kubelet, kube-proxy and CNIs use.
+    #[arg(long, default_value = "0x40", value_parser = mark_bit)]
+    evaluated_mark: u32,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run on a single host: pods are network namespaces listed in an inventory file.
@@ -50,10 +88,8 @@ enum Command {
         /// How often pods' network namespaces are re-read for address changes.
         #[arg(long, default_value = "1s", value_parser = duration)]
         rescan: Duration,
-        /// How to attach: `auto` (TCX on Linux >= 6.6, else netlink), or `netlink` (a clsact
-        /// qdisc and cls_bpf filters, as on older kernels).
-        #[arg(long, default_value = "auto", value_parser = ["auto", "netlink"])]
-        attach: String,
+        #[command(flatten)]
+        datapath: DatapathArgs,
         /// File holding the API's bearer token (first line). Without it the API listens on
         /// loopback only, unless --insecure-no-auth.
         #[arg(long)]
@@ -81,8 +117,8 @@ enum Command {
         /// How long ended faults stay in the local view.
         #[arg(long, default_value = "1h", value_parser = duration)]
         retention: Duration,
-        #[arg(long, default_value = "auto", value_parser = ["auto", "netlink"])]
-        attach: String,
+        #[command(flatten)]
+        datapath: DatapathArgs,
         /// How often counters are written to the NetworkFault status.
         #[arg(long, default_value = "10s", value_parser = duration)]
         status_interval: Duration,
@@ -143,7 +179,7 @@ fn run() -> Result<()> {
             max_duration,
             retention,
             rescan,
-            attach,
+            datapath,
             token_file,
             insecure_no_auth,
         } => {
@@ -157,7 +193,9 @@ fn run() -> Result<()> {
                     retention,
                 },
                 rescan,
-                force_netlink: attach == "netlink",
+                force_netlink: datapath.attach == "netlink",
+                evaluated_mark: datapath.evaluated_mark,
+                service_cidrs: datapath.service_cidrs,
                 token_file,
                 insecure: insecure_no_auth,
             };
@@ -172,7 +210,7 @@ fn run() -> Result<()> {
             state_dir,
             bpffs,
             retention,
-            attach,
+            datapath,
             status_interval,
         } => {
             let cfg = fault_agent::kube::node::Config {
@@ -184,7 +222,9 @@ fn run() -> Result<()> {
                     max_duration: fault_api::FaultDuration::MAX,
                     retention,
                 },
-                force_netlink: attach == "netlink",
+                force_netlink: datapath.attach == "netlink",
+                evaluated_mark: datapath.evaluated_mark,
+                service_cidrs: datapath.service_cidrs,
                 status_interval,
             };
             tokio::runtime::Builder::new_multi_thread()

@@ -41,6 +41,10 @@ pub struct Config {
     pub rescan: Duration,
     /// Attach through netlink/clsact even where TCX exists.
     pub force_netlink: bool,
+    /// The `skb->mark` bit between a sender's and a receiver's veth (`--evaluated-mark`).
+    pub evaluated_mark: u32,
+    /// Addresses the host translates to pods (`--service-cidr`): see `Core::set_virtual_nets`.
+    pub service_cidrs: Vec<ipnet::IpNet>,
     /// Bearer token file; without it the API only listens on loopback unless `insecure`.
     pub token_file: Option<PathBuf>,
     /// Serve without a token on a non-loopback address.
@@ -126,7 +130,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     let store = Store::open(&cfg.state_dir, &kernel::boot_id(), kernel::boottime_ns()?)?;
     let previous = store::load_attachments(&cfg.state_dir)?;
     let previous_fq = store::load_qdiscs(&cfg.state_dir)?;
-    let dataplane = Dataplane::open(Pins::new(&cfg.bpffs), &caps, previous, previous_fq)?;
+    let dataplane = Dataplane::open(
+        Pins::new(&cfg.bpffs),
+        &caps,
+        previous,
+        previous_fq,
+        cfg.evaluated_mark,
+    )?;
     let core = Arc::new(Mutex::new(Core::new(
         store,
         dataplane,
@@ -155,6 +165,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     {
         let mut c = lock(&core);
         c.set_pods(pods)?;
+        c.set_virtual_nets(cfg.service_cidrs.clone())?;
         c.reconcile()?;
     }
     crate::memory::trim();

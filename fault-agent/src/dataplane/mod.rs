@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
-use fault_common::{FaultStats, PROG_POD_EGRESS};
+use fault_common::{EVALUATED_MARK_GLOBAL, FaultStats, PROG_POD_EGRESS};
 use serde::{Deserialize, Serialize};
 
 pub use attach::{AttachKind, AttachMode, AttachRecord};
@@ -28,6 +28,25 @@ use maps::Maps;
 
 /// The eBPF object built by build.rs from `fault-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fault-ebpf"));
+
+/// Mark bits known to be used on Kubernetes nodes (kubelet `0x8000`, kube-proxy `0x4000`,
+/// Cilium `0xFF00` and the upper half, Calico `0xFFFF0000`, AWS VPC CNI `0x80`).
+const MARK_BITS_IN_USE: u32 = 0xFFFF_FF80;
+
+/// Checks an `--evaluated-mark` value: a single bit, not one known to be used by others.
+pub fn check_mark_bit(mark: u32) -> Result<u32, String> {
+    if mark.count_ones() != 1 {
+        return Err(format!(
+            "must be a single bit of skb->mark (e.g. 0x40), got {mark:#x}"
+        ));
+    }
+    if mark & MARK_BITS_IN_USE != 0 {
+        return Err(format!(
+            "{mark:#x} is a bit kubelet, kube-proxy or a CNI uses ({MARK_BITS_IN_USE:#x}); pick one of 0x1 to 0x40"
+        ));
+    }
+    Ok(mark)
+}
 
 /// An interface, possibly in another network namespace (a pod's own).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -67,15 +86,19 @@ impl Dataplane {
     /// Loads the programs, reusing the maps pinned under `pins` (so faults in the kernel keep
     /// acting across an agent restart), and reads what those maps hold. `previous` are the
     /// attachments a previous agent recorded; the first [`Dataplane::sync_attachments`]
-    /// adopts the ones still wanted and removes the others.
+    /// adopts the ones still wanted and removes the others. `evaluated_mark` is the `skb->mark`
+    /// bit the programs use between a sender's and a receiver's veth
+    /// ([`fault_common::EVALUATED_MARK`]; check it with [`check_mark_bit`]).
     pub fn open(
         pins: Pins,
         caps: &Capabilities,
         previous: Vec<AttachRecord>,
         previous_fq: Vec<FqRecord>,
+        evaluated_mark: u32,
     ) -> Result<Self> {
         pins.ensure()?;
         let mut ebpf = EbpfLoader::new()
+            .override_global(EVALUATED_MARK_GLOBAL, &evaluated_mark, true)
             .default_map_pin_directory(pins.maps_dir())
             .load(OBJECT)
             .with_context(|| {

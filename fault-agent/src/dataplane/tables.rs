@@ -14,8 +14,8 @@ pub struct Tables {
     pub rules: BTreeMap<RuleEntry, RuleValue>,
     /// Active fault slots; a slot absent here is zero (inactive) in the kernel.
     pub faults: BTreeMap<u16, FaultParams>,
-    /// Nonzero entries of the gate (`fault_common::MAP_GATE`): [`gate_index`] -> direction
-    /// bits. Derived from `targets` by [`Tables::derive_gates`] in what the compiler produces,
+    /// Nonzero entries of the gate (`fault_common::MAP_GATE`): [`gate_index`] -> direction and
+    /// role bits. Derived from `targets` by [`Tables::derive_gates`] in what the compiler produces,
     /// but kept as its own field because what the kernel holds (read back at start or after a
     /// failed write) need not match its targets; an index absent here is zero.
     pub gates: BTreeMap<u16, u8>,
@@ -29,12 +29,13 @@ impl Tables {
             && self.gates.is_empty()
     }
 
-    /// Sets `gates` to what `targets` need: the bit of each target's direction at its
-    /// address's gate index.
+    /// Sets `gates` to what `targets` need: the bit of each target key's direction and role
+    /// at its address's gate index.
     pub fn derive_gates(&mut self) {
         self.gates.clear();
         for key in self.targets.keys() {
-            *self.gates.entry(gate_index(&key.addr) as u16).or_default() |= gate_bit(key.direction);
+            *self.gates.entry(gate_index(&key.addr) as u16).or_default() |=
+                gate_bit(key.direction, key.role);
         }
     }
 }
@@ -140,7 +141,8 @@ mod tests {
         TargetKey {
             addr,
             direction,
-            _pad: [0; 3],
+            role: 0,
+            _pad: [0; 2],
         }
     }
 
