@@ -1,7 +1,7 @@
 //! Services as kube-proxy makes them, with no agent: on bridged and routed pods, in both
 //! families, clients reach backends directly and through every front door of a Service (VIP,
 //! external IP, node port) with UDP and TCP, replies come back from the address the client
-//! sent to, a two-backend Service spreads new connections over both, and nothing is left
+//! sent to, streams through a VIP arrive whole, a two-backend Service spreads new connections over both, and nothing is left
 //! after a drop, a panic, or a killed process. Needs root.
 use std::{
     io::{BufRead as _, BufReader},
@@ -13,10 +13,10 @@ use std::{
 };
 
 use fault_testkit::{
-    Family, Mode, Pod, Service, ServiceNet, ServiceOpts, Topology,
+    Family, Mode, Pod, Service, ServiceNet, ServiceOpts, StreamOpts, Topology,
     probe::{
         TcpEchoServer, UdpEchoServer, tcp_connect, tcp_echo_roundtrip, udp_echo_roundtrip,
-        udp_reachable,
+        udp_reachable, udp_stream,
     },
     topology::names,
 };
@@ -235,6 +235,20 @@ fn services_work(mode: Mode) {
         check_door(&client, &one.through(&b1), fam, "VIP");
         check_door(&client, &one.through_external(&b1), fam, "external IP");
         check_door(&client, &one.through_node_port(&b1), fam, "node port");
+    }
+    // A paced stream through the VIP arrives whole, as between pods.
+    let opts = StreamOpts {
+        count: 5_000,
+        port: UDP_PORT,
+        ..Default::default()
+    };
+    for fam in Family::ALL {
+        let r = udp_stream(&client, &one.through(&b1), fam, &opts).unwrap();
+        assert_eq!(
+            (r.received, r.corrupted, r.duplicates, r.foreign),
+            (5_000, 0, 0, 0),
+            "stream through the VIP {fam:?}: {r}"
+        );
     }
     let first = one.new_connections().unwrap();
     assert_eq!(first.len(), 1);

@@ -63,44 +63,60 @@ pub(super) fn add_service(
     doors: &[Door],
 ) -> Result<()> {
     let t = format!("inet {table}");
-    let mut script = String::new();
-    for b in backends {
-        let c = &b.chain;
-        script += &format!(
-            "add chain {t} {c}
+    let mut script: String = backends.iter().map(|b| backend_chain(&t, b)).collect();
+    let target = match backends {
+        [one] => one.chain.as_str(),
+        _ => {
+            script += &chooser(&t, chain, backends);
+            chain
+        }
+    };
+    for d in doors {
+        script += &door_rules(&t, prefix, d, target);
+    }
+    apply(&script)
+}
+
+/// A backend's chain: count, then DNAT to its address (port unchanged).
+fn backend_chain(t: &str, b: &Backend) -> String {
+    let c = &b.chain;
+    format!(
+        "add chain {t} {c}
 add rule {t} {c} counter
 add rule {t} {c} meta nfproto ipv4 dnat ip to {}
 add rule {t} {c} meta nfproto ipv6 dnat ip6 to {}
 ",
-            b.v4, b.v6
-        );
-    }
-    let target = match backends {
-        [one] => one.chain.clone(),
-        _ => {
-            let arms: Vec<String> = (backends.iter().enumerate())
-                .map(|(i, b)| format!("{i} : goto {}", b.chain))
-                .collect();
-            let n = backends.len();
-            script += &format!(
-                "add chain {t} {chain}\nadd rule {t} {chain} numgen random mod {n} vmap {{ {} }}\n",
-                arms.join(", ")
-            );
-            chain.to_owned()
-        }
-    };
-    for d in doors {
-        let ports = (d.ports.as_ref()).map_or(String::new(), |p| {
-            format!(" th dport {}-{}", p.start(), p.end())
-        });
-        for (fam, addr) in [("ip", d.v4.to_string()), ("ip6", d.v6.to_string())] {
-            script += &format!(
+        b.v4, b.v6
+    )
+}
+
+/// The chain `chain` sending each new connection to one of `backends` at random.
+fn chooser(t: &str, chain: &str, backends: &[Backend]) -> String {
+    let arms: Vec<String> = (backends.iter().enumerate())
+        .map(|(i, b)| format!("{i} : goto {}", b.chain))
+        .collect();
+    format!(
+        "add chain {t} {chain}\nadd rule {t} {chain} numgen random mod {} vmap {{ {} }}\n",
+        backends.len(),
+        arms.join(", ")
+    )
+}
+
+/// The rules (IPv4 and IPv6) sending what the links `<prefix>*` send to door `d` to
+/// `target`.
+fn door_rules(t: &str, prefix: &str, d: &Door, target: &str) -> String {
+    let ports = (d.ports.as_ref()).map_or(String::new(), |p| {
+        format!(" th dport {}-{}", p.start(), p.end())
+    });
+    [("ip", d.v4.to_string()), ("ip6", d.v6.to_string())]
+        .iter()
+        .map(|(fam, addr)| {
+            format!(
                 "add rule {t} services iifname \"{prefix}*\" {fam} daddr {addr} \
                  meta l4proto {{ tcp, udp }}{ports} goto {target}\n"
-            );
-        }
-    }
-    apply(&script)
+            )
+        })
+        .collect()
 }
 
 /// Deletes `table` (family `inet`); one that does not exist is not an error.
@@ -154,6 +170,39 @@ fn items<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_two_backend_service_chooses_at_random_and_counts() {
+        let b = |j: u8| Backend {
+            chain: format!("svc0_be{j}"),
+            v4: Ipv4Addr::new(198, 18, 0, 10 + j),
+            v6: Ipv6Addr::new(0xfd00, 0xfa, 0, 0, 0, 0, 0, 10 + u16::from(j)),
+        };
+        let t = "inet fl000001svc";
+        assert_eq!(
+            chooser(t, "svc0", &[b(0), b(1)]),
+            "add chain inet fl000001svc svc0\nadd rule inet fl000001svc svc0 \
+             numgen random mod 2 vmap { 0 : goto svc0_be0, 1 : goto svc0_be1 }\n"
+        );
+        let chain = backend_chain(t, &b(1));
+        assert!(chain.contains("svc0_be1 counter\n"), "{chain}");
+        assert!(chain.contains("dnat ip to 198.18.0.11\n"), "{chain}");
+        assert!(chain.contains("dnat ip6 to fd00:fa::b\n"), "{chain}");
+        let door = Door {
+            v4: Ipv4Addr::new(198, 18, 0, 1),
+            v6: Ipv6Addr::new(0xfd00, 0xfa, 0, 0, 0, 0, 0, 1),
+            ports: Some(30_000..=30_009),
+        };
+        let rules = door_rules(t, "fl000001", &door, "svc0");
+        assert_eq!(rules.lines().count(), 2);
+        assert!(
+            rules.contains(
+                "services iifname \"fl000001*\" ip6 daddr fd00:fa::1 meta l4proto { tcp, udp } \
+                 th dport 30000-30009 goto svc0"
+            ),
+            "{rules}"
+        );
+    }
 
     #[test]
     fn counters_are_summed_by_chain() {

@@ -28,8 +28,9 @@ pub(super) type Pair = (Ipv4Addr, Ipv6Addr);
 
 /// A Service made by [`ServiceNet::service`](super::ServiceNet::service): TCP and UDP to any
 /// port of its front doors go to its backends, port unchanged (DNAT in the host's prerouting,
-/// replies un-NATed by conntrack). It lives as long as the `ServiceNet`; this handle only
-/// describes it (cloning or dropping it changes nothing).
+/// replies un-NATed by conntrack). ICMP is not DNATed: like a kube-proxy ClusterIP, a VIP
+/// answers no ping. It lives as long as the `ServiceNet`; this handle only describes it
+/// (cloning or dropping it changes nothing).
 #[derive(Debug, Clone)]
 pub struct Service {
     pub(super) name: String,

@@ -201,7 +201,7 @@ pub(super) fn readdress(id: u32, index: u32, pod: &Pod, new: Ipv4Addr) -> Result
 }
 
 /// Deletes every rule (both families) that looks up `table`.
-pub(crate) fn delete_rules_to(table: u32) -> Result<()> {
+fn delete_rules_to(table: u32) -> Result<()> {
     let t = table.to_string();
     for fam in ["-4", "-6"] {
         let count = rules(fam)?.iter().filter(|r| **r == table).count();
@@ -232,7 +232,7 @@ fn rules(fam: &str) -> Result<Vec<u32>> {
 }
 
 /// The routes of `table` in family `fam` (their destinations, as `ip` prints them).
-pub(crate) fn routes_in(fam: &str, table: u32) -> Result<Vec<String>> {
+fn routes_in(fam: &str, table: u32) -> Result<Vec<String>> {
     let out = run("ip", &["-j", fam, "route", "show", "table", "all"])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j route")?;
     let all = v.as_array().cloned().unwrap_or_default();
