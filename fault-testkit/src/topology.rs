@@ -232,7 +232,8 @@ impl Topology {
 
     /// Gives `pod` the IPv4 address `198.18.0.<new_v4_last_octet>` instead of its current one
     /// (its IPv6 address stays). Returns the pod's new handle; the old one keeps the old
-    /// address. Fails if another pod of the topology has that address. Bridged, the pod's
+    /// address. Fails if another pod of the topology has that address (with a bridged
+    /// [`ServiceNet`](crate::services::ServiceNet), `1` is the bridge's). Bridged, the pod's
     /// routes through a gateway go with the old address (call
     /// [`ServiceNet::route_pod`](crate::services::ServiceNet::route_pod) again); routed, the
     /// new address is added before the old one goes, and the host's route follows.
