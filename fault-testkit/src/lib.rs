@@ -1,7 +1,11 @@
 //! Faultline's test harness, shared by the integration tests, `cargo xtask demo` and
 //! `cargo xtask bench`:
-//! - [`topology`]: "pods" as network namespaces, each with a veth whose host side is on a
-//!   bridge of the root namespace (as on a node), and an inventory file describing them;
+//! - [`topology`]: "pods" as network namespaces, each with a veth whose host side is in the
+//!   root namespace (as on a node), either on a bridge (like the CNI `bridge` plugin) or
+//!   routed by the host (like Calico), and an inventory file describing them;
+//! - [`services`]: Kubernetes Services as kube-proxy makes them (DNAT of VIPs, external IPs
+//!   and node ports to backend pods in the host's prerouting, nftables), and pod handles that
+//!   send every probe through a Service;
 //! - [`probe`]: real traffic between pods, measured (UDP streams with sequence numbers and
 //!   send times, TCP connects and echoes);
 //! - [`agent`]: a real `fault-agent` process and the `faultctl` binary;
@@ -9,7 +13,8 @@
 //! - [`kube`]: a real Kubernetes API server for the cluster-mode tests.
 //!
 //! Everything it creates is removed on `Drop`, also when a test panics; objects left by a
-//! killed process are reaped by the next [`topology::Topology::new`]. It needs root.
+//! killed process are reaped by the next [`topology::Topology::new`] or
+//! [`services::ServiceNet::new`] ([`reap_stale`]). It needs root.
 pub mod agent;
 mod cmd;
 pub mod env;
@@ -17,13 +22,15 @@ pub mod kube;
 pub mod netns;
 pub mod probe;
 mod rand;
+pub mod services;
 pub mod topology;
 
 pub use agent::{AgentBuilder, AgentProcess, bin_path, faultctl};
 pub(crate) use cmd::run;
 pub use env::DynamoEnv;
 pub use probe::{StreamHandle, StreamOpts, StreamReport};
-pub use topology::{Dynamo, Family, Pod, Topology, reap_stale};
+pub use services::{Service, ServiceNet, ServiceOpts};
+pub use topology::{Dynamo, Family, Mode, Pod, Topology, reap_stale};
 
 /// Serializes the tests that measure rates or timings, so that two of them never share the
 /// cores of a test machine. Poisoning (a failed test) does not block the others.

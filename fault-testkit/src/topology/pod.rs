@@ -14,7 +14,7 @@ use crate::netns;
 /// Address family of a pod address or a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
-    /// IPv4 (`198.18.0.0/24` in a topology).
+    /// IPv4 (`198.18.0.0/16` in a topology).
     V4,
     /// IPv6 (`fd00:fa::/64` in a topology).
     V6,
@@ -49,8 +49,8 @@ struct Inner {
     v6: Ipv6Addr,
 }
 
-/// One pod: a network namespace whose `eth0` is one end of a veth, the other end (on the
-/// host) sitting on the topology's bridge. A cheap handle (`Clone` copies a pointer); it does
+/// One pod: a network namespace whose `eth0` is one end of a veth, the other end on the host
+/// (on the topology's bridge, or routed to). A cheap handle (`Clone` copies a pointer); it does
 /// not own the namespace, the [`Topology`](super::Topology) does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod(Arc<Inner>);
@@ -92,6 +92,12 @@ impl Pod {
 
     /// The same pod with another IPv4 address.
     pub(super) fn with_ipv4(&self, v4: Ipv4Addr) -> Self {
+        self.with_addresses(v4, self.0.v6)
+    }
+
+    /// The same pod (namespace, name, labels, network namespace, host interface) with other
+    /// addresses: what probes send to. See [`Service::through`](crate::services::Service::through).
+    pub(crate) fn with_addresses(&self, v4: Ipv4Addr, v6: Ipv6Addr) -> Self {
         let i = &self.0;
         Pod::new(
             &i.namespace,
@@ -100,7 +106,7 @@ impl Pod {
             i.netns.clone(),
             i.host_if.clone(),
             v4,
-            i.v6,
+            v6,
         )
     }
 
@@ -130,17 +136,20 @@ impl Pod {
     }
 
     /// Name of the host side of the pod's veth (`fl<id>p<index>`, in the root namespace, on
-    /// the bridge): where the agent attaches its programs. Empty for [`Pod::existing`].
+    /// the bridge if bridged): where the agent attaches its programs. Empty for [`Pod::existing`].
     pub fn host_ifname(&self) -> &str {
         &self.0.host_if
     }
 
-    /// IPv4 address of the pod's `eth0` (prefix length 24).
+    /// IPv4 address of the pod's `eth0` (prefix length 16 bridged, 32 routed), or what a
+    /// probe sends to (a Service's address, see
+    /// [`Service::through`](crate::services::Service::through)).
     pub fn ipv4(&self) -> Ipv4Addr {
         self.0.v4
     }
 
-    /// IPv6 address of the pod's `eth0` (prefix length 64).
+    /// IPv6 address of the pod's `eth0` (prefix length 64 bridged, 128 routed), or what a
+    /// probe sends to.
     pub fn ipv6(&self) -> Ipv6Addr {
         self.0.v6
     }
