@@ -36,7 +36,10 @@ pub struct Resolution {
 impl Resolution {
     /// Addresses of every target pod (all nodes).
     pub fn all_target_ips(&self) -> Vec<IpAddr> {
-        self.targets.iter().flat_map(|t| t.ips.iter().copied()).collect()
+        self.targets
+            .iter()
+            .flat_map(|t| t.ips.iter().copied())
+            .collect()
     }
 }
 
@@ -206,7 +209,10 @@ mod tests {
         assert_eq!(r.local_target_ips.len(), 2);
         assert_eq!(r.includes, vec!["198.18.0.12/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.excludes, vec!["198.18.0.13/32".parse::<IpNet>().unwrap()]);
-        assert_eq!(r.local_peer_ips, vec!["198.18.0.12".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            r.local_peer_ips,
+            vec!["198.18.0.12".parse::<IpAddr>().unwrap()]
+        );
     }
 
     #[test]
@@ -216,7 +222,11 @@ mod tests {
         let r = resolve(&s, &pods());
         assert_eq!(r.includes.len(), 2, "0.0.0.0/0 and ::/0");
         assert_eq!(r.excludes.len(), 2);
-        assert_eq!(r.local_peer_ips.len(), 3, "every pod but NATS and kube-system's");
+        assert_eq!(
+            r.local_peer_ips.len(),
+            3,
+            "every pod but NATS and kube-system's"
+        );
         assert!(
             r.protected.contains_key("nats") && r.protected.contains_key("namespace:kube-system")
         );

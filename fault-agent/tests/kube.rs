@@ -572,3 +572,82 @@ fn deploy_manifests_pass_server_side_dry_run() {
         assert!(checked.len() >= 10, "{checked:?}");
     });
 }
+
+/// Creates a ClusterIP Service `name` in front of the pods with label `app`, at `cluster_ip`.
+async fn create_service(client: &Client, name: &str, app: &str, cluster_ip: std::net::IpAddr) {
+    let api: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), NS);
+    let svc = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"clusterIP": cluster_ip.to_string(), "selector": {"app": app},
+                 "ports": [{"port": 9000, "protocol": "UDP"}]}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &svc).await.unwrap();
+}
+
+/// The node agents learn the Services' ClusterIPs from the API (no `--service-cidr`): a pod
+/// cut from everything but NATS still reaches NATS through its ClusterIP (a virtual address
+/// is no peer of 0.0.0.0/0), and a partition decode -> prefill holds through prefill's
+/// ClusterIP for the decode worker on prefill's node. The host DNATs each ClusterIP as
+/// kube-proxy would (there is no kube-proxy in this suite).
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn faults_hold_through_cluster_ips_the_node_agents_learn() {
+    let _s = serial();
+    let c = Cluster::start();
+    let p = &c.pods;
+    let mut net = fault_testkit::ServiceNet::new(&c.topo).unwrap();
+    let prefill_svc = net.service("prefill", &[&p.prefill]).unwrap();
+    let nats_svc = net.service("nats", &[&p.nats]).unwrap();
+    let (v4, v6) = (Family::V4, Family::V6);
+    c.rt.block_on(create_service(
+        &c.client,
+        "vllm-prefill",
+        "vllm-prefill",
+        prefill_svc.vip(v4),
+    ));
+    c.rt.block_on(create_service(&c.client, "nats", "nats", nats_svc.vip(v4)));
+    let (prefill_via, nats_via) = (prefill_svc.through(&p.prefill), nats_svc.through(&p.nats));
+    assert!(reaches(&p.decode1, &nats_via, v4), "baseline");
+
+    let id = inject(
+        &c.api,
+        &["-n", NS, "--pod-prefix", "vllm-decode-1", "--partition"],
+    );
+    c.wait_phase(&id, Phase::Active, Duration::from_secs(5));
+    wait_until(
+        "node-b knows NATS's ClusterIP",
+        Duration::from_secs(5),
+        || reaches(&p.decode1, &nats_via, v4),
+    );
+    assert!(
+        blocked(&p.decode1, &prefill_via, v4),
+        "isolated from prefill's Service"
+    );
+    assert!(reaches(&p.decode1, &p.nats, v6), "NATS by its pod address");
+    ctl(&c.api, &["recover", &id]);
+
+    let id = inject(
+        &c.api,
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+        ],
+    );
+    c.wait_phase(&id, Phase::Active, Duration::from_secs(5));
+    assert!(
+        blocked(&p.decode1, &prefill_via, v4),
+        "decode1 (node-b) -> prefill's ClusterIP (prefill on node-b)"
+    );
+    assert!(
+        reaches(&p.frontend, &prefill_via, v4),
+        "frontend -> prefill's ClusterIP"
+    );
+    ctl(&c.api, &["recover", &id]);
+    assert!(reaches(&p.decode1, &prefill_via, v4), "recovered");
+}

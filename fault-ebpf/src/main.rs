@@ -48,9 +48,9 @@ mod entry {
         duplicate,
         hook::Hook,
         judge::{Judged, judge},
-        lookup, mark,
+        lookup,
         maps::FL_SCRATCH,
-        parse,
+        mark, parse,
         scratch::Scratch,
     };
 

@@ -19,9 +19,9 @@ use std::{
 use fault_api::{FaultSpec, PartitionMode, Protocol};
 use fault_common::{
     Direction, FAULT_PARTITION, FAULT_PARTITION_CONNECTIONS, FAULT_PROTECT_DNS,
-    FAULT_PROTECT_NATS_PORT, FaultParams, MAX_FAULTS_PER_RULE, RULE_FIXED_BITS, RULE_VIRTUAL,
-    Role, RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES,
-    TARGET_TRACK_CONNECTIONS, TargetKey, TargetValue, proto,
+    FAULT_PROTECT_NATS_PORT, FaultParams, MAX_FAULTS_PER_RULE, RULE_FIXED_BITS, RULE_VIRTUAL, Role,
+    RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES, TARGET_TRACK_CONNECTIONS,
+    TargetKey, TargetValue, proto,
 };
 use ipnet::IpNet;
 
@@ -152,7 +152,10 @@ struct Virtuals {
 /// The table of one local pod's views `specs` (oldest first), sorted; or the prefix and slots
 /// of an entry that would hold too many faults.
 fn table_of(specs: &[&ViewSpec], virtuals: &Virtuals) -> Result<PolicyContent, (IpNet, Vec<u16>)> {
-    let keys: BTreeSet<(u8, u16)> = specs.iter().flat_map(|s| s.fault.l4.iter().copied()).collect();
+    let keys: BTreeSet<(u8, u16)> = specs
+        .iter()
+        .flat_map(|s| s.fault.l4.iter().copied())
+        .collect();
     let mut content: PolicyContent = Vec::new();
     for key in keys {
         let relevant: Vec<&ViewSpec> = specs
@@ -160,8 +163,10 @@ fn table_of(specs: &[&ViewSpec], virtuals: &Virtuals) -> Result<PolicyContent, (
             .copied()
             .filter(|s| covers_key(s.fault, key))
             .collect();
-        let mut prefixes: BTreeSet<IpNet> =
-            relevant.iter().flat_map(|s| s.prefixes.iter().copied()).collect();
+        let mut prefixes: BTreeSet<IpNet> = relevant
+            .iter()
+            .flat_map(|s| s.prefixes.iter().copied())
+            .collect();
         prefixes.extend(virtuals.list.iter().filter(|v| {
             relevant
                 .iter()
@@ -178,7 +183,11 @@ fn table_of(specs: &[&ViewSpec], virtuals: &Virtuals) -> Result<PolicyContent, (
             }
             let mut value = RuleValue {
                 count: slots.len() as u8,
-                flags: if virtuals.set.contains(&x) { RULE_VIRTUAL } else { 0 },
+                flags: if virtuals.set.contains(&x) {
+                    RULE_VIRTUAL
+                } else {
+                    0
+                },
                 _pad: [0; 2],
                 slots: [0; MAX_FAULTS_PER_RULE],
             };
@@ -220,9 +229,9 @@ fn tracked(views: &Views) -> BTreeSet<At> {
         .at
         .iter()
         .filter(|(_, indexes)| {
-            indexes.iter().any(|&i| {
-                views.specs[i].fault.params.flags & FAULT_PARTITION_CONNECTIONS != 0
-            })
+            indexes
+                .iter()
+                .any(|&i| views.specs[i].fault.params.flags & FAULT_PARTITION_CONNECTIONS != 0)
         })
         .map(|(&(ip, d, role), _)| (ip, d.opposite(), role))
         .collect()
@@ -253,15 +262,14 @@ pub fn compile(
         let (content, policy) = match compiled.get(indexes.as_slice()) {
             Some(c) => c.clone(),
             None => {
-                let content = table_of(&specs, &virtuals).map_err(|(peer, slots)| {
-                    TooManyFaults {
+                let content =
+                    table_of(&specs, &virtuals).map_err(|(peer, slots)| TooManyFaults {
                         target: at.0,
                         direction: at.1,
                         role: at.2,
                         peer,
                         slots,
-                    }
-                })?;
+                    })?;
                 let policy = interner.intern(content.clone());
                 compiled.insert(indexes, (content.clone(), policy));
                 (content, policy)
@@ -282,7 +290,9 @@ pub fn compile(
         if track.remove(&at) {
             flags |= TARGET_TRACK_CONNECTIONS;
         }
-        tables.targets.insert(target_key(at), TargetValue { policy, flags });
+        tables
+            .targets
+            .insert(target_key(at), TargetValue { policy, flags });
     }
     for at in track {
         let value = TargetValue {

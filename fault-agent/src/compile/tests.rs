@@ -303,8 +303,15 @@ fn the_peers_port_is_the_local_port_in_the_peer_view() {
         proto: proto::TCP,
         ..udp(DECODE0, PREFILL, sport, dport)
     };
-    assert_eq!(judge(&t, Direction::Ingress, tcp(40_000, 8080)).slots, vec![1]);
-    assert!(judge(&t, Direction::Ingress, tcp(8080, 40_000)).slots.is_empty());
+    assert_eq!(
+        judge(&t, Direction::Ingress, tcp(40_000, 8080)).slots,
+        vec![1]
+    );
+    assert!(
+        judge(&t, Direction::Ingress, tcp(8080, 40_000))
+            .slots
+            .is_empty()
+    );
 }
 
 #[test]
@@ -343,10 +350,7 @@ fn a_fault_both_ways_among_its_own_targets_acts_once_per_packet() {
     let mut f = input(1, vec![(0, 0)], &["198.18.0.10/32", "198.18.0.11/32"], &[]);
     f.directions = vec![Direction::Egress, Direction::Ingress];
     let t = compile_all(&[f], &[SERVICE_CIDR]);
-    for pkt in [
-        udp(DECODE0, DECODE1, 1, 2),
-        udp(DECODE1, DECODE0, 2, 1),
-    ] {
+    for pkt in [udp(DECODE0, DECODE1, 1, 2), udp(DECODE1, DECODE0, 2, 1)] {
         assert_eq!(crossing(&t, pkt, None), vec![1]);
         // The receiver's own ingress view leaves out the sender, a target of the same fault
         // (what keeps it once across two nodes, where no mark travels).
@@ -354,5 +358,8 @@ fn a_fault_both_ways_among_its_own_targets_acts_once_per_packet() {
         let seen = rule(&t, &tv, proto::UDP, pkt.sport, pkt.src).map_or(0, |r| r.count);
         assert_eq!(seen, 0);
     }
-    assert_eq!(crossing(&t, udp(DECODE0, VIP, 1, 2), Some(DECODE1)), vec![1]);
+    assert_eq!(
+        crossing(&t, udp(DECODE0, VIP, 1, 2), Some(DECODE1)),
+        vec![1]
+    );
 }

@@ -247,7 +247,11 @@ impl Watches {
             .default_backoff()
             .modify(slim_node);
         let tasks = vec![
-            tokio::spawn(drive(reflector(pods_w, pods_watch), changed.clone(), "pods")),
+            tokio::spawn(drive(
+                reflector(pods_w, pods_watch),
+                changed.clone(),
+                "pods",
+            )),
             tokio::spawn(drive(
                 reflector(faults_w, faults_watch),
                 changed.clone(),
@@ -258,7 +262,11 @@ impl Watches {
                 changed.clone(),
                 "services",
             )),
-            tokio::spawn(drive(reflector(nodes_w, nodes_watch), changed.clone(), "nodes")),
+            tokio::spawn(drive(
+                reflector(nodes_w, nodes_watch),
+                changed.clone(),
+                "nodes",
+            )),
         ];
         let watches = Self {
             pods,

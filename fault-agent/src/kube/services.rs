@@ -48,7 +48,12 @@ fn service_addresses(s: &Service) -> impl Iterator<Item = &str> {
     let cluster = spec
         .and_then(|sp| sp.cluster_ip.as_deref())
         .into_iter()
-        .chain(spec.and_then(|sp| sp.cluster_ips.as_deref()).into_iter().flatten().map(String::as_str));
+        .chain(
+            spec.and_then(|sp| sp.cluster_ips.as_deref())
+                .into_iter()
+                .flatten()
+                .map(String::as_str),
+        );
     let external = spec
         .and_then(|sp| sp.external_ips.as_deref())
         .into_iter()
@@ -86,7 +91,11 @@ pub fn virtual_nets(
     let found = services
         .iter()
         .flat_map(|s| service_addresses(s).collect::<Vec<_>>())
-        .chain(nodes.iter().flat_map(|n| node_addresses(n).collect::<Vec<_>>()))
+        .chain(
+            nodes
+                .iter()
+                .flat_map(|n| node_addresses(n).collect::<Vec<_>>()),
+        )
         .filter_map(|a| a.parse::<IpAddr>().ok())
         .map(IpNet::from)
         .filter(|n| !configured.iter().any(|c| c.contains(n)));
