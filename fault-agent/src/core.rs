@@ -16,7 +16,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     compile::{self, CompileInput, Interner, TooManyFaults},
-    dataplane::{AttachRecord, Capabilities, Dataplane, Iface, Tables, kernel},
+    dataplane::{AttachKind, AttachRecord, Capabilities, Dataplane, Iface, Tables, kernel},
     error::AgentError,
     pods::Pod,
     resolve,
@@ -77,6 +77,9 @@ pub struct Core {
     /// Addresses the node translates to pod addresses after the programs' hooks (Service
     /// CIDRs, externalIPs, node addresses): never a peer of a broader prefix (see `compile`).
     virtual_nets: Vec<IpNet>,
+    /// The node's uplinks (name -> ifindex): where what local pods send to other nodes is
+    /// judged after the node's NAT.
+    uplinks: BTreeMap<String, u32>,
 }
 
 fn counters(s: FaultStats) -> Counters {
@@ -131,6 +134,7 @@ impl Core {
             attach_errors: BTreeMap::new(),
             saved_records: Vec::new(),
             virtual_nets: Vec::new(),
+            uplinks: BTreeMap::new(),
         }
     }
 
@@ -170,6 +174,19 @@ impl Core {
         }
         tracing::info!(count = nets.len(), "virtual address ranges changed");
         self.virtual_nets = nets;
+        self.reconcile().map(Some)
+    }
+
+    /// Replaces the uplinks (name -> ifindex) and reconciles when they changed.
+    pub fn set_uplinks(
+        &mut self,
+        uplinks: BTreeMap<String, u32>,
+    ) -> Result<Option<ReconcileReport>> {
+        if uplinks == self.uplinks {
+            return Ok(None);
+        }
+        tracing::info!(uplinks = ?uplinks.keys().collect::<Vec<_>>(), "uplinks changed");
+        self.uplinks = uplinks;
         self.reconcile().map(Some)
     }
 
@@ -234,11 +251,17 @@ impl Core {
     }
 
     fn sync_attachments(&mut self) -> Result<()> {
-        let wanted: BTreeMap<String, u32> = self
+        let mut wanted: BTreeMap<String, (u32, AttachKind)> = self
             .pods
             .iter()
-            .flat_map(|p| p.host_ifs.iter().map(|h| (h.name.clone(), h.index)))
+            .flat_map(|p| p.host_ifs.iter())
+            .map(|h| (h.name.clone(), (h.index, AttachKind::Host)))
             .collect();
+        for (name, index) in &self.uplinks {
+            wanted
+                .entry(name.clone())
+                .or_insert((*index, AttachKind::Uplink));
+        }
         let failed = self.dataplane.sync_attachments(&wanted);
         self.attach_errors.clear();
         for (ifname, e) in failed {
@@ -269,10 +292,10 @@ impl Core {
             for pod in targets {
                 shape(pod, egress, ingress, &mut pod_progs, &mut fq);
             }
-            if r.local_target_ips.is_empty() {
+            let all_targets = r.all_target_ips();
+            if all_targets.is_empty() {
                 continue;
             }
-            let all_targets = r.all_target_ips();
             for ip in &r.local_peer_ips {
                 let Some(pod) = local.get(ip) else { continue };
                 // A peer receives what a target sends, and sends what a target receives
@@ -338,7 +361,16 @@ impl Core {
 
     fn desired(&mut self) -> Result<Tables, TooManyFaults> {
         let inputs = self.inputs();
-        compile::compile(&inputs, &self.virtual_nets, &mut self.interner)
+        let node = compile::NodeView {
+            virtual_nets: self.virtual_nets.clone(),
+            remote_ips: self
+                .pods
+                .iter()
+                .filter(|p| p.remote)
+                .flat_map(|p| p.ips.iter().copied())
+                .collect(),
+        };
+        compile::compile(&inputs, &node, &mut self.interner)
     }
 
     /// Like `desired`, but a fault that pushes a rule over the limit (pods changed under it)
@@ -726,6 +758,20 @@ impl Core {
             .collect();
         v.sort_by_key(|f| std::cmp::Reverse(f.seq));
         v.into_iter().map(|f| self.view(f)).collect()
+    }
+
+    /// Exits leaving the datapath as it is (faults keep acting, and end at their kernel
+    /// deadlines), for the next agent to adopt: a restart or rolling update, not an uninstall.
+    pub fn leave(self) -> Result<()> {
+        self.store.save()?;
+        self.sync_records_now()?;
+        self.dataplane.leave();
+        Ok(())
+    }
+
+    fn sync_records_now(&self) -> Result<()> {
+        store::save_attachments(self.store.dir(), &self.dataplane.records())?;
+        store::save_qdiscs(self.store.dir(), &self.dataplane.fq_records())
     }
 
     /// Removes everything the agent made in the kernel; faults stay in the state dir.

@@ -18,3 +18,4 @@ pub mod resolve;
 pub mod rtdump;
 pub mod standalone;
 pub mod store;
+pub mod uplinks;

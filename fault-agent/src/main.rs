@@ -7,6 +7,7 @@ use fault_agent::{
     core::CoreConfig,
     dataplane::{self, Pins},
     standalone, store,
+    uplinks::UplinkChoice,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -35,6 +36,21 @@ fn mark_bit(s: &str) -> Result<u32, String> {
     dataplane::check_mark_bit(value)
 }
 
+fn daemonset(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?}: expected NAMESPACE/NAME, e.g. faultline-system/faultline-node"
+        )),
+    }
+}
+
+fn uplink_choice(values: &[String], default: UplinkChoice) -> Result<UplinkChoice> {
+    UplinkChoice::from_args(values, default).map_err(anyhow::Error::msg)
+}
+
 fn cidr(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<ipnet::IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
@@ -56,6 +72,11 @@ struct DatapathArgs {
     /// mode, ClusterIPs, externalIPs, load-balancer IPs and node addresses come from the API too.
     #[arg(long = "service-cidr", value_name = "CIDR", value_parser = cidr)]
     service_cidrs: Vec<ipnet::IpNet>,
+    /// Interfaces to other nodes (repeatable), where what local pods send to another node's
+    /// Service is judged after the node's NAT: names, `auto` (the default routes' interfaces
+    /// and overlay/tunnel devices) or `none`. Default: `auto` in node mode, `none` standalone.
+    #[arg(long = "uplink", value_name = "IFACE")]
+    uplinks: Vec<String>,
     /// The skb->mark bit the sender's veth sets on a packet it judged, so that the receiver's
     /// veth on the same node does not judge it again (cleared before the pod sees it). One
     /// bit, outside those kubelet, kube-proxy and CNIs use.
@@ -122,6 +143,12 @@ enum Command {
         /// How often counters are written to the NetworkFault status.
         #[arg(long, default_value = "10s", value_parser = duration)]
         status_interval: Duration,
+        /// The agent's own DaemonSet (NAMESPACE/NAME). At SIGTERM the agent removes its
+        /// programs, links, qdiscs and pins only if that DaemonSet is gone or being deleted
+        /// (an uninstall); otherwise (rolling update, eviction) it leaves them acting for the
+        /// next agent. Without it, every exit removes them.
+        #[arg(long, env = "FAULTLINE_DAEMONSET", value_parser = daemonset)]
+        daemonset: Option<(String, String)>,
     },
     /// Serve the API in a cluster (Deployment): faults are NetworkFault objects; also runs the
     /// controller that owns their status, expiry and garbage collection.
@@ -195,6 +222,7 @@ fn run() -> Result<()> {
                 rescan,
                 force_netlink: datapath.attach == "netlink",
                 evaluated_mark: datapath.evaluated_mark,
+                uplinks: uplink_choice(&datapath.uplinks, UplinkChoice::None)?,
                 service_cidrs: datapath.service_cidrs,
                 token_file,
                 insecure: insecure_no_auth,
@@ -212,6 +240,7 @@ fn run() -> Result<()> {
             retention,
             datapath,
             status_interval,
+            daemonset,
         } => {
             let cfg = fault_agent::kube::node::Config {
                 node: node_name,
@@ -224,8 +253,10 @@ fn run() -> Result<()> {
                 },
                 force_netlink: datapath.attach == "netlink",
                 evaluated_mark: datapath.evaluated_mark,
+                uplinks: uplink_choice(&datapath.uplinks, UplinkChoice::Auto)?,
                 service_cidrs: datapath.service_cidrs,
                 status_interval,
+                daemonset,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -160,6 +160,7 @@ mod tests {
             netns: None,
             pod_ifs: vec![],
             problem: None,
+            remote: false,
         }
     }
 

@@ -51,6 +51,11 @@ fn node_of(name: &str) -> &'static str {
 
 impl Cluster {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With extra arguments for both node agents.
+    fn start_with(node_args: &[&str]) -> Self {
         let kube = KubeEnv::start().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let client = rt.block_on(async {
@@ -80,7 +85,7 @@ impl Cluster {
         let cfg = kube.kubeconfig();
         let nodes = ["node-a", "node-b"]
             .iter()
-            .map(|n| AgentProcess::start_node(&cfg, n, &[]).unwrap())
+            .map(|n| AgentProcess::start_node(&cfg, n, node_args).unwrap())
             .collect();
         let api = AgentProcess::start_api(&cfg, &["--wait", "5s", "--retention", "3s"]).unwrap();
         Cluster {
@@ -650,4 +655,121 @@ fn faults_hold_through_cluster_ips_the_node_agents_learn() {
     );
     ctl(&c.api, &["recover", &id]);
     assert!(reaches(&p.decode1, &prefill_via, v4), "recovered");
+}
+
+/// A DaemonSet object named `faultline-node` in `faultline-system` (no controller runs it
+/// here: it only has to exist for the agents' exit check).
+async fn create_daemonset(client: &Client) {
+    let ns: Api<Namespace> = Api::all(client.clone());
+    let _ = ns
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "faultline-system"}})).unwrap(),
+        )
+        .await;
+    let api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), "faultline-system");
+    let ds = serde_json::from_value(json!({
+        "metadata": {"name": "faultline-node"},
+        "spec": {"selector": {"matchLabels": {"app": "faultline-node"}},
+                 "template": {"metadata": {"labels": {"app": "faultline-node"}},
+                              "spec": {"containers": [{"name": "agent", "image": "faultline"}]}}}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &ds).await.unwrap();
+}
+
+/// Files under `dir` (pins under a bpffs folder), recursively; 0 if it does not exist.
+fn pins_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() { pins_under(&p) } else { 1 }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A node agent that gets SIGTERM while its DaemonSet exists (a rolling update, an eviction)
+/// leaves the datapath acting: the partition holds with no gap while no agent runs and after
+/// the next one adopts it. Once the DaemonSet is deleted, SIGTERM removes everything.
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn sigterm_keeps_the_datapath_unless_the_daemonset_is_gone() {
+    let _s = serial();
+    let mut c = Cluster::start_with(&["--daemonset", "faultline-system/faultline-node"]);
+    c.rt.block_on(create_daemonset(&c.client));
+    let p = c.pods.clone();
+    let id = inject(
+        &c.api,
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode-0",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+            "--duration",
+            "2m",
+        ],
+    );
+    c.wait_phase(&id, Phase::Active, Duration::from_secs(5));
+    let opts = StreamOpts {
+        count: u64::MAX,
+        rate_pps: 1_000,
+        ..StreamOpts::default()
+    };
+    let stream = probe::udp_stream_background(&p.decode0, &p.prefill, Family::V4, &opts).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let node_a = &mut c.nodes[0];
+    let before = pins_under(node_a.bpffs());
+    assert!(
+        node_a.terminate().unwrap().success(),
+        "{}",
+        node_a.log_tail(20)
+    );
+    assert!(
+        node_a.log().contains("the datapath stays"),
+        "{}",
+        node_a.log_tail(20)
+    );
+    assert_eq!(pins_under(node_a.bpffs()), before, "pins stay");
+    assert!(
+        blocked(&p.decode0, &p.prefill, Family::V6),
+        "cut while no agent runs"
+    );
+    node_a.restart().unwrap();
+    assert!(
+        blocked(&p.decode0, &p.prefill, Family::V6),
+        "cut after the next agent adopts it"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let report = stream.stop().unwrap();
+    assert_eq!(
+        report.received, 0,
+        "not one datagram of {} got through during the replacement",
+        report.sent
+    );
+
+    let api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(c.client.clone(), "faultline-system");
+    c.rt.block_on(api.delete("faultline-node", &DeleteParams::default()))
+        .unwrap();
+    let node_a = &mut c.nodes[0];
+    assert!(node_a.terminate().unwrap().success());
+    assert!(
+        node_a.log().contains("removing programs"),
+        "{}",
+        node_a.log_tail(20)
+    );
+    assert_eq!(pins_under(node_a.bpffs()), 0, "uninstalled: no pin left");
+    assert!(
+        reaches(&p.decode0, &p.prefill, Family::V4),
+        "no fault acts on node-a any more"
+    );
 }

@@ -105,6 +105,20 @@ pub const PROG_HOST_EGRESS: &str = "fl_host_egress";
 /// duplication; it acts only for those (loss, corruption and partition act on the host side).
 pub const PROG_POD_EGRESS: &str = "fl_pod_egress";
 
+/// Program for the tc **egress** hook of the node's uplinks (the interfaces that carry traffic
+/// to other nodes: the physical NIC, a tunnel device): what local pods send to other nodes,
+/// after the node's NAT (a request sent to a Service's virtual address carries its real
+/// backend address here). It judges what the sender's own veth could not (not yet marked
+/// evaluated), as the sender's host veth would, except departure times (no fq on an uplink).
+pub const PROG_UPLINK_EGRESS: &str = "fl_uplink_egress";
+
+/// Pin and map name of the remote pods (hash, 16-byte address -> `u8` 1): pods on other nodes
+/// whose own node agent judges the traffic they send, so that the programs here skip it when
+/// it arrives (each packet is judged once, by the sender's node).
+pub const MAP_REMOTE: &str = "FL_REMOTE";
+/// Capacity of [`MAP_REMOTE`]: pod addresses on other nodes.
+pub const MAX_REMOTE: u32 = 131_072;
+
 /// Pin and map name of the rate limiters' state (LRU hash, [`RateKey`] -> [`RateState`]).
 pub const MAP_RATE: &str = "FL_RATE";
 /// Capacity of [`MAP_RATE`].

@@ -55,7 +55,7 @@ pub fn one(ctx: &TcContext, s: &Scratch, slot: u32) -> i32 {
             stats.corrupted += 1;
         }
     }
-    if s.hook != Hook::HostIngress {
+    if s.hook.sets_departure() {
         match edt::schedule(ctx, fault, slot as u16, &s.flow.target, s.direction) {
             edt::Scheduled::Untouched => {}
             edt::Scheduled::Delayed => stats.delayed += 1,

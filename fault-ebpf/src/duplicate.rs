@@ -17,7 +17,7 @@ pub fn is_copy(ctx: &TcContext, hook: Hook) -> bool {
     if unsafe { (*ctx.skb.skb).mark } != DUPLICATE_MARK {
         return false;
     }
-    if hook == Hook::HostIngress {
+    if hook.is_sender_side() {
         mark::set_only_evaluated(ctx);
     } else {
         ctx.set_mark(0);

@@ -5,7 +5,7 @@ use fault_common::{
     TargetValue, proto,
 };
 
-use crate::maps::{FL_GATE, FL_RULES, FL_TARGETS};
+use crate::maps::{FL_GATE, FL_REMOTE, FL_RULES, FL_TARGETS};
 
 /// The gate bits of an address with gate entry `index` (`gate_index`): one array lookup,
 /// which the verifier inlines. A zero bit is certain; a set bit only means [`target`] must
@@ -22,6 +22,13 @@ pub fn target(key: &TargetKey) -> Option<&'static TargetValue> {
     // SAFETY: values are plain integers; an entry replaced concurrently is read whole or not
     // at all (hash map values are updated in place only by the agent, atomically per entry).
     unsafe { FL_TARGETS.get(key) }
+}
+
+/// Whether `addr` is a pod on another node, whose own agent judged what it sent.
+#[inline(always)]
+pub fn is_remote_pod(addr: &[u8; 16]) -> bool {
+    // SAFETY: a read of a plain byte; only its presence matters.
+    unsafe { FL_REMOTE.get(addr).is_some() }
 }
 
 /// The faults for (protocol, peer port, remote address) in the local pod's policy: the table

@@ -72,6 +72,12 @@ mod entry {
         classify(&ctx, Hook::PodEgress, Direction::Egress)
     }
 
+    /// tc egress of a node uplink: what local pods send to other nodes, after the node's NAT.
+    #[classifier]
+    pub fn fl_uplink_egress(ctx: TcContext) -> i32 {
+        classify(&ctx, Hook::Uplink, Direction::Egress)
+    }
+
     /// `direction`: of the packets relative to the local pod, whose veth `hook` is on.
     #[inline(always)]
     fn classify(ctx: &TcContext, hook: Hook, direction: Direction) -> i32 {
@@ -80,7 +86,7 @@ mod entry {
             return verdict::NEXT;
         }
         // The sender's veth on this node judged it with its real addresses: not twice.
-        if hook == Hook::HostEgress && mark::take_evaluated(ctx) {
+        if matches!(hook, Hook::HostEgress | Hook::Uplink) && mark::take_evaluated(ctx) {
             return verdict::NEXT;
         }
         // The no-fault path: the local pod's address, one array lookup (the gate), out.
@@ -115,6 +121,10 @@ mod entry {
                     let Some(s) = scratch.as_deref_mut() else {
                         return verdict::NEXT;
                     };
+                    // Sent by a pod on another node: that node's agent judged it.
+                    if hook == Hook::HostEgress && lookup::is_remote_pod(&s.pkt.src) {
+                        return verdict::NEXT;
+                    }
                     match judge(ctx, s, policy, direction, $role) {
                         Judged::Drop => return verdict::DROP,
                         Judged::Evaluated => evaluated = true,
@@ -126,7 +136,7 @@ mod entry {
         // Both roles, written out (no loop for older verifiers to unroll).
         judge_as!(as_target, Role::Target);
         judge_as!(as_peer, Role::Peer);
-        if evaluated && hook == Hook::HostIngress {
+        if evaluated && hook.is_sender_side() {
             mark::set_evaluated(ctx);
         }
         verdict::NEXT

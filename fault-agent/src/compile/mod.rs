@@ -237,13 +237,23 @@ fn tracked(views: &Views) -> BTreeSet<At> {
         .collect()
 }
 
-/// Compiles the faults into map contents; `virtual_nets` are the addresses the node translates
-/// to pod addresses after the programs' hooks (Service CIDRs, externalIPs, node addresses).
+/// What the compiler needs to know of the node besides the faults.
+#[derive(Debug, Default, Clone)]
+pub struct NodeView {
+    /// Addresses the node translates to pod addresses after the programs' hooks (Service
+    /// CIDRs, externalIPs, node addresses).
+    pub virtual_nets: Vec<IpNet>,
+    /// Addresses of pods on other nodes, whose agents judge what they send.
+    pub remote_ips: Vec<IpAddr>,
+}
+
+/// Compiles the faults into map contents for a node seen as `node`.
 pub fn compile(
     faults: &[CompileInput],
-    virtual_nets: &[IpNet],
+    node: &NodeView,
     interner: &mut Interner,
 ) -> Result<Tables, TooManyFaults> {
+    let virtual_nets = &node.virtual_nets;
     let mut tables = Tables::default();
     for f in faults {
         tables.faults.insert(f.slot, f.params);
@@ -303,6 +313,10 @@ pub fn compile(
     }
     interner.retain(&live);
     tables.derive_gates();
+    // Only read once a local pod has a table; none: nothing to skip.
+    if !tables.targets.is_empty() {
+        tables.remote = node.remote_ips.iter().map(|ip| addr16(*ip)).collect();
+    }
     Ok(tables)
 }
 

@@ -45,9 +45,15 @@ fn input(slot: u16, l4: Vec<(u8, u16)>, includes: &[&str], excludes: &[&str]) ->
     }
 }
 
+fn node(virtuals: &[&str]) -> NodeView {
+    NodeView {
+        virtual_nets: virtuals.iter().map(|s| s.parse().unwrap()).collect(),
+        remote_ips: vec![],
+    }
+}
+
 fn compile_all(faults: &[CompileInput], virtuals: &[&str]) -> Tables {
-    let virtuals: Vec<IpNet> = virtuals.iter().map(|s| s.parse().unwrap()).collect();
-    compile(faults, &virtuals, &mut Interner::default()).unwrap()
+    compile(faults, &node(virtuals), &mut Interner::default()).unwrap()
 }
 
 fn prefix_match(a: &[u8; 16], b: &[u8; 16], bits: u32) -> bool {
@@ -170,13 +176,13 @@ fn crossing(t: &Tables, pkt: Packet, dnat: Option<&str>) -> Vec<u16> {
 fn targets_with_the_same_faults_share_one_policy() {
     let mut i = Interner::default();
     let f = [input(3, vec![(0, 0)], &["198.18.0.12/32"], &[])];
-    let t = compile(&f, &[], &mut i).unwrap();
+    let t = compile(&f, &node(&[]), &mut i).unwrap();
     // Two targets (egress, as targets) and the peer (ingress, as peer).
     assert_eq!(t.targets.len(), 3);
     let policies: BTreeSet<u32> = t.targets.values().map(|v| v.policy).collect();
     assert_eq!(policies.len(), 2, "one policy per role");
     // Recompiling the same faults gives the same ids.
-    let again = compile(&f, &[], &mut i).unwrap();
+    let again = compile(&f, &node(&[]), &mut i).unwrap();
     assert_eq!(t, again);
 }
 
@@ -220,7 +226,7 @@ fn too_many_overlapping_faults_are_refused() {
     let fs: Vec<_> = (0..=MAX_FAULTS_PER_RULE as u16)
         .map(|s| input(s, vec![(0, 0)], &["0.0.0.0/0"], &[]))
         .collect();
-    let e = compile(&fs, &[], &mut i).unwrap_err();
+    let e = compile(&fs, &node(&[]), &mut i).unwrap_err();
     assert_eq!(e.slots.len(), MAX_FAULTS_PER_RULE + 1);
 }
 

@@ -1,8 +1,9 @@
 //! The views of the faults at this node's pods: for each fault and direction, the **target
 //! view** (its local targets, looking at its peers) and the **peer view** (its local peers,
-//! looking at its local targets: what catches a target's traffic after the node's NAT). A
-//! local pod gets the views in which it plays a part, keyed by (its address, the packets'
-//! direction relative to it, its role); the compiler turns each key's views into a table.
+//! looking at its targets, on every node: what catches a target's traffic after the node's
+//! NAT, and what a peer sends to a target of another node). A local pod gets the views in
+//! which it plays a part, keyed by (its address, the packets' direction relative to it, its
+//! role); the compiler turns each key's views into a table.
 //!
 //! One packet from `a` to `b` belongs to a fault either as `a`'s egress (a target, b a peer)
 //! or as `b`'s ingress (b a target, a a peer). When both hold (a fault in both directions
@@ -85,10 +86,10 @@ impl<'a> Views<'a> {
     }
 
     fn push_peer_view(&mut self, f: &'a CompileInput, d: Direction, has_egress: bool) {
-        if f.target_ips.is_empty() {
+        if f.all_target_ips.is_empty() || f.peer_ips.is_empty() {
             return;
         }
-        let prefixes: Vec<IpNet> = host_nets(&f.target_ips).collect();
+        let prefixes: Vec<IpNet> = host_nets(&f.all_target_ips).collect();
         let spec = ViewSpec {
             fault: f,
             peers: Peers {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
-use fault_common::{EVALUATED_MARK_GLOBAL, FaultStats, PROG_POD_EGRESS};
+use fault_common::{EVALUATED_MARK_GLOBAL, FaultStats, PROG_POD_EGRESS, PROG_UPLINK_EGRESS};
 use serde::{Deserialize, Serialize};
 
 pub use attach::{AttachKind, AttachMode, AttachRecord};
@@ -107,7 +107,11 @@ impl Dataplane {
                     pins.maps_dir().display()
                 )
             })?;
-        for name in HOOKS.iter().map(|(n, _, _)| *n).chain([PROG_POD_EGRESS]) {
+        for name in HOOKS
+            .iter()
+            .map(|(n, _, _)| *n)
+            .chain([PROG_POD_EGRESS, PROG_UPLINK_EGRESS])
+        {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing"))?
@@ -173,18 +177,19 @@ impl Dataplane {
         }
     }
 
-    /// Attaches to every interface of `wanted` (name -> ifindex) not attached yet and detaches
-    /// from the others. Returns the interfaces that failed, with why; the others are done.
+    /// Attaches to every interface of `wanted` (name -> ifindex and kind: a pod's host veth or
+    /// an uplink) not attached yet and detaches from the others. Returns the interfaces that
+    /// failed, with why; the others are done.
     pub fn sync_attachments(
         &mut self,
-        wanted: &BTreeMap<String, u32>,
+        wanted: &BTreeMap<String, (u32, AttachKind)>,
     ) -> Vec<(String, anyhow::Error)> {
         let mut failed = Vec::new();
         // An interface re-created under the same name has a new index: attach again.
         let stale: Vec<String> = self
             .attached
             .iter()
-            .filter(|(name, a)| wanted.get(*name) != Some(&a.record.ifindex))
+            .filter(|(name, a)| wanted.get(*name) != Some(&(a.record.ifindex, a.record.kind)))
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
@@ -194,11 +199,11 @@ impl Dataplane {
                 failed.push((name, e));
             }
         }
-        for (name, index) in wanted {
+        for (name, (index, kind)) in wanted {
             if self.attached.contains_key(name) {
                 continue;
             }
-            match attach::attach(&mut self.ebpf, &self.pins, self.mode, name, *index) {
+            match attach::attach(&mut self.ebpf, &self.pins, self.mode, name, *index, *kind) {
                 Ok(a) => {
                     tracing::debug!(ifname = %name, mode = ?self.mode, "attached");
                     self.attached.insert(name.clone(), a);
@@ -395,6 +400,18 @@ impl Dataplane {
             first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Dataplane {
+    /// Exits leaving everything in the kernel (programs, links, filters, qdiscs, pinned maps)
+    /// for the next agent on this node to adopt with no gap; the records in the state dir
+    /// still say what to remove on uninstall.
+    pub fn leave(mut self) {
+        let attached = std::mem::take(&mut self.attached)
+            .into_values()
+            .chain(std::mem::take(&mut self.pod_attached).into_values());
+        attached.for_each(attach::leave);
     }
 }
 

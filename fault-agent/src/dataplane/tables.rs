@@ -1,6 +1,6 @@
 //! The content of the datapath's maps as plain values: what the compiler produces and what the
 //! kernel holds. Diffing two of them gives the writes that take one to the other.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use fault_common::{FaultParams, RuleKey, RuleValue, TargetKey, TargetValue, gate_bit, gate_index};
 
@@ -19,6 +19,8 @@ pub struct Tables {
     /// but kept as its own field because what the kernel holds (read back at start or after a
     /// failed write) need not match its targets; an index absent here is zero.
     pub gates: BTreeMap<u16, u8>,
+    /// Addresses of pods on other nodes (`fault_common::MAP_REMOTE`), 16-byte form.
+    pub remote: BTreeSet<[u8; 16]>,
 }
 
 impl Tables {
@@ -27,6 +29,7 @@ impl Tables {
             && self.rules.is_empty()
             && self.faults.is_empty()
             && self.gates.is_empty()
+            && self.remote.is_empty()
     }
 
     /// Sets `gates` to what `targets` need: the bit of each target key's direction and role
@@ -43,9 +46,11 @@ impl Tables {
 /// The writes taking the kernel from one [`Tables`] to another, in the order that never lets
 /// a packet see a half-written fault: fault parameters first, then the rules of new policies,
 /// then the gate opens for new targets, then the targets switch to them, then what nobody
-/// references any more goes (targets, then their gate bits, rules, slots).
+/// references any more goes (targets, then their gate bits, rules, slots). Remote pods are
+/// independent of the rest: added first, removed last.
 #[derive(Debug, Default)]
 pub struct Diff {
+    pub put_remote: Vec<[u8; 16]>,
     pub set_faults: Vec<(u16, FaultParams)>,
     pub put_rules: Vec<(RuleEntry, RuleValue)>,
     /// Gate entries gaining bits, written as old | new before any target needing them.
@@ -56,6 +61,7 @@ pub struct Diff {
     pub narrow_gates: Vec<(u16, u8)>,
     pub del_rules: Vec<RuleEntry>,
     pub clear_faults: Vec<u16>,
+    pub del_remote: Vec<[u8; 16]>,
 }
 
 impl Diff {
@@ -74,6 +80,8 @@ impl Diff {
             }
         }
         Diff {
+            put_remote: to.remote.difference(&from.remote).copied().collect(),
+            del_remote: from.remote.difference(&to.remote).copied().collect(),
             set_faults: changed(&from.faults, &to.faults),
             put_rules: changed(&from.rules, &to.rules),
             widen_gates,
@@ -86,19 +94,14 @@ impl Diff {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set_faults.is_empty()
-            && self.put_rules.is_empty()
-            && self.widen_gates.is_empty()
-            && self.narrow_gates.is_empty()
-            && self.put_targets.is_empty()
-            && self.del_targets.is_empty()
-            && self.del_rules.is_empty()
-            && self.clear_faults.is_empty()
+        self.len() == 0
     }
 
     /// Number of map writes.
     pub fn len(&self) -> usize {
-        self.set_faults.len()
+        self.put_remote.len()
+            + self.del_remote.len()
+            + self.set_faults.len()
             + self.put_rules.len()
             + self.widen_gates.len()
             + self.narrow_gates.len()

@@ -53,6 +53,11 @@ pub struct Config {
     pub evaluated_mark: u32,
     /// Virtual ranges on top of what the Service and Node watches give (`--service-cidr`).
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// Interfaces to other nodes (`--uplink`): see [`crate::uplinks`].
+    pub uplinks: crate::uplinks::UplinkChoice,
+    /// The agent's DaemonSet (namespace, name), checked at exit: only its removal uninstalls
+    /// (`--daemonset`). `None`: every exit uninstalls.
+    pub daemonset: Option<(String, String)>,
     /// How often counters are written to the status (changes of state are written at once).
     pub status_interval: Duration,
 }
@@ -70,8 +75,12 @@ fn if_still_there(h: &HostIf) -> bool {
 }
 
 impl Discovery {
-    /// Fills `host_ifs` of the pods of `node` (others are peers only).
+    /// Fills `host_ifs` of the pods of `node`, and marks the pods of other nodes remote.
     fn fill(&mut self, pods: &mut [Pod], node: &str) {
+        for pod in pods.iter_mut() {
+            // Scheduled elsewhere: that node's agent judges what the pod sends.
+            pod.remote = pod.node.as_deref().is_some_and(|n| n != node);
+        }
         for pod in pods.iter_mut().filter(|p| p.node.as_deref() == Some(node)) {
             let key = (format!("{}/{}", pod.namespace, pod.name), pod.ips.clone());
             if let Some((ns, net)) = self
@@ -187,7 +196,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         cfg.clone(),
         core.clone(),
         watches,
-        client,
+        client.clone(),
         state.clone(),
     ));
     let listener = TcpListener::bind(cfg.listen)
@@ -202,7 +211,10 @@ pub async fn run(cfg: Config) -> Result<()> {
         let _ = t.await;
     }
     drop(state);
-    tracing::info!("shutting down: removing programs, links, qdiscs and pins");
+    let uninstall = match &cfg.daemonset {
+        None => true,
+        Some(ds) => daemonset_gone(&client, ds).await,
+    };
     let mut core = core;
     let core = loop {
         match Arc::try_unwrap(core) {
@@ -213,9 +225,39 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
         }
     };
-    let cleaned = tokio::task::spawn_blocking(move || core.shutdown()).await?;
+    let cleaned = if uninstall {
+        tracing::info!("shutting down: removing programs, links, qdiscs and pins");
+        tokio::task::spawn_blocking(move || core.shutdown()).await?
+    } else {
+        tracing::info!("exiting: the datapath stays for the next agent of this node");
+        tokio::task::spawn_blocking(move || core.leave()).await?
+    };
     served.context("API server")?;
     cleaned
+}
+
+/// Whether the agent's DaemonSet (`namespace/name`) is being removed: gone, being deleted, or
+/// the agent's identity or permissions gone with it (401, 403): an uninstall. A DaemonSet
+/// still there (a rolling update, an eviction, a drain) or an API that does not answer is
+/// not: the datapath stays, and the kernel ends each fault at its deadline meanwhile.
+async fn daemonset_gone(client: &Client, ds: &(String, String)) -> bool {
+    let api: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client.clone(), &ds.0);
+    let got = tokio::time::timeout(Duration::from_secs(5), api.get_opt(&ds.1)).await;
+    let gone = match got {
+        Ok(Ok(Some(d))) => d.metadata.deletion_timestamp.is_some(),
+        Ok(Ok(None)) => true,
+        Ok(Err(kube::Error::Api(e))) if e.code == 401 || e.code == 403 => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot tell whether the DaemonSet is being removed; keeping the datapath");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("the API did not answer within 5 s; keeping the datapath");
+            false
+        }
+    };
+    tracing::info!(daemonset = %format!("{}/{}", ds.0, ds.1), gone, "DaemonSet checked at exit");
+    gone
 }
 
 /// The reflectors' caches the sync loop reads.
@@ -319,14 +361,17 @@ async fn sync_loop(
             &cfg.service_cidrs,
         );
         let (c, d, node) = (core.clone(), discovery.clone(), cfg.node.clone());
+        let choice = cfg.uplinks.clone();
         let res =
             tokio::task::spawn_blocking(move || -> Result<(Vec<NodeReport>, Option<Duration>)> {
                 d.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .fill(&mut pods, &node);
+                let uplinks = crate::uplinks::of_pods(&choice, &pods);
                 let mut core = lock(&c);
                 core.set_pods(pods)?;
                 core.set_virtual_nets(virtuals)?;
+                core.set_uplinks(uplinks)?;
                 core.sync_external(&faults)?;
                 let out = (core.node_reports(&node), core.next_deadline());
                 drop(core);
