@@ -537,11 +537,10 @@ impl Core {
             .collect()
     }
 
-    /// Entries in the kernel maps (targets, rules, fault slots): for checks that nothing is
-    /// duplicated or leaked.
-    pub fn table_sizes(&self) -> (usize, usize, usize) {
-        let t = self.dataplane.applied();
-        (t.targets.len(), t.rules.len(), t.faults.len())
+    /// Entries in the kernel maps, by role: for checks that nothing is duplicated or leaked,
+    /// and for what the peer role costs.
+    pub fn table_sizes(&self) -> crate::dataplane::TableSizes {
+        self.dataplane.applied().sizes()
     }
 
     /// Creates a fault: validated, written to the kernel and to the state dir, or nothing at all.

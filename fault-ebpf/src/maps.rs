@@ -23,9 +23,11 @@ pub static FL_TARGETS: HashMap<TargetKey, TargetValue> = HashMap::pinned(MAX_TAR
 pub static FL_RULES: LpmTrie<RuleKey, RuleValue> = LpmTrie::pinned(MAX_RULES, 0);
 
 /// Addresses of pods on other nodes (whose agents judge what they send). See
-/// `fault_common::MAP_REMOTE`.
+/// `fault_common::MAP_REMOTE`. Not preallocated (`BPF_F_NO_PREALLOC`): its memory follows the
+/// pods it holds, and it is read only on the path of packets that have faults.
 #[map(name = "FL_REMOTE")]
-pub static FL_REMOTE: HashMap<[u8; 16], u8> = HashMap::pinned(MAX_REMOTE, 0);
+pub static FL_REMOTE: HashMap<[u8; 16], u8> =
+    HashMap::pinned(MAX_REMOTE, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// slot -> fault parameters. See `fault_common::MAP_FAULTS`.
 #[map(name = "FL_FAULTS")]

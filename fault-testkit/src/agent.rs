@@ -30,8 +30,9 @@ use nix::{
     unistd::Pid,
 };
 
-/// How long [`AgentProcess::start`] waits for `/readyz` by default (20 s).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long [`AgentProcess::start`] waits for `/readyz` by default (60 s: on the host an agent
+/// is ready within a second; the 6.1 VM under software emulation on a busy machine needs tens).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long [`AgentProcess::terminate`] waits for the agent to exit after SIGTERM (10 s).
 pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of the log quoted in errors.

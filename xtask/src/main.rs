@@ -54,7 +54,7 @@ enum Task {
         /// Skip the delay figures (they need the 6.1 VM, ~2 minutes).
         #[arg(long)]
         no_vm: bool,
-        /// Run only these sections (overhead, apply, accuracy, scale, cluster, expiry), for
+        /// Run only these sections (overhead, services, apply, accuracy, scale, cluster, expiry), for
         /// working on one; the published file comes from a run of all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,

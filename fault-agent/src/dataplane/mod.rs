@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use attach::{AttachKind, AttachMode, AttachRecord};
 pub use kernel::Capabilities;
 pub use pins::Pins;
-pub use tables::{Diff, Tables};
+pub use tables::{Diff, TableSizes, Tables};
 
 use attach::{Attached, HOOKS};
 use maps::Maps;

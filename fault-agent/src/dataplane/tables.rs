@@ -43,6 +43,58 @@ impl Tables {
     }
 }
 
+/// How many entries the kernel maps hold, by role (what the peer role adds is what faults
+/// through Services cost).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableSizes {
+    /// `FL_TARGETS` entries, both roles.
+    pub targets: usize,
+    /// Of which in the peer role.
+    pub peer_targets: usize,
+    /// `FL_RULES` entries.
+    pub rules: usize,
+    /// Of which in policies only the peer role uses.
+    pub peer_rules: usize,
+    /// Active fault slots (`FL_FAULTS`).
+    pub faults: usize,
+    /// Pods of other nodes (`FL_REMOTE`).
+    pub remote: usize,
+}
+
+impl Tables {
+    /// The sizes of these tables.
+    pub fn sizes(&self) -> TableSizes {
+        let by_role = |role: u8| -> BTreeSet<u32> {
+            self.targets
+                .iter()
+                .filter(|(k, _)| k.role == role)
+                .map(|(_, v)| v.policy)
+                .collect()
+        };
+        let target_policies = by_role(fault_common::Role::Target as u8);
+        let peer_only: BTreeSet<u32> = by_role(fault_common::Role::Peer as u8)
+            .difference(&target_policies)
+            .copied()
+            .collect();
+        TableSizes {
+            targets: self.targets.len(),
+            peer_targets: self
+                .targets
+                .keys()
+                .filter(|k| k.role == fault_common::Role::Peer as u8)
+                .count(),
+            rules: self.rules.len(),
+            peer_rules: self
+                .rules
+                .keys()
+                .filter(|(_, k)| peer_only.contains(&u32::from_be_bytes(k.policy)))
+                .count(),
+            faults: self.faults.len(),
+            remote: self.remote.len(),
+        }
+    }
+}
+
 /// The writes taking the kernel from one [`Tables`] to another, in the order that never lets
 /// a packet see a half-written fault: fault parameters first, then the rules of new policies,
 /// then the gate opens for new targets, then the targets switch to them, then what nobody
