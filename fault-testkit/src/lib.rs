@@ -19,6 +19,7 @@ pub mod agent;
 mod cmd;
 pub mod env;
 pub mod kube;
+mod lock;
 pub mod netns;
 pub mod probe;
 mod rand;

@@ -187,7 +187,11 @@ impl Topology {
         self.pods_mut().push(pod.clone());
         match self.mode {
             Mode::Bridged => bridged::make_pod(&self.bridge, &pod),
-            Mode::Routed => routed::make_pod(self.id, index, &pod),
+            Mode::Routed => routed::make_pod(
+                &routed::Host::Root { id: self.id },
+                &names::routed_macs(self.id, index),
+                &pod,
+            ),
         }
         .with_context(|| {
             format!(
