@@ -284,14 +284,15 @@ fn forget_connections(zone: u16) {
         .status();
 }
 
-/// Deletes the Services' nftables tables whose topology id `is_live` does not claim (left by
-/// killed processes). Failures are logged to stderr. Part of [`reap_stale`].
-pub(crate) fn reap_orphans(is_live: impl Fn(u32) -> bool) {
+/// Deletes the Services' nftables tables (and the fabrics', see [`crate::nodes`]) of the
+/// root namespace whose id `is_live` does not claim (left by killed processes). Failures are
+/// logged to stderr. Part of [`reap_stale`].
+pub(crate) fn reap_orphans(is_live: impl Fn(u32) -> bool + Copy) {
     let Ok(tables) = nft::inet_tables() else {
         return;
     };
-    for t in tables {
-        if names::parse_svc_table(&t).is_some_and(|id| !is_live(id))
+    for t in &tables {
+        if names::parse_svc_table(t).is_some_and(|id| !is_live(id))
             && let Err(e) = nft::delete_table(&nft::Place {
                 netns: None,
                 table: t.clone(),
@@ -300,4 +301,5 @@ pub(crate) fn reap_orphans(is_live: impl Fn(u32) -> bool) {
             eprintln!("testkit: reaping nftables table {t}: {e:#}");
         }
     }
+    crate::nodes::reap_orphans(&tables, is_live);
 }

@@ -51,8 +51,9 @@ impl AgentBuilder {
     /// Runs the agent (and its `uninstall`) in the network namespace `netns` (a name under
     /// `/run/netns`, e.g. a fake node's, see [`NodeHandle`](crate::nodes::NodeHandle)) instead
     /// of the caller's; its mount namespace stays the caller's (so `/sys/fs/bpf` is the same).
-    /// The process holds the namespace open, so it outlives an `ip netns del` until the agent
-    /// is dropped. Default: the caller's namespace.
+    /// The [`AgentProcess`] holds the namespace open, so it outlives an `ip netns del` until
+    /// the agent is dropped. Fails at start if the namespace does not exist. Default: the
+    /// caller's namespace.
     pub fn in_netns(mut self, netns: &str) -> Self {
         self.netns = Some(netns.to_owned());
         self

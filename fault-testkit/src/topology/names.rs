@@ -119,6 +119,12 @@ pub fn fabric_bridge(id: u32) -> String {
     format!("fl{id:06x}fab")
 }
 
+/// The fabric id of a [`fabric_bridge`] name (also its nftables table's name).
+pub fn parse_fabric_bridge(name: &str) -> Option<u32> {
+    let hex = name.strip_prefix("fl")?.strip_suffix("fab")?;
+    parse_id_hex(hex)
+}
+
 /// Network namespace of node `k` of fabric `id`: `fl<id>-n<k>`.
 pub fn node_netns(id: u32, k: usize) -> String {
     format!("fl{id:06x}-n{k}")
@@ -154,6 +160,8 @@ mod tests {
         assert_eq!(parse_svc_table("flabcdefbr"), None);
         assert!(node_link(id).0.len() <= 15);
         assert_eq!(fabric_bridge(id), "flabcdeffab");
+        assert_eq!(parse_fabric_bridge(&fabric_bridge(id)), Some(id));
+        assert_eq!(parse_fabric_bridge(&svc_table(id)), None);
         assert_eq!(node_netns(id, 2), "flabcdef-n2");
         assert_eq!(node_pod_netns(id, 2, 7), "flabcdef-n2-7");
         assert!(uplink(id, 999).len() <= 15);

@@ -58,7 +58,7 @@ struct Inner {
 pub struct Pod(Arc<Inner>);
 
 impl Pod {
-    pub(super) fn new(
+    pub(crate) fn new(
         namespace: &str,
         name: &str,
         labels: BTreeMap<String, String>,

@@ -12,8 +12,8 @@
 //! itself to routed pods use `main`, which has none: host-originated traffic does not reach
 //! them (Services add a rule for their node address, see [`crate::services`]).
 //!
-//! The same pods can have their host sides in another namespace, a fake node's ([`Host`],
-//! see [`crate::nodes`]): there the routes go to `main`, with no rules.
+//! The same pods can have their host sides in another namespace, a fake node's (see
+//! [`crate::nodes`]): there the routes go to `main`, with no rules.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result, bail};
