@@ -328,7 +328,8 @@ impl Fabric {
     /// (one: plain DNAT; several: a random one per new connection, counted per backend, see
     /// [`Service::new_connections`]), DNATed in every node's prerouting, also on nodes added
     /// later. [`Service::through`] hands probes a pod whose address is the VIP. Fails with no
-    /// backend, a backend of another fabric, a name in use, or after [`MAX_SERVICES`].
+    /// backend, a backend that is not a pod of this fabric (e.g. a handle through a Service),
+    /// a name in use, or after [`MAX_SERVICES`].
     pub fn service(&mut self, name: &str, backends: &[&Pod]) -> Result<Service> {
         self.check_service(name, backends)?;
         let places: Vec<nft::Place> = self.nodes.iter().map(|n| self.place(n)).collect();
@@ -353,9 +354,10 @@ impl Fabric {
             "service {name} exists already"
         );
         for b in backends {
+            // The pod itself, not a handle through a Service (whose address is a VIP).
             ensure!(
-                self.node_of(b).is_some(),
-                "backend {}/{} is not of fabric {}",
+                self.pods.iter().any(|(_, p)| p == *b),
+                "backend {}/{} is not a pod of fabric {}",
                 b.namespace(),
                 b.name(),
                 self.prefix()

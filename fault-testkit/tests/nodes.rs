@@ -219,6 +219,8 @@ fn services_reach_backends_on_the_same_and_on_other_nodes() {
     let svc_far = f.service("far", &[&far]).unwrap();
     assert_eq!(svc_far.vip(Family::V4).to_string(), "198.19.0.11");
     assert!(f.service("far", &[&near]).is_err(), "name taken");
+    let through = svc_near.through(&near);
+    assert!(f.service("via", &[&through]).is_err(), "not a pod: a VIP");
     eprintln!("set up in {:?}", start.elapsed());
     for fam in Family::ALL {
         check_vip(&client, &svc_far.through(&far), fam, "other node");
