@@ -53,19 +53,14 @@
 //! the conntrack entries of its zone, if the `conntrack` tool is installed); what a killed
 //! process left is removed by [`crate::reap_stale`].
 mod host;
-mod lock;
-mod nft;
+pub(crate) mod nft;
 mod service;
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    ops::RangeInclusive,
-};
+use std::{net::IpAddr, ops::RangeInclusive};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
 pub use host::{BRIDGED_NODE_V4, BRIDGED_NODE_V6, ROUTED_NODE_V4, ROUTED_NODE_V6};
-pub use lock::LOCK_FILE;
 pub use service::{Service, ServiceOpts};
 
 use crate::topology::{Family, Mode, Pod, Topology, enable_forwarding, names, reap_stale};
@@ -76,6 +71,9 @@ pub const CLUSTER_NET_V4: &str = "198.19.0.0/16";
 pub const CLUSTER_NET_V6: &str = "fd00:19::/64";
 /// Where bridged pods route to for IPv6 external IPs.
 pub const EXTERNAL_NET_V6: &str = "fd00:19:1::/64";
+/// The lock file of the one `ServiceNet` of the machine: `/run/faultline-testkit/services.lock`,
+/// holding the pid and topology of the current holder (for the error message of the next one).
+pub const LOCK_FILE: &str = "/run/faultline-testkit/services.lock";
 /// Most Services per `ServiceNet`.
 pub const MAX_SERVICES: usize = 245;
 
@@ -91,7 +89,7 @@ pub struct ServiceNet {
     pods_with_routes: Vec<Pod>,
     /// Name and node ports of each Service made, in order.
     services: Vec<(String, Option<RangeInclusive<u16>>)>,
-    _lock: lock::Lock,
+    _lock: crate::lock::Lock,
 }
 
 impl ServiceNet {
@@ -104,7 +102,12 @@ impl ServiceNet {
     /// or if a node address is already a host address.
     pub fn new(topo: &Topology) -> Result<Self> {
         reap_stale();
-        let lock = lock::acquire(&topo.prefix())?;
+        let lock = crate::lock::acquire(
+            LOCK_FILE,
+            "ServiceNet",
+            &topo.prefix(),
+            "they share host addresses and routes",
+        )?;
         host::check_free(topo.mode())?;
         let mut net = Self {
             id: topo.id(),
@@ -123,7 +126,11 @@ impl ServiceNet {
 
     fn build(&mut self, pods: &[Pod]) -> Result<()> {
         enable_forwarding()?;
-        nft::create_table(&self.table, &self.prefix, self.zone())?;
+        let links = nft::Links {
+            prefix: &self.prefix,
+            zone: self.zone(),
+        };
+        nft::create_table(&self.place(), Some(links))?;
         host::prepare(self.id, self.mode, &self.bridge)?;
         pods.iter().try_for_each(|p| self.route_pod(p))
     }
@@ -193,26 +200,20 @@ impl ServiceNet {
     ) -> Result<Service> {
         self.check_new(name, backends, opts)?;
         let k = self.services.len();
-        let svc = self.plan(k, name, backends, opts);
-        let doors = doors_of(&svc);
-        let chains: Vec<nft::Backend> = (svc.backends.iter())
-            .map(|(p, chain)| nft::Backend {
-                chain: chain.clone(),
-                v4: p.ipv4(),
-                v6: p.ipv6(),
-            })
-            .collect();
-        nft::add_service(
-            &self.table,
-            &self.prefix,
-            &format!("svc{k}"),
-            &chains,
-            &doors,
-        )
-        .with_context(|| format!("adding service {name}"))?;
+        let node = host::node_addresses(self.mode);
+        let svc = Service::plan(k, name, backends, opts, node, vec![self.place()]);
+        svc.install(&self.place(), Some(&self.prefix))?;
         self.services
             .push((name.to_owned(), opts.node_ports.clone()));
         Ok(svc)
+    }
+
+    /// Where its table lives: the root namespace.
+    fn place(&self) -> nft::Place {
+        nft::Place {
+            netns: None,
+            table: self.table.clone(),
+        }
     }
 
     fn check_new(&self, name: &str, backends: &[&Pod], opts: &ServiceOpts) -> Result<()> {
@@ -251,42 +252,6 @@ impl ServiceNet {
         }
         Ok(())
     }
-
-    /// The `k`-th Service's addresses and chain names.
-    fn plan(&self, k: usize, name: &str, backends: &[&Pod], opts: &ServiceOpts) -> Service {
-        let host = 10 + k as u8;
-        let vip = (
-            Ipv4Addr::new(198, 19, 0, host),
-            Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, host.into()),
-        );
-        let external = opts.external_ip.then(|| {
-            (
-                Ipv4Addr::new(198, 19, 1, host),
-                Ipv6Addr::new(0xfd00, 0x19, 1, 0, 0, 0, 0, host.into()),
-            )
-        });
-        let node = (opts.node_ports.clone()).map(|p| (host::node_addresses(self.mode), p));
-        let backends = (backends.iter().enumerate())
-            .map(|(j, p)| ((*p).clone(), format!("svc{k}_be{j}")))
-            .collect();
-        Service {
-            name: name.to_owned(),
-            table: self.table.clone(),
-            vip,
-            external,
-            node,
-            backends,
-        }
-    }
-}
-
-/// The front doors of a planned Service, for nftables.
-fn doors_of(svc: &Service) -> Vec<nft::Door> {
-    let door = |(v4, v6): service::Pair, ports| nft::Door { v4, v6, ports };
-    let mut doors = vec![door(svc.vip, None)];
-    doors.extend(svc.external.map(|p| door(p, None)));
-    doors.extend((svc.node.clone()).map(|(p, ports)| door(p, Some(ports))));
-    doors
 }
 
 impl Drop for ServiceNet {
@@ -299,7 +264,7 @@ impl Drop for ServiceNet {
                 );
             }
         }
-        if let Err(e) = nft::delete_table(&self.table) {
+        if let Err(e) = nft::delete_table(&self.place()) {
             eprintln!("testkit: deleting nftables table {}: {e:#}", self.table);
         }
         if let Err(e) = host::teardown(self.id, self.mode, &self.bridge) {
@@ -319,17 +284,22 @@ fn forget_connections(zone: u16) {
         .status();
 }
 
-/// Deletes the Services' nftables tables whose topology id `is_live` does not claim (left by
-/// killed processes). Failures are logged to stderr. Part of [`reap_stale`].
-pub(crate) fn reap_orphans(is_live: impl Fn(u32) -> bool) {
+/// Deletes the Services' nftables tables (and the fabrics', see [`crate::nodes`]) of the
+/// root namespace whose id `is_live` does not claim (left by killed processes). Failures are
+/// logged to stderr. Part of [`reap_stale`].
+pub(crate) fn reap_orphans(is_live: impl Fn(u32) -> bool + Copy) {
     let Ok(tables) = nft::inet_tables() else {
         return;
     };
-    for t in tables {
-        if names::parse_svc_table(&t).is_some_and(|id| !is_live(id))
-            && let Err(e) = nft::delete_table(&t)
+    for t in &tables {
+        if names::parse_svc_table(t).is_some_and(|id| !is_live(id))
+            && let Err(e) = nft::delete_table(&nft::Place {
+                netns: None,
+                table: t.clone(),
+            })
         {
             eprintln!("testkit: reaping nftables table {t}: {e:#}");
         }
     }
+    crate::nodes::reap_orphans(&tables, is_live);
 }

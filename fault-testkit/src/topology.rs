@@ -30,13 +30,17 @@ use anyhow::{Context as _, Result, bail};
 
 pub use dynamo::{DYNAMO_NAMESPACE, Dynamo};
 pub use inventory::render as render_inventory;
-pub(crate) use link::{delete_link, enable_forwarding, set_sysctl};
+pub(crate) use inventory::{Entry as InventoryEntry, write_entries as write_inventory_entries};
+pub(crate) use link::{
+    delete_link, delete_netns, disable_ipv6, enable_forwarding, set_sysctl, wait_pod_ready,
+};
 pub use link::{link_exists, link_names, netns_names};
 pub use pod::{Family, Pod};
 pub use registry::REGISTRY_DIR;
+pub(crate) use registry::release as release_id;
 
 /// How long a new pod may take to carry traffic.
-const POD_READY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const POD_READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a topology joins its pods to the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -187,7 +191,11 @@ impl Topology {
         self.pods_mut().push(pod.clone());
         match self.mode {
             Mode::Bridged => bridged::make_pod(&self.bridge, &pod),
-            Mode::Routed => routed::make_pod(self.id, index, &pod),
+            Mode::Routed => routed::make_pod(
+                &routed::Host::Root { id: self.id },
+                &names::routed_macs(self.id, index),
+                &pod,
+            ),
         }
         .with_context(|| {
             format!(
@@ -279,8 +287,10 @@ impl Topology {
 }
 
 /// For each topology whose process is dead: deletes its links (`fl<id>*`), network namespaces
-/// (`fl<id>-*`) and registry file; then the routing rules and tables of routed topologies and
-/// the Services' nftables tables ([`crate::services`]) whose id no live process claims.
+/// (`fl<id>-*`) and registry file (a [`Fabric`](crate::nodes::Fabric)'s too: its bridge,
+/// uplinks, nodes and pods); then the routing rules and tables of routed topologies, the
+/// Services' nftables tables ([`crate::services`]) and the fabrics' (`inet fl<id>fab`) whose
+/// id no live process claims.
 /// Failures are logged to stderr. [`Topology::new`] and
 /// [`ServiceNet::new`](crate::services::ServiceNet::new) call it first.
 pub fn reap_stale() {
@@ -289,8 +299,9 @@ pub fn reap_stale() {
     crate::services::reap_orphans(registry::is_live);
 }
 
-/// Picks a random id whose names are free and claims it in the registry.
-fn claim_free_id(name_hint: &str) -> Result<u32> {
+/// Picks a random id whose names are free and claims it in the registry (with `name_hint`,
+/// see [`Topology::named`]); give it up with [`release_id`].
+pub(crate) fn claim_free_id(name_hint: &str) -> Result<u32> {
     let (links, namespaces) = (link_names(), netns_names());
     for _ in 0..64 {
         let id = names::random_id()?;

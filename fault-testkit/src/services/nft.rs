@@ -1,5 +1,6 @@
-//! The nftables side of Services: the table of a topology, its Services' chains and rules,
-//! and their counters. See "nftables" in the [`services`](super) documentation.
+//! The nftables side of Services: the table of a topology (in the root namespace) or of a
+//! fake node (in its own namespace), its Services' chains and rules, and their counters. See
+//! "nftables" in the [`services`](super) documentation.
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr},
@@ -13,56 +14,104 @@ use crate::{
     run,
 };
 
+/// Where a Services table lives: a network namespace (`None`: the root one) and the table's
+/// name (family `inet`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Place {
+    /// Name under `/run/netns`, or `None` for the root namespace.
+    pub netns: Option<String>,
+    /// The table's name.
+    pub table: String,
+}
+
+/// The links whose traffic a root-namespace table handles: those named `<prefix>*`, put in
+/// conntrack zone `zone` and confined to each other. A node's table has none: it handles
+/// whatever arrives in its namespace, as kube-proxy does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Links<'a> {
+    /// Prefix of the links' names (`fl<id>`).
+    pub prefix: &'a str,
+    /// Conntrack zone of their traffic.
+    pub zone: u16,
+}
+
 /// One way in to a Service: an address pair and, for a node port, the destination ports
 /// (else every port).
-pub(super) struct Door {
+pub(crate) struct Door {
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
     pub ports: Option<RangeInclusive<u16>>,
 }
 
 /// One backend: its chain and its addresses.
-pub(super) struct Backend {
+pub(crate) struct Backend {
     pub chain: String,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
 }
 
-/// Runs an nft script (`nft -f -`) as one transaction.
-fn apply(script: &str) -> Result<()> {
-    run_input("nft", &["-f", "-"], script).map(drop)
+/// `nft ARGS...` in the namespace of `place` (through `ip netns exec`), with `input` on
+/// its stdin if any.
+fn nft(place: &Place, args: &[&str], input: Option<&str>) -> Result<String> {
+    let (cmd, args) = match &place.netns {
+        None => ("nft", args.to_vec()),
+        Some(ns) => (
+            "ip",
+            [&["netns", "exec", ns.as_str(), "nft"], args].concat(),
+        ),
+    };
+    match input {
+        None => run(cmd, &args),
+        Some(text) => run_input(cmd, &args, text),
+    }
 }
 
-/// Creates `table` with its base chains (see the module documentation) for the links named
-/// `<prefix>*` and conntrack zone `zone`.
-pub(super) fn create_table(table: &str, prefix: &str, zone: u16) -> Result<()> {
-    let t = format!("inet {table}");
-    let links = format!("\"{prefix}*\"");
-    apply(&format!(
-        "add table {t}
-add chain {t} zone_in {{ type filter hook prerouting priority raw; policy accept; }}
+/// Runs an nft script (`nft -f -`) as one transaction in the namespace of `place`.
+fn apply(place: &Place, script: &str) -> Result<()> {
+    nft(place, &["-f", "-"], Some(script)).map(drop)
+}
+
+/// Creates the table of `place` with its base chains (see the module documentation): with
+/// `links`, the zone and confinement chains for them and a `services` chain matching them;
+/// without, the `services` chain alone.
+pub(crate) fn create_table(place: &Place, links: Option<Links<'_>>) -> Result<()> {
+    let t = format!("inet {}", place.table);
+    let mut script = format!("add table {t}\n");
+    if let Some(l) = links {
+        script += &scope_chains(&t, l);
+    }
+    script += &format!(
+        "add chain {t} services {{ type nat hook prerouting priority dstnat; policy accept; }}\n"
+    );
+    apply(place, &script).with_context(|| format!("creating nftables table {t}"))
+}
+
+/// The chains putting the traffic of `links` in its zone and confining it.
+fn scope_chains(t: &str, l: Links<'_>) -> String {
+    let (links, zone) = (format!("\"{}*\"", l.prefix), l.zone);
+    format!(
+        "add chain {t} zone_in {{ type filter hook prerouting priority raw; policy accept; }}
 add rule {t} zone_in iifname {links} ct zone set {zone}
 add chain {t} zone_out {{ type filter hook output priority raw; policy accept; }}
 add rule {t} zone_out oifname {links} ct zone set {zone}
 add chain {t} confine {{ type filter hook forward priority filter; policy accept; }}
 add rule {t} confine iifname {links} oifname != {links} drop
 add rule {t} confine oifname {links} iifname != {links} drop
-add chain {t} services {{ type nat hook prerouting priority dstnat; policy accept; }}
 "
-    ))
-    .with_context(|| format!("creating nftables table {t}"))
+    )
 }
 
-/// Adds one Service to `table`: its backend chains, with several backends the chain `chain`
-/// choosing among them, and the rules of its `doors`, matching what arrives on `<prefix>*`.
-pub(super) fn add_service(
-    table: &str,
-    prefix: &str,
+/// Adds one Service to the table of `place`: its backend chains, with several backends the
+/// chain `chain` choosing among them, and the rules of its `doors`, matching what arrives on
+/// `<prefix>*` (with `prefix`) or anything (without).
+pub(crate) fn add_service(
+    place: &Place,
+    prefix: Option<&str>,
     chain: &str,
     backends: &[Backend],
     doors: &[Door],
 ) -> Result<()> {
-    let t = format!("inet {table}");
+    let t = format!("inet {}", place.table);
     let mut script: String = backends.iter().map(|b| backend_chain(&t, b)).collect();
     let target = match backends {
         [one] => one.chain.as_str(),
@@ -74,7 +123,7 @@ pub(super) fn add_service(
     for d in doors {
         script += &door_rules(&t, prefix, d, target);
     }
-    apply(&script)
+    apply(place, &script)
 }
 
 /// A backend's chain: count, then DNAT to its address (port unchanged).
@@ -102,9 +151,10 @@ fn chooser(t: &str, chain: &str, backends: &[Backend]) -> String {
     )
 }
 
-/// The rules (IPv4 and IPv6) sending what the links `<prefix>*` send to door `d` to
-/// `target`.
-fn door_rules(t: &str, prefix: &str, d: &Door, target: &str) -> String {
+/// The rules (IPv4 and IPv6) sending what arrives on the links `<prefix>*` (or anywhere,
+/// without `prefix`) for door `d` to `target`.
+fn door_rules(t: &str, prefix: Option<&str>, d: &Door, target: &str) -> String {
+    let iif = prefix.map_or(String::new(), |p| format!(" iifname \"{p}*\""));
     let ports = (d.ports.as_ref()).map_or(String::new(), |p| {
         format!(" th dport {}-{}", p.start(), p.end())
     });
@@ -112,20 +162,43 @@ fn door_rules(t: &str, prefix: &str, d: &Door, target: &str) -> String {
         .iter()
         .map(|(fam, addr)| {
             format!(
-                "add rule {t} services iifname \"{prefix}*\" {fam} daddr {addr} \
+                "add rule {t} services{iif} {fam} daddr {addr} \
                  meta l4proto {{ tcp, udp }}{ports} goto {target}\n"
             )
         })
         .collect()
 }
 
-/// Deletes `table` (family `inet`); one that does not exist is not an error.
-pub(super) fn delete_table(table: &str) -> Result<()> {
-    run_del("nft", &["delete", "table", "inet", table])
+/// Deletes the table of `place`; one that does not exist (or whose namespace is gone) is not
+/// an error.
+pub(crate) fn delete_table(place: &Place) -> Result<()> {
+    if let Some(ns) = &place.netns
+        && !std::path::Path::new(crate::netns::NETNS_DIR)
+            .join(ns)
+            .exists()
+    {
+        return Ok(());
+    }
+    match &place.netns {
+        None => run_del("nft", &["delete", "table", "inet", &place.table]),
+        Some(ns) => run_del(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                &place.table,
+            ],
+        ),
+    }
 }
 
-/// Names of the `inet` tables now.
-pub(super) fn inet_tables() -> Result<Vec<String>> {
+/// Names of the `inet` tables of the root namespace now.
+pub(crate) fn inet_tables() -> Result<Vec<String>> {
     let out = run("nft", &["-j", "list", "tables", "inet"])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("parsing nft -j output")?;
     Ok(items(&v, "table")
@@ -133,9 +206,9 @@ pub(super) fn inet_tables() -> Result<Vec<String>> {
         .collect())
 }
 
-/// The packet counts of the `counter` rules of `table`, summed by chain.
-pub(super) fn counters(table: &str) -> Result<BTreeMap<String, u64>> {
-    let out = run("nft", &["-j", "list", "table", "inet", table])?;
+/// The packet counts of the `counter` rules of the table of `place`, summed by chain.
+pub(crate) fn counters(place: &Place) -> Result<BTreeMap<String, u64>> {
+    let out = nft(place, &["-j", "list", "table", "inet", &place.table], None)?;
     let v: serde_json::Value = serde_json::from_str(&out).context("parsing nft -j output")?;
     Ok(sum_counters(&v))
 }
@@ -193,7 +266,7 @@ mod tests {
             v6: Ipv6Addr::new(0xfd00, 0xfa, 0, 0, 0, 0, 0, 1),
             ports: Some(30_000..=30_009),
         };
-        let rules = door_rules(t, "fl000001", &door, "svc0");
+        let rules = door_rules(t, Some("fl000001"), &door, "svc0");
         assert_eq!(rules.lines().count(), 2);
         assert!(
             rules.contains(
@@ -201,6 +274,11 @@ mod tests {
                  th dport 30000-30009 goto svc0"
             ),
             "{rules}"
+        );
+        let anywhere = door_rules(t, None, &door, "svc0");
+        assert!(
+            anywhere.starts_with("add rule inet fl000001svc services ip daddr 198.18.0.1 meta"),
+            "a node's rules match any link: {anywhere}"
         );
     }
 

@@ -46,7 +46,7 @@ pub(super) fn make_pod(bridge: &str, pod: &Pod) -> Result<()> {
         "ip",
         &["-n", ns, "addr", "add", &v6, "dev", "eth0", "nodad"],
     )?;
-    link::wait_pod_ready(ns, host, pod.ipv6(), true, POD_READY_TIMEOUT)
+    link::wait_pod_ready(ns, None, host, pod.ipv6(), true, POD_READY_TIMEOUT)
 }
 
 /// Replaces `pod`'s IPv4 address by `new` (prefix length 16). Routes of `eth0` go with the

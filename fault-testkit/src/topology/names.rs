@@ -4,7 +4,9 @@
 //! 15 characters, the kernel's limit), with `<id>` as 6 lowercase hex digits. Routed
 //! topologies add a routing table ([`route_table`]) and fixed MAC addresses ([`routed_macs`]);
 //! their Services add an nftables table ([`svc_table`]) and, routed, a node link
-//! ([`node_link`]).
+//! ([`node_link`]). A [`Fabric`](crate::nodes::Fabric) of fake nodes claims an id the same
+//! way and names its bridge [`fabric_bridge`], its nodes [`node_netns`] with uplinks
+//! [`uplink`], and its pods [`node_pod_netns`] (host sides [`host_if`]).
 use anyhow::Result;
 
 /// Largest pod index: 4 digits in interface names (`fl<id>p<index>` fits in 15 characters).
@@ -112,6 +114,32 @@ pub fn node_link(id: u32) -> (String, String) {
     (format!("fl{id:06x}nd"), format!("fl{id:06x}nq"))
 }
 
+/// The bridge between the nodes of fabric `id` (root namespace): `fl<id>fab`.
+pub fn fabric_bridge(id: u32) -> String {
+    format!("fl{id:06x}fab")
+}
+
+/// The fabric id of a [`fabric_bridge`] name (also its nftables table's name).
+pub fn parse_fabric_bridge(name: &str) -> Option<u32> {
+    let hex = name.strip_prefix("fl")?.strip_suffix("fab")?;
+    parse_id_hex(hex)
+}
+
+/// Network namespace of node `k` of fabric `id`: `fl<id>-n<k>`.
+pub fn node_netns(id: u32, k: usize) -> String {
+    format!("fl{id:06x}-n{k}")
+}
+
+/// Root-namespace side of node `k`'s uplink veth (a port of the fabric bridge): `fl<id>u<k>`.
+pub fn uplink(id: u32, k: usize) -> String {
+    format!("fl{id:06x}u{k}")
+}
+
+/// Network namespace of the `i`-th pod of node `k` of fabric `id`: `fl<id>-n<k>-<i>`.
+pub fn node_pod_netns(id: u32, k: usize, i: usize) -> String {
+    format!("fl{id:06x}-n{k}-{i}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +159,12 @@ mod tests {
         assert_eq!(parse_svc_table(&svc_table(id)), Some(id));
         assert_eq!(parse_svc_table("flabcdefbr"), None);
         assert!(node_link(id).0.len() <= 15);
+        assert_eq!(fabric_bridge(id), "flabcdeffab");
+        assert_eq!(parse_fabric_bridge(&fabric_bridge(id)), Some(id));
+        assert_eq!(parse_fabric_bridge(&svc_table(id)), None);
+        assert_eq!(node_netns(id, 2), "flabcdef-n2");
+        assert_eq!(node_pod_netns(id, 2, 7), "flabcdef-n2-7");
+        assert!(uplink(id, 999).len() <= 15);
         assert_eq!(
             routed_macs(id, 0x0102),
             ("02:ab:cd:ef:01:02".into(), "06:ab:cd:ef:01:02".into())

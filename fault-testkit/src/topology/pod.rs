@@ -38,13 +38,15 @@ impl Family {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Inner {
     namespace: String,
     name: String,
     labels: BTreeMap<String, String>,
     netns: String,
     host_if: String,
+    /// Where `host_if` lives: `None` for the root namespace, else a node's namespace.
+    host_netns: Option<String>,
     v4: Ipv4Addr,
     v6: Ipv6Addr,
 }
@@ -56,7 +58,7 @@ struct Inner {
 pub struct Pod(Arc<Inner>);
 
 impl Pod {
-    pub(super) fn new(
+    pub(crate) fn new(
         namespace: &str,
         name: &str,
         labels: BTreeMap<String, String>,
@@ -71,9 +73,17 @@ impl Pod {
             labels,
             netns,
             host_if,
+            host_netns: None,
             v4,
             v6,
         }))
+    }
+
+    /// The same pod whose host side lives in network namespace `host_netns` (a node's).
+    pub(crate) fn with_host_netns(&self, host_netns: &str) -> Self {
+        let mut inner = Inner::clone(&self.0);
+        inner.host_netns = Some(host_netns.to_owned());
+        Pod(Arc::new(inner))
     }
 
     /// A handle on a pod made by another process (e.g. `fault-testenv up`), for probes. It
@@ -98,16 +108,9 @@ impl Pod {
     /// The same pod (namespace, name, labels, network namespace, host interface) with other
     /// addresses: what probes send to. See [`Service::through`](crate::services::Service::through).
     pub(crate) fn with_addresses(&self, v4: Ipv4Addr, v6: Ipv6Addr) -> Self {
-        let i = &self.0;
-        Pod::new(
-            &i.namespace,
-            &i.name,
-            i.labels.clone(),
-            i.netns.clone(),
-            i.host_if.clone(),
-            v4,
-            v6,
-        )
+        let mut inner = Inner::clone(&self.0);
+        (inner.v4, inner.v6) = (v4, v6);
+        Pod(Arc::new(inner))
     }
 
     /// Kubernetes namespace of the pod (as written in the inventory).
@@ -136,9 +139,17 @@ impl Pod {
     }
 
     /// Name of the host side of the pod's veth (`fl<id>p<index>`, in the root namespace, on
-    /// the bridge if bridged): where the agent attaches its programs. Empty for [`Pod::existing`].
+    /// the bridge if bridged, or in its node's namespace, see [`Pod::host_netns`]): where the
+    /// agent attaches its programs. Empty for [`Pod::existing`].
     pub fn host_ifname(&self) -> &str {
         &self.0.host_if
+    }
+
+    /// The network namespace (name under `/run/netns`) holding the host side of the pod's
+    /// veth: `None` for the root namespace (pods of a [`Topology`](super::Topology)), the
+    /// node's namespace for pods of a [`Fabric`](crate::nodes::Fabric).
+    pub fn host_netns(&self) -> Option<&str> {
+        self.0.host_netns.as_deref()
     }
 
     /// IPv4 address of the pod's `eth0` (prefix length 16 bridged, 32 routed), or what a

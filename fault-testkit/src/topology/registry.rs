@@ -42,7 +42,7 @@ pub(super) fn claim(id: u32, name_hint: &str) -> Result<bool> {
 }
 
 /// Gives `id` up (its objects are gone).
-pub(super) fn release(id: u32) {
+pub(crate) fn release(id: u32) {
     if let Err(e) = fs::remove_file(entry(id))
         && e.kind() != ErrorKind::NotFound
     {

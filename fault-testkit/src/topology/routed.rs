@@ -11,6 +11,9 @@
 //! pod sends to an address outside its topology leaves the machine. Routes from the host
 //! itself to routed pods use `main`, which has none: host-originated traffic does not reach
 //! them (Services add a rule for their node address, see [`crate::services`]).
+//!
+//! The same pods can have their host sides in another namespace, a fake node's (see
+//! [`crate::nodes`]): there the routes go to `main`, with no rules.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result, bail};
@@ -62,32 +65,99 @@ pub(super) fn teardown(id: u32) -> Result<()> {
     flush_table(table)
 }
 
-/// Makes routed `pod` number `index` of topology `id` (see the module documentation) and
-/// waits until it is ready.
-pub(super) fn make_pod(id: u32, index: u32, pod: &Pod) -> Result<()> {
-    let (ns, host) = (pod.netns_name(), pod.host_ifname());
-    let (host_mac, pod_mac) = names::routed_macs(id, index);
+/// Where the host sides of routed pods live, and where the host's routes to them go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Host {
+    /// The root namespace, for a [`Topology`](super::Topology) `id`: routes in the topology's
+    /// own table ([`names::route_table`]), which `iif` rules select.
+    Root {
+        /// The topology's id.
+        id: u32,
+    },
+    /// A node's namespace (see [`crate::nodes`]): routes in `main`, no rules (the namespace
+    /// is the node's own).
+    Node {
+        /// The node's network namespace (name under `/run/netns`).
+        netns: String,
+    },
+}
+
+impl Host {
+    /// The namespace of the host sides: `None` for the root one.
+    pub(crate) fn netns(&self) -> Option<&str> {
+        match self {
+            Host::Root { .. } => None,
+            Host::Node { netns } => Some(netns),
+        }
+    }
+
+    /// `ip ARGS...` in the host's namespace.
+    pub(crate) fn ip(&self, args: &[&str]) -> Result<String> {
+        match self.netns() {
+            None => run("ip", args),
+            Some(ns) => run("ip", &[&["-n", ns], args].concat()),
+        }
+    }
+
+    /// A deletion by `ip ARGS...` in the host's namespace (see [`run_del`]).
+    fn ip_del(&self, args: &[&str]) -> Result<()> {
+        match self.netns() {
+            None => run_del("ip", args),
+            Some(ns) => run_del("ip", &[&["-n", ns], args].concat()),
+        }
+    }
+
+    /// Writes `/proc/sys/<key>` in the host's namespace.
+    pub(crate) fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        match self.netns() {
+            None => link::set_sysctl(key, value),
+            Some(ns) => {
+                let path = std::path::Path::new(crate::netns::NETNS_DIR).join(ns);
+                crate::netns::run_in(&path, || link::set_sysctl(key, value))?
+            }
+        }
+    }
+
+    /// The routing table of the routes to the pods (`main` on a node).
+    fn table(&self) -> String {
+        match self {
+            Host::Root { id } => names::route_table(*id).to_string(),
+            Host::Node { .. } => "main".to_owned(),
+        }
+    }
+}
+
+/// Makes routed `pod` (see the module documentation), its veth's host side in `host` with
+/// MAC addresses `macs` (host side, pod side; see [`names::routed_macs`]), and waits until it
+/// is ready.
+pub(crate) fn make_pod(host: &Host, macs: &(String, String), pod: &Pod) -> Result<()> {
+    let (ns, host_if) = (pod.netns_name(), pod.host_ifname());
+    let (host_mac, pod_mac) = macs;
     run("ip", &["netns", "add", ns])?;
-    run(
-        "ip",
-        &[
-            "link", "add", host, "address", &host_mac, "type", "veth", "peer", "name", "eth0",
-            "address", &pod_mac, "netns", ns,
-        ],
-    )?;
-    host_side(host)?;
-    pod_side(pod, &host_mac)?;
-    host_routes(id, pod, &pod_mac)?;
-    link::wait_pod_ready(ns, host, pod.ipv6(), false, POD_READY_TIMEOUT)
+    host.ip(&[
+        "link", "add", host_if, "address", host_mac, "type", "veth", "peer", "name", "eth0",
+        "address", pod_mac, "netns", ns,
+    ])?;
+    host_side(host, host_if)?;
+    pod_side(pod, host_mac)?;
+    host_routes(host, pod, pod_mac)?;
+    link::wait_pod_ready(
+        ns,
+        host.netns(),
+        host_if,
+        pod.ipv6(),
+        false,
+        POD_READY_TIMEOUT,
+    )
 }
 
 /// The host side: IPv6 on (routes and neighbours need it) without any address of its own,
 /// loose reverse-path filtering off, up.
-fn host_side(host: &str) -> Result<()> {
-    run("ip", &["link", "set", "dev", host, "addrgenmode", "none"])?;
-    link::set_sysctl(&format!("net/ipv6/conf/{host}/disable_ipv6"), "0")?;
-    link::set_sysctl(&format!("net/ipv4/conf/{host}/rp_filter"), "0")?;
-    run("ip", &["link", "set", "dev", host, "up"])?;
+fn host_side(host: &Host, host_if: &str) -> Result<()> {
+    host.ip(&["link", "set", "dev", host_if, "addrgenmode", "none"])?;
+    host.sysctl(&format!("net/ipv6/conf/{host_if}/disable_ipv6"), "0")?;
+    host.sysctl(&format!("net/ipv4/conf/{host_if}/rp_filter"), "0")?;
+    host.ip(&["link", "set", "dev", host_if, "up"])?;
     Ok(())
 }
 
@@ -113,46 +183,52 @@ fn pod_side(pod: &Pod, host_mac: &str) -> Result<()> {
     Ok(())
 }
 
-/// The host's way to the pod: permanent neighbour entries, /32 and /128 routes in the
-/// topology's table, and the rules sending what the pod sends to that table.
-fn host_routes(id: u32, pod: &Pod, pod_mac: &str) -> Result<()> {
-    let host = pod.host_ifname();
-    let table = names::route_table(id).to_string();
-    let pref = names::RULE_PREF.to_string();
+/// The host's way to the pod: permanent neighbour entries and /32 and /128 routes in the
+/// host's table; in the root namespace, also the rules sending what the pod sends to that
+/// table.
+fn host_routes(host: &Host, pod: &Pod, pod_mac: &str) -> Result<()> {
+    let host_if = pod.host_ifname();
     for addr in [pod.ipv4().to_string(), pod.ipv6().to_string()] {
-        add_host_route(host, &addr, pod_mac, &table)?;
+        add_host_route(host, host_if, &addr, pod_mac)?;
     }
+    let Host::Root { id } = host else {
+        return Ok(());
+    };
+    let table = names::route_table(*id).to_string();
+    let pref = names::RULE_PREF.to_string();
     for fam in ["-4", "-6"] {
         run(
             "ip",
             &[
-                fam, "rule", "add", "iif", host, "table", &table, "pref", &pref,
+                fam, "rule", "add", "iif", host_if, "table", &table, "pref", &pref,
             ],
         )?;
     }
     Ok(())
 }
 
-/// Neighbour entry and host route of one pod address on `host`.
-fn add_host_route(host: &str, addr: &str, pod_mac: &str, table: &str) -> Result<()> {
-    run(
-        "ip",
-        &[
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            pod_mac,
-            "dev",
-            host,
-            "nud",
-            "permanent",
-        ],
-    )?;
-    run(
-        "ip",
-        &["route", "replace", addr, "dev", host, "table", table],
-    )?;
+/// Neighbour entry and host route of one pod address on `host_if`.
+fn add_host_route(host: &Host, host_if: &str, addr: &str, pod_mac: &str) -> Result<()> {
+    host.ip(&[
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        pod_mac,
+        "dev",
+        host_if,
+        "nud",
+        "permanent",
+    ])?;
+    host.ip(&[
+        "route",
+        "replace",
+        addr,
+        "dev",
+        host_if,
+        "table",
+        &host.table(),
+    ])?;
     Ok(())
 }
 
@@ -184,7 +260,7 @@ pub(super) fn delete_pod_rules(id: u32, pod: &Pod) -> Result<()> {
 /// current one: the new /32 is added before the old one goes, so its routes stay; the host's
 /// neighbour entry and route follow.
 pub(super) fn readdress(id: u32, index: u32, pod: &Pod, new: Ipv4Addr) -> Result<()> {
-    let (ns, host) = (pod.netns_name(), pod.host_ifname());
+    let (ns, host_if) = (pod.netns_name(), pod.host_ifname());
     let (old, new) = (pod.ipv4().to_string(), new.to_string());
     run(
         "ip",
@@ -194,10 +270,11 @@ pub(super) fn readdress(id: u32, index: u32, pod: &Pod, new: Ipv4Addr) -> Result
         "ip",
         &["-n", ns, "addr", "del", &format!("{old}/32"), "dev", "eth0"],
     )?;
-    let table = names::route_table(id).to_string();
-    add_host_route(host, &new, &names::routed_macs(id, index).1, &table)?;
-    run_del("ip", &["route", "del", &old, "dev", host, "table", &table])?;
-    run_del("ip", &["neigh", "del", &old, "dev", host])
+    let host = Host::Root { id };
+    add_host_route(&host, host_if, &new, &names::routed_macs(id, index).1)?;
+    let table = host.table();
+    host.ip_del(&["route", "del", &old, "dev", host_if, "table", &table])?;
+    host.ip_del(&["neigh", "del", &old, "dev", host_if])
 }
 
 /// Deletes every rule (both families) that looks up `table`.
