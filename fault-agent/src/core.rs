@@ -11,11 +11,12 @@ use std::{
 use anyhow::{Context as _, Result};
 use fault_api::{Counters, Fault, FaultSpec, FaultState, FieldError, fault::new_fault_id};
 use fault_common::FaultStats;
+use ipnet::IpNet;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     compile::{self, CompileInput, Interner, TooManyFaults},
-    dataplane::{AttachRecord, Capabilities, Dataplane, Iface, Tables, kernel},
+    dataplane::{AttachKind, AttachRecord, Capabilities, Dataplane, Iface, Tables, kernel},
     error::AgentError,
     pods::Pod,
     resolve,
@@ -73,6 +74,12 @@ pub struct Core {
     /// Interfaces that could not be attached, with why.
     attach_errors: BTreeMap<String, String>,
     saved_records: Vec<AttachRecord>,
+    /// Addresses the node translates to pod addresses after the programs' hooks (Service
+    /// CIDRs, externalIPs, node addresses): never a peer of a broader prefix (see `compile`).
+    virtual_nets: Vec<IpNet>,
+    /// The node's uplinks (name -> ifindex): where what local pods send to other nodes is
+    /// judged after the node's NAT.
+    uplinks: BTreeMap<String, u32>,
 }
 
 fn counters(s: FaultStats) -> Counters {
@@ -82,6 +89,35 @@ fn counters(s: FaultStats) -> Counters {
         corrupted: s.corrupted,
         duplicated: s.duplicated,
         delayed: s.delayed,
+    }
+}
+
+/// Adds what a local pod needs for departure times: for what it `sends`, the program and fq
+/// on its own interfaces; for what it `receives`, fq on its host veths.
+fn shape(
+    pod: &Pod,
+    sends: bool,
+    receives: bool,
+    pod_progs: &mut BTreeSet<Iface>,
+    fq: &mut BTreeSet<Iface>,
+) {
+    if receives {
+        fq.extend(pod.host_ifs.iter().map(|h| Iface {
+            netns: None,
+            ifname: h.name.clone(),
+            ifindex: h.index,
+        }));
+    }
+    if sends && let Some(ns) = &pod.netns {
+        for i in &pod.pod_ifs {
+            let iface = Iface {
+                netns: Some(ns.clone()),
+                ifname: i.name.clone(),
+                ifindex: i.index,
+            };
+            pod_progs.insert(iface.clone());
+            fq.insert(iface);
+        }
     }
 }
 
@@ -97,6 +133,8 @@ impl Core {
             config,
             attach_errors: BTreeMap::new(),
             saved_records: Vec::new(),
+            virtual_nets: Vec::new(),
+            uplinks: BTreeMap::new(),
         }
     }
 
@@ -123,6 +161,38 @@ impl Core {
         }
         self.pods = pods;
         self.reconcile().map(Some)
+    }
+
+    /// Replaces the virtual address ranges (see [`Core`]'s field) and reconciles when they
+    /// changed.
+    pub fn set_virtual_nets(&mut self, mut nets: Vec<IpNet>) -> Result<Option<ReconcileReport>> {
+        nets.iter_mut().for_each(|n| *n = n.trunc());
+        nets.sort();
+        nets.dedup();
+        if nets == self.virtual_nets {
+            return Ok(None);
+        }
+        tracing::info!(count = nets.len(), "virtual address ranges changed");
+        self.virtual_nets = nets;
+        self.reconcile().map(Some)
+    }
+
+    /// Replaces the uplinks (name -> ifindex) and reconciles when they changed.
+    pub fn set_uplinks(
+        &mut self,
+        uplinks: BTreeMap<String, u32>,
+    ) -> Result<Option<ReconcileReport>> {
+        if uplinks == self.uplinks {
+            return Ok(None);
+        }
+        tracing::info!(uplinks = ?uplinks.keys().collect::<Vec<_>>(), "uplinks changed");
+        self.uplinks = uplinks;
+        self.reconcile().map(Some)
+    }
+
+    /// The virtual address ranges in use, sorted.
+    pub fn virtual_nets(&self) -> &[IpNet] {
+        &self.virtual_nets
     }
 
     /// Time until the nearest deadline of a live fault.
@@ -181,11 +251,17 @@ impl Core {
     }
 
     fn sync_attachments(&mut self) -> Result<()> {
-        let wanted: BTreeMap<String, u32> = self
+        let mut wanted: BTreeMap<String, (u32, AttachKind)> = self
             .pods
             .iter()
-            .flat_map(|p| p.host_ifs.iter().map(|h| (h.name.clone(), h.index)))
+            .flat_map(|p| p.host_ifs.iter())
+            .map(|h| (h.name.clone(), (h.index, AttachKind::Host)))
             .collect();
+        for (name, index) in &self.uplinks {
+            wanted
+                .entry(name.clone())
+                .or_insert((*index, AttachKind::Uplink));
+        }
         let failed = self.dataplane.sync_attachments(&wanted);
         self.attach_errors.clear();
         for (ifname, e) in failed {
@@ -195,39 +271,37 @@ impl Core {
         self.sync_records()
     }
 
-    /// Where live faults with a delay or rate need the pod-side program and fq: the pods' own
-    /// interfaces for egress, their host veths for ingress.
+    /// Where live faults with a delay or rate need the pod-side program and fq: for what a
+    /// local pod sends (a target's egress, a peer's view of a target's ingress), its own
+    /// interfaces; for what it receives, its host veths.
     fn shaping_wanted(&self) -> (BTreeSet<Iface>, BTreeSet<Iface>) {
         let (mut pod_progs, mut fq) = (BTreeSet::new(), BTreeSet::new());
+        let local: BTreeMap<std::net::IpAddr, &Pod> = self
+            .pods
+            .iter()
+            .filter(|p| p.is_local())
+            .flat_map(|p| p.ips.iter().map(move |ip| (*ip, p)))
+            .collect();
         for f in self.store.live().filter(|f| f.spec.needs_fq()) {
-            for t in &f.resolution.targets {
-                let Some(pod) = self
-                    .pods
-                    .iter()
-                    .find(|p| p.namespace == t.namespace && p.name == t.name && p.is_local())
-                else {
-                    continue;
-                };
-                if f.spec.direction.includes_ingress() {
-                    fq.extend(pod.host_ifs.iter().map(|h| Iface {
-                        netns: None,
-                        ifname: h.name.clone(),
-                        ifindex: h.index,
-                    }));
-                }
-                if f.spec.direction.includes_egress()
-                    && let Some(ns) = &pod.netns
-                {
-                    for i in &pod.pod_ifs {
-                        let iface = Iface {
-                            netns: Some(ns.clone()),
-                            ifname: i.name.clone(),
-                            ifindex: i.index,
-                        };
-                        pod_progs.insert(iface.clone());
-                        fq.insert(iface);
-                    }
-                }
+            let r = &f.resolution;
+            let (egress, ingress) = (
+                f.spec.direction.includes_egress(),
+                f.spec.direction.includes_ingress(),
+            );
+            let targets = r.local_target_ips.iter().filter_map(|ip| local.get(ip));
+            for pod in targets {
+                shape(pod, egress, ingress, &mut pod_progs, &mut fq);
+            }
+            let all_targets = r.all_target_ips();
+            if all_targets.is_empty() {
+                continue;
+            }
+            for ip in &r.local_peer_ips {
+                let Some(pod) = local.get(ip) else { continue };
+                // A peer receives what a target sends, and sends what a target receives
+                // (not the ingress view of a target that is a peer too: see `compile`).
+                let sends = ingress && !(egress && all_targets.contains(ip));
+                shape(pod, sends, egress, &mut pod_progs, &mut fq);
             }
         }
         (pod_progs, fq)
@@ -268,15 +342,18 @@ impl Core {
         let mut inputs = Vec::new();
         for f in self.store.all_mut().filter(|f| f.state.is_live()) {
             f.resolution = resolve::resolve(&f.spec, pods);
+            let r = &f.resolution;
             inputs.push(CompileInput {
                 slot: f.slot,
                 seq: f.seq,
                 params: compile::params(&f.spec, f.deadline_boot_ns),
-                target_ips: f.resolution.local_target_ips.clone(),
+                target_ips: r.local_target_ips.clone(),
+                all_target_ips: r.all_target_ips(),
+                peer_ips: r.local_peer_ips.clone(),
                 directions: compile::directions(&f.spec),
                 l4: compile::l4_keys(&f.spec),
-                includes: f.resolution.includes.clone(),
-                excludes: f.resolution.excludes.clone(),
+                includes: r.includes.clone(),
+                excludes: r.excludes.clone(),
             });
         }
         inputs
@@ -284,7 +361,16 @@ impl Core {
 
     fn desired(&mut self) -> Result<Tables, TooManyFaults> {
         let inputs = self.inputs();
-        compile::compile(&inputs, &mut self.interner)
+        let node = compile::NodeView {
+            virtual_nets: self.virtual_nets.clone(),
+            remote_ips: self
+                .pods
+                .iter()
+                .filter(|p| p.remote)
+                .flat_map(|p| p.ips.iter().copied())
+                .collect(),
+        };
+        compile::compile(&inputs, &node, &mut self.interner)
     }
 
     /// Like `desired`, but a fault that pushes a rule over the limit (pods changed under it)
@@ -451,11 +537,10 @@ impl Core {
             .collect()
     }
 
-    /// Entries in the kernel maps (targets, rules, fault slots): for checks that nothing is
-    /// duplicated or leaked.
-    pub fn table_sizes(&self) -> (usize, usize, usize) {
-        let t = self.dataplane.applied();
-        (t.targets.len(), t.rules.len(), t.faults.len())
+    /// Entries in the kernel maps, by role: for checks that nothing is duplicated or leaked,
+    /// and for what the peer role costs.
+    pub fn table_sizes(&self) -> crate::dataplane::TableSizes {
+        self.dataplane.applied().sizes()
     }
 
     /// Creates a fault: validated, written to the kernel and to the state dir, or nothing at all.
@@ -672,6 +757,20 @@ impl Core {
             .collect();
         v.sort_by_key(|f| std::cmp::Reverse(f.seq));
         v.into_iter().map(|f| self.view(f)).collect()
+    }
+
+    /// Exits leaving the datapath as it is (faults keep acting, and end at their kernel
+    /// deadlines), for the next agent to adopt: a restart or rolling update, not an uninstall.
+    pub fn leave(self) -> Result<()> {
+        self.store.save()?;
+        self.sync_records_now()?;
+        self.dataplane.leave();
+        Ok(())
+    }
+
+    fn sync_records_now(&self) -> Result<()> {
+        store::save_attachments(self.store.dir(), &self.dataplane.records())?;
+        store::save_qdiscs(self.store.dir(), &self.dataplane.fq_records())
     }
 
     /// Removes everything the agent made in the kernel; faults stay in the state dir.

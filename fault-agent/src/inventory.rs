@@ -1,4 +1,6 @@
-//! The single-host inventory: which "pods" exist, with their labels and network namespace.
+//! The single-host inventory: which "pods" exist, with their labels and network namespace, and
+//! optionally the pods of other hosts (peers only: each host's own agent judges what its pods
+//! send, see `DEVELOPERS.md`).
 //!
 //! ```yaml
 //! pods:
@@ -6,9 +8,15 @@
 //!     name: vllm-decode-0
 //!     labels: {app: vllm-decode, nvidia.com/dynamo-component-type: worker}
 //!     netns: decode0          # a name under /run/netns, or an absolute path to a netns file
+//!   - namespace: dynamo
+//!     name: vllm-prefill-0
+//!     labels: {app: vllm-prefill}
+//!     node: host-b            # on another host, whose agent runs with the same faults
+//!     ips: [198.18.2.10, "fd00:fa:2::a"]
 //! ```
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -23,17 +31,75 @@ pub struct InventoryPod {
     pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// A name under `/run/netns`, or an absolute path to a network namespace file.
-    pub netns: String,
+    /// A local pod: a name under `/run/netns`, or an absolute path to a network namespace file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// A pod of another host: that host's name (with `ips`, instead of `netns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The addresses of a pod of another host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpAddr>,
 }
 
 impl InventoryPod {
-    /// The file to open to enter the pod's network namespace.
-    pub fn netns_path(&self) -> PathBuf {
-        if self.netns.starts_with('/') {
-            PathBuf::from(&self.netns)
+    /// The file to open to enter a local pod's network namespace; `None` for another host's.
+    pub fn netns_path(&self) -> Option<PathBuf> {
+        let netns = self.netns.as_deref()?;
+        Some(if netns.starts_with('/') {
+            PathBuf::from(netns)
         } else {
-            Path::new("/run/netns").join(&self.netns)
+            Path::new("/run/netns").join(netns)
+        })
+    }
+}
+
+impl InventoryPod {
+    /// A local pod has a `netns` (its addresses are read from it); another host's has a
+    /// `node` and `ips`.
+    fn validate_place(&self, f: &dyn Fn(&str) -> String) -> Result<(), FieldError> {
+        match (&self.netns, &self.node) {
+            (Some(netns), None) => {
+                let ok = !netns.is_empty() && (netns.starts_with('/') || !netns.contains('/'));
+                if !ok {
+                    return Err(FieldError::new(
+                        f("netns"),
+                        format!(
+                            "must be a name under /run/netns or an absolute path, got {netns:?}"
+                        ),
+                    ));
+                }
+                if !self.ips.is_empty() {
+                    return Err(FieldError::new(
+                        f("ips"),
+                        "only for pods of another host (`node`): a local pod's addresses are read from its netns",
+                    ));
+                }
+                Ok(())
+            }
+            (None, Some(node)) => {
+                if node.is_empty() || node.len() > 253 {
+                    return Err(FieldError::new(
+                        f("node"),
+                        "must be a host name (1-253 characters)",
+                    ));
+                }
+                if self.ips.is_empty() {
+                    return Err(FieldError::new(
+                        f("ips"),
+                        "a pod of another host (`node`) needs its addresses",
+                    ));
+                }
+                Ok(())
+            }
+            (Some(_), Some(_)) => Err(FieldError::new(
+                f("node"),
+                "either `netns` (a local pod) or `node` with `ips` (another host's), not both",
+            )),
+            (None, None) => Err(FieldError::new(
+                f("netns"),
+                "missing: `netns` for a local pod, or `node` with `ips` for another host's",
+            )),
         }
     }
 }
@@ -100,17 +166,7 @@ impl Inventory {
             }
             Selector::from_labels(p.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .map_err(|e| FieldError::new(f("labels"), e))?;
-            let netns_ok =
-                !p.netns.is_empty() && (p.netns.starts_with('/') || !p.netns.contains('/'));
-            if !netns_ok {
-                return Err(FieldError::new(
-                    f("netns"),
-                    format!(
-                        "must be a name under /run/netns or an absolute path, got {:?}",
-                        p.netns
-                    ),
-                ));
-            }
+            p.validate_place(&f)?;
             if !seen.insert((&p.namespace, &p.name)) {
                 return Err(FieldError::new(
                     f("name"),
@@ -134,7 +190,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             inv.pods[0].netns_path(),
-            PathBuf::from("/run/netns/decode0")
+            Some(PathBuf::from("/run/netns/decode0"))
         );
         assert_eq!(inv.pods[0].labels["app"], "vllm-decode");
     }
@@ -160,5 +216,29 @@ mod tests {
         assert!(e.message.contains("color"), "{e}");
         let e = Inventory::parse("pods:\n  - {namespace: a, name: b, netns: x/y}\n").unwrap_err();
         assert_eq!(e.field, "pods[0].netns");
+        let e = Inventory::parse("pods:\n  - {namespace: a, name: b, node: h}\n").unwrap_err();
+        assert_eq!(e.field, "pods[0].ips");
+        let e = Inventory::parse(
+            "pods:\n  - {namespace: a, name: b, netns: x, node: h, ips: [198.18.2.1]}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "pods[0].node");
+        let e =
+            Inventory::parse("pods:\n  - {namespace: a, name: b, netns: x, ips: [198.18.2.1]}\n")
+                .unwrap_err();
+        assert_eq!(e.field, "pods[0].ips");
+        let e = Inventory::parse("pods:\n  - {namespace: a, name: b, node: h, ips: [nope]}\n")
+            .unwrap_err();
+        assert!(e.field.starts_with("pods"), "{e}");
+    }
+
+    #[test]
+    fn pods_of_other_hosts_need_a_node_and_addresses() {
+        let inv = Inventory::parse(
+            "pods:\n  - {namespace: a, name: b, node: host-b, ips: [198.18.2.10, \"fd00:fa:2::a\"]}\n",
+        )
+        .unwrap();
+        assert_eq!(inv.pods[0].netns_path(), None);
+        assert_eq!(inv.pods[0].ips.len(), 2);
     }
 }

@@ -7,6 +7,7 @@ use fault_agent::{
     core::CoreConfig,
     dataplane::{self, Pins},
     standalone, store,
+    uplinks::UplinkChoice,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +24,64 @@ struct Cli {
 
 fn duration(s: &str) -> Result<Duration, String> {
     s.parse::<fault_api::FaultDuration>().map(|d| d.get())
+}
+
+fn mark_bit(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"));
+    let value = match digits {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    dataplane::check_mark_bit(value)
+}
+
+fn daemonset(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?}: expected NAMESPACE/NAME, e.g. faultline-system/faultline-node"
+        )),
+    }
+}
+
+fn uplink_choice(values: &[String], default: UplinkChoice) -> Result<UplinkChoice> {
+    UplinkChoice::from_args(values, default).map_err(anyhow::Error::msg)
+}
+
+fn cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|e| format!("{s:?} is neither a CIDR nor an address: {e}"))
+}
+
+/// What both agents that own a datapath take.
+#[derive(clap::Args)]
+struct DatapathArgs {
+    /// How to attach: `auto` (TCX on Linux >= 6.6, else netlink), or `netlink` (a clsact
+    /// qdisc and cls_bpf filters, as on older kernels).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "netlink"])]
+    attach: String,
+    /// Addresses the node translates to pod addresses after Faultline's hooks (repeatable,
+    /// CIDR or address): the Service CIDR (kube-apiserver's --service-cluster-ip-range),
+    /// externalIPs, node addresses that serve NodePorts. They are never taken for a peer of a
+    /// broader prefix: the packet is judged after the translation, by its real peer. In node
+    /// mode, ClusterIPs, externalIPs, load-balancer IPs and node addresses come from the API too.
+    #[arg(long = "service-cidr", value_name = "CIDR", value_parser = cidr)]
+    service_cidrs: Vec<ipnet::IpNet>,
+    /// Interfaces to other nodes (repeatable), where what local pods send to another node's
+    /// Service is judged after the node's NAT: names, `auto` (the default routes' interfaces
+    /// and overlay/tunnel devices) or `none`. Default: `auto` in node mode, `none` standalone.
+    #[arg(long = "uplink", value_name = "IFACE")]
+    uplinks: Vec<String>,
+    /// The skb->mark bit the sender's veth sets on a packet it judged, so that the receiver's
+    /// veth on the same node does not judge it again (cleared before the pod sees it). One
+    /// bit, outside those kubelet, kube-proxy and CNIs use.
+    #[arg(long, default_value = "0x40", value_parser = mark_bit)]
+    evaluated_mark: u32,
 }
 
 #[derive(Subcommand)]
@@ -50,10 +109,8 @@ enum Command {
         /// How often pods' network namespaces are re-read for address changes.
         #[arg(long, default_value = "1s", value_parser = duration)]
         rescan: Duration,
-        /// How to attach: `auto` (TCX on Linux >= 6.6, else netlink), or `netlink` (a clsact
-        /// qdisc and cls_bpf filters, as on older kernels).
-        #[arg(long, default_value = "auto", value_parser = ["auto", "netlink"])]
-        attach: String,
+        #[command(flatten)]
+        datapath: DatapathArgs,
         /// File holding the API's bearer token (first line). Without it the API listens on
         /// loopback only, unless --insecure-no-auth.
         #[arg(long)]
@@ -81,11 +138,17 @@ enum Command {
         /// How long ended faults stay in the local view.
         #[arg(long, default_value = "1h", value_parser = duration)]
         retention: Duration,
-        #[arg(long, default_value = "auto", value_parser = ["auto", "netlink"])]
-        attach: String,
+        #[command(flatten)]
+        datapath: DatapathArgs,
         /// How often counters are written to the NetworkFault status.
         #[arg(long, default_value = "10s", value_parser = duration)]
         status_interval: Duration,
+        /// The agent's own DaemonSet (NAMESPACE/NAME). At SIGTERM the agent removes its
+        /// programs, links, qdiscs and pins only if that DaemonSet is gone or being deleted
+        /// (an uninstall); otherwise (rolling update, eviction) it leaves them acting for the
+        /// next agent. Without it, every exit removes them.
+        #[arg(long, env = "FAULTLINE_DAEMONSET", value_parser = daemonset)]
+        daemonset: Option<(String, String)>,
     },
     /// Serve the API in a cluster (Deployment): faults are NetworkFault objects; also runs the
     /// controller that owns their status, expiry and garbage collection.
@@ -143,7 +206,7 @@ fn run() -> Result<()> {
             max_duration,
             retention,
             rescan,
-            attach,
+            datapath,
             token_file,
             insecure_no_auth,
         } => {
@@ -157,7 +220,10 @@ fn run() -> Result<()> {
                     retention,
                 },
                 rescan,
-                force_netlink: attach == "netlink",
+                force_netlink: datapath.attach == "netlink",
+                evaluated_mark: datapath.evaluated_mark,
+                uplinks: uplink_choice(&datapath.uplinks, UplinkChoice::None)?,
+                service_cidrs: datapath.service_cidrs,
                 token_file,
                 insecure: insecure_no_auth,
             };
@@ -172,8 +238,9 @@ fn run() -> Result<()> {
             state_dir,
             bpffs,
             retention,
-            attach,
+            datapath,
             status_interval,
+            daemonset,
         } => {
             let cfg = fault_agent::kube::node::Config {
                 node: node_name,
@@ -184,8 +251,12 @@ fn run() -> Result<()> {
                     max_duration: fault_api::FaultDuration::MAX,
                     retention,
                 },
-                force_netlink: attach == "netlink",
+                force_netlink: datapath.attach == "netlink",
+                evaluated_mark: datapath.evaluated_mark,
+                uplinks: uplink_choice(&datapath.uplinks, UplinkChoice::Auto)?,
+                service_cidrs: datapath.service_cidrs,
                 status_interval,
+                daemonset,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

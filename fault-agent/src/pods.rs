@@ -27,6 +27,10 @@ pub struct Pod {
     /// Why the pod cannot be faulted here (netns missing, no veth...), if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// On another node that runs an agent: that agent judges what the pod sends, so the
+    /// programs here skip its packets when they arrive (`fault_common::MAP_REMOTE`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
 }
 
 impl Pod {

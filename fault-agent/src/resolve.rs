@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 use fault_api::{FaultSpec, PodRef};
 use ipnet::IpNet;
 
-use crate::pods::Pod;
+use crate::{
+    pods::Pod,
+    prefixes::{PrefixSet, covers_addr},
+};
 
 /// What a fault means against the current pods.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -15,6 +18,10 @@ pub struct Resolution {
     pub targets: Vec<PodRef>,
     /// Addresses of the target pods this node can act on.
     pub local_target_ips: Vec<IpAddr>,
+    /// Addresses of the pods this node can act on that are peers (not protected): where a
+    /// target's traffic is caught after the node's NAT (Services).
+    #[serde(default)]
+    pub local_peer_ips: Vec<IpAddr>,
     /// Peer pods, when peers are chosen among pods.
     pub peers: Vec<PodRef>,
     /// Peer prefixes: the peer pods' addresses as /32 and /128, the CIDRs, or everything.
@@ -24,6 +31,16 @@ pub struct Resolution {
     /// The excluded addresses by reason (`nats`, `namespace:<ns>`), for the API.
     pub protected: BTreeMap<String, Vec<IpAddr>>,
     pub warnings: Vec<String>,
+}
+
+impl Resolution {
+    /// Addresses of every target pod (all nodes).
+    pub fn all_target_ips(&self) -> Vec<IpAddr> {
+        self.targets
+            .iter()
+            .flat_map(|t| t.ips.iter().copied())
+            .collect()
+    }
 }
 
 fn host_net(ip: IpAddr) -> IpNet {
@@ -104,7 +121,21 @@ pub fn resolve(spec: &FaultSpec, pods: &[Pod]) -> Resolution {
     r.includes.dedup();
     r.excludes.sort();
     r.excludes.dedup();
+    r.local_peer_ips = local_peers(pods, &r.includes, &r.excludes);
     r
+}
+
+/// Addresses of the local pods that `includes` cover and `excludes` do not.
+fn local_peers(pods: &[Pod], includes: &[IpNet], excludes: &[IpNet]) -> Vec<IpAddr> {
+    let (inc, exc) = (
+        PrefixSet::of(includes.iter().copied()),
+        PrefixSet::of(excludes.iter().copied()),
+    );
+    pods.iter()
+        .filter(|p| p.is_local())
+        .flat_map(|p| p.ips.iter().copied())
+        .filter(|ip| covers_addr(&inc, &exc, *ip))
+        .collect()
 }
 
 #[cfg(test)]
@@ -129,6 +160,7 @@ mod tests {
             netns: None,
             pod_ifs: vec![],
             problem: None,
+            remote: false,
         }
     }
 
@@ -178,6 +210,10 @@ mod tests {
         assert_eq!(r.local_target_ips.len(), 2);
         assert_eq!(r.includes, vec!["198.18.0.12/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.excludes, vec!["198.18.0.13/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            r.local_peer_ips,
+            vec!["198.18.0.12".parse::<IpAddr>().unwrap()]
+        );
     }
 
     #[test]
@@ -187,6 +223,11 @@ mod tests {
         let r = resolve(&s, &pods());
         assert_eq!(r.includes.len(), 2, "0.0.0.0/0 and ::/0");
         assert_eq!(r.excludes.len(), 2);
+        assert_eq!(
+            r.local_peer_ips.len(),
+            3,
+            "every pod but NATS and kube-system's"
+        );
         assert!(
             r.protected.contains_key("nats") && r.protected.contains_key("namespace:kube-system")
         );

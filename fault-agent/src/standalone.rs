@@ -41,6 +41,12 @@ pub struct Config {
     pub rescan: Duration,
     /// Attach through netlink/clsact even where TCX exists.
     pub force_netlink: bool,
+    /// The `skb->mark` bit between a sender's and a receiver's veth (`--evaluated-mark`).
+    pub evaluated_mark: u32,
+    /// Addresses the host translates to pods (`--service-cidr`): see `Core::set_virtual_nets`.
+    pub service_cidrs: Vec<ipnet::IpNet>,
+    /// Interfaces to other hosts (`--uplink`): see [`crate::uplinks`].
+    pub uplinks: crate::uplinks::UplinkChoice,
     /// Bearer token file; without it the API only listens on loopback unless `insecure`.
     pub token_file: Option<PathBuf>,
     /// Serve without a token on a non-loopback address.
@@ -54,7 +60,7 @@ type NetCache = std::collections::HashMap<PathBuf, Result<discover::PodNet, Stri
 /// read again (pass an empty cache for a full pass); a pod that cannot be read is kept with
 /// the reason. Returns the pods and the cache of this pass.
 fn discover_all(inv: &Inventory, cache: &NetCache) -> (Vec<Pod>, NetCache) {
-    let paths: Vec<PathBuf> = inv.pods.iter().map(|p| p.netns_path()).collect();
+    let paths: Vec<PathBuf> = inv.pods.iter().filter_map(|p| p.netns_path()).collect();
     let unread: Vec<PathBuf> = paths
         .iter()
         .filter(|p| !cache.contains_key(*p))
@@ -79,8 +85,10 @@ fn discover_all(inv: &Inventory, cache: &NetCache) -> (Vec<Pod>, NetCache) {
     let pods = inv
         .pods
         .iter()
-        .zip(paths)
-        .map(|(p, path)| {
+        .map(|p| {
+            let Some(path) = p.netns_path() else {
+                return remote_pod(p);
+            };
             let net = fresh
                 .get(&path)
                 .or_else(|| cache.get(&path))
@@ -101,10 +109,27 @@ fn discover_all(inv: &Inventory, cache: &NetCache) -> (Vec<Pod>, NetCache) {
                 netns: Some(path),
                 pod_ifs,
                 problem,
+                remote: false,
             }
         })
         .collect();
     (pods, next)
+}
+
+/// A pod of another host, as the inventory gives it.
+fn remote_pod(p: &crate::inventory::InventoryPod) -> Pod {
+    Pod {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        labels: p.labels.clone(),
+        node: p.node.clone(),
+        ips: p.ips.clone(),
+        host_ifs: vec![],
+        netns: None,
+        pod_ifs: vec![],
+        problem: None,
+        remote: true,
+    }
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
@@ -126,7 +151,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     let store = Store::open(&cfg.state_dir, &kernel::boot_id(), kernel::boottime_ns()?)?;
     let previous = store::load_attachments(&cfg.state_dir)?;
     let previous_fq = store::load_qdiscs(&cfg.state_dir)?;
-    let dataplane = Dataplane::open(Pins::new(&cfg.bpffs), &caps, previous, previous_fq)?;
+    let dataplane = Dataplane::open(
+        Pins::new(&cfg.bpffs),
+        &caps,
+        previous,
+        previous_fq,
+        cfg.evaluated_mark,
+    )?;
     let core = Arc::new(Mutex::new(Core::new(
         store,
         dataplane,
@@ -153,8 +184,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
     let t = std::time::Instant::now();
     {
+        let uplinks = crate::uplinks::of_pods(&cfg.uplinks, &pods);
         let mut c = lock(&core);
         c.set_pods(pods)?;
+        c.set_virtual_nets(cfg.service_cidrs.clone())?;
+        c.set_uplinks(uplinks)?;
         c.reconcile()?;
     }
     crate::memory::trim();
@@ -168,12 +202,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "API listening");
-    let inventory_task = tokio::spawn(watch_inventory(
-        cfg.inventory.clone(),
-        cfg.rescan,
-        state.clone(),
-        core.clone(),
-    ));
+    let inventory_task = tokio::spawn(watch_inventory(cfg.clone(), state.clone(), core.clone()));
     let expiry_task = tokio::spawn(expire_loop(core.clone(), state.changed.clone()));
     let served = axum::serve(listener, api::router(state.clone(), token))
         .with_graceful_shutdown(shutdown_signal())
@@ -220,12 +249,8 @@ pub async fn shutdown_signal() {
 }
 
 /// Reloads the inventory on change and rescans the pods' namespaces periodically.
-async fn watch_inventory(
-    path: PathBuf,
-    rescan: Duration,
-    state: Arc<AppState>,
-    core: Arc<Mutex<Core>>,
-) {
+async fn watch_inventory(cfg: Config, state: Arc<AppState>, core: Arc<Mutex<Core>>) {
+    let (path, rescan) = (cfg.inventory.clone(), cfg.rescan);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let name = path.file_name().map(|n| n.to_owned());
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -307,9 +332,16 @@ async fn watch_inventory(
             std::mem::take(&mut cache)
         };
         let started = tokio::time::Instant::now();
+        let choice = cfg.uplinks.clone();
         let res = tokio::task::spawn_blocking(move || {
             let (pods, cache) = discover_all(&inv, &previous);
-            let result = lock(&core).set_pods(pods);
+            let uplinks = crate::uplinks::of_pods(&choice, &pods);
+            let mut c = lock(&core);
+            let result = c.set_pods(pods).and_then(|pods_changed| {
+                let uplinks_changed = c.set_uplinks(uplinks)?;
+                Ok(pods_changed.or(uplinks_changed))
+            });
+            drop(c);
             crate::memory::trim();
             (result, cache)
         })

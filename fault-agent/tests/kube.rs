@@ -51,6 +51,11 @@ fn node_of(name: &str) -> &'static str {
 
 impl Cluster {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With extra arguments for both node agents.
+    fn start_with(node_args: &[&str]) -> Self {
         let kube = KubeEnv::start().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let client = rt.block_on(async {
@@ -80,7 +85,7 @@ impl Cluster {
         let cfg = kube.kubeconfig();
         let nodes = ["node-a", "node-b"]
             .iter()
-            .map(|n| AgentProcess::start_node(&cfg, n, &[]).unwrap())
+            .map(|n| AgentProcess::start_node(&cfg, n, node_args).unwrap())
             .collect();
         let api = AgentProcess::start_api(&cfg, &["--wait", "5s", "--retention", "3s"]).unwrap();
         Cluster {
@@ -571,4 +576,200 @@ fn deploy_manifests_pass_server_side_dry_run() {
         eprintln!("server-side dry run passed: {checked:?}");
         assert!(checked.len() >= 10, "{checked:?}");
     });
+}
+
+/// Creates a ClusterIP Service `name` in front of the pods with label `app`, at `cluster_ip`.
+async fn create_service(client: &Client, name: &str, app: &str, cluster_ip: std::net::IpAddr) {
+    let api: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), NS);
+    let svc = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"clusterIP": cluster_ip.to_string(), "selector": {"app": app},
+                 "ports": [{"port": 9000, "protocol": "UDP"}]}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &svc).await.unwrap();
+}
+
+/// The node agents learn the Services' ClusterIPs from the API (no `--service-cidr`): a pod
+/// cut from everything but NATS still reaches NATS through its ClusterIP (a virtual address
+/// is no peer of 0.0.0.0/0), and a partition decode -> prefill holds through prefill's
+/// ClusterIP for the decode worker on prefill's node. The host DNATs each ClusterIP as
+/// kube-proxy would (there is no kube-proxy in this suite).
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn faults_hold_through_cluster_ips_the_node_agents_learn() {
+    let _s = serial();
+    let c = Cluster::start();
+    let p = &c.pods;
+    let mut net = fault_testkit::ServiceNet::new(&c.topo).unwrap();
+    let prefill_svc = net.service("prefill", &[&p.prefill]).unwrap();
+    let nats_svc = net.service("nats", &[&p.nats]).unwrap();
+    let (v4, v6) = (Family::V4, Family::V6);
+    c.rt.block_on(create_service(
+        &c.client,
+        "vllm-prefill",
+        "vllm-prefill",
+        prefill_svc.vip(v4),
+    ));
+    c.rt.block_on(create_service(&c.client, "nats", "nats", nats_svc.vip(v4)));
+    let (prefill_via, nats_via) = (prefill_svc.through(&p.prefill), nats_svc.through(&p.nats));
+    assert!(reaches(&p.decode1, &nats_via, v4), "baseline");
+
+    let id = inject(
+        &c.api,
+        &["-n", NS, "--pod-prefix", "vllm-decode-1", "--partition"],
+    );
+    c.wait_phase(&id, Phase::Active, Duration::from_secs(5));
+    wait_until(
+        "node-b knows NATS's ClusterIP",
+        Duration::from_secs(5),
+        || reaches(&p.decode1, &nats_via, v4),
+    );
+    assert!(
+        blocked(&p.decode1, &prefill_via, v4),
+        "isolated from prefill's Service"
+    );
+    assert!(reaches(&p.decode1, &p.nats, v6), "NATS by its pod address");
+    ctl(&c.api, &["recover", &id]);
+
+    let id = inject(
+        &c.api,
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+        ],
+    );
+    c.wait_phase(&id, Phase::Active, Duration::from_secs(5));
+    assert!(
+        blocked(&p.decode1, &prefill_via, v4),
+        "decode1 (node-b) -> prefill's ClusterIP (prefill on node-b)"
+    );
+    assert!(
+        reaches(&p.frontend, &prefill_via, v4),
+        "frontend -> prefill's ClusterIP"
+    );
+    ctl(&c.api, &["recover", &id]);
+    assert!(reaches(&p.decode1, &prefill_via, v4), "recovered");
+}
+
+/// A DaemonSet object named `faultline-node` in `faultline-system` (no controller runs it
+/// here: it only has to exist for the agents' exit check).
+async fn create_daemonset(client: &Client) {
+    let ns: Api<Namespace> = Api::all(client.clone());
+    let _ = ns
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "faultline-system"}})).unwrap(),
+        )
+        .await;
+    let api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), "faultline-system");
+    let ds = serde_json::from_value(json!({
+        "metadata": {"name": "faultline-node"},
+        "spec": {"selector": {"matchLabels": {"app": "faultline-node"}},
+                 "template": {"metadata": {"labels": {"app": "faultline-node"}},
+                              "spec": {"containers": [{"name": "agent", "image": "faultline"}]}}}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &ds).await.unwrap();
+}
+
+/// Files under `dir` (pins under a bpffs folder), recursively; 0 if it does not exist.
+fn pins_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() { pins_under(&p) } else { 1 }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A node agent that gets SIGTERM while its DaemonSet exists (a rolling update, an eviction)
+/// leaves the datapath acting: the partition holds with no gap while no agent runs and after
+/// the next one adopts it. Once the DaemonSet is deleted, SIGTERM removes everything.
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn sigterm_keeps_the_datapath_unless_the_daemonset_is_gone() {
+    let _s = serial();
+    let mut c = Cluster::start_with(&["--daemonset", "faultline-system/faultline-node"]);
+    c.rt.block_on(create_daemonset(&c.client));
+    let p = c.pods.clone();
+    let id = inject(
+        &c.api,
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode-0",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+            "--duration",
+            "2m",
+        ],
+    );
+    c.wait_phase(&id, Phase::Active, Duration::from_secs(5));
+    let opts = StreamOpts {
+        count: u64::MAX,
+        rate_pps: 1_000,
+        ..StreamOpts::default()
+    };
+    let stream = probe::udp_stream_background(&p.decode0, &p.prefill, Family::V4, &opts).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let node_a = &mut c.nodes[0];
+    let before = pins_under(node_a.bpffs());
+    assert!(
+        node_a.terminate().unwrap().success(),
+        "{}",
+        node_a.log_tail(20)
+    );
+    assert!(
+        node_a.log().contains("the datapath stays"),
+        "{}",
+        node_a.log_tail(20)
+    );
+    assert_eq!(pins_under(node_a.bpffs()), before, "pins stay");
+    assert!(
+        blocked(&p.decode0, &p.prefill, Family::V6),
+        "cut while no agent runs"
+    );
+    node_a.restart().unwrap();
+    assert!(
+        blocked(&p.decode0, &p.prefill, Family::V6),
+        "cut after the next agent adopts it"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let report = stream.stop().unwrap();
+    assert_eq!(
+        report.received, 0,
+        "not one datagram of {} got through during the replacement",
+        report.sent
+    );
+
+    let api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(c.client.clone(), "faultline-system");
+    c.rt.block_on(api.delete("faultline-node", &DeleteParams::default()))
+        .unwrap();
+    let node_a = &mut c.nodes[0];
+    assert!(node_a.terminate().unwrap().success());
+    assert!(
+        node_a.log().contains("removing programs"),
+        "{}",
+        node_a.log_tail(20)
+    );
+    assert_eq!(pins_under(node_a.bpffs()), 0, "uninstalled: no pin left");
+    assert!(
+        reaches(&p.decode0, &p.prefill, Family::V4),
+        "no fault acts on node-a any more"
+    );
 }

@@ -12,7 +12,11 @@ use std::{
 };
 
 use common::*;
-use fault_testkit::{DynamoEnv, Family, Pod, StreamOpts, probe::udp_stream, serial};
+use fault_testkit::{
+    AgentProcess, DynamoEnv, Family, Mode, Pod, ServiceNet, StreamOpts, Topology,
+    probe::{UdpEchoServer, udp_echo_stream, udp_stream},
+    serial,
+};
 
 /// One-way latencies (ms) of a slow UDP stream: `count` datagrams, `pps` per second.
 fn latencies_ms(from: &Pod, to: &Pod, count: u64, pps: u64, port: u16) -> Vec<f64> {
@@ -25,6 +29,29 @@ fn latencies_ms(from: &Pod, to: &Pod, count: u64, pps: u64, port: u16) -> Vec<f6
     };
     let r = udp_stream(from, to, Family::V4, &opts).unwrap();
     assert_eq!(r.received, r.sent, "slow streams must arrive whole: {r}");
+    let mut v: Vec<f64> = r
+        .arrivals
+        .iter()
+        .map(|a| a.latency_ns() as f64 / 1e6)
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+/// Round-trip times (ms) of a slow UDP stream to an echo server (which must run at `to`).
+fn round_trips_ms(from: &Pod, to: &Pod, count: u64, pps: u64, port: u16) -> Vec<f64> {
+    let opts = StreamOpts {
+        count,
+        rate_pps: pps,
+        port,
+        drain: Duration::from_millis(1500),
+        ..Default::default()
+    };
+    let r = udp_echo_stream(from, to, Family::V4, &opts).unwrap();
+    assert_eq!(
+        r.received, r.sent,
+        "slow echo streams must come back whole: {r}"
+    );
     let mut v: Vec<f64> = r
         .arrivals
         .iter()
@@ -385,4 +412,78 @@ fn added_latency_error_at_1_10_100_1000ms() {
             "delay {ms} ms: error {error:+.3} ms"
         );
     }
+}
+
+/// Delay holds through a Service (the host DNATs a VIP to prefill): decode's egress delay is
+/// applied on prefill's veth after the DNAT (fq there), decode's ingress delay on the replies
+/// of its own requests is applied on prefill's interface before the un-NAT; frontend's
+/// traffic through the same Service is not delayed.
+#[test]
+#[ignore = "needs a kernel with sch_fq: run by `cargo xtask test` inside the 6.1 VM"]
+fn delay_holds_through_a_service() {
+    let _s = serial();
+    let mut topo = Topology::with_mode("vm-svc", Mode::Bridged).unwrap();
+    let p = topo.dynamo().unwrap();
+    let mut net = ServiceNet::new(&topo).unwrap();
+    let svc = net.service("prefill", &[&p.prefill]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("inventory.yaml");
+    topo.write_inventory(&inventory).unwrap();
+    let agent = AgentProcess::start_with(&inventory, &["--service-cidr", "198.19.0.0/16"]).unwrap();
+    let via = svc.through(&p.prefill);
+    let delay = |direction: &str| {
+        inject(
+            &agent,
+            &[
+                "-n",
+                "dynamo",
+                "--pod-prefix",
+                "vllm-decode-0",
+                "--to-selector",
+                "app=vllm-prefill",
+                "--direction",
+                direction,
+                "--delay",
+                "50ms",
+            ],
+        )
+    };
+
+    let base = latencies_ms(&p.decode0, &via, 100, 50, 42_100);
+    let base_other = latencies_ms(&p.frontend, &via, 100, 50, 42_101);
+    let id = delay("egress");
+    let got = latencies_ms(&p.decode0, &via, 100, 50, 42_102);
+    let other = latencies_ms(&p.frontend, &via, 100, 50, 42_103);
+    let counters = fault(&agent, &id).counters;
+    ctl(&agent, &["recover", &id]);
+    let added = pct(&got, 0.5) - pct(&base, 0.5);
+    let other_shift = pct(&other, 0.5) - pct(&base_other, 0.5);
+    eprintln!(
+        "delay 50ms through a ClusterIP, egress: added {added:.2} ms, frontend's path moved {other_shift:.2} ms; {counters:?}"
+    );
+    assert!(
+        (added - 50.0).abs() <= 5.0,
+        "egress through the Service: added {added:.2} ms"
+    );
+    assert!(
+        other_shift.abs() <= 2.0,
+        "frontend's path moved {other_shift:.2} ms"
+    );
+    assert!(counters.delayed > 0);
+
+    let _echo = UdpEchoServer::start(&p.prefill, Family::V4, 42_104).unwrap();
+    let base = round_trips_ms(&p.decode0, &via, 100, 50, 42_104);
+    let id = delay("ingress");
+    let got = round_trips_ms(&p.decode0, &via, 100, 50, 42_104);
+    ctl(&agent, &["recover", &id]);
+    let added = pct(&got, 0.5) - pct(&base, 0.5);
+    eprintln!(
+        "delay 50ms through a ClusterIP, ingress (replies): added {added:.2} ms to the round trip"
+    );
+    assert!(
+        (added - 50.0).abs() <= 5.0,
+        "ingress through the Service: added {added:.2} ms"
+    );
+    drop(agent);
+    drop(net);
 }

@@ -6,19 +6,30 @@
 //! lets one LPM trie hold IPv4 and IPv6 prefixes without one ever covering the other.
 //!
 //! # How a packet finds its faults
-//! 0. [`MAP_GATE`] (array, inlined by the verifier) at [`gate_index`] of the pod address: a
-//!    zero bit for the packet's direction means no pod with that address suffix has anything
-//!    here, and the packet leaves at once. This is the no-fault path; it spares the hash
-//!    lookup below, which costs more than the program's entry on its own.
-//! 1. [`TargetKey`] `(pod address, direction)` in [`MAP_TARGETS`] (hash) gives a [`TargetValue`]:
-//!    the pod's policy id. A miss ends the lookup: the packet is not ours.
-//! 2. [`RuleKey`] `(policy, protocol, peer port, peer address)` in [`MAP_RULES`] (LPM trie) gives
-//!    a [`RuleValue`]: up to [`MAX_FAULTS_PER_RULE`] fault slots. The program looks up the exact
-//!    `(protocol, port)` first, then `(protocol, any port)`, then `(any protocol, any port)`; the
-//!    agent writes every table as a closure, so the first table that exists for the packet holds
-//!    every fault that covers it.
+//! A program on a pod's host-side veth sees the packets of one **local pod** (what it sends or
+//! what it receives). That pod may play two [`Role`]s in a fault: its **target** (the fault's
+//! own view: "this pod's egress to those peers"), or one of its **peers** (the mirrored view:
+//! "that target's egress to this pod"). The mirrored view is what makes faults hold through
+//! Services: a request sent to a Service's virtual address only carries the real peer address
+//! after the node's DNAT, i.e. on the peer's veth (see `DEVELOPERS.md`).
+//!
+//! 0. [`MAP_GATE`] (array, inlined by the verifier) at [`gate_index`] of the local pod's
+//!    address: no bit for the packet's direction (in either role) means no pod with that
+//!    address suffix has anything here, and the packet leaves at once. This is the no-fault
+//!    path; it spares the hash lookups below, which cost more than the program's entry.
+//! 1. [`TargetKey`] `(pod address, direction, role)` in [`MAP_TARGETS`] (hash) gives a
+//!    [`TargetValue`]: the pod's policy id in that role. A miss in both roles ends the lookup.
+//! 2. [`RuleKey`] `(policy, protocol, peer port, remote address)` in [`MAP_RULES`] (LPM trie)
+//!    gives a [`RuleValue`]: up to [`MAX_FAULTS_PER_RULE`] fault slots. The port is always the
+//!    fault's **peer's** port; the address is the other end of the packet. The program looks
+//!    up the exact `(protocol, port)` first, then `(protocol, any port)`, then `(any protocol,
+//!    any port)`; the agent writes every table as a closure, so the first table that exists
+//!    for the packet holds every fault that covers it.
 //! 3. Each slot indexes [`MAP_FAULTS`] (array of [`FaultParams`]) and [`MAP_STATS`] (per-CPU
 //!    array of [`FaultStats`]). The program itself checks each fault's deadline.
+//! 4. A packet that passes two of these hooks on one node (the sender's veth, then the
+//!    receiver's) is evaluated at the first one that sees its real addresses, which then sets
+//!    [`EVALUATED_MARK`] so that the second does not apply the same faults again.
 #![no_std]
 
 pub mod ct;
@@ -35,8 +46,8 @@ pub const MAX_RULES: u32 = 262_144;
 pub const MAX_FAULTS_PER_RULE: usize = 8;
 
 /// Pin and map name of the gate in front of [`MAP_TARGETS`] (array of [`GATE_ENTRIES`] `u8`):
-/// entry [`gate_index`]`(addr)` has bit [`gate_bit`]`(direction)` set when some target with an
-/// address of that suffix exists for that direction. A superset of the targets (two addresses
+/// entry [`gate_index`]`(addr)` has bit [`gate_bit`]`(direction, role)` set when some target
+/// key with an address of that suffix exists for that direction and role. A superset of the targets (two addresses
 /// can share an entry); the agent sets a bit before it writes a target and clears it after the
 /// last target it stood for is gone.
 pub const MAP_GATE: &str = "FL_GATE";
@@ -57,10 +68,19 @@ pub fn gate_index_of(last_two: [u8; 2]) -> u32 {
     u16::from_be_bytes(last_two) as u32
 }
 
-/// The bit of a [`Direction`] (as stored in [`TargetKey::direction`]) in a [`MAP_GATE`] entry.
+/// The bit of a [`Direction`] and a [`Role`] (as stored in [`TargetKey::direction`] and
+/// [`TargetKey::role`]) in a [`MAP_GATE`] entry: bits 0 and 1 for the target role (egress,
+/// ingress), bits 2 and 3 for the peer role.
 #[inline(always)]
-pub fn gate_bit(direction: u8) -> u8 {
-    1 << (direction & 1)
+pub fn gate_bit(direction: u8, role: u8) -> u8 {
+    1 << ((direction & 1) | ((role & 1) << 1))
+}
+
+/// The [`MAP_GATE`] bits of a direction in both roles: a packet whose gate entry has none of
+/// them leaves at once.
+#[inline(always)]
+pub fn gate_bits_of(direction: u8) -> u8 {
+    gate_bit(direction, Role::Target as u8) | gate_bit(direction, Role::Peer as u8)
 }
 
 /// Pin and map name of the target table (hash, [`TargetKey`] -> [`TargetValue`]).
@@ -85,10 +105,37 @@ pub const PROG_HOST_EGRESS: &str = "fl_host_egress";
 /// duplication; it acts only for those (loss, corruption and partition act on the host side).
 pub const PROG_POD_EGRESS: &str = "fl_pod_egress";
 
+/// Program for the tc **egress** hook of the node's uplinks (the interfaces that carry traffic
+/// to other nodes: the physical NIC, a tunnel device): what local pods send to other nodes,
+/// after the node's NAT (a request sent to a Service's virtual address carries its real
+/// backend address here). It judges what the sender's own veth could not (not yet marked
+/// evaluated), as the sender's host veth would, except departure times (no fq on an uplink).
+pub const PROG_UPLINK_EGRESS: &str = "fl_uplink_egress";
+
+/// Pin and map name of the remote pods (hash, 16-byte address -> `u8` 1): pods on other nodes
+/// whose own node agent judges the traffic they send, so that the programs here skip it when
+/// it arrives (each packet is judged once, by the sender's node).
+pub const MAP_REMOTE: &str = "FL_REMOTE";
+/// Capacity of [`MAP_REMOTE`]: pod addresses on other nodes.
+pub const MAX_REMOTE: u32 = 131_072;
+
 /// Pin and map name of the rate limiters' state (LRU hash, [`RateKey`] -> [`RateState`]).
 pub const MAP_RATE: &str = "FL_RATE";
 /// Capacity of [`MAP_RATE`].
 pub const MAX_RATE: u32 = 65_536;
+
+/// Default `skb->mark` bit that the program on a sender's host veth sets on a packet whose
+/// faults it evaluated with the packet's real addresses, so that the program on the receiver's
+/// host veth (same node, same network namespace: the mark survives forwarding and bridging)
+/// does not apply them a second time; that program clears the bit again. The kernel clears
+/// the whole mark when a packet enters another network namespace (`skb_scrub_packet`), so it
+/// never reaches a pod. `0x40` avoids the bits known to be used on Kubernetes nodes: kubelet
+/// `0x8000`, kube-proxy `0x4000`, Cilium `0xFF00` and the upper 16 bits, Calico
+/// `0xFFFF0000`, AWS VPC CNI `0x80`. The agent's `--evaluated-mark` sets another one at load
+/// time (the program's global [`EVALUATED_MARK_GLOBAL`]).
+pub const EVALUATED_MARK: u32 = 0x40;
+/// Name of the program's global holding the evaluated mark bit (see [`EVALUATED_MARK`]).
+pub const EVALUATED_MARK_GLOBAL: &str = "FL_EVALUATED_MARK";
 
 /// `skb->mark` value a duplicate carries while it re-enters the hook it was cloned from
 /// (`bpf_clone_redirect`), so that the program lets it through untouched. A whole 32-bit value
@@ -137,6 +184,17 @@ pub enum Direction {
     Ingress = 1,
 }
 
+impl Direction {
+    /// The other direction: a packet the target sends is one its peer receives.
+    #[inline(always)]
+    pub fn opposite(self) -> Self {
+        match self {
+            Direction::Egress => Direction::Ingress,
+            Direction::Ingress => Direction::Egress,
+        }
+    }
+}
+
 /// IP protocol numbers used in [`RuleKey::proto`] (IANA "Assigned Internet Protocol Numbers").
 pub mod proto {
     /// Wildcard: any protocol.
@@ -151,15 +209,29 @@ pub mod proto {
     pub const ICMPV6: u8 = 58;
 }
 
-/// Key of [`MAP_TARGETS`]: a pod address and a direction. 20 bytes.
+/// The part a local pod plays in a fault (see the crate docs).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// The pod is the fault's target: its rules name the fault's peers.
+    Target = 0,
+    /// The pod is one of the fault's peers: its rules name the fault's targets, and a packet
+    /// is judged as the target sees it (the fault's direction is the opposite of the pod's).
+    Peer = 1,
+}
+
+/// Key of [`MAP_TARGETS`]: a local pod's address, the direction of the packets relative to
+/// that pod, and the role it plays. 20 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TargetKey {
     /// Pod address, IPv6 or IPv4-mapped, network byte order.
     pub addr: [u8; 16],
-    /// [`Direction`] as u8.
+    /// [`Direction`] as u8, relative to the pod at `addr`.
     pub direction: u8,
-    pub _pad: [u8; 3],
+    /// [`Role`] as u8.
+    pub role: u8,
+    pub _pad: [u8; 2],
 }
 
 /// [`TargetValue::flags`]: the policy has tables keyed by a specific port.
@@ -193,10 +265,12 @@ pub struct RuleKey {
     /// [`proto`] number; [`proto::ANY`] for any protocol.
     pub proto: u8,
     pub _pad: u8,
-    /// The **peer's** L4 port, network byte order; 0 for any port. For a target's egress
-    /// that is the destination port, for its ingress the source port.
+    /// The fault's **peer's** L4 port, network byte order; 0 for any port. For a target's
+    /// egress that is the destination port, for its ingress the source port; in the
+    /// [`Role::Peer`] tables it is the local pod's own port.
     pub port: [u8; 2],
-    /// Peer address, IPv6 or IPv4-mapped, network byte order.
+    /// The other end of the packet, IPv6 or IPv4-mapped, network byte order: a peer prefix in
+    /// the [`Role::Target`] tables, a target address in the [`Role::Peer`] tables.
     pub peer: [u8; 16],
 }
 
@@ -205,12 +279,21 @@ pub const RULE_FIXED_BITS: u32 = 64;
 /// Prefix length of a lookup key (all 192 bits significant).
 pub const RULE_FULL_BITS: u32 = 192;
 
+/// [`RuleValue::flags`]: the entry's prefix is a virtual address (a Service's ClusterIP,
+/// externalIP or a node address, which the node translates to pod addresses after this hook).
+/// Its faults name it explicitly; acting on it does not count as having evaluated the packet
+/// with its real addresses, so the program does not set [`EVALUATED_MARK`].
+pub const RULE_VIRTUAL: u8 = 1 << 0;
+
 /// Value of [`MAP_RULES`]: the fault slots that act on packets matching the key. 20 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RuleValue {
     /// How many entries of `slots` are used (at most [`MAX_FAULTS_PER_RULE`]).
-    pub count: u32,
+    pub count: u8,
+    /// `RULE_*` flags.
+    pub flags: u8,
+    pub _pad: [u8; 2],
     /// Fault slots ([`MAP_FAULTS`] indices), in the order the program evaluates them.
     pub slots: [u16; MAX_FAULTS_PER_RULE],
 }
@@ -314,8 +397,11 @@ mod tests {
         assert_eq!(super::gate_index(&v4), 266);
         assert_eq!(super::gate_index(&v6), 266);
         assert_eq!(super::gate_index_of([1, 10]), 266);
-        assert_eq!(super::gate_bit(0), 1);
-        assert_eq!(super::gate_bit(1), 2);
+        assert_eq!(super::gate_bit(0, 0), 1);
+        assert_eq!(super::gate_bit(1, 0), 2);
+        assert_eq!(super::gate_bit(0, 1), 4);
+        assert_eq!(super::gate_bit(1, 1), 8);
+        assert_eq!(super::gate_bits_of(1), 0b1010);
     }
 
     #[test]

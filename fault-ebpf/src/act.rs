@@ -13,25 +13,12 @@ use fault_common::{
 
 use crate::{
     conntrack, corrupt, duplicate, edt,
+    hook::Hook,
     maps::{FL_FAULTS, FL_STATS},
     parse::{Flow, Packet},
+    rand::rand,
     scratch::Scratch,
 };
-
-/// Where a program runs, and so what it can do.
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Hook {
-    /// tc ingress of the host veth (the pod's egress): drop, corrupt, duplicate. No qdisc
-    /// follows an ingress hook, so departure times are set on the pod side instead.
-    HostIngress,
-    /// tc egress of the host veth (the pod's ingress): everything; the host veth's fq
-    /// enforces departure times.
-    HostEgress,
-    /// tc egress of the pod's own interface (the pod's egress): departure times only, for its
-    /// fq; the host side does the rest.
-    PodEgress,
-}
 
 const DNS_PORT: [u8; 2] = 53u16.to_be_bytes();
 const NATS_CLIENT_PORT: [u8; 2] = 4222u16.to_be_bytes();
@@ -39,11 +26,6 @@ const NATS_CLIENT_PORT: [u8; 2] = 4222u16.to_be_bytes();
 /// the pod loses its IPv6 neighbours, and with them every peer, not just the faulted ones.
 const ICMPV6_ND_FIRST: u8 = 133;
 const ICMPV6_ND_LAST: u8 = 137;
-
-#[inline(always)]
-pub fn rand() -> u32 {
-    unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() }
-}
 
 /// Runs fault `slot` on the packet described by `s`; returns the verdict.
 #[inline(never)]
@@ -73,7 +55,7 @@ pub fn one(ctx: &TcContext, s: &Scratch, slot: u32) -> i32 {
             stats.corrupted += 1;
         }
     }
-    if s.hook != Hook::HostIngress {
+    if s.hook.sets_departure() {
         match edt::schedule(ctx, fault, slot as u16, &s.flow.target, s.direction) {
             edt::Scheduled::Untouched => {}
             edt::Scheduled::Delayed => stats.delayed += 1,

@@ -47,10 +47,7 @@ pub fn opens_connection(pkt: &Packet, flow: &Flow, direction: Direction, now: u6
         proto::TCP => pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
         proto::ICMP => pkt.icmp_type == ICMP_ECHO_REQUEST || pkt.icmp_type == ICMPV6_ECHO_REQUEST,
         proto::UDP => {
-            let reverse = match direction {
-                Direction::Egress => Direction::Ingress,
-                Direction::Ingress => Direction::Egress,
-            };
+            let reverse = direction.opposite();
             // SAFETY: a plain integer read; a concurrent update gives an old or new time.
             match unsafe { FL_CT.get(&key(pkt, flow, reverse)) } {
                 Some(seen) => now.saturating_sub(seen.last_seen_ns) >= CT_UDP_TIMEOUT_NS,

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use fault_common::proto;
 
-use crate::{act::rand, parse::Packet};
+use crate::{parse::Packet, rand::rand};
 
 /// Size argument of `bpf_l4_csum_replace` for a 16-bit change (low bits of `flags`).
 const CSUM_SIZE_16: u64 = 2;

@@ -15,7 +15,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use fault_common::{Direction, FaultParams, RateKey, RateState};
 
-use crate::{act::rand, maps::FL_RATE};
+use crate::{maps::FL_RATE, rand::rand};
 
 /// Longest wait a rate limit queues a packet for (ns); beyond, the packet is dropped.
 pub const RATE_MAX_BACKLOG_NS: u64 = 100_000_000;

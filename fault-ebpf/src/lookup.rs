@@ -1,24 +1,22 @@
-//! Finding a packet's target pod and the rules that apply (see `fault_common` for the tables).
+//! Finding a packet's local pod and the rules that apply (see `fault_common` for the tables).
 use aya_ebpf::maps::lpm_trie::Key;
 use fault_common::{
-    Direction, RULE_FULL_BITS, RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES,
-    TargetKey, TargetValue, gate_bit, proto,
+    RULE_FULL_BITS, RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES, TargetKey,
+    TargetValue, proto,
 };
 
-use crate::maps::{FL_GATE, FL_RULES, FL_TARGETS};
+use crate::maps::{FL_GATE, FL_REMOTE, FL_RULES, FL_TARGETS};
 
-/// Whether a target may exist for an address with gate entry `index` (`gate_index`) and
-/// `direction`: one array lookup, which the verifier inlines. `false` is certain; `true` only
-/// means [`target`] must look.
+/// The gate bits of an address with gate entry `index` (`gate_index`): one array lookup,
+/// which the verifier inlines. A zero bit is certain; a set bit only means [`target`] must
+/// look.
 #[inline(always)]
-pub fn gated(index: u32, direction: Direction) -> bool {
-    FL_GATE
-        .get(index)
-        .is_some_and(|bits| bits & gate_bit(direction as u8) != 0)
+pub fn gate(index: u32) -> u8 {
+    FL_GATE.get(index).copied().unwrap_or(0)
 }
 
-/// The target pod's policy, or `None` when Faultline has nothing for this address and
-/// direction (the common case: one hash lookup and out).
+/// The local pod's policy for the key's direction and role, or `None` when Faultline has
+/// nothing for it (one hash lookup and out).
 #[inline(always)]
 pub fn target(key: &TargetKey) -> Option<&'static TargetValue> {
     // SAFETY: values are plain integers; an entry replaced concurrently is read whole or not
@@ -26,15 +24,23 @@ pub fn target(key: &TargetKey) -> Option<&'static TargetValue> {
     unsafe { FL_TARGETS.get(key) }
 }
 
-/// The faults for (protocol, peer port, peer address) in the target's policy: the table for the
-/// exact port first, then the protocol's any-port table, then the any-protocol table. The agent
-/// writes each table as a closure of the less specific ones, so the first hit is complete.
+/// Whether `addr` is a pod on another node, whose own agent judged what it sent.
+#[inline(always)]
+pub fn is_remote_pod(addr: &[u8; 16]) -> bool {
+    // SAFETY: a read of a plain byte; only its presence matters.
+    unsafe { FL_REMOTE.get(addr).is_some() }
+}
+
+/// The faults for (protocol, peer port, remote address) in the local pod's policy: the table
+/// for the exact port first, then the protocol's any-port table, then the any-protocol table.
+/// The agent writes each table as a closure of the less specific ones, so the first hit is
+/// complete.
 #[inline(always)]
 pub fn rule(
     target: &TargetValue,
     proto: u8,
     peer_port: [u8; 2],
-    peer: &[u8; 16],
+    remote: &[u8; 16],
 ) -> Option<&'static RuleValue> {
     let mut key = Key::new(
         RULE_FULL_BITS,
@@ -43,7 +49,7 @@ pub fn rule(
             proto,
             _pad: 0,
             port: peer_port,
-            peer: *peer,
+            peer: *remote,
         },
     );
     if target.flags & TARGET_HAS_PORT_RULES != 0 && peer_port != [0, 0] {

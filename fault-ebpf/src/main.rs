@@ -1,10 +1,14 @@
-//! Faultline's datapath: two TC classifier programs for the host-side veth of every pod.
+//! Faultline's datapath: TC classifier programs for the host-side veth of every pod (and the
+//! pod's own interface, for departure times).
 //!
-//! Read top to bottom: [`fl_host_ingress`] / [`fl_host_egress`] are thin entries; [`classify`]
-//! parses the packet ([`parse`]), finds the target pod and its rules ([`lookup`]), and asks
-//! each matching fault what to do ([`act`]). A packet that matches nothing leaves with
-//! [`verdict::NEXT`] (`TCX_NEXT` / `TC_ACT_UNSPEC`), untouched, so a CNI's own programs still
-//! run after ours; so does a packet that matched and survived.
+//! Read top to bottom: [`fl_host_ingress`] / [`fl_host_egress`] / [`fl_pod_egress`] are thin
+//! entries; [`classify`] finds the local pod's address ([`parse`]) and its policies in both
+//! roles ([`lookup`]: as the target of faults, and as their peer), parses the rest, and
+//! [`judge`]s the packet in each role, where each matching fault says what to do ([`act`]).
+//! A packet that matches nothing leaves with [`verdict::NEXT`] (`TCX_NEXT` /
+//! `TC_ACT_UNSPEC`), untouched, so a CNI's own programs still run after ours; so does a packet
+//! that matched and survived. The sender's host veth marks what it judged ([`mark`]) so the
+//! receiver's does not judge it again.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -19,24 +23,35 @@ mod duplicate;
 #[cfg(target_arch = "bpf")]
 mod edt;
 #[cfg(target_arch = "bpf")]
+mod hook;
+#[cfg(target_arch = "bpf")]
+mod judge;
+#[cfg(target_arch = "bpf")]
 mod lookup;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod mark;
+#[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod rand;
 #[cfg(target_arch = "bpf")]
 mod scratch;
 
 #[cfg(target_arch = "bpf")]
 mod entry {
     use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::classifier, programs::TcContext};
-    use fault_common::{Direction, MAX_FAULTS_PER_RULE, TARGET_TRACK_CONNECTIONS, verdict};
+    use fault_common::{Direction, Role, gate_bit, gate_bits_of, verdict};
 
     use crate::{
-        act::{self, Hook},
-        conntrack, duplicate, lookup,
+        duplicate,
+        hook::Hook,
+        judge::{Judged, judge},
+        lookup,
         maps::FL_SCRATCH,
-        parse,
+        mark, parse,
+        scratch::Scratch,
     };
 
     /// tc ingress of a pod's host-side veth: what the pod sends, i.e. its **egress**.
@@ -57,65 +72,88 @@ mod entry {
         classify(&ctx, Hook::PodEgress, Direction::Egress)
     }
 
+    /// tc egress of a node uplink: what local pods send to other nodes, after the node's NAT.
+    #[classifier]
+    pub fn fl_uplink_egress(ctx: TcContext) -> i32 {
+        classify(&ctx, Hook::Uplink, Direction::Egress)
+    }
+
+    /// `direction`: of the packets relative to the local pod, whose veth `hook` is on.
     #[inline(always)]
     fn classify(ctx: &TcContext, hook: Hook, direction: Direction) -> i32 {
         // A duplicate we made is on its second pass: let it go as it is.
-        if duplicate::is_copy(ctx) {
+        if duplicate::is_copy(ctx, hook) {
             return verdict::NEXT;
         }
-        // The no-fault path: the target's address into a key, one array lookup (the gate), out.
+        // The sender's veth on this node judged it with its real addresses: not twice.
+        if matches!(hook, Hook::HostEgress | Hook::Uplink) && mark::take_evaluated(ctx) {
+            return verdict::NEXT;
+        }
+        // The no-fault path: the local pod's address, one array lookup (the gate), out.
         if parse::pull_headers(ctx).is_none() {
             return verdict::NEXT;
         }
-        let Some(addr) = parse::target_addr(ctx, direction) else {
+        let Some(addr) = parse::local_addr(ctx, direction) else {
             return verdict::NEXT;
         };
-        if !lookup::gated(addr.gate_index(), direction) {
+        let gate = lookup::gate(addr.gate_index());
+        if gate & gate_bits_of(direction as u8) == 0 {
             return verdict::NEXT;
         }
-        let Some(target) = lookup::target(&addr.key(direction)) else {
-            return verdict::NEXT;
+        let in_role = |role: Role| {
+            if gate & gate_bit(direction as u8, role as u8) == 0 {
+                return None;
+            }
+            lookup::target(&addr.key(direction, role))
         };
-        // A fault may apply: parse the rest, into this CPU's scratch space.
-        let Some(s) = FL_SCRATCH.get_ptr_mut(0) else {
-            return verdict::NEXT;
-        };
-        // SAFETY: this CPU's slot; nothing else uses it while this program runs.
-        let s = unsafe { &mut *s };
-        if parse::packet(ctx, &mut s.pkt).is_none() {
-            return verdict::NEXT;
-        }
-        parse::l4(ctx, &mut s.pkt);
-        s.flow = parse::Flow::of(&s.pkt, direction);
-        s.hook = hook;
-        s.direction = direction;
-        s.now = unsafe { bpf_ktime_get_boot_ns() };
-        if target.flags & TARGET_TRACK_CONNECTIONS != 0 && hook != Hook::PodEgress {
-            conntrack::record(&s.pkt, &s.flow, direction);
-        }
-        let Some(rule) = lookup::rule(target, s.pkt.proto, s.flow.peer_port, &s.flow.peer) else {
-            return verdict::NEXT;
-        };
-        // Each fault of the rule, oldest first. Written out with constant indexes: older
-        // verifiers (6.1) lose the bound of a loop index into the map value.
-        let (count, slots) = (rule.count, rule.slots);
-        macro_rules! run_slot {
-            ($i:literal) => {
-                if count > $i && act::one(ctx, s, slots[$i] as u32) == verdict::DROP {
-                    return verdict::DROP;
+        let (as_target, as_peer) = (in_role(Role::Target), in_role(Role::Peer));
+        // A fault may apply: the rest is parsed once, into this CPU's scratch space, by the
+        // first role found (the two are not tested together: the verifier refuses the OR of
+        // two map value pointers the compiler would make of it).
+        let mut scratch: Option<&mut Scratch> = None;
+        let mut evaluated = false;
+        macro_rules! judge_as {
+            ($policy:expr, $role:expr) => {
+                if let Some(policy) = $policy {
+                    if scratch.is_none() {
+                        scratch = prepare(ctx, hook);
+                    }
+                    let Some(s) = scratch.as_deref_mut() else {
+                        return verdict::NEXT;
+                    };
+                    // Sent by a pod on another node: that node's agent judged it.
+                    if hook == Hook::HostEgress && lookup::is_remote_pod(&s.pkt.src) {
+                        return verdict::NEXT;
+                    }
+                    match judge(ctx, s, policy, direction, $role) {
+                        Judged::Drop => return verdict::DROP,
+                        Judged::Evaluated => evaluated = true,
+                        Judged::Untouched => {}
+                    }
                 }
             };
         }
-        run_slot!(0);
-        run_slot!(1);
-        run_slot!(2);
-        run_slot!(3);
-        run_slot!(4);
-        run_slot!(5);
-        run_slot!(6);
-        run_slot!(7);
-        const _: () = assert!(MAX_FAULTS_PER_RULE == 8, "run_slot! covers 8 slots");
+        // Both roles, written out (no loop for older verifiers to unroll).
+        judge_as!(as_target, Role::Target);
+        judge_as!(as_peer, Role::Peer);
+        if evaluated && hook.is_sender_side() {
+            mark::set_evaluated(ctx);
+        }
         verdict::NEXT
+    }
+
+    /// This CPU's scratch space with the packet parsed, or `None` for what Faultline never
+    /// acts on (truncated headers).
+    #[inline(always)]
+    fn prepare(ctx: &TcContext, hook: Hook) -> Option<&'static mut Scratch> {
+        let s = FL_SCRATCH.get_ptr_mut(0)?;
+        // SAFETY: this CPU's slot; nothing else uses it while this program runs.
+        let s = unsafe { &mut *s };
+        parse::packet(ctx, &mut s.pkt)?;
+        parse::l4(ctx, &mut s.pkt);
+        s.hook = hook;
+        s.now = unsafe { bpf_ktime_get_boot_ns() };
+        Some(s)
     }
 }
 

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use fault_common::{
-    FaultParams, FaultStats, GATE_ENTRIES, MAX_FAULTS, MAX_RATE, MAX_RULES, MAX_TARGETS, RateKey,
-    RateState, RuleKey, RuleValue, TargetKey, TargetValue,
+    FaultParams, FaultStats, GATE_ENTRIES, MAX_FAULTS, MAX_RATE, MAX_REMOTE, MAX_RULES,
+    MAX_TARGETS, RateKey, RateState, RuleKey, RuleValue, TargetKey, TargetValue,
     ct::{CtKey, CtValue, MAX_CT},
 };
 
@@ -21,6 +21,13 @@ pub static FL_TARGETS: HashMap<TargetKey, TargetValue> = HashMap::pinned(MAX_TAR
 /// (policy, protocol, peer port, peer prefix) -> fault slots. See `fault_common::MAP_RULES`.
 #[map(name = "FL_RULES")]
 pub static FL_RULES: LpmTrie<RuleKey, RuleValue> = LpmTrie::pinned(MAX_RULES, 0);
+
+/// Addresses of pods on other nodes (whose agents judge what they send). See
+/// `fault_common::MAP_REMOTE`. Not preallocated (`BPF_F_NO_PREALLOC`): its memory follows the
+/// pods it holds, and it is read only on the path of packets that have faults.
+#[map(name = "FL_REMOTE")]
+pub static FL_REMOTE: HashMap<[u8; 16], u8> =
+    HashMap::pinned(MAX_REMOTE, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// slot -> fault parameters. See `fault_common::MAP_FAULTS`.
 #[map(name = "FL_FAULTS")]

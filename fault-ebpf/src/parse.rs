@@ -7,7 +7,7 @@
 //! The offsets of the L4 checksum and payload are kept for the actions that rewrite the packet.
 use aya_ebpf::programs::TcContext;
 use core::mem::size_of;
-use fault_common::{Direction, TargetKey, gate_index_of, proto};
+use fault_common::{Direction, Role, TargetKey, gate_index_of, proto};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -17,7 +17,7 @@ use network_types::{
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
-/// Ethernet + IPv6: the headers read by direct packet access ([`target_addr`], [`packet`]);
+/// Ethernet + IPv6: the headers read by direct packet access ([`local_addr`], [`packet`]);
 /// everything past them is read with `bpf_skb_load_bytes`, which also reads paged data. Pulling
 /// no further matters: a TCP segment's linear part usually ends with its TCP header, and pulling
 /// past it would copy payload (and unclone the skb) on every packet.
@@ -60,7 +60,7 @@ pub struct Packet {
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 
-/// The packet seen from the target pod: who the target is and who the peer is.
+/// The packet seen from the target of a fault: who the target is and who the peer is.
 #[derive(Clone, Copy)]
 pub struct Flow {
     pub target: [u8; 16],
@@ -123,58 +123,61 @@ pub fn pull_headers(ctx: &TcContext) -> Option<()> {
     Some(())
 }
 
-/// Where a packet's target address is: its source on the target's egress, its destination
-/// on the target's ingress. An IPv6 address stays in the packet until [`TargetAddr::key`]:
-/// the no-fault path reads two bytes of it for the gate and copies nothing.
-pub enum TargetAddr {
+/// Where the local pod's address is in a packet: its source on the pod's egress, its
+/// destination on the pod's ingress. An IPv6 address stays in the packet until
+/// [`LocalAddr::key`]: the no-fault path reads two bytes of it for the gate and copies nothing.
+pub enum LocalAddr {
     /// An IPv4 address, copied (4 bytes, network order).
     V4([u8; 4]),
     /// An IPv6 address, where it is in the packet's linear data (16 bytes, network order).
     V6(*const [u8; 16]),
 }
 
-impl TargetAddr {
+impl LocalAddr {
     /// The address's entry in the gate (`fault_common::gate_index_of` its last two bytes).
     #[inline(always)]
     pub fn gate_index(&self) -> u32 {
         gate_index_of(match self {
-            TargetAddr::V4(a) => [a[2], a[3]],
-            // SAFETY: points into the packet, bounds checked by `target_addr`.
-            TargetAddr::V6(p) => unsafe { [(**p)[14], (**p)[15]] },
+            LocalAddr::V4(a) => [a[2], a[3]],
+            // SAFETY: points into the packet, bounds checked by `local_addr`.
+            LocalAddr::V6(p) => unsafe { [(**p)[14], (**p)[15]] },
         })
     }
 
-    /// The target map key of this address and `direction`.
+    /// The target map key of this address, the packets' `direction` relative to the pod, and
+    /// the `role` it plays.
     #[inline(always)]
-    pub fn key(&self, direction: Direction) -> TargetKey {
+    pub fn key(&self, direction: Direction, role: Role) -> TargetKey {
         TargetKey {
             addr: match self {
-                TargetAddr::V4(a) => mapped_v4(*a),
+                LocalAddr::V4(a) => mapped_v4(*a),
                 // SAFETY: as above.
-                TargetAddr::V6(p) => unsafe { **p },
+                LocalAddr::V6(p) => unsafe { **p },
             },
             direction: direction as u8,
-            _pad: [0; 3],
+            role: role as u8,
+            _pad: [0; 2],
         }
     }
 }
 
-/// The target address of a packet (see [`TargetAddr`]); `None` for what is not IP.
+/// The local pod's address in a packet going in `direction` relative to it (see
+/// [`LocalAddr`]); `None` for what is not IP.
 #[inline(always)]
-pub fn target_addr(ctx: &TcContext, direction: Direction) -> Option<TargetAddr> {
+pub fn local_addr(ctx: &TcContext, direction: Direction) -> Option<LocalAddr> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
     if ether_type == ETH_P_IP {
         let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
         // SAFETY: `ptr_at` checked the header is within the linear data.
-        Some(TargetAddr::V4(match direction {
+        Some(LocalAddr::V4(match direction {
             Direction::Egress => unsafe { (*ip).src_addr },
             Direction::Ingress => unsafe { (*ip).dst_addr },
         }))
     } else if ether_type == ETH_P_IPV6 {
         let ip: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
         // SAFETY: as above; only the field's address is taken here.
-        Some(TargetAddr::V6(match direction {
+        Some(LocalAddr::V6(match direction {
             Direction::Egress => unsafe { core::ptr::addr_of!((*ip).src_addr) },
             Direction::Ingress => unsafe { core::ptr::addr_of!((*ip).dst_addr) },
         }))

@@ -2,12 +2,12 @@
 //! than on the 512-byte stack (a program runs to completion on one CPU, so one slot per CPU
 //! is enough).
 use crate::{
-    act::Hook,
+    hook::Hook,
     parse::{Flow, Packet},
 };
 use fault_common::Direction;
 
-/// The packet, seen from its target, and where the program runs.
+/// The packet, seen from the target of the faults being judged, and where the program runs.
 #[derive(Clone, Copy)]
 pub struct Scratch {
     pub pkt: Packet,

@@ -15,6 +15,7 @@ mod ready;
 use std::{
     fs::File,
     net::{Ipv4Addr, SocketAddr, TcpListener},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
@@ -30,16 +31,68 @@ use nix::{
     unistd::Pid,
 };
 
-/// How long [`AgentProcess::start`] waits for `/readyz` by default (20 s).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long [`AgentProcess::start`] waits for `/readyz` by default (60 s: on the host an agent
+/// is ready within a second; the 6.1 VM under software emulation on a busy machine needs tens).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long [`AgentProcess::terminate`] waits for the agent to exit after SIGTERM (10 s).
 pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of the log quoted in errors.
 const LOG_TAIL_LINES: usize = 60;
 
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free loopback port")?;
-    Ok(l.local_addr()?.port())
+/// A network namespace an agent runs in, held open (so it lives as long as the agent).
+#[derive(Debug)]
+struct Netns {
+    name: String,
+    file: File,
+}
+
+impl Netns {
+    fn open(name: &str) -> Result<Self> {
+        let path = Path::new(crate::netns::NETNS_DIR).join(name);
+        let file = File::open(&path)
+            .with_context(|| format!("opening network namespace {}", path.display()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            file,
+        })
+    }
+
+    /// Makes `cmd` enter this namespace between fork and exec.
+    fn enter_on_exec(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt as _;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: setns is a plain syscall (async-signal-safe); `fd` stays open until exec
+        // (the parent holds the file for as long as the `Command` lives).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// The API address: `listen` with a free port of its address (in `netns`) if its port is 0,
+/// or `127.0.0.1` and a free port without `listen`.
+fn api_address(listen: Option<SocketAddr>, netns: Option<&Netns>) -> Result<SocketAddr> {
+    let want = listen.unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    if want.port() != 0 {
+        return Ok(want);
+    }
+    let bind = move || -> Result<SocketAddr> {
+        let l =
+            TcpListener::bind(want).with_context(|| format!("finding a free port on {want}"))?;
+        Ok(l.local_addr()?)
+    };
+    match netns {
+        None => bind(),
+        Some(ns) => {
+            let path = Path::new(crate::netns::NETNS_DIR).join(&ns.name);
+            crate::netns::run_in(&path, bind)?
+        }
+    }
 }
 
 fn random_suffix() -> Result<String> {
@@ -47,8 +100,10 @@ fn random_suffix() -> Result<String> {
 }
 
 /// An agent process with its own state dir (in a temporary directory that also holds its
-/// logs), bpffs folder (`/sys/fs/bpf/faultline-test-<random>`) and loopback port. On drop it
-/// is terminated, `fault-agent uninstall` runs, and the bpffs folder is removed.
+/// logs), bpffs folder (`/sys/fs/bpf/faultline-test-<random>`) and API address (a loopback
+/// port, or what [`AgentBuilder::listen`] says), in the caller's network namespace or another
+/// ([`AgentBuilder::in_netns`]). On drop it is terminated, `fault-agent uninstall` runs (in
+/// the same namespace), and the bpffs folder is removed.
 pub struct AgentProcess {
     child: Option<Child>,
     /// Subcommand and its own arguments (`standalone --inventory F`, `node --node-name N`...).
@@ -60,7 +115,8 @@ pub struct AgentProcess {
     ready_timeout: Duration,
     dir: tempfile::TempDir,
     bpffs: PathBuf,
-    port: u16,
+    listen: SocketAddr,
+    netns: Option<Netns>,
     /// Processes started so far (run `n` logs to `agent-<n>.log`).
     starts: u32,
 }
@@ -122,6 +178,8 @@ impl AgentProcess {
         if b.datapath {
             ensure_bpffs()?;
         }
+        let netns = b.netns.as_deref().map(Netns::open).transpose()?;
+        let listen = api_address(b.listen, netns.as_ref())?;
         let mut a = Self {
             child: None,
             mode: b.mode,
@@ -134,7 +192,8 @@ impl AgentProcess {
                 .tempdir()
                 .context("creating a temporary directory")?,
             bpffs: PathBuf::from(format!("{BPFFS}/faultline-test-{}", random_suffix()?)),
-            port: free_port()?,
+            listen,
+            netns,
             starts: 0,
         };
         a.spawn()?;
@@ -160,9 +219,12 @@ impl AgentProcess {
                 Ok(())
             });
         }
+        if let Some(ns) = &self.netns {
+            ns.enter_on_exec(&mut cmd);
+        }
         cmd.args(&self.mode)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port));
+            .arg(self.listen.to_string());
         if self.datapath {
             cmd.arg("--state-dir")
                 .arg(self.state_dir())
@@ -191,7 +253,7 @@ impl AgentProcess {
     /// (the process is then left to [`Drop`] or [`AgentProcess::kill`]).
     fn wait_ready(&mut self) -> Result<()> {
         let start = Instant::now();
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let addr = self.listen;
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait().context("waiting for fault-agent")?
@@ -216,14 +278,25 @@ impl AgentProcess {
         }
     }
 
-    /// Base URL of its API: `http://127.0.0.1:PORT`.
+    /// Base URL of its API: `http://127.0.0.1:PORT`, or `http://<listen address>` (IPv6 in
+    /// brackets).
     pub fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.listen)
     }
 
-    /// Its loopback port (the same across restarts).
+    /// Its API port (the same across restarts).
     pub fn port(&self) -> u16 {
-        self.port
+        self.listen.port()
+    }
+
+    /// Its API address (`--listen`; the same across restarts).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The network namespace it runs in (name under `/run/netns`), if not the caller's.
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_ref().map(|n| n.name.as_str())
     }
 
     /// A client of its native API.
@@ -242,11 +315,12 @@ impl AgentProcess {
         format!("faultctl --api {} {}", self.api_url(), shell_words(args))
     }
 
-    /// The agent's command line (last start), as a shell would show it, environment aside.
+    /// The agent's command line (last start), as a shell would show it, environment aside;
+    /// prefixed with `ip netns exec <netns>` when it runs in another namespace.
     pub fn command_line(&self) -> String {
         let mut args: Vec<String> = self.mode.clone();
         args.push("--listen".into());
-        args.push(format!("127.0.0.1:{}", self.port));
+        args.push(self.listen.to_string());
         if self.datapath {
             args.push("--state-dir".into());
             args.push(self.state_dir().display().to_string());
@@ -255,7 +329,10 @@ impl AgentProcess {
         }
         args.extend(self.extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        format!("fault-agent {}", shell_words(&args))
+        let netns = self
+            .netns()
+            .map_or(String::new(), |n| format!("ip netns exec {n} "));
+        format!("{netns}fault-agent {}", shell_words(&args))
     }
 
     /// Its state directory (in a temporary directory removed on drop).
@@ -356,10 +433,14 @@ impl AgentProcess {
         self.spawn()
     }
 
-    /// Runs `fault-agent uninstall --state-dir .. --bpffs ..` for this instance.
+    /// Runs `fault-agent uninstall --state-dir .. --bpffs ..` for this instance, in its
+    /// network namespace.
     pub fn uninstall(&self) -> Result<Output> {
-        Command::new(bin_path("fault-agent")?)
-            .arg("uninstall")
+        let mut cmd = Command::new(bin_path("fault-agent")?);
+        if let Some(ns) = &self.netns {
+            ns.enter_on_exec(&mut cmd);
+        }
+        cmd.arg("uninstall")
             .arg("--state-dir")
             .arg(self.state_dir())
             .arg("--bpffs")

@@ -172,7 +172,7 @@ impl KubeEnv {
                     p("sa.key")
                 ))
                 .args([
-                    "--service-cluster-ip-range=198.19.255.0/24",
+                    "--service-cluster-ip-range=198.19.0.0/24",
                     "--authorization-mode=RBAC",
                 ])
                 .args([

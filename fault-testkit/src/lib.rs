@@ -1,31 +1,46 @@
 //! Faultline's test harness, shared by the integration tests, `cargo xtask demo` and
 //! `cargo xtask bench`:
-//! - [`topology`]: "pods" as network namespaces, each with a veth whose host side is on a
-//!   bridge of the root namespace (as on a node), and an inventory file describing them;
+//! - [`topology`]: "pods" as network namespaces, each with a veth whose host side is in the
+//!   root namespace (as on a node), either on a bridge (like the CNI `bridge` plugin) or
+//!   routed by the host (like Calico), and an inventory file describing them;
+//! - [`services`]: Kubernetes Services as kube-proxy makes them (DNAT of VIPs, external IPs
+//!   and node ports to backend pods in the host's prerouting, nftables), and pod handles that
+//!   send every probe through a Service;
+//! - [`nodes`]: several fake nodes on one machine ([`Fabric`]): each node a network namespace
+//!   holding its routed pods' host sides, its uplink on a bridge between the nodes, its own
+//!   kube-proxy-like DNAT of every Service, and optionally its own agent; per-node
+//!   inventories list the node's pods and, by node and addresses, the other nodes' pods;
 //! - [`probe`]: real traffic between pods, measured (UDP streams with sequence numbers and
 //!   send times, TCP connects and echoes);
-//! - [`agent`]: a real `fault-agent` process and the `faultctl` binary;
-//! - [`env`]: the inference topology with an agent in front of it;
+//! - [`agent`]: a real `fault-agent` process (in the root namespace or a node's) and the
+//!   `faultctl` binary;
+//! - [`env`](mod@env): the inference topology with an agent in front of it;
 //! - [`kube`]: a real Kubernetes API server for the cluster-mode tests;
-//! - [`node`]: a real node (`cargo xtask cluster up`) reached with kubectl, for the node suite.
+//! - [`real_node`]: a real node (`cargo xtask cluster up`) reached with kubectl, for the node suite.
 //!
 //! Everything it creates is removed on `Drop`, also when a test panics; objects left by a
-//! killed process are reaped by the next [`topology::Topology::new`]. It needs root.
+//! killed process are reaped by the next [`topology::Topology::new`],
+//! [`services::ServiceNet::new`] or [`nodes::Fabric::new`] ([`reap_stale`]). It needs root.
 pub mod agent;
 mod cmd;
 pub mod env;
 pub mod kube;
+mod lock;
 pub mod netns;
-pub mod node;
+pub mod nodes;
 pub mod probe;
 mod rand;
+pub mod real_node;
+pub mod services;
 pub mod topology;
 
 pub use agent::{AgentBuilder, AgentProcess, bin_path, faultctl};
 pub(crate) use cmd::run;
 pub use env::DynamoEnv;
+pub use nodes::{Fabric, NodeHandle};
 pub use probe::{StreamHandle, StreamOpts, StreamReport};
-pub use topology::{Dynamo, Family, Pod, Topology, reap_stale};
+pub use services::{Service, ServiceNet, ServiceOpts};
+pub use topology::{Dynamo, Family, Mode, Pod, Topology, reap_stale};
 
 /// Serializes the tests that measure rates or timings, so that two of them never share the
 /// cores of a test machine. Poisoning (a failed test) does not block the others.

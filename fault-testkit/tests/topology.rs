@@ -4,7 +4,7 @@
 use std::{net::IpAddr, process::Command, time::Duration};
 
 use fault_testkit::{
-    Family, StreamOpts, Topology,
+    Family, Mode, StreamOpts, Topology,
     probe::{
         TcpEchoServer, UdpEchoServer, ping, tcp_connect, tcp_echo_roundtrip, udp_echo_roundtrip,
         udp_reachable, udp_stream, udp_stream_background,
@@ -224,19 +224,137 @@ fn inventory_readdress_and_removal() {
     assert_eq!((p.transmitted, p.received), (3, 3));
 }
 
+/// Lines of `ip rule` (both families) and of the routes of every table that name `prefix`'s
+/// links or routing table `table`.
+fn routing_leftovers(prefix: &str, table: u32) -> Vec<String> {
+    let mut left = Vec::new();
+    for fam in ["-4", "-6"] {
+        let rules = ip(&[fam, "rule", "show"]);
+        let routes = ip(&[fam, "route", "show", "table", "all"]);
+        left.extend(
+            rules
+                .lines()
+                .chain(routes.lines())
+                .filter(|l| {
+                    l.contains(&format!("lookup {table}"))
+                        || l.contains(&format!("table {table}"))
+                        || l.contains(&format!("dev {prefix}"))
+                        || l.contains(&format!("iif {prefix}"))
+                })
+                .map(String::from),
+        );
+    }
+    left
+}
+
+#[test]
+fn routed_pods_talk_readdress_and_go() {
+    let _serial = fault_testkit::serial();
+    let mut topo = Topology::routed("testkit-routed").unwrap();
+    assert_eq!((topo.mode(), topo.bridge()), (Mode::Routed, ""));
+    let table = topo.route_table().unwrap();
+    let d = topo.dynamo().unwrap();
+    let prefix = topo.prefix();
+    assert_eq!(
+        leftovers(&prefix).len(),
+        5 + 5,
+        "5 host veths, 5 namespaces, no bridge: {:?}",
+        leftovers(&prefix)
+    );
+    let addrs = d
+        .prefill
+        .run(|| ip(&["-o", "addr", "show", "dev", "eth0"]))
+        .unwrap();
+    assert!(
+        addrs.contains("198.18.0.13/32") && addrs.contains("fd00:fa::d/128"),
+        "{addrs}"
+    );
+
+    // The agent finds routed pods exactly as bridged ones.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.yaml");
+    topo.write_inventory(&path).unwrap();
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(doc["pods"][1]["name"].as_str(), Some("vllm-decode-0"));
+    assert_eq!(
+        doc["pods"][1]["netns"].as_str(),
+        Some(d.decode0.netns_name())
+    );
+    assert_eq!(
+        doc["pods"][1]["labels"]["app"].as_str(),
+        Some("vllm-decode")
+    );
+
+    // A second routed topology, same addresses: neither sees the other's routes.
+    let mut other = Topology::routed("testkit-routed-other").unwrap();
+    let o0 = other.add_pod("ns", "o0", &[]).unwrap();
+    let o1 = other.add_pod("ns", "o1", &[]).unwrap();
+    for fam in Family::ALL {
+        for (from, to) in [(&d.frontend, &d.decode0), (&d.decode0, &d.nats), (&o0, &o1)] {
+            assert!(
+                udp_reachable(from, to, fam, 5000, WAIT).unwrap(),
+                "UDP {} -> {} {fam:?}",
+                from.name(),
+                to.name()
+            );
+        }
+        let _echo = TcpEchoServer::start(&d.decode1, fam, 7000).unwrap();
+        assert!(tcp_echo_roundtrip(&d.frontend, &d.decode1, fam, 7000, WAIT).unwrap());
+    }
+    drop(other);
+    let opts = StreamOpts {
+        count: 5_000,
+        ..Default::default()
+    };
+    for fam in Family::ALL {
+        let r = udp_stream(&d.frontend, &d.prefill, fam, &opts).unwrap();
+        assert_eq!(
+            (r.received, r.corrupted, r.duplicates),
+            (5_000, 0, 0),
+            "{fam:?}: {r}"
+        );
+    }
+
+    let moved = topo.readdress(&d.prefill, 77).unwrap();
+    assert!(udp_reachable(&d.frontend, &moved, Family::V4, 5000, WAIT).unwrap());
+    assert!(udp_reachable(&moved, &d.frontend, Family::V4, 5000, WAIT).unwrap());
+    let short = Duration::from_millis(200);
+    assert!(
+        !udp_reachable(&d.frontend, &d.prefill, Family::V4, 5000, short).unwrap(),
+        "old address gone"
+    );
+    assert!(topo.readdress(&d.nats, 77).is_err(), "address taken");
+
+    topo.remove_pod(&d.decode1).unwrap();
+    assert!(!d.decode1.netns_path().exists());
+    let rules = ip(&["rule", "show"]);
+    assert!(!rules.contains(d.decode1.host_ifname()), "{rules}");
+    assert!(udp_reachable(&d.frontend, &d.nats, Family::V6, 5000, WAIT).unwrap());
+
+    drop(topo);
+    assert_eq!(leftovers(&prefix), Vec::<String>::new(), "left behind");
+    assert_eq!(routing_leftovers(&prefix, table), Vec::<String>::new());
+}
+
 #[test]
 fn nothing_is_left_when_a_test_panics() {
     let prefix = std::sync::Mutex::new(String::new());
-    let result = std::panic::catch_unwind(|| {
-        let mut topo = Topology::named("testkit-panic").unwrap();
-        topo.add_pod("ns", "a", &[]).unwrap();
-        *prefix.lock().unwrap() = topo.prefix();
-        panic!("a test failing half-way");
-    });
-    assert!(result.is_err());
-    let prefix = prefix.into_inner().unwrap();
-    assert!(!prefix.is_empty());
-    assert_eq!(leftovers(&prefix), Vec::<String>::new());
+    for mode in [Mode::Bridged, Mode::Routed] {
+        let result = std::panic::catch_unwind(|| {
+            let mut topo = Topology::with_mode("testkit-panic", mode).unwrap();
+            topo.add_pod("ns", "a", &[]).unwrap();
+            *prefix.lock().unwrap() = topo.prefix();
+            panic!("a test failing half-way");
+        });
+        assert!(result.is_err());
+        let prefix = std::mem::take(&mut *prefix.lock().unwrap());
+        assert!(!prefix.is_empty());
+        assert_eq!(leftovers(&prefix), Vec::<String>::new());
+        let id = u32::from_str_radix(&prefix[2..], 16).unwrap();
+        let table = fault_testkit::topology::names::route_table(id);
+        assert_eq!(routing_leftovers(&prefix, table), Vec::<String>::new());
+    }
 }
 
 #[test]

@@ -71,7 +71,7 @@ enum Task {
         /// Skip the delay figures (they need the 6.1 VM, ~2 minutes).
         #[arg(long)]
         no_vm: bool,
-        /// Run only these sections (overhead, apply, accuracy, scale, cluster, expiry, node), for
+        /// Run only these sections (overhead, services, apply, accuracy, scale, cluster, expiry, node), for
         /// working on one; the published file comes from a run of all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
@@ -119,7 +119,10 @@ fn main() -> Result<()> {
             if cluster::healthy() {
                 cluster::import(&img)?;
             }
-            let (name, tag) = img.reference.rsplit_once(':').unwrap_or((&img.reference, ""));
+            let (name, tag) = img
+                .reference
+                .rsplit_once(':')
+                .unwrap_or((&img.reference, ""));
             println!(
                 "kustomize: images: [{{name: ghcr.io/faultline-dev/faultline, newName: {name}, newTag: \"{tag}\"}}]"
             );

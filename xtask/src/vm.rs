@@ -27,7 +27,12 @@ fn kernel() -> Result<PathBuf> {
         .context("no /boot/vmlinuz-6.1.* (apt package linux-image-amd64)")
 }
 
-/// Runs `command` (a shell command line) as root inside the VM, after loading sch_fq and
+/// Modules the suites need that Debian's 6.1 kernel builds as modules: sch_fq (delay and
+/// rate), and br_netfilter (Service DNAT between pods of one bridge; absent on kernels that
+/// build it in, hence optional).
+const MODULES: &str = "modprobe sch_fq && (modprobe br_netfilter || true)";
+
+/// Runs `command` (a shell command line) as root inside the VM, after loading [`MODULES`] and
 /// mounting bpffs; fails if it fails. Boot takes ~30 s; everything inside is ~10x slower.
 pub fn run_inside(command: &str) -> Result<()> {
     setup::apt(setup::VM_PACKAGES)?;
@@ -38,7 +43,7 @@ pub fn run_inside(command: &str) -> Result<()> {
         venv.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let script = format!("modprobe sch_fq && mount -t bpf bpf /sys/fs/bpf && {command}");
+    let script = format!("{MODULES} && mount -t bpf bpf /sys/fs/bpf && {command}");
     let mut cmd = Command::new(venv.join("vng"));
     cmd.arg("--disable-kvm")
         .arg("--run")
@@ -96,7 +101,7 @@ pub fn capture_inside(command: &str) -> Result<String> {
         venv.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let script = format!("modprobe sch_fq && mount -t bpf bpf /sys/fs/bpf && {command} 2>&1");
+    let script = format!("{MODULES} && mount -t bpf bpf /sys/fs/bpf && {command} 2>&1");
     let out = Command::new(venv.join("vng"))
         .arg("--disable-kvm")
         .arg("--run")

@@ -154,14 +154,9 @@ async fn capabilities(
         .await
 }
 
-/// `GET /v1/tables`: how many entries the kernel maps hold (targets, rules, fault slots).
-async fn tables(State(s): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, AgentError> {
-    s.backend
-        .with_core(|c| {
-            let (targets, rules, faults) = c.table_sizes();
-            Ok(Json(
-                serde_json::json!({"targets": targets, "rules": rules, "faults": faults}),
-            ))
-        })
-        .await
+/// `GET /v1/tables`: how many entries the kernel maps hold ([`crate::dataplane::TableSizes`]).
+async fn tables(
+    State(s): State<Arc<AppState>>,
+) -> Result<Json<crate::dataplane::TableSizes>, AgentError> {
+    s.backend.with_core(|c| Ok(Json(c.table_sizes()))).await
 }

@@ -1,4 +1,5 @@
-//! Attaching the two programs to the two tc hooks of a pod's host-side veth.
+//! Attaching the programs: two to the two tc hooks of a pod's host-side veth, one to the egress
+//! of a pod's own interface (departure times), one to the egress of each node uplink.
 //!
 //! - TCX (Linux >= 6.6): a BPF link per hook, placed **first** in the hook's chain so a CNI's
 //!   redirect cannot skip us, pinned under `links/` so it outlives the agent. A new agent
@@ -20,7 +21,7 @@ use aya::{
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
 };
-use fault_common::{PROG_HOST_EGRESS, PROG_HOST_INGRESS, PROG_POD_EGRESS};
+use fault_common::{PROG_HOST_EGRESS, PROG_HOST_INGRESS, PROG_POD_EGRESS, PROG_UPLINK_EGRESS};
 use serde::{Deserialize, Serialize};
 
 use super::pins::{Pins, remove_file};
@@ -35,6 +36,10 @@ pub const HOOKS: [(&str, TcAttachType, &str); 2] = [
     (PROG_HOST_INGRESS, TcAttachType::Ingress, "ingress"),
     (PROG_HOST_EGRESS, TcAttachType::Egress, "egress"),
 ];
+
+/// The hook of an uplink: program name, tc hook, name in pins and records.
+pub const UPLINK_HOOKS: [(&str, TcAttachType, &str); 1] =
+    [(PROG_UPLINK_EGRESS, TcAttachType::Egress, "uplink")];
 
 /// How programs are attached on this kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +58,20 @@ pub enum AttachKind {
     Host,
     /// The pod's own veth (in its namespace): [`PROG_POD_EGRESS`] on egress.
     Pod,
+    /// A node uplink (in the agent's namespace): [`PROG_UPLINK_EGRESS`] on egress.
+    Uplink,
+}
+
+impl AttachKind {
+    /// The (program, tc hook, name) triples of an interface of this kind in the agent's
+    /// namespace.
+    fn hooks(self) -> &'static [(&'static str, TcAttachType, &'static str)] {
+        match self {
+            AttachKind::Host => &HOOKS,
+            AttachKind::Uplink => &UPLINK_HOOKS,
+            AttachKind::Pod => &[(PROG_POD_EGRESS, TcAttachType::Egress, "egress")],
+        }
+    }
 }
 
 /// What the agent made on one interface, persisted in the state dir so that `uninstall` (or
@@ -100,18 +119,20 @@ fn is_errno(e: &TcError, errno: i32) -> bool {
     }
 }
 
-/// Attaches both programs to `ifname` (adopting what a previous agent left there).
+/// Attaches the programs of `kind` (a host veth's two, or an uplink's) to `ifname` of the
+/// agent's namespace (adopting what a previous agent left there).
 pub fn attach(
     ebpf: &mut Ebpf,
     pins: &Pins,
     mode: AttachMode,
     ifname: &str,
     ifindex: u32,
+    kind: AttachKind,
 ) -> Result<Attached> {
     let mut record = AttachRecord {
         ifname: ifname.into(),
         ifindex,
-        kind: AttachKind::Host,
+        kind,
         netns: None,
         mode,
         clsact_created: false,
@@ -124,7 +145,7 @@ pub fn attach(
             Err(e) => return Err(e).with_context(|| format!("adding clsact to {ifname}")),
         }
     }
-    for (name, hook, hook_name) in HOOKS {
+    for &(name, hook, hook_name) in kind.hooks() {
         let prog = program(ebpf, name)?;
         let h = match mode {
             AttachMode::Tcx => Held::Tcx(attach_tcx(
@@ -280,6 +301,13 @@ fn attach_netlink(
     Ok(prog.take_link(id)?)
 }
 
+/// Leaves what [`attach`] or [`attach_pod_egress`] made in the kernel for the next agent to
+/// adopt: TCX links stay pinned, netlink filters stay (their handles are not dropped, which
+/// would detach them).
+pub fn leave(att: Attached) {
+    std::mem::forget(att.held);
+}
+
 /// Detaches what [`attach`] or [`attach_pod_egress`] made.
 pub fn detach(att: Attached, pins: &Pins) -> Result<()> {
     let Attached { record, held } = att;
@@ -315,10 +343,12 @@ pub fn detach(att: Attached, pins: &Pins) -> Result<()> {
 /// Removes what a record says was made, without holding any handle (after a crash): TCX link
 /// pins, our netlink filters, the clsact qdisc we added. Tolerates what is already gone.
 pub fn detach_record(record: &AttachRecord, pins: &Pins) -> Result<()> {
-    let hooks: Vec<(TcAttachType, &str)> = match record.kind {
-        AttachKind::Host => HOOKS.iter().map(|(_, h, n)| (*h, *n)).collect(),
-        AttachKind::Pod => vec![(TcAttachType::Egress, "egress")],
-    };
+    let hooks: Vec<(TcAttachType, &str)> = record
+        .kind
+        .hooks()
+        .iter()
+        .map(|(_, h, n)| (*h, *n))
+        .collect();
     let netns = record.netns.as_deref();
     if netns.is_some_and(|p| !p.exists()) {
         // The pod's namespace is gone, and everything in it; only our pin may remain.

@@ -9,8 +9,8 @@ use aya::{
     util::nr_cpus,
 };
 use fault_common::{
-    FaultParams, FaultStats, GATE_ENTRIES, MAP_FAULTS, MAP_GATE, MAP_RULES, MAP_STATS, MAP_TARGETS,
-    MAX_FAULTS, RuleKey, RuleValue, TargetKey, TargetValue,
+    FaultParams, FaultStats, GATE_ENTRIES, MAP_FAULTS, MAP_GATE, MAP_REMOTE, MAP_RULES, MAP_STATS,
+    MAP_TARGETS, MAX_FAULTS, RuleKey, RuleValue, TargetKey, TargetValue,
 };
 
 use super::tables::{Diff, Tables};
@@ -22,6 +22,7 @@ pub struct Maps {
     rules: LpmTrie<MapData, RuleKey, RuleValue>,
     faults: Array<MapData, FaultParams>,
     stats: PerCpuArray<MapData, FaultStats>,
+    remote: HashMap<MapData, [u8; 16], u8>,
     cpus: usize,
 }
 
@@ -45,6 +46,7 @@ impl Maps {
             rules: take(ebpf, MAP_RULES)?,
             faults: take(ebpf, MAP_FAULTS)?,
             stats: take(ebpf, MAP_STATS)?,
+            remote: take(ebpf, MAP_REMOTE)?,
             cpus,
         })
     }
@@ -66,6 +68,9 @@ impl Maps {
                 t.faults.insert(slot as u16, p);
             }
         }
+        for k in self.remote.keys() {
+            t.remote.insert(k.context("reading FL_REMOTE")?);
+        }
         // One lookup per entry (65,536): only at start and after a failed write.
         for i in 0..GATE_ENTRIES {
             let bits = self.gate.get(&i, 0).context("reading FL_GATE")?;
@@ -78,6 +83,11 @@ impl Maps {
 
     /// Applies `diff` in its order. Stops at the first error: the caller resyncs with [`Maps::read`].
     pub fn apply(&mut self, diff: &Diff) -> Result<()> {
+        for addr in &diff.put_remote {
+            self.remote
+                .insert(addr, 1, 0)
+                .context("writing a remote pod")?;
+        }
         for (slot, params) in &diff.set_faults {
             self.faults
                 .set(*slot as u32, params, 0)
@@ -113,6 +123,9 @@ impl Maps {
             self.faults
                 .set(*slot as u32, FaultParams::default(), 0)
                 .with_context(|| format!("clearing fault slot {slot}"))?;
+        }
+        for addr in &diff.del_remote {
+            ignore_missing(self.remote.remove(addr)).context("removing a remote pod")?;
         }
         Ok(())
     }

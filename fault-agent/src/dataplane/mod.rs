@@ -15,19 +15,38 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
-use fault_common::{FaultStats, PROG_POD_EGRESS};
+use fault_common::{EVALUATED_MARK_GLOBAL, FaultStats, PROG_POD_EGRESS, PROG_UPLINK_EGRESS};
 use serde::{Deserialize, Serialize};
 
 pub use attach::{AttachKind, AttachMode, AttachRecord};
 pub use kernel::Capabilities;
 pub use pins::Pins;
-pub use tables::{Diff, Tables};
+pub use tables::{Diff, TableSizes, Tables};
 
 use attach::{Attached, HOOKS};
 use maps::Maps;
 
 /// The eBPF object built by build.rs from `fault-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fault-ebpf"));
+
+/// Mark bits known to be used on Kubernetes nodes (kubelet `0x8000`, kube-proxy `0x4000`,
+/// Cilium `0xFF00` and the upper half, Calico `0xFFFF0000`, AWS VPC CNI `0x80`).
+const MARK_BITS_IN_USE: u32 = 0xFFFF_FF80;
+
+/// Checks an `--evaluated-mark` value: a single bit, not one known to be used by others.
+pub fn check_mark_bit(mark: u32) -> Result<u32, String> {
+    if mark.count_ones() != 1 {
+        return Err(format!(
+            "must be a single bit of skb->mark (e.g. 0x40), got {mark:#x}"
+        ));
+    }
+    if mark & MARK_BITS_IN_USE != 0 {
+        return Err(format!(
+            "{mark:#x} is a bit kubelet, kube-proxy or a CNI uses ({MARK_BITS_IN_USE:#x}); pick one of 0x1 to 0x40"
+        ));
+    }
+    Ok(mark)
+}
 
 /// An interface, possibly in another network namespace (a pod's own).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -67,15 +86,19 @@ impl Dataplane {
     /// Loads the programs, reusing the maps pinned under `pins` (so faults in the kernel keep
     /// acting across an agent restart), and reads what those maps hold. `previous` are the
     /// attachments a previous agent recorded; the first [`Dataplane::sync_attachments`]
-    /// adopts the ones still wanted and removes the others.
+    /// adopts the ones still wanted and removes the others. `evaluated_mark` is the `skb->mark`
+    /// bit the programs use between a sender's and a receiver's veth
+    /// ([`fault_common::EVALUATED_MARK`]; check it with [`check_mark_bit`]).
     pub fn open(
         pins: Pins,
         caps: &Capabilities,
         previous: Vec<AttachRecord>,
         previous_fq: Vec<FqRecord>,
+        evaluated_mark: u32,
     ) -> Result<Self> {
         pins.ensure()?;
         let mut ebpf = EbpfLoader::new()
+            .override_global(EVALUATED_MARK_GLOBAL, &evaluated_mark, true)
             .default_map_pin_directory(pins.maps_dir())
             .load(OBJECT)
             .with_context(|| {
@@ -84,7 +107,11 @@ impl Dataplane {
                     pins.maps_dir().display()
                 )
             })?;
-        for name in HOOKS.iter().map(|(n, _, _)| *n).chain([PROG_POD_EGRESS]) {
+        for name in HOOKS
+            .iter()
+            .map(|(n, _, _)| *n)
+            .chain([PROG_POD_EGRESS, PROG_UPLINK_EGRESS])
+        {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing"))?
@@ -150,18 +177,19 @@ impl Dataplane {
         }
     }
 
-    /// Attaches to every interface of `wanted` (name -> ifindex) not attached yet and detaches
-    /// from the others. Returns the interfaces that failed, with why; the others are done.
+    /// Attaches to every interface of `wanted` (name -> ifindex and kind: a pod's host veth or
+    /// an uplink) not attached yet and detaches from the others. Returns the interfaces that
+    /// failed, with why; the others are done.
     pub fn sync_attachments(
         &mut self,
-        wanted: &BTreeMap<String, u32>,
+        wanted: &BTreeMap<String, (u32, AttachKind)>,
     ) -> Vec<(String, anyhow::Error)> {
         let mut failed = Vec::new();
         // An interface re-created under the same name has a new index: attach again.
         let stale: Vec<String> = self
             .attached
             .iter()
-            .filter(|(name, a)| wanted.get(*name) != Some(&a.record.ifindex))
+            .filter(|(name, a)| wanted.get(*name) != Some(&(a.record.ifindex, a.record.kind)))
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
@@ -171,11 +199,11 @@ impl Dataplane {
                 failed.push((name, e));
             }
         }
-        for (name, index) in wanted {
+        for (name, (index, kind)) in wanted {
             if self.attached.contains_key(name) {
                 continue;
             }
-            match attach::attach(&mut self.ebpf, &self.pins, self.mode, name, *index) {
+            match attach::attach(&mut self.ebpf, &self.pins, self.mode, name, *index, *kind) {
                 Ok(a) => {
                     tracing::debug!(ifname = %name, mode = ?self.mode, "attached");
                     self.attached.insert(name.clone(), a);
@@ -372,6 +400,18 @@ impl Dataplane {
             first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Dataplane {
+    /// Exits leaving everything in the kernel (programs, links, filters, qdiscs, pinned maps)
+    /// for the next agent on this node to adopt with no gap; the records in the state dir
+    /// still say what to remove on uninstall.
+    pub fn leave(mut self) {
+        let attached = std::mem::take(&mut self.attached)
+            .into_values()
+            .chain(std::mem::take(&mut self.pod_attached).into_values());
+        attached.for_each(attach::leave);
     }
 }
 

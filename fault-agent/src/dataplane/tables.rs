@@ -1,6 +1,6 @@
 //! The content of the datapath's maps as plain values: what the compiler produces and what the
 //! kernel holds. Diffing two of them gives the writes that take one to the other.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use fault_common::{FaultParams, RuleKey, RuleValue, TargetKey, TargetValue, gate_bit, gate_index};
 
@@ -14,11 +14,13 @@ pub struct Tables {
     pub rules: BTreeMap<RuleEntry, RuleValue>,
     /// Active fault slots; a slot absent here is zero (inactive) in the kernel.
     pub faults: BTreeMap<u16, FaultParams>,
-    /// Nonzero entries of the gate (`fault_common::MAP_GATE`): [`gate_index`] -> direction
-    /// bits. Derived from `targets` by [`Tables::derive_gates`] in what the compiler produces,
+    /// Nonzero entries of the gate (`fault_common::MAP_GATE`): [`gate_index`] -> direction and
+    /// role bits. Derived from `targets` by [`Tables::derive_gates`] in what the compiler produces,
     /// but kept as its own field because what the kernel holds (read back at start or after a
     /// failed write) need not match its targets; an index absent here is zero.
     pub gates: BTreeMap<u16, u8>,
+    /// Addresses of pods on other nodes (`fault_common::MAP_REMOTE`), 16-byte form.
+    pub remote: BTreeSet<[u8; 16]>,
 }
 
 impl Tables {
@@ -27,14 +29,68 @@ impl Tables {
             && self.rules.is_empty()
             && self.faults.is_empty()
             && self.gates.is_empty()
+            && self.remote.is_empty()
     }
 
-    /// Sets `gates` to what `targets` need: the bit of each target's direction at its
-    /// address's gate index.
+    /// Sets `gates` to what `targets` need: the bit of each target key's direction and role
+    /// at its address's gate index.
     pub fn derive_gates(&mut self) {
         self.gates.clear();
         for key in self.targets.keys() {
-            *self.gates.entry(gate_index(&key.addr) as u16).or_default() |= gate_bit(key.direction);
+            *self.gates.entry(gate_index(&key.addr) as u16).or_default() |=
+                gate_bit(key.direction, key.role);
+        }
+    }
+}
+
+/// How many entries the kernel maps hold, by role (what the peer role adds is what faults
+/// through Services cost).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableSizes {
+    /// `FL_TARGETS` entries, both roles.
+    pub targets: usize,
+    /// Of which in the peer role.
+    pub peer_targets: usize,
+    /// `FL_RULES` entries.
+    pub rules: usize,
+    /// Of which in policies only the peer role uses.
+    pub peer_rules: usize,
+    /// Active fault slots (`FL_FAULTS`).
+    pub faults: usize,
+    /// Pods of other nodes (`FL_REMOTE`).
+    pub remote: usize,
+}
+
+impl Tables {
+    /// The sizes of these tables.
+    pub fn sizes(&self) -> TableSizes {
+        let by_role = |role: u8| -> BTreeSet<u32> {
+            self.targets
+                .iter()
+                .filter(|(k, _)| k.role == role)
+                .map(|(_, v)| v.policy)
+                .collect()
+        };
+        let target_policies = by_role(fault_common::Role::Target as u8);
+        let peer_only: BTreeSet<u32> = by_role(fault_common::Role::Peer as u8)
+            .difference(&target_policies)
+            .copied()
+            .collect();
+        TableSizes {
+            targets: self.targets.len(),
+            peer_targets: self
+                .targets
+                .keys()
+                .filter(|k| k.role == fault_common::Role::Peer as u8)
+                .count(),
+            rules: self.rules.len(),
+            peer_rules: self
+                .rules
+                .keys()
+                .filter(|(_, k)| peer_only.contains(&u32::from_be_bytes(k.policy)))
+                .count(),
+            faults: self.faults.len(),
+            remote: self.remote.len(),
         }
     }
 }
@@ -42,9 +98,11 @@ impl Tables {
 /// The writes taking the kernel from one [`Tables`] to another, in the order that never lets
 /// a packet see a half-written fault: fault parameters first, then the rules of new policies,
 /// then the gate opens for new targets, then the targets switch to them, then what nobody
-/// references any more goes (targets, then their gate bits, rules, slots).
+/// references any more goes (targets, then their gate bits, rules, slots). Remote pods are
+/// independent of the rest: added first, removed last.
 #[derive(Debug, Default)]
 pub struct Diff {
+    pub put_remote: Vec<[u8; 16]>,
     pub set_faults: Vec<(u16, FaultParams)>,
     pub put_rules: Vec<(RuleEntry, RuleValue)>,
     /// Gate entries gaining bits, written as old | new before any target needing them.
@@ -55,6 +113,7 @@ pub struct Diff {
     pub narrow_gates: Vec<(u16, u8)>,
     pub del_rules: Vec<RuleEntry>,
     pub clear_faults: Vec<u16>,
+    pub del_remote: Vec<[u8; 16]>,
 }
 
 impl Diff {
@@ -73,6 +132,8 @@ impl Diff {
             }
         }
         Diff {
+            put_remote: to.remote.difference(&from.remote).copied().collect(),
+            del_remote: from.remote.difference(&to.remote).copied().collect(),
             set_faults: changed(&from.faults, &to.faults),
             put_rules: changed(&from.rules, &to.rules),
             widen_gates,
@@ -85,19 +146,14 @@ impl Diff {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set_faults.is_empty()
-            && self.put_rules.is_empty()
-            && self.widen_gates.is_empty()
-            && self.narrow_gates.is_empty()
-            && self.put_targets.is_empty()
-            && self.del_targets.is_empty()
-            && self.del_rules.is_empty()
-            && self.clear_faults.is_empty()
+        self.len() == 0
     }
 
     /// Number of map writes.
     pub fn len(&self) -> usize {
-        self.set_faults.len()
+        self.put_remote.len()
+            + self.del_remote.len()
+            + self.set_faults.len()
             + self.put_rules.len()
             + self.widen_gates.len()
             + self.narrow_gates.len()
@@ -140,7 +196,8 @@ mod tests {
         TargetKey {
             addr,
             direction,
-            _pad: [0; 3],
+            role: 0,
+            _pad: [0; 2],
         }
     }
 

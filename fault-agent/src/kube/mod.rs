@@ -7,6 +7,7 @@ pub mod crd;
 pub mod netns;
 pub mod node;
 pub mod pods;
+pub mod services;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt as _;

@@ -1,7 +1,8 @@
-//! `fault-agent node`: one per node (DaemonSet). It watches every pod and every `NetworkFault`
-//! (kube-runtime reflectors: list + watch, no polling), finds the network namespace and host
-//! veth of the pods on its node, mirrors the faults into its core (the same reconciler as the
-//! single-host agent) and writes its own entry of each fault's status.
+//! `fault-agent node`: one per node (DaemonSet). It watches every pod and every `NetworkFault`,
+//! and the Services and Nodes for the addresses kube-proxy translates (kube-runtime
+//! reflectors: list + watch, no polling), finds the network namespace and host veth of the
+//! pods on its node, mirrors the faults into its core (the same reconciler as the single-host
+//! agent) and writes its own entry of each fault's status.
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
@@ -13,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use futures::{Stream, StreamExt as _};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod as KubePod;
+use k8s_openapi::api::core::v1::{Node, Pod as KubePod, Service};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
@@ -25,6 +26,7 @@ use super::{
     crd::{NetworkFault, NodeFaultStatus, Phase},
     netns::NetnsIndex,
     pods::from_kube,
+    services::{slim_node, slim_service, virtual_nets},
 };
 use crate::{
     api::{self, AppState, backend::Backend, lock},
@@ -47,6 +49,15 @@ pub struct Config {
     pub bpffs: PathBuf,
     pub core: CoreConfig,
     pub force_netlink: bool,
+    /// The `skb->mark` bit between a sender's and a receiver's veth (`--evaluated-mark`).
+    pub evaluated_mark: u32,
+    /// Virtual ranges on top of what the Service and Node watches give (`--service-cidr`).
+    pub service_cidrs: Vec<ipnet::IpNet>,
+    /// Interfaces to other nodes (`--uplink`): see [`crate::uplinks`].
+    pub uplinks: crate::uplinks::UplinkChoice,
+    /// The agent's DaemonSet (namespace, name), checked at exit: only its removal uninstalls
+    /// (`--daemonset`). `None`: every exit uninstalls.
+    pub daemonset: Option<(String, String)>,
     /// How often counters are written to the status (changes of state are written at once).
     pub status_interval: Duration,
 }
@@ -64,8 +75,12 @@ fn if_still_there(h: &HostIf) -> bool {
 }
 
 impl Discovery {
-    /// Fills `host_ifs` of the pods of `node` (others are peers only).
+    /// Fills `host_ifs` of the pods of `node`, and marks the pods of other nodes remote.
     fn fill(&mut self, pods: &mut [Pod], node: &str) {
+        for pod in pods.iter_mut() {
+            // Scheduled elsewhere: that node's agent judges what the pod sends.
+            pod.remote = pod.node.as_deref().is_some_and(|n| n != node);
+        }
         for pod in pods.iter_mut().filter(|p| p.node.as_deref() == Some(node)) {
             let key = (format!("{}/{}", pod.namespace, pod.name), pod.ips.clone());
             if let Some((ns, net)) = self
@@ -150,7 +165,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     let store = Store::open(&cfg.state_dir, &kernel::boot_id(), kernel::boottime_ns()?)?;
     let previous = store::load_attachments(&cfg.state_dir)?;
     let previous_fq = store::load_qdiscs(&cfg.state_dir)?;
-    let dataplane = Dataplane::open(Pins::new(&cfg.bpffs), &caps, previous, previous_fq)?;
+    let dataplane = Dataplane::open(
+        Pins::new(&cfg.bpffs),
+        &caps,
+        previous,
+        previous_fq,
+        cfg.evaluated_mark,
+    )?;
     let core = Arc::new(Mutex::new(Core::new(
         store,
         dataplane,
@@ -159,32 +180,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     )));
 
     let changed = Arc::new(Notify::new());
-    let (pods_r, pods_w) = reflector::store::<KubePod>();
-    let (faults_r, faults_w) = reflector::store::<NetworkFault>();
-    let pods_watch = reflector(
-        pods_w,
-        watcher(
-            Api::<KubePod>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(super::pods::slim),
-    );
-    let faults_watch = reflector(
-        faults_w,
-        watcher(
-            Api::<NetworkFault>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    );
-    let w1 = tokio::spawn(drive(pods_watch, changed.clone(), "pods"));
-    let w2 = tokio::spawn(drive(faults_watch, changed.clone(), "networkfaults"));
-    pods_r.wait_until_ready().await.context("pod watch")?;
-    faults_r
-        .wait_until_ready()
-        .await
-        .context("networkfault watch")?;
+    let (watches, tasks) = Watches::start(&client, &changed);
+    watches.ready().await?;
 
     let state = Arc::new(AppState {
         backend: Backend::Local {
@@ -198,9 +195,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     let sync = tokio::spawn(sync_loop(
         cfg.clone(),
         core.clone(),
-        pods_r,
-        faults_r,
-        client,
+        watches,
+        client.clone(),
         state.clone(),
     ));
     let listener = TcpListener::bind(cfg.listen)
@@ -210,12 +206,15 @@ pub async fn run(cfg: Config) -> Result<()> {
     let served = axum::serve(listener, api::router(state.clone(), None))
         .with_graceful_shutdown(shutdown_signal())
         .await;
-    for t in [w1, w2, sync] {
+    for t in tasks.into_iter().chain([sync]) {
         t.abort();
         let _ = t.await;
     }
     drop(state);
-    tracing::info!("shutting down: removing programs, links, qdiscs and pins");
+    let uninstall = match &cfg.daemonset {
+        None => true,
+        Some(ds) => daemonset_gone(&client, ds).await,
+    };
     let mut core = core;
     let core = loop {
         match Arc::try_unwrap(core) {
@@ -226,35 +225,153 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
         }
     };
-    let cleaned = tokio::task::spawn_blocking(move || core.shutdown()).await?;
+    let cleaned = if uninstall {
+        tracing::info!("shutting down: removing programs, links, qdiscs and pins");
+        tokio::task::spawn_blocking(move || core.shutdown()).await?
+    } else {
+        tracing::info!("exiting: the datapath stays for the next agent of this node");
+        tokio::task::spawn_blocking(move || core.leave()).await?
+    };
     served.context("API server")?;
     cleaned
 }
 
-/// Level-triggered: at every change of pods or faults (and at each deadline), mirror the whole
-/// picture into the core, then write what changed in this node's status entries.
+/// Whether the agent's DaemonSet (`namespace/name`) is being removed: gone, being deleted, or
+/// the agent's identity or permissions gone with it (401, 403): an uninstall. A DaemonSet
+/// still there (a rolling update, an eviction, a drain) or an API that does not answer is
+/// not: the datapath stays, and the kernel ends each fault at its deadline meanwhile.
+async fn daemonset_gone(client: &Client, ds: &(String, String)) -> bool {
+    let api: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client.clone(), &ds.0);
+    let got = tokio::time::timeout(Duration::from_secs(5), api.get_opt(&ds.1)).await;
+    let gone = match got {
+        Ok(Ok(Some(d))) => d.metadata.deletion_timestamp.is_some(),
+        Ok(Ok(None)) => true,
+        Ok(Err(kube::Error::Api(e))) if e.code == 401 || e.code == 403 => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot tell whether the DaemonSet is being removed; keeping the datapath");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("the API did not answer within 5 s; keeping the datapath");
+            false
+        }
+    };
+    tracing::info!(daemonset = %format!("{}/{}", ds.0, ds.1), gone, "DaemonSet checked at exit");
+    gone
+}
+
+/// The reflectors' caches the sync loop reads.
+struct Watches {
+    pods: reflector::Store<KubePod>,
+    faults: reflector::Store<NetworkFault>,
+    services: reflector::Store<Service>,
+    nodes: reflector::Store<Node>,
+}
+
+impl Watches {
+    /// Starts a reflector per kind (each change wakes `changed`); returns the stores and the
+    /// tasks driving them.
+    fn start(client: &Client, changed: &Arc<Notify>) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+        let (pods, pods_w) = reflector::store::<KubePod>();
+        let (faults, faults_w) = reflector::store::<NetworkFault>();
+        let (services, services_w) = reflector::store::<Service>();
+        let (nodes, nodes_w) = reflector::store::<Node>();
+        let cfg = watcher::Config::default;
+        let pods_watch = watcher(Api::<KubePod>::all(client.clone()), cfg())
+            .default_backoff()
+            .modify(super::pods::slim);
+        let faults_watch =
+            watcher(Api::<NetworkFault>::all(client.clone()), cfg()).default_backoff();
+        let services_watch = watcher(Api::<Service>::all(client.clone()), cfg())
+            .default_backoff()
+            .modify(slim_service);
+        let nodes_watch = watcher(Api::<Node>::all(client.clone()), cfg())
+            .default_backoff()
+            .modify(slim_node);
+        let tasks = vec![
+            tokio::spawn(drive(
+                reflector(pods_w, pods_watch),
+                changed.clone(),
+                "pods",
+            )),
+            tokio::spawn(drive(
+                reflector(faults_w, faults_watch),
+                changed.clone(),
+                "networkfaults",
+            )),
+            tokio::spawn(drive(
+                reflector(services_w, services_watch),
+                changed.clone(),
+                "services",
+            )),
+            tokio::spawn(drive(
+                reflector(nodes_w, nodes_watch),
+                changed.clone(),
+                "nodes",
+            )),
+        ];
+        let watches = Self {
+            pods,
+            faults,
+            services,
+            nodes,
+        };
+        (watches, tasks)
+    }
+
+    /// Waits for each reflector's first list.
+    async fn ready(&self) -> Result<()> {
+        self.pods.wait_until_ready().await.context("pod watch")?;
+        self.faults
+            .wait_until_ready()
+            .await
+            .context("networkfault watch")?;
+        self.services
+            .wait_until_ready()
+            .await
+            .context("service watch")?;
+        self.nodes.wait_until_ready().await.context("node watch")
+    }
+}
+
+/// Level-triggered: at every change of pods, faults, Services or Nodes (and at each deadline),
+/// mirror the whole picture into the core, then write what changed in this node's status
+/// entries.
 async fn sync_loop(
     cfg: Config,
     core: Arc<Mutex<Core>>,
-    pods_r: reflector::Store<KubePod>,
-    faults_r: reflector::Store<NetworkFault>,
+    watches: Watches,
     client: Client,
     state: Arc<AppState>,
 ) {
     let discovery = Arc::new(Mutex::new(Discovery::default()));
     let mut written: BTreeMap<(String, String), (NodeFaultStatus, Instant)> = BTreeMap::new();
     loop {
-        let objects = faults_r.state();
-        let mut pods: Vec<Pod> = pods_r.state().iter().filter_map(|p| from_kube(p)).collect();
+        let objects = watches.faults.state();
+        let mut pods: Vec<Pod> = watches
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| from_kube(p))
+            .collect();
         let faults: Vec<ExternalFault> = objects.iter().filter_map(|f| external(f)).collect();
+        let virtuals = virtual_nets(
+            &watches.services.state(),
+            &watches.nodes.state(),
+            &cfg.service_cidrs,
+        );
         let (c, d, node) = (core.clone(), discovery.clone(), cfg.node.clone());
+        let choice = cfg.uplinks.clone();
         let res =
             tokio::task::spawn_blocking(move || -> Result<(Vec<NodeReport>, Option<Duration>)> {
                 d.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .fill(&mut pods, &node);
+                let uplinks = crate::uplinks::of_pods(&choice, &pods);
                 let mut core = lock(&c);
                 core.set_pods(pods)?;
+                core.set_virtual_nets(virtuals)?;
+                core.set_uplinks(uplinks)?;
                 core.sync_external(&faults)?;
                 let out = (core.node_reports(&node), core.next_deadline());
                 drop(core);

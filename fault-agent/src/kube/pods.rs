@@ -62,6 +62,7 @@ pub fn from_kube(p: &KubePod) -> Option<Pod> {
         netns: None,
         pod_ifs: vec![],
         problem: None,
+        remote: false,
     })
 }
 

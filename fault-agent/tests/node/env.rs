@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use fault_api::client::Client;
-use fault_testkit::node::{
+use fault_testkit::real_node::{
     Cluster,
     deploy::{Faultline, SYSTEM_NS},
     pods::KubePod,

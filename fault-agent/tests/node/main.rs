@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use env::{Cleanup, Node, boot_ns_of, node, unique};
 use fault_testkit::{
-    Family, Pod, boottime_ns,
-    node::{deploy::SYSTEM_NS, measure, pods::KubePod, watch::PodWatch, workload::NS},
-    probe,
+    Family, Pod, boottime_ns, probe,
+    real_node::{deploy::SYSTEM_NS, measure, pods::KubePod, watch::PodWatch, workload::NS},
 };
 use serde_json::json;
 

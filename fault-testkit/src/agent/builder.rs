@@ -1,5 +1,5 @@
 //! [`AgentBuilder`]: how to start an agent process (mode, extra arguments, environment).
-use std::{path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::Result;
 
@@ -15,6 +15,10 @@ pub struct AgentBuilder {
     pub(super) env: Vec<(String, String)>,
     pub(super) extra: Vec<String>,
     pub(super) ready_timeout: Duration,
+    /// Network namespace to run in (name under `/run/netns`); `None`: the caller's.
+    pub(super) netns: Option<String>,
+    /// The API address; `None`: `127.0.0.1` and a free port.
+    pub(super) listen: Option<SocketAddr>,
 }
 
 impl AgentBuilder {
@@ -39,7 +43,29 @@ impl AgentBuilder {
             env: Vec::new(),
             extra: Vec::new(),
             ready_timeout: READY_TIMEOUT,
+            netns: None,
+            listen: None,
         }
+    }
+
+    /// Runs the agent (and its `uninstall`) in the network namespace `netns` (a name under
+    /// `/run/netns`, e.g. a fake node's, see [`NodeHandle`](crate::nodes::NodeHandle)) instead
+    /// of the caller's; its mount namespace stays the caller's (so `/sys/fs/bpf` is the same).
+    /// The [`AgentProcess`] holds the namespace open, so it outlives an `ip netns del` until
+    /// the agent is dropped. Fails at start if the namespace does not exist. Default: the
+    /// caller's namespace.
+    pub fn in_netns(mut self, netns: &str) -> Self {
+        self.netns = Some(netns.to_owned());
+        self
+    }
+
+    /// The API's address (`--listen`); port 0 picks a free port of that address in the
+    /// agent's namespace at start (kept across restarts). It must be reachable from the
+    /// caller's namespace (readiness is checked from there). Default: `127.0.0.1` and a free
+    /// port. A non-loopback address needs `--insecure-no-auth` (or a token file) too.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
     }
 
     /// Adds one command-line argument (after the testkit's own).

@@ -113,6 +113,19 @@ pub(super) fn tcp_listener(pod: &Pod, family: Family, port: u16) -> Result<TcpLi
     })
 }
 
+/// A TCP socket in `pod` bound to source port `port` of `family` (not connected yet).
+pub(super) fn tcp_client(pod: &Pod, family: Family, port: u16) -> Result<Socket> {
+    let bind = SocketAddr::new(family.unspecified(), port);
+    pod.run(move || -> Result<Socket> {
+        let s = new_socket(family, Type::STREAM, Protocol::TCP)?;
+        s.set_reuse_address(true).context("SO_REUSEADDR")?;
+        s.bind(&bind.into())
+            .with_context(|| format!("binding {bind}"))?;
+        Ok(s)
+    })?
+    .with_context(|| format!("TCP client in {}/{}", pod.namespace(), pod.name()))
+}
+
 /// `CLOCK_BOOTTIME` now, in ns, or an error.
 pub(super) fn now_ns() -> Result<u64> {
     crate::try_boottime_ns()

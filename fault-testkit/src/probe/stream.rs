@@ -128,18 +128,48 @@ pub fn udp_stream_background(
     opts: &StreamOpts,
 ) -> Result<StreamHandle> {
     payload::check_len(opts.payload_len)?;
-    anyhow::ensure!(opts.rate_pps > 0, "rate_pps must be positive");
     let rx = sock::udp_receiver(to, family, opts.port)?;
     let tx = sock::udp_sender(from, family)?;
     let sender_port = tx.local_addr().context("sender address")?.port();
     let dest = SocketAddr::new(to.ip(family), opts.port);
+    start(tx, rx, sender_port, dest, opts)
+}
 
+/// Sends `opts.count` datagrams from `from` to a [`UdpEchoServer`](super::UdpEchoServer) on
+/// `to` (its address of `family`, port `opts.port`) at `opts.rate_pps`, and reports what
+/// **came back** to the sender within `opts.drain` of the last: a fault on either path shows
+/// (a loss or corruption of the echo only, when the fault acts on replies alone). The echo
+/// server must be running.
+pub fn udp_echo_stream(
+    from: &Pod,
+    to: &Pod,
+    family: Family,
+    opts: &StreamOpts,
+) -> Result<StreamReport> {
+    payload::check_len(opts.payload_len)?;
+    let tx = sock::udp_sender(from, family)?;
+    let rx = tx.try_clone().context("cloning the sender socket")?;
+    rx.set_read_timeout(Some(sock::POLL))?;
+    let dest = SocketAddr::new(to.ip(family), opts.port);
+    start(tx, rx, opts.port, dest, opts)?.wait()
+}
+
+/// Runs a sender of `opts` on `tx` to `dest` and a receiver on `rx` of what comes from port
+/// `from_port`.
+fn start(
+    tx: UdpSocket,
+    rx: UdpSocket,
+    from_port: u16,
+    dest: SocketAddr,
+    opts: &StreamOpts,
+) -> Result<StreamHandle> {
+    anyhow::ensure!(opts.rate_pps > 0, "rate_pps must be positive");
     let stop_receiving = Arc::new(AtomicBool::new(false));
     let stop = stop_receiving.clone();
     let len = opts.payload_len;
     let receiver = std::thread::Builder::new()
         .name("testkit-stream-rx".into())
-        .spawn(move || receive(&rx, sender_port, len, &stop))
+        .spawn(move || receive(&rx, from_port, len, &stop))
         .context("spawning the stream receiver")?;
 
     let stop_sending = Arc::new(AtomicBool::new(false));
@@ -165,16 +195,16 @@ pub fn udp_stream_background(
     })
 }
 
-/// The receiver: records every datagram until `stop`, judging only its pattern (the sender's
-/// record is not known yet).
-fn receive(rx: &UdpSocket, sender_port: u16, len: usize, stop: &AtomicBool) -> Result<RecvLog> {
+/// The receiver: records every datagram from port `from_port` until `stop`, judging only its
+/// pattern (the sender's record is not known yet).
+fn receive(rx: &UdpSocket, from_port: u16, len: usize, stop: &AtomicBool) -> Result<RecvLog> {
     let mut log = RecvLog::default();
     let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::Acquire) {
         match rx.recv_from(&mut buf) {
             Ok((n, src)) => {
                 let recv_ns = sock::now_ns()?;
-                if src.port() != sender_port {
+                if src.port() != from_port {
                     log.foreign += 1;
                     continue;
                 }

@@ -30,6 +30,58 @@ pub fn tcp_connect(
     from.run(move || TcpStream::connect_timeout(&addr, timeout).is_ok())
 }
 
+/// Opens one new TCP connection from `from` to `to` (its address of `family`, `port`) from
+/// each source port of `source_ports`, 64 at a time, each given `timeout`, and closes them:
+/// how many were established. Distinct source ports make each a new flow for the host's
+/// connection tracking (so a Service's load balancing chooses anew for each), which a
+/// kernel-chosen port does not promise: it may reuse the port of a failed attempt whose entry
+/// still waits.
+pub fn tcp_connect_each(
+    from: &Pod,
+    to: &Pod,
+    family: Family,
+    port: u16,
+    source_ports: std::ops::Range<u16>,
+    timeout: Duration,
+) -> Result<u64> {
+    const PARALLEL: u16 = 64;
+    let dest = SocketAddr::new(to.ip(family), port);
+    let timeout = timeout.max(Duration::from_millis(1));
+    let ports: Vec<u16> = source_ports.collect();
+    let mut ok = 0;
+    for chunk in ports.chunks(PARALLEL as usize) {
+        let made: Vec<Result<bool>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|&sport| scope.spawn(move || connect_from(from, family, sport, dest, timeout)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("connect thread panicked"))?
+                })
+                .collect()
+        });
+        for m in made {
+            ok += u64::from(m?);
+        }
+    }
+    Ok(ok)
+}
+
+/// One connection attempt from source port `sport` of `from`.
+fn connect_from(
+    from: &Pod,
+    family: Family,
+    sport: u16,
+    dest: SocketAddr,
+    timeout: Duration,
+) -> Result<bool> {
+    let s = sock::tcp_client(from, family, sport)?;
+    Ok(s.connect_timeout(&dest.into(), timeout).is_ok())
+}
+
 /// Connects from `from` to a [`TcpEchoServer`] on `to:port`, sends a random 32-byte message
 /// and reads it back: `true` when the whole round trip completed within `timeout`.
 pub fn tcp_echo_roundtrip(

@@ -37,36 +37,50 @@ impl Dynamo {
     }
 }
 
+/// The inference pods: name and labels, in the order of [`Dynamo::all`].
+const PODS: [(&str, &[(&str, &str)]); 5] = [
+    (
+        "frontend-0",
+        &[("app", "frontend"), (COMPONENT, "frontend")],
+    ),
+    (
+        "vllm-decode-0",
+        &[("app", "vllm-decode"), (COMPONENT, "worker")],
+    ),
+    (
+        "vllm-decode-1",
+        &[("app", "vllm-decode"), (COMPONENT, "worker")],
+    ),
+    (
+        "vllm-prefill-0",
+        &[("app", "vllm-prefill"), (COMPONENT, "worker")],
+    ),
+    (
+        "nats-0",
+        &[("app.kubernetes.io/name", "nats"), ("app", "nats")],
+    ),
+];
+
+impl Dynamo {
+    /// Makes the inference pods, in the order of [`Dynamo::all`], with `add(name, labels)`
+    /// (their Kubernetes namespace is [`DYNAMO_NAMESPACE`]).
+    pub(crate) fn build(
+        mut add: impl FnMut(&str, &[(&str, &str)]) -> Result<Pod>,
+    ) -> Result<Dynamo> {
+        let mut next = |i: usize| add(PODS[i].0, PODS[i].1);
+        Ok(Dynamo {
+            frontend: next(0)?,
+            decode0: next(1)?,
+            decode1: next(2)?,
+            prefill: next(3)?,
+            nats: next(4)?,
+        })
+    }
+}
+
 impl Topology {
     /// Adds the inference pods (see [`Dynamo`]) to the topology, in namespace `dynamo`.
     pub fn dynamo(&mut self) -> Result<Dynamo> {
-        let ns = DYNAMO_NAMESPACE;
-        Ok(Dynamo {
-            frontend: self.add_pod(
-                ns,
-                "frontend-0",
-                &[("app", "frontend"), (COMPONENT, "frontend")],
-            )?,
-            decode0: self.add_pod(
-                ns,
-                "vllm-decode-0",
-                &[("app", "vllm-decode"), (COMPONENT, "worker")],
-            )?,
-            decode1: self.add_pod(
-                ns,
-                "vllm-decode-1",
-                &[("app", "vllm-decode"), (COMPONENT, "worker")],
-            )?,
-            prefill: self.add_pod(
-                ns,
-                "vllm-prefill-0",
-                &[("app", "vllm-prefill"), (COMPONENT, "worker")],
-            )?,
-            nats: self.add_pod(
-                ns,
-                "nats-0",
-                &[("app.kubernetes.io/name", "nats"), ("app", "nats")],
-            )?,
-        })
+        Dynamo::build(|name, labels| self.add_pod(DYNAMO_NAMESPACE, name, labels))
     }
 }

@@ -14,7 +14,7 @@ use crate::netns;
 /// Address family of a pod address or a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
-    /// IPv4 (`198.18.0.0/24` in a topology).
+    /// IPv4 (`198.18.0.0/16` in a topology).
     V4,
     /// IPv6 (`fd00:fa::/64` in a topology).
     V6,
@@ -38,25 +38,27 @@ impl Family {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Inner {
     namespace: String,
     name: String,
     labels: BTreeMap<String, String>,
     netns: String,
     host_if: String,
+    /// Where `host_if` lives: `None` for the root namespace, else a node's namespace.
+    host_netns: Option<String>,
     v4: Ipv4Addr,
     v6: Ipv6Addr,
 }
 
-/// One pod: a network namespace whose `eth0` is one end of a veth, the other end (on the
-/// host) sitting on the topology's bridge. A cheap handle (`Clone` copies a pointer); it does
+/// One pod: a network namespace whose `eth0` is one end of a veth, the other end on the host
+/// (on the topology's bridge, or routed to). A cheap handle (`Clone` copies a pointer); it does
 /// not own the namespace, the [`Topology`](super::Topology) does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod(Arc<Inner>);
 
 impl Pod {
-    pub(super) fn new(
+    pub(crate) fn new(
         namespace: &str,
         name: &str,
         labels: BTreeMap<String, String>,
@@ -71,9 +73,17 @@ impl Pod {
             labels,
             netns,
             host_if,
+            host_netns: None,
             v4,
             v6,
         }))
+    }
+
+    /// The same pod whose host side lives in network namespace `host_netns` (a node's).
+    pub(crate) fn with_host_netns(&self, host_netns: &str) -> Self {
+        let mut inner = Inner::clone(&self.0);
+        inner.host_netns = Some(host_netns.to_owned());
+        Pod(Arc::new(inner))
     }
 
     /// A handle on a pod made by another process (e.g. `fault-testenv up`), for probes. It
@@ -92,16 +102,15 @@ impl Pod {
 
     /// The same pod with another IPv4 address.
     pub(super) fn with_ipv4(&self, v4: Ipv4Addr) -> Self {
-        let i = &self.0;
-        Pod::new(
-            &i.namespace,
-            &i.name,
-            i.labels.clone(),
-            i.netns.clone(),
-            i.host_if.clone(),
-            v4,
-            i.v6,
-        )
+        self.with_addresses(v4, self.0.v6)
+    }
+
+    /// The same pod (namespace, name, labels, network namespace, host interface) with other
+    /// addresses: what probes send to. See [`Service::through`](crate::services::Service::through).
+    pub(crate) fn with_addresses(&self, v4: Ipv4Addr, v6: Ipv6Addr) -> Self {
+        let mut inner = Inner::clone(&self.0);
+        (inner.v4, inner.v6) = (v4, v6);
+        Pod(Arc::new(inner))
     }
 
     /// Kubernetes namespace of the pod (as written in the inventory).
@@ -130,17 +139,28 @@ impl Pod {
     }
 
     /// Name of the host side of the pod's veth (`fl<id>p<index>`, in the root namespace, on
-    /// the bridge): where the agent attaches its programs. Empty for [`Pod::existing`].
+    /// the bridge if bridged, or in its node's namespace, see [`Pod::host_netns`]): where the
+    /// agent attaches its programs. Empty for [`Pod::existing`].
     pub fn host_ifname(&self) -> &str {
         &self.0.host_if
     }
 
-    /// IPv4 address of the pod's `eth0` (prefix length 24).
+    /// The network namespace (name under `/run/netns`) holding the host side of the pod's
+    /// veth: `None` for the root namespace (pods of a [`Topology`](super::Topology)), the
+    /// node's namespace for pods of a [`Fabric`](crate::nodes::Fabric).
+    pub fn host_netns(&self) -> Option<&str> {
+        self.0.host_netns.as_deref()
+    }
+
+    /// IPv4 address of the pod's `eth0` (prefix length 16 bridged, 32 routed), or what a
+    /// probe sends to (a Service's address, see
+    /// [`Service::through`](crate::services::Service::through)).
     pub fn ipv4(&self) -> Ipv4Addr {
         self.0.v4
     }
 
-    /// IPv6 address of the pod's `eth0` (prefix length 64).
+    /// IPv6 address of the pod's `eth0` (prefix length 64 bridged, 128 routed), or what a
+    /// probe sends to.
     pub fn ipv6(&self) -> Ipv6Addr {
         self.0.v6
     }

@@ -42,7 +42,7 @@ pub(super) fn claim(id: u32, name_hint: &str) -> Result<bool> {
 }
 
 /// Gives `id` up (its objects are gone).
-pub(super) fn release(id: u32) {
+pub(crate) fn release(id: u32) {
     if let Err(e) = fs::remove_file(entry(id))
         && e.kind() != ErrorKind::NotFound
     {
@@ -80,10 +80,15 @@ fn owner_alive(content: &str) -> bool {
     }
 }
 
+/// Whether `id` is claimed by a process that still runs.
+pub(crate) fn is_live(id: u32) -> bool {
+    fs::read_to_string(entry(id)).is_ok_and(|c| owner_alive(&c))
+}
+
 /// For each topology of the registry whose process is dead: deletes its links (`fl<id>*`)
 /// and network namespaces (`fl<id>-*`), then its registry file. Failures are logged to stderr.
-/// [`Topology::new`](super::Topology::new) calls it first.
-pub fn reap_stale() {
+/// Part of [`reap_stale`](super::reap_stale).
+pub(super) fn reap_dead() {
     let Ok(entries) = fs::read_dir(REGISTRY_DIR) else {
         return;
     };

@@ -11,6 +11,7 @@ mod floor;
 mod node;
 mod overhead;
 mod scale;
+mod services;
 
 use std::{fmt::Write as _, fs, path::Path, process::Command, time::Instant};
 
@@ -230,6 +231,7 @@ pub fn run(bin_dir: &Path, file: &Path, opts: &Options) -> Result<()> {
     type Section = Box<dyn Fn(&mut Report, &Options) -> Result<()>>;
     let sections: Vec<(&str, Section)> = vec![
         ("overhead", Box::new(overhead::run)),
+        ("services", Box::new(services::run)),
         ("apply", Box::new(apply::run)),
         ("accuracy", Box::new(accuracy::run)),
         ("scale", Box::new(scale::run)),
@@ -254,7 +256,7 @@ pub fn run(bin_dir: &Path, file: &Path, opts: &Options) -> Result<()> {
         .find(|o| !sections.iter().any(|(n, _)| n == o))
     {
         anyhow::bail!(
-            "--only: no section {unknown:?} (overhead, apply, accuracy, scale, cluster, expiry, node)"
+            "--only: no section {unknown:?} (overhead, services, apply, accuracy, scale, cluster, expiry, node)"
         );
     }
     for (name, section) in sections {

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result};
-use fault_testkit::node::{Cluster, measure, workload::NS};
+use fault_testkit::real_node::{Cluster, measure, workload::NS};
 
 use super::{Options, Report};
 use crate::{cluster, image};
