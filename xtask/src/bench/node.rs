@@ -1,4 +1,4 @@
-//! 6. On a real node: the time from an API request through the `fault-injection-api` Service
+//! Section 6, on a real node: the time from an API request through the `fault-injection-api` Service
 //! (kube-proxy's DNAT to the API pod, which writes a NetworkFault to the API server and
 //! answers once the node agent pod reports it applied) to the first packet affected, and from
 //! the recover request to the first packet through; between two pods of the inference
