@@ -228,6 +228,14 @@ fn an_unparsable_inventory_stops_the_agent_with_the_field_named() {
             "pods[0].namespace",
         ),
         ("pods: [\n", "inventory"),
+        (
+            "pods:\n  - {namespace: dynamo, name: a, node: host-b}\n",
+            "pods[0].ips",
+        ),
+        (
+            "pods:\n  - {namespace: dynamo, name: a, netns: x, node: host-b, ips: [198.18.2.1]}\n",
+            "pods[0].node",
+        ),
     ] {
         std::fs::write(&inv, text).unwrap();
         let err = match AgentProcess::start(&inv) {
@@ -238,4 +246,28 @@ fn an_unparsable_inventory_stops_the_agent_with_the_field_named() {
         assert!(!err.contains("panicked"), "{err}");
     }
     drop(topo);
+}
+
+#[test]
+fn bad_datapath_flags_stop_the_agent_naming_the_flag_and_the_range() {
+    let _s = serial();
+    let topo = Topology::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inv.yaml");
+    topo.write_inventory(&inv).unwrap();
+    for (args, want) in [
+        (&["--evaluated-mark", "0x4000"][..], "kube-proxy"),
+        (&["--evaluated-mark", "0x3"][..], "single bit"),
+        (&["--evaluated-mark", "lots"][..], "not a number"),
+        (&["--service-cidr", "198.19.0.0/33"][..], "--service-cidr"),
+        (&["--uplink", "eth0", "--uplink", "auto"][..], "stand alone"),
+        (&["--uplink", "a/b"][..], "not an interface name"),
+    ] {
+        let err = match AgentProcess::start_with(&inv, args) {
+            Ok(_) => panic!("agent started with {args:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }
