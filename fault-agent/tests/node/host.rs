@@ -15,18 +15,57 @@ fn bpftool_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]))
 }
 
-/// Ids and names of loaded programs of ours.
+/// Program id -> the processes holding a file descriptor of it (`/proc/*/fdinfo`).
+fn holders() -> std::collections::HashMap<u64, Vec<u32>> {
+    let mut out: std::collections::HashMap<u64, Vec<u32>> = Default::default();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        for fd in std::fs::read_dir(p.path().join("fdinfo"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            if let Some(id) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                out.entry(id).or_default().push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `pid` is the DaemonSet's agent (its bpffs folder on its command line).
+fn is_our_agent(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .any(|a| a == AGENT_BPFFS.as_bytes())
+}
+
+/// Ids and names of loaded programs of ours: Faultline's programs that no other process holds
+/// (the machine's other tests run agents of their own, with their own programs).
 pub fn programs() -> Vec<(u64, String)> {
+    let held = holders();
     bpftool_json(&["prog", "show"])
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|p| {
             let name = p["name"].as_str()?;
-            PROGRAMS
+            let id = p["id"].as_u64()?;
+            let named = PROGRAMS
                 .iter()
-                .any(|n| n.starts_with(name) || name.starts_with(n))
-                .then(|| (p["id"].as_u64().unwrap_or(0), name.to_owned()))
+                .any(|n| n.starts_with(name) || name.starts_with(n));
+            let foreign = held
+                .get(&id)
+                .is_some_and(|pids| pids.iter().all(|pid| !is_our_agent(*pid)));
+            (named && !foreign).then(|| (id, name.to_owned()))
         })
         .collect()
 }
