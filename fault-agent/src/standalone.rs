@@ -132,6 +132,13 @@ fn remote_pod(p: &crate::inventory::InventoryPod) -> Pod {
     }
 }
 
+/// The host's virtual ranges: `--service-cidr` and its own addresses.
+fn virtual_nets(cfg: &Config) -> Vec<ipnet::IpNet> {
+    let mut nets = cfg.service_cidrs.clone();
+    nets.extend(crate::uplinks::own_addresses());
+    nets
+}
+
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
     let token = cfg
@@ -187,7 +194,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         let uplinks = crate::uplinks::of_pods(&cfg.uplinks, &pods);
         let mut c = lock(&core);
         c.set_pods(pods)?;
-        c.set_virtual_nets(cfg.service_cidrs.clone())?;
+        c.set_virtual_nets(virtual_nets(&cfg))?;
         c.set_uplinks(uplinks)?;
         c.reconcile()?;
     }
@@ -332,14 +339,16 @@ async fn watch_inventory(cfg: Config, state: Arc<AppState>, core: Arc<Mutex<Core
             std::mem::take(&mut cache)
         };
         let started = tokio::time::Instant::now();
-        let choice = cfg.uplinks.clone();
+        let cfg = cfg.clone();
         let res = tokio::task::spawn_blocking(move || {
             let (pods, cache) = discover_all(&inv, &previous);
-            let uplinks = crate::uplinks::of_pods(&choice, &pods);
+            let uplinks = crate::uplinks::of_pods(&cfg.uplinks, &pods);
+            let virtuals = virtual_nets(&cfg);
             let mut c = lock(&core);
             let result = c.set_pods(pods).and_then(|pods_changed| {
                 let uplinks_changed = c.set_uplinks(uplinks)?;
-                Ok(pods_changed.or(uplinks_changed))
+                let virtuals_changed = c.set_virtual_nets(virtuals)?;
+                Ok(pods_changed.or(uplinks_changed).or(virtuals_changed))
             });
             drop(c);
             crate::memory::trim();

@@ -355,7 +355,7 @@ async fn sync_loop(
             .filter_map(|p| from_kube(p))
             .collect();
         let faults: Vec<ExternalFault> = objects.iter().filter_map(|f| external(f)).collect();
-        let virtuals = virtual_nets(
+        let mut virtuals = virtual_nets(
             &watches.services.state(),
             &watches.nodes.state(),
             &cfg.service_cidrs,
@@ -368,6 +368,7 @@ async fn sync_loop(
                     .unwrap_or_else(|p| p.into_inner())
                     .fill(&mut pods, &node);
                 let uplinks = crate::uplinks::of_pods(&choice, &pods);
+                virtuals.extend(crate::uplinks::own_addresses());
                 let mut core = lock(&c);
                 core.set_pods(pods)?;
                 core.set_virtual_nets(virtuals)?;
