@@ -86,6 +86,9 @@ pub struct Core {
     /// Cluster mode: faults with work on this node that are not in the datapath and have no
     /// record (no slot was free), with why; recomputed at every [`Core::sync_external`].
     problems: BTreeMap<String, String>,
+    /// Cluster mode: the faults wanted without work on this node (no slot), by id, to say
+    /// why when one of their target pods is scheduled here but was not found.
+    elsewhere: BTreeMap<String, FaultSpec>,
 }
 
 /// Whether a fault has anything to do on this node: a local target, or a local peer of a
@@ -149,6 +152,7 @@ impl Core {
             virtual_nets: Vec::new(),
             uplinks: BTreeMap::new(),
             problems: BTreeMap::new(),
+            elsewhere: BTreeMap::new(),
         }
     }
 
@@ -524,6 +528,11 @@ impl Core {
             .filter(|(_, f)| has_local_work(&resolve::resolve(&f.spec, pods)))
             .map(|(id, f)| (*id, *f))
             .collect();
+        self.elsewhere = wanted
+            .iter()
+            .filter(|(id, _)| !local.contains_key(*id))
+            .map(|(id, f)| (id.to_string(), f.spec.clone()))
+            .collect();
         let known: Vec<(String, FaultState)> =
             self.store.all().map(|f| (f.id.clone(), f.state)).collect();
         for (id, state) in known {
@@ -655,6 +664,17 @@ impl Core {
             applied: false,
             counters: Counters::default(),
             message: Some(why.clone()),
+        }));
+        // Target pods scheduled here that are not in the datapath: say why.
+        reports.extend(self.elsewhere.iter().filter_map(|(id, spec)| {
+            let why = self.unreachable_targets(spec, node)?;
+            Some(NodeReport {
+                id: id.clone(),
+                local_targets: 0,
+                applied: false,
+                counters: Counters::default(),
+                message: Some(why),
+            })
         }));
         reports
     }

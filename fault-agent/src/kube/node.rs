@@ -502,3 +502,53 @@ async fn write_status(
             .any(|o| o.metadata.namespace.as_deref() == Some(k.0.as_str()) && o.id() == k.1)
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::crd::{NetworkFaultSpec, NetworkFaultStatus};
+
+    fn object(ns: &str, name: &str, duration: Option<&str>, expires_in_s: i64) -> NetworkFault {
+        let mut spec = NetworkFaultSpec::from_fault_spec(&fault_api::FaultSpec::new(ns));
+        spec.pod_prefix = Some("vllm".into());
+        spec.partition = Some(fault_api::PartitionMode::Packets);
+        spec.duration = duration.map(str::to_owned);
+        let mut nf = NetworkFault::new(name, spec);
+        nf.metadata.namespace = Some(ns.into());
+        let created = Timestamp::now();
+        nf.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created));
+        nf.status = Some(NetworkFaultStatus {
+            phase: Some(Phase::Active),
+            expires_at: Some(created + jiff::SignedDuration::from_secs(expires_in_s)),
+            ..Default::default()
+        });
+        nf
+    }
+
+    #[test]
+    fn the_kernel_deadline_is_clamped_to_creation_plus_the_duration_and_the_maximum() {
+        let hour = Duration::from_secs(3600);
+        // A status that says a year: the node's --max-duration (1 h) wins.
+        let nf = object("dynamo", "cut", None, 365 * 24 * 3600);
+        let f = external(&nf, hour).unwrap();
+        let created = f.created_at;
+        assert_eq!(f.expires_at, created + jiff::SignedDuration::from_secs(3600));
+        // The spec's own duration is shorter: it wins.
+        let nf = object("dynamo", "cut", Some("30s"), 3000);
+        let f = external(&nf, hour).unwrap();
+        assert_eq!(f.expires_at, f.created_at + jiff::SignedDuration::from_secs(30));
+        // A status expiring earlier than both is kept as it is.
+        let nf = object("dynamo", "cut", Some("10m"), 20);
+        let f = external(&nf, hour).unwrap();
+        assert_eq!(f.expires_at, f.created_at + jiff::SignedDuration::from_secs(20));
+    }
+
+    #[test]
+    fn faults_of_the_same_name_in_two_namespaces_have_two_keys() {
+        let a = external(&object("dynamo", "cut", None, 60), Duration::from_secs(3600)).unwrap();
+        let b = external(&object("storage", "cut", None, 60), Duration::from_secs(3600)).unwrap();
+        assert_eq!(a.id, "dynamo/cut");
+        assert_eq!(b.id, "storage/cut");
+    }
+}

@@ -8,6 +8,7 @@ mod apply;
 mod cluster;
 mod expiry;
 mod floor;
+mod load;
 mod overhead;
 mod scale;
 mod services;
@@ -242,6 +243,7 @@ pub fn run(bin_dir: &Path, file: &Path, opts: &Options) -> Result<()> {
             }),
         ),
         ("expiry", Box::new(expiry::run)),
+        ("load", Box::new(load::run)),
     ];
     let mut report = Report::default();
     let write = |report: &Report, tail: &str| -> Result<()> {
@@ -254,7 +256,7 @@ pub fn run(bin_dir: &Path, file: &Path, opts: &Options) -> Result<()> {
         .find(|o| !sections.iter().any(|(n, _)| n == o))
     {
         anyhow::bail!(
-            "--only: no section {unknown:?} (overhead, services, apply, accuracy, scale, cluster, expiry)"
+            "--only: no section {unknown:?} (overhead, services, apply, accuracy, scale, cluster, expiry, load)"
         );
     }
     for (name, section) in sections {
