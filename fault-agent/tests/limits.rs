@@ -88,7 +88,12 @@ fn live_faults_and_rules_per_fault_are_refused_with_409_before_any_write() {
 #[test]
 fn a_fault_that_would_overflow_a_map_is_refused_whole() {
     let _s = serial();
-    let env = DynamoEnv::start_with(&["--max-rules-per-fault", "131072"]).unwrap();
+    let env = DynamoEnv::start_with(&[
+        "--max-rules-per-fault",
+        "131072",
+        "--max-body-bytes",
+        "4194304",
+    ]).unwrap();
     let c = env.agent.client();
     // The same 45,000 peers and port on nested sets of targets: each pod gets a table of its
     // own, 90,000 entries each (TCP and UDP); three of them would pass the map's 262,144.

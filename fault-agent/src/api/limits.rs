@@ -154,17 +154,25 @@ async fn overloaded(limits: ApiLimits, e: tower::BoxError) -> Result<Response, I
 
 /// Puts the limits around `api` (every route but health).
 pub fn apply<S: Clone + Send + Sync + 'static>(api: Router<S>, limits: ApiLimits) -> Router<S> {
+    // The announced length is refused before the body is read (tower-http); a body without
+    // one is cut where it passes the limit (axum's extractor).
     let api = api
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            limits.max_body_bytes,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             limits.request_timeout,
         ))
+        // One semaphore for every route (`Router::layer` wraps each route on its own).
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(move |e| overloaded(limits, e)))
                 .load_shed()
-                .concurrency_limit(limits.max_concurrent.max(1)),
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    limits.max_concurrent.max(1),
+                )),
         );
     let api = match (
         NonZeroU32::new(limits.rate_per_sec),
