@@ -813,7 +813,11 @@ fn networkfaults_of_one_name_in_two_namespaces_are_two_faults() {
     create_namespace(&c, "storage");
     apply_fault(&c, NS, "cut", "vllm-decode-0", "app=vllm-prefill");
     c.wait_phase("cut", Phase::Active, Duration::from_secs(5));
-    assert!(blocked(&p.decode0, &p.prefill, Family::V4), "dynamo/cut acts");
+    assert!(
+        blocked(&p.decode0, &p.prefill, Family::V4),
+        "dynamo/cut acts\n{}",
+        c.nodes[0].log_tail(20)
+    );
 
     // The same name in another namespace (whose targets match no pod).
     apply_fault(&c, "storage", "cut", "minio", "app=minio");
