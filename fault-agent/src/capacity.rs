@@ -92,8 +92,16 @@ fn check_map(name: &str, max: u32, u: Usage) -> Result<(), CapacityError> {
 /// Checks that writing `to` over `from` (what the kernel holds) fits every map, at the end and
 /// at the write's peak (see the module docs).
 pub fn check_maps(from: &Tables, to: &Tables) -> Result<(), CapacityError> {
-    check_map(fault_common::MAP_TARGETS, MAX_TARGETS, usage(&from.targets, &to.targets))?;
-    check_map(fault_common::MAP_RULES, MAX_RULES, usage(&from.rules, &to.rules))?;
+    check_map(
+        fault_common::MAP_TARGETS,
+        MAX_TARGETS,
+        usage(&from.targets, &to.targets),
+    )?;
+    check_map(
+        fault_common::MAP_RULES,
+        MAX_RULES,
+        usage(&from.rules, &to.rules),
+    )?;
     let remote_added = to.remote.difference(&from.remote).count();
     check_map(
         fault_common::MAP_REMOTE,

@@ -119,7 +119,9 @@ impl ApiArgs {
 }
 
 fn max_faults(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
     let slots = fault_common::MAX_FAULTS as usize;
     if n == 0 || n > slots {
         return Err(format!(
@@ -130,7 +132,9 @@ fn max_faults(s: &str) -> Result<usize, String> {
 }
 
 fn max_rules(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
     let budget = fault_common::MAX_RULES as usize / 2;
     if n == 0 || n > budget {
         return Err(format!(

@@ -822,12 +822,16 @@ fn networkfaults_of_one_name_in_two_namespaces_are_two_faults() {
     // The same name in another namespace (whose targets match no pod).
     apply_fault(&c, "storage", "cut", "minio", "app=minio");
     let storage: Api<NetworkFault> = Api::namespaced(c.client.clone(), "storage");
-    wait_until("storage/cut seen by the controller", Duration::from_secs(5), || {
-        c.rt.block_on(storage.get("cut"))
-            .unwrap()
-            .status
-            .is_some_and(|s| s.expires_at.is_some())
-    });
+    wait_until(
+        "storage/cut seen by the controller",
+        Duration::from_secs(5),
+        || {
+            c.rt.block_on(storage.get("cut"))
+                .unwrap()
+                .status
+                .is_some_and(|s| s.expires_at.is_some())
+        },
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert!(
         blocked(&p.decode0, &p.prefill, Family::V4),
@@ -854,7 +858,10 @@ fn networkfaults_of_one_name_in_two_namespaces_are_two_faults() {
         }
         other => panic!("an ambiguous recover must be refused, got {other:?}"),
     }
-    assert!(blocked(&p.decode0, &p.prefill, Family::V4), "nothing recovered");
+    assert!(
+        blocked(&p.decode0, &p.prefill, Family::V4),
+        "nothing recovered"
+    );
     let f = api.recover("storage%2Fcut").unwrap();
     assert_eq!(f.spec.namespace, "storage");
     assert!(
@@ -863,7 +870,10 @@ fn networkfaults_of_one_name_in_two_namespaces_are_two_faults() {
     );
     let f = api.recover("dynamo%2Fcut").unwrap();
     assert_eq!(f.spec.namespace, NS);
-    assert!(reaches(&p.decode0, &p.prefill, Family::V4), "dynamo/cut recovered");
+    assert!(
+        reaches(&p.decode0, &p.prefill, Family::V4),
+        "dynamo/cut recovered"
+    );
 }
 
 /// Regression (issue 13): every node allocated a slot for every NetworkFault of the cluster,
@@ -899,20 +909,38 @@ fn only_faults_with_local_work_take_slots_and_active_means_applied() {
             .collect::<Vec<_>>()
             .await;
     });
-    eprintln!("{many} NetworkFaults created in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "{many} NetworkFaults created in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let id = inject(
         &c.api,
-        &["-n", NS, "--pod-prefix", "vllm-decode-0", "--to-selector", "app=vllm-prefill", "--partition"],
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode-0",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+        ],
     );
     c.wait_phase(&id, Phase::Active, Duration::from_secs(60));
     wait_until("the local fault applied", Duration::from_secs(10), || {
         blocked(&p.decode0, &p.prefill, Family::V4)
     });
     let tables = c.nodes[0].client().get_json("/v1/tables").unwrap();
-    assert_eq!(tables["faults"], 1, "one slot on node-a, for the one local fault: {tables}");
+    assert_eq!(
+        tables["faults"], 1,
+        "one slot on node-a, for the one local fault: {tables}"
+    );
     for n in &c.nodes {
-        assert!(!n.log().contains("fault slots are in use"), "{}", n.log_tail(20));
+        assert!(
+            !n.log().contains("fault slots are in use"),
+            "{}",
+            n.log_tail(20)
+        );
     }
 
     // A target pod scheduled on node-a that node-a cannot find: not Active, and why.
@@ -922,26 +950,50 @@ fn only_faults_with_local_work_take_slots_and_active_means_applied() {
     }))
     .unwrap();
     let pods: Api<KubePod> = Api::namespaced(c.client.clone(), NS);
-    c.rt.block_on(pods.create(&PostParams::default(), &ghost)).unwrap();
-    let status = json!({"status": {"phase": "Running", "podIP": "198.19.250.77", "podIPs": [{"ip": "198.19.250.77"}]}});
-    c.rt.block_on(pods.patch_status("vllm-ghost-0", &PatchParams::default(), &Patch::Merge(&status)))
+    c.rt.block_on(pods.create(&PostParams::default(), &ghost))
         .unwrap();
+    let status = json!({"status": {"phase": "Running", "podIP": "198.19.250.77", "podIPs": [{"ip": "198.19.250.77"}]}});
+    c.rt.block_on(pods.patch_status(
+        "vllm-ghost-0",
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    ))
+    .unwrap();
     let ghost_id = inject(
         &c.api,
-        &["-n", NS, "--pod-prefix", "vllm-ghost", "--to-selector", "app=vllm-prefill", "--partition"],
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-ghost",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+        ],
     );
     let start = Instant::now();
     let st = loop {
         let st = c.fault(&ghost_id).status.unwrap_or_default();
-        let said = st.message.as_deref().unwrap_or("").contains("no network namespace");
+        let said = st
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("no network namespace");
         if said || start.elapsed() > Duration::from_secs(20) {
             break st;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(st.phase, Some(Phase::Pending), "not applied anywhere, so not Active: {st:?}");
+    assert_eq!(
+        st.phase,
+        Some(Phase::Pending),
+        "not applied anywhere, so not Active: {st:?}"
+    );
     let msg = st.message.clone().unwrap_or_default();
-    assert!(msg.contains("node-a") && msg.contains("no network namespace"), "{st:?}");
+    assert!(
+        msg.contains("node-a") && msg.contains("no network namespace"),
+        "{st:?}"
+    );
     assert!(!st.nodes["node-a"].applied, "{st:?}");
     let seen = c.api.client().get_fault(&ghost_id).unwrap();
     assert_eq!(seen.state, fault_api::FaultState::Pending, "{seen:?}");

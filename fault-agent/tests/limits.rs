@@ -50,7 +50,8 @@ fn cidrs(n: usize) -> Vec<ipnet::IpNet> {
 #[test]
 fn live_faults_and_rules_per_fault_are_refused_with_409_before_any_write() {
     let _s = serial();
-    let env = DynamoEnv::start_with(&["--max-faults", "3", "--max-rules-per-fault", "100"]).unwrap();
+    let env =
+        DynamoEnv::start_with(&["--max-faults", "3", "--max-rules-per-fault", "100"]).unwrap();
     let c = env.agent.client();
     let p = &env.pods;
     for prefix in ["vllm-decode-0", "vllm-decode-1", "frontend"] {
@@ -58,9 +59,16 @@ fn live_faults_and_rules_per_fault_are_refused_with_409_before_any_write() {
     }
     let tables = c.get_json("/v1/tables").unwrap();
     let e = capacity_error(c.create(&spec("nats")));
-    assert!(e.message.contains("--max-faults") && e.message.contains("4"), "{e:?}");
+    assert!(
+        e.message.contains("--max-faults") && e.message.contains("4"),
+        "{e:?}"
+    );
     assert_eq!(c.list(None).unwrap().faults.len(), 3, "nothing was created");
-    assert_eq!(c.get_json("/v1/tables").unwrap(), tables, "nothing was written");
+    assert_eq!(
+        c.get_json("/v1/tables").unwrap(),
+        tables,
+        "nothing was written"
+    );
     assert!(reaches(&p.nats, &p.prefill, Family::V4));
 
     // A fault that needs more rules than --max-rules-per-fault.
@@ -72,10 +80,16 @@ fn live_faults_and_rules_per_fault_are_refused_with_409_before_any_write() {
     wide.to_cidrs = cidrs(200);
     let e = capacity_error(c.create(&wide));
     assert!(
-        e.message.contains("FL_RULES") && e.message.contains("200") && e.message.contains("--max-rules-per-fault"),
+        e.message.contains("FL_RULES")
+            && e.message.contains("200")
+            && e.message.contains("--max-rules-per-fault"),
         "{e:?}"
     );
-    assert_eq!(c.get_json("/v1/tables").unwrap(), tables, "nothing was written");
+    assert_eq!(
+        c.get_json("/v1/tables").unwrap(),
+        tables,
+        "nothing was written"
+    );
     // The live-fault limit counts live faults only: one was recovered, so one more fits.
     c.create(&spec("nats")).unwrap();
     assert!(blocked(&p.nats, &p.prefill, Family::V4));
@@ -93,7 +107,8 @@ fn a_fault_that_would_overflow_a_map_is_refused_whole() {
         "131072",
         "--max-body-bytes",
         "4194304",
-    ]).unwrap();
+    ])
+    .unwrap();
     let c = env.agent.client();
     // The same 45,000 peers and port on nested sets of targets: each pod gets a table of its
     // own, 90,000 entries each (TCP and UDP); three of them would pass the map's 262,144.
@@ -113,20 +128,31 @@ fn a_fault_that_would_overflow_a_map_is_refused_whole() {
             Ok(f) => admitted.push(f.id),
             Err(ClientError::Api { status: 409, error }) if error.code == "capacity" => {
                 assert!(error.message.contains("FL_RULES"), "{error:?}");
-                assert_eq!(c.get_json("/v1/tables").unwrap(), before, "nothing was written");
+                assert_eq!(
+                    c.get_json("/v1/tables").unwrap(),
+                    before,
+                    "nothing was written"
+                );
                 refused += 1;
             }
             Err(e) => panic!("{prefix}: only 201 or 409 are acceptable, got {e}"),
         }
         eprintln!("{prefix}: answered in {} ms", t.elapsed().as_millis());
     }
-    assert!(refused >= 1 && !admitted.is_empty(), "{admitted:?}, {refused} refused");
+    assert!(
+        refused >= 1 && !admitted.is_empty(),
+        "{admitted:?}, {refused} refused"
+    );
     let rules = c.get_json("/v1/tables").unwrap()["rules"].as_u64().unwrap();
     assert!(rules <= u64::from(fault_common::MAX_RULES) / 2, "{rules}");
     for id in admitted.iter().rev() {
         c.recover(id).unwrap();
     }
-    assert_eq!(c.get_json("/v1/tables").unwrap()["rules"], 0, "recovered cleanly");
+    assert_eq!(
+        c.get_json("/v1/tables").unwrap()["rules"],
+        0,
+        "recovered cleanly"
+    );
     assert!(c.ready());
 }
 
@@ -161,11 +187,16 @@ fn error_of(response: &str) -> ApiError {
 fn api_limits_answer_413_429_503_504_with_the_json_error() {
     let _s = serial();
     let env = DynamoEnv::start_with(&[
-        "--max-body-bytes", "4096",
-        "--max-concurrent-requests", "1",
-        "--request-timeout", "1s",
-        "--rate-limit", "20",
-        "--rate-burst", "20",
+        "--max-body-bytes",
+        "4096",
+        "--max-concurrent-requests",
+        "1",
+        "--request-timeout",
+        "1s",
+        "--rate-limit",
+        "20",
+        "--rate-burst",
+        "20",
     ])
     .unwrap();
     let addr = env.agent.listen_addr().to_string();
@@ -179,7 +210,10 @@ fn api_limits_answer_413_429_503_504_with_the_json_error() {
     );
     assert_eq!(status, 413, "{res}");
     let e = error_of(&res);
-    assert!(e.code == "too_large" && e.message.contains("--max-body-bytes"), "{e:?}");
+    assert!(
+        e.code == "too_large" && e.message.contains("--max-body-bytes"),
+        "{e:?}"
+    );
 
     // 503 while one request is served (a body that never finishes), 504 when it times out.
     let held = {
@@ -194,7 +228,10 @@ fn api_limits_answer_413_429_503_504_with_the_json_error() {
     std::thread::sleep(Duration::from_millis(300));
     match c.list(None) {
         Err(ClientError::Api { status: 503, error }) => {
-            assert!(error.code == "overloaded" && error.message.contains("--max-concurrent-requests"), "{error:?}")
+            assert!(
+                error.code == "overloaded" && error.message.contains("--max-concurrent-requests"),
+                "{error:?}"
+            )
         }
         other => panic!("expected 503 overloaded, got {other:?}"),
     }
@@ -202,13 +239,22 @@ fn api_limits_answer_413_429_503_504_with_the_json_error() {
     let (status, res) = held.join().unwrap();
     assert_eq!(status, 504, "{res}");
     let e = error_of(&res);
-    assert!(e.code == "timeout" && e.message.contains("--request-timeout"), "{e:?}");
-    assert!(c.list(None).unwrap().faults.is_empty(), "the timed-out create wrote nothing");
+    assert!(
+        e.code == "timeout" && e.message.contains("--request-timeout"),
+        "{e:?}"
+    );
+    assert!(
+        c.list(None).unwrap().faults.is_empty(),
+        "the timed-out create wrote nothing"
+    );
 
     // 429 past the rate, with Retry-After; /healthz is not limited.
     let mut limited = None;
     for _ in 0..60 {
-        let (status, res) = raw(&addr, "GET /v1/faults HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let (status, res) = raw(
+            &addr,
+            "GET /v1/faults HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
         if status == 429 {
             limited = Some(res);
             break;
@@ -218,8 +264,14 @@ fn api_limits_answer_413_429_503_504_with_the_json_error() {
     let res = limited.expect("60 requests at once pass a rate of 20/s");
     assert!(res.to_ascii_lowercase().contains("retry-after:"), "{res}");
     let e = error_of(&res);
-    assert!(e.code == "rate_limited" && e.message.contains("--rate-limit"), "{e:?}");
-    let (status, _) = raw(&addr, "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert!(
+        e.code == "rate_limited" && e.message.contains("--rate-limit"),
+        "{e:?}"
+    );
+    let (status, _) = raw(
+        &addr,
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(status, 200);
 }
 
@@ -233,7 +285,10 @@ fn readiness_and_liveness_follow_the_syncs() {
     let c = env.agent.client();
     let addr = env.agent.listen_addr().to_string();
     let get = |path: &str| -> (u16, String) {
-        raw(&addr, &format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+        raw(
+            &addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        )
     };
     assert_eq!(get("/healthz").0, 200);
     let jam = env.agent.state_dir().join("qdiscs.json");
@@ -244,14 +299,20 @@ fn readiness_and_liveness_follow_the_syncs() {
     c.create(&s).unwrap();
     let start = Instant::now();
     while c.ready() {
-        assert!(start.elapsed() < Duration::from_secs(10), "still ready though the sync failed");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still ready though the sync failed"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (status, why) = get("/readyz");
     assert_eq!(status, 503);
     assert!(why.contains("qdiscs.json"), "{why}");
     while get("/healthz").0 == 200 {
-        assert!(start.elapsed() < Duration::from_secs(15), "still live after the threshold");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "still live after the threshold"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let (_, why) = get("/healthz");
@@ -260,7 +321,10 @@ fn readiness_and_liveness_follow_the_syncs() {
     std::fs::remove_dir_all(&jam).unwrap();
     let start = Instant::now();
     while !c.ready() || get("/healthz").0 != 200 {
-        assert!(start.elapsed() < Duration::from_secs(15), "not ready again after the fix");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "not ready again after the fix"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -296,7 +360,11 @@ fn twenty_clients_at_once_get_only_documented_answers() {
                     };
                     *statuses.lock().unwrap().entry(status).or_default() += 1;
                 };
-                let mut s = spec(if i % 2 == 0 { "vllm-decode-0" } else { "vllm-decode-1" });
+                let mut s = spec(if i % 2 == 0 {
+                    "vllm-decode-0"
+                } else {
+                    "vllm-decode-1"
+                });
                 s.to_selectors.clear();
                 s.to_cidrs = vec![format!("198.19.{i}.0/24").parse().unwrap()];
                 while !stop.load(Ordering::Relaxed) {
@@ -325,10 +393,24 @@ fn twenty_clients_at_once_get_only_documented_answers() {
         statuses.keys().all(|s| [200, 201, 429, 503].contains(s)),
         "only successes and documented refusals: {statuses:?}"
     );
-    assert!(statuses.get(&201).copied().unwrap_or(0) >= 20, "{statuses:?}");
-    assert_eq!(report.received, report.sent, "unaffected traffic lost datagrams: {report}");
+    assert!(
+        statuses.get(&201).copied().unwrap_or(0) >= 20,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        report.received, report.sent,
+        "unaffected traffic lost datagrams: {report}"
+    );
     let c = env.agent.client();
-    c.cleanup(&CleanupRequest { namespace: None, all: true }).unwrap();
+    c.cleanup(&CleanupRequest {
+        namespace: None,
+        all: true,
+    })
+    .unwrap();
     let t = c.get_json("/v1/tables").unwrap();
-    assert_eq!((t["rules"].as_u64(), t["targets"].as_u64()), (Some(0), Some(0)), "{t}");
+    assert_eq!(
+        (t["rules"].as_u64(), t["targets"].as_u64()),
+        (Some(0), Some(0)),
+        "{t}"
+    );
 }

@@ -118,7 +118,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         h.sync_failed("again");
         let e = h.live().unwrap_err();
-        assert!(e.contains("--liveness-threshold") && e.contains("again"), "{e}");
+        assert!(
+            e.contains("--liveness-threshold") && e.contains("again"),
+            "{e}"
+        );
         h.sync_ok(Some("no pod interface could be attached".into()));
         assert!(h.live().is_ok());
         assert!(h.ready().unwrap_err().contains("not attached"));

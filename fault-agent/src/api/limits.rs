@@ -12,12 +12,7 @@
 //! Health endpoints (`/healthz`, `/readyz`, `/health`) are outside every limit: probes must
 //! answer under load. A request that times out while the core was writing is finished in the
 //! background (the write is not cut halfway): list the faults to see the outcome.
-use std::{
-    convert::Infallible,
-    num::NonZeroU32,
-    sync::Arc,
-    time::Duration,
-};
+use std::{convert::Infallible, num::NonZeroU32, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -95,11 +90,7 @@ async fn rate_limit(
 
 /// Gives the plain-text answers of axum's and tower's layers (body too large, timeout) the
 /// API's JSON error body, with the limit named.
-async fn json_errors(
-    State(limits): State<ApiLimits>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn json_errors(State(limits): State<ApiLimits>, req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let is_json = res
         .headers()
@@ -188,4 +179,3 @@ pub fn apply<S: Clone + Send + Sync + 'static>(api: Router<S>, limits: ApiLimits
     };
     api.layer(middleware::from_fn_with_state(limits, json_errors))
 }
-

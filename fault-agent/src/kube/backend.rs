@@ -151,9 +151,9 @@ impl KubeBackend {
         let mut last: Option<std::sync::Arc<NetworkFault>> = None;
         while start.elapsed() < self.wait {
             if let Some(f) = self.faults.get(&key) {
-                let changed = last.as_ref().is_none_or(|l| {
-                    l.metadata.resource_version != f.metadata.resource_version
-                });
+                let changed = last
+                    .as_ref()
+                    .is_none_or(|l| l.metadata.resource_version != f.metadata.resource_version);
                 if changed {
                     let nodes = self.target_nodes(&f);
                     if done(&f, &nodes) {
@@ -196,9 +196,11 @@ impl KubeBackend {
         let settled = self
             .wait_until(&spec.namespace, &id, |f, nodes| {
                 let st = f.status.clone().unwrap_or_default();
-                let failing = nodes
-                    .iter()
-                    .any(|n| st.nodes.get(n).is_some_and(|s| !s.applied && s.message.is_some()));
+                let failing = nodes.iter().any(|n| {
+                    st.nodes
+                        .get(n)
+                        .is_some_and(|s| !s.applied && s.message.is_some())
+                });
                 match st.phase {
                     None => false,
                     Some(Phase::Pending) => {

@@ -380,28 +380,27 @@ async fn sync_loop(
         );
         let (c, d, node) = (core.clone(), discovery.clone(), cfg.node.clone());
         let choice = cfg.uplinks.clone();
-        let res =
-            tokio::task::spawn_blocking(move || -> Result<SyncOutcome> {
-                d.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .fill(&mut pods, &node);
-                let uplinks = crate::uplinks::of_pods(&choice, &pods);
-                let mut core = lock(&c);
-                core.set_pods(pods)?;
-                core.set_virtual_nets(virtuals)?;
-                core.set_uplinks(uplinks)?;
-                core.sync_external(&faults)?;
-                let out = (
-                    core.node_reports(&node),
-                    core.next_deadline(),
-                    core.datapath_problem(),
-                );
-                drop(core);
-                // Each pass converts every Pod of the cluster: give that back.
-                crate::memory::trim();
-                Ok(out)
-            })
-            .await;
+        let res = tokio::task::spawn_blocking(move || -> Result<SyncOutcome> {
+            d.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .fill(&mut pods, &node);
+            let uplinks = crate::uplinks::of_pods(&choice, &pods);
+            let mut core = lock(&c);
+            core.set_pods(pods)?;
+            core.set_virtual_nets(virtuals)?;
+            core.set_uplinks(uplinks)?;
+            core.sync_external(&faults)?;
+            let out = (
+                core.node_reports(&node),
+                core.next_deadline(),
+                core.datapath_problem(),
+            );
+            drop(core);
+            // Each pass converts every Pod of the cluster: give that back.
+            crate::memory::trim();
+            Ok(out)
+        })
+        .await;
         let mut next = Duration::from_secs(5);
         match res {
             Ok(Ok((reports, deadline, detached))) => {
@@ -516,8 +515,9 @@ mod tests {
         let mut nf = NetworkFault::new(name, spec);
         nf.metadata.namespace = Some(ns.into());
         let created = Timestamp::now();
-        nf.metadata.creation_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created));
+        nf.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created),
+        );
         nf.status = Some(NetworkFaultStatus {
             phase: Some(Phase::Active),
             expires_at: Some(created + jiff::SignedDuration::from_secs(expires_in_s)),
@@ -533,21 +533,38 @@ mod tests {
         let nf = object("dynamo", "cut", None, 365 * 24 * 3600);
         let f = external(&nf, hour).unwrap();
         let created = f.created_at;
-        assert_eq!(f.expires_at, created + jiff::SignedDuration::from_secs(3600));
+        assert_eq!(
+            f.expires_at,
+            created + jiff::SignedDuration::from_secs(3600)
+        );
         // The spec's own duration is shorter: it wins.
         let nf = object("dynamo", "cut", Some("30s"), 3000);
         let f = external(&nf, hour).unwrap();
-        assert_eq!(f.expires_at, f.created_at + jiff::SignedDuration::from_secs(30));
+        assert_eq!(
+            f.expires_at,
+            f.created_at + jiff::SignedDuration::from_secs(30)
+        );
         // A status expiring earlier than both is kept as it is.
         let nf = object("dynamo", "cut", Some("10m"), 20);
         let f = external(&nf, hour).unwrap();
-        assert_eq!(f.expires_at, f.created_at + jiff::SignedDuration::from_secs(20));
+        assert_eq!(
+            f.expires_at,
+            f.created_at + jiff::SignedDuration::from_secs(20)
+        );
     }
 
     #[test]
     fn faults_of_the_same_name_in_two_namespaces_have_two_keys() {
-        let a = external(&object("dynamo", "cut", None, 60), Duration::from_secs(3600)).unwrap();
-        let b = external(&object("storage", "cut", None, 60), Duration::from_secs(3600)).unwrap();
+        let a = external(
+            &object("dynamo", "cut", None, 60),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let b = external(
+            &object("storage", "cut", None, 60),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
         assert_eq!(a.id, "dynamo/cut");
         assert_eq!(b.id, "storage/cut");
     }

@@ -42,7 +42,10 @@ impl Calls {
             Err(ClientError::Api { status, .. }) => *status,
             Err(ClientError::Transport(_)) => 0,
         };
-        self.ms.entry(call).or_default().push(took.as_secs_f64() * 1e3);
+        self.ms
+            .entry(call)
+            .or_default()
+            .push(took.as_secs_f64() * 1e3);
         *self.status.entry((call, status)).or_default() += 1;
     }
 }
@@ -62,7 +65,11 @@ fn spec_of(i: usize) -> Result<FaultSpec> {
 }
 
 fn stream_line(what: &str, r: &StreamReport) -> String {
-    let lat: Vec<f64> = r.arrivals.iter().map(|a| a.latency_ns() as f64 / 1e3).collect();
+    let lat: Vec<f64> = r
+        .arrivals
+        .iter()
+        .map(|a| a.latency_ns() as f64 / 1e3)
+        .collect();
     let d = Dist(lat);
     format!(
         "| {what} | {} | {} | {} | {:.0} | {:.0} | {:.0} |",
@@ -99,7 +106,8 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
 
     let calls = Arc::new(Mutex::new(Calls::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let during = probe::udp_stream_background(&ua, &ub, Family::V4, &stream(u64::MAX / 1000, 41_201))?;
+    let during =
+        probe::udp_stream_background(&ua, &ub, Family::V4, &stream(u64::MAX / 1000, 41_201))?;
     let started = Instant::now();
     let threads: Vec<_> = (0..clients)
         .map(|i| {
@@ -111,17 +119,32 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     let created = c.create(&spec);
-                    calls.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.record("create", t.elapsed(), &created);
+                    calls
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .record("create", t.elapsed(), &created);
                     let t = Instant::now();
                     let listed = c.list(Some("bench"));
-                    calls.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.record("list", t.elapsed(), &listed);
+                    calls
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .record("list", t.elapsed(), &listed);
                     if let Ok(f) = created {
                         // A recover refused by a limit is retried: the fault must go.
                         loop {
                             let t = Instant::now();
                             let rec = c.recover(&f.id);
-                            let retry = matches!(&rec, Err(ClientError::Api { status: 429 | 503, .. }));
-                            calls.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.record("recover", t.elapsed(), &rec);
+                            let retry = matches!(
+                                &rec,
+                                Err(ClientError::Api {
+                                    status: 429 | 503,
+                                    ..
+                                })
+                            );
+                            calls
+                                .lock()
+                                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                                .record("recover", t.elapsed(), &rec);
                             if !retry {
                                 break;
                             }
@@ -138,7 +161,8 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
     std::thread::sleep(Duration::from_secs(secs));
     stop.store(true, Ordering::Relaxed);
     for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     }
     let elapsed = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
@@ -161,7 +185,10 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
         r.out,
         "{clients} clients (threads with their own HTTP connection, `fault_api::client`) each create a fault (a partition or 5% loss from one of 4 target pods to a /24 of its own), list the namespace's faults and recover it, in a loop, for {secs} s, against a standalone agent with its default limits (`--rate-limit 500`, `--rate-burst 1000`, `--max-concurrent-requests 512`, `--max-faults 1024`, `--request-timeout 30s`). Ended faults stay listed for the retention (1 h), so the list grows through the run. Meanwhile pod u-a sends 1,000 datagrams/s to u-b, outside every fault, measured at u-b; the same stream for 5 s before the load is the baseline.\n"
     )?;
-    writeln!(r.out, "| call | answered | per s | p50 ms | p99 ms | max ms | answers by status |")?;
+    writeln!(
+        r.out,
+        "| call | answered | per s | p50 ms | p99 ms | max ms | answers by status |"
+    )?;
     writeln!(r.out, "| --- | --- | --- | --- | --- | --- | --- |")?;
     let mut undocumented = 0u64;
     for (call, ms) in &calls.ms {
@@ -204,7 +231,10 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
     let lost = during.sent - during.received.min(during.sent);
     r.target(
         "load: 100 clients for 60 s, no error but the documented ones",
-        format!("{undocumented} undocumented answers of {}", calls.status.values().sum::<u64>()),
+        format!(
+            "{undocumented} undocumented answers of {}",
+            calls.status.values().sum::<u64>()
+        ),
         undocumented == 0,
         "see the answers by status above",
     );
@@ -220,8 +250,16 @@ pub fn run(r: &mut Report, opts: &Options) -> Result<()> {
     )?;
     let lines = vec![
         format!("# the agent: {}", agent.command_line()),
-        post_line("client i (of 100) in a loop", &agent.api_url(), &spec_of(0)?)?,
-        format!("# then GET {}/v1/faults?namespace=bench and DELETE {}/v1/faults/<id>", agent.api_url(), agent.api_url()),
+        post_line(
+            "client i (of 100) in a loop",
+            &agent.api_url(),
+            &spec_of(0)?,
+        )?,
+        format!(
+            "# then GET {}/v1/faults?namespace=bench and DELETE {}/v1/faults/<id>",
+            agent.api_url(),
+            agent.api_url()
+        ),
     ];
     commands(&mut r.out, &lines)?;
     drop(agent);
