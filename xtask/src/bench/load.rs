@@ -56,7 +56,7 @@ fn spec_of(i: usize) -> Result<FaultSpec> {
     let mut s = FaultSpec::new("bench");
     s.pod_prefix = Some(format!("t-{}", i % 4));
     s.to_cidrs = vec![format!("198.19.{}.0/24", 100 + i).parse()?];
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         s.partition = Some(PartitionMode::Packets);
     } else {
         s.loss_percent = Some(Percent::new(5.0).map_err(anyhow::Error::msg)?);
