@@ -369,6 +369,8 @@ async fn watch_inventory(cfg: Config, state: Arc<AppState>, core: Arc<Mutex<Core
                         let e = format!("{e:#}");
                         tracing::error!(error = %e, "reconcile after a pod change failed");
                         state.health.sync_failed(&e);
+                        // The expiry loop re-arms, and retries within 5 s.
+                        state.changed.notify_one();
                     }
                 }
             }
@@ -382,11 +384,12 @@ async fn watch_inventory(cfg: Config, state: Arc<AppState>, core: Arc<Mutex<Core
 /// `state.health`. `state.changed` re-arms it.
 pub async fn expire_loop(core: Arc<Mutex<Core>>, state: Arc<AppState>) {
     let changed = state.changed.clone();
-    // After a failed reconcile, try again sooner than the minute's resync.
     let mut retry_soon = false;
     loop {
         let c = core.clone();
-        let longest = if retry_soon {
+        // After a failed reconcile (here or after a pod change), try again sooner than the
+        // minute's resync.
+        let longest = if retry_soon || state.health.failing() {
             Duration::from_secs(5)
         } else {
             Duration::from_secs(60)

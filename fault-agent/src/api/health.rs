@@ -70,6 +70,11 @@ impl Health {
         s.failing = Some((since, error.to_owned()));
     }
 
+    /// Whether the last sync failed.
+    pub fn failing(&self) -> bool {
+        self.lock().failing.is_some()
+    }
+
     /// `Ok` when ready; otherwise why not.
     pub fn ready(&self) -> Result<(), String> {
         let s = self.lock();
