@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
+    capacity::{self, Limits},
     compile::{self, CompileInput, Interner, TooManyFaults},
     dataplane::{AttachKind, AttachRecord, Capabilities, Dataplane, Iface, Tables, kernel},
     error::AgentError,
@@ -30,6 +31,8 @@ pub struct CoreConfig {
     pub max_duration: Duration,
     /// How long ended faults stay listed.
     pub retention: Duration,
+    /// Live faults and rules per fault (see [`crate::capacity`]).
+    pub limits: Limits,
 }
 
 /// What a reconcile did.
@@ -80,6 +83,19 @@ pub struct Core {
     /// The node's uplinks (name -> ifindex): where what local pods send to other nodes is
     /// judged after the node's NAT.
     uplinks: BTreeMap<String, u32>,
+    /// Cluster mode: faults with work on this node that are not in the datapath and have no
+    /// record (no slot was free), with why; recomputed at every [`Core::sync_external`].
+    problems: BTreeMap<String, String>,
+    /// Cluster mode: the faults wanted without work on this node (no slot), by id, to say
+    /// why when one of their target pods is scheduled here but was not found.
+    elsewhere: BTreeMap<String, FaultSpec>,
+}
+
+/// Whether a fault has anything to do on this node: a local target, or a local peer of a
+/// target somewhere (the peer view judges what that peer sends to the target).
+pub fn has_local_work(r: &resolve::Resolution) -> bool {
+    !r.local_target_ips.is_empty()
+        || (!r.local_peer_ips.is_empty() && r.targets.iter().any(|t| !t.ips.is_empty()))
 }
 
 fn counters(s: FaultStats) -> Counters {
@@ -135,6 +151,8 @@ impl Core {
             saved_records: Vec::new(),
             virtual_nets: Vec::new(),
             uplinks: BTreeMap::new(),
+            problems: BTreeMap::new(),
+            elsewhere: BTreeMap::new(),
         }
     }
 
@@ -152,6 +170,26 @@ impl Core {
 
     pub fn dataplane(&self) -> &Dataplane {
         &self.dataplane
+    }
+
+    /// Why the datapath is not attached, when no local pod's host veth could be attached
+    /// (for readiness); `None` when at least one is, or there is none.
+    pub fn datapath_problem(&self) -> Option<String> {
+        let veths: Vec<&str> = self
+            .pods
+            .iter()
+            .flat_map(|p| p.host_ifs.iter().map(|h| h.name.as_str()))
+            .collect();
+        if veths.is_empty() || !veths.iter().all(|v| self.attach_errors.contains_key(*v)) {
+            return None;
+        }
+        let first = veths.first().and_then(|v| self.attach_errors.get(*v));
+        Some(format!(
+            "none of the {} pod interfaces could be attached ({}: {})",
+            veths.len(),
+            veths[0],
+            first.map_or("", String::as_str)
+        ))
     }
 
     /// Replaces the pods and reconciles when they changed.
@@ -229,7 +267,7 @@ impl Core {
         report.expired = ending.len();
         let gc = self.store.gc(now, self.config.retention);
         self.sync_attachments()?;
-        let (tables, failed) = self.desired_tolerant();
+        let (tables, failed) = self.desired_fitting();
         self.sync_shaping(false)?;
         report.writes = self.dataplane.write(&tables)?;
         self.sync_shaping(true)?;
@@ -402,6 +440,41 @@ impl Core {
         }
     }
 
+    /// Like `desired_tolerant`, and within the maps' capacity ([`capacity::check_maps`]):
+    /// while the tables would not fit (pods changed under the faults), the newest live fault
+    /// with entries fails, alone, with the limit in its message.
+    fn desired_fitting(&mut self) -> (Tables, bool) {
+        let (mut tables, mut failed_any) = self.desired_tolerant();
+        while let Err(e) = capacity::check_maps(self.dataplane.applied(), &tables) {
+            let newest = self
+                .store
+                .live()
+                .filter(|f| tables.faults.contains_key(&f.slot))
+                .max_by_key(|f| f.seq)
+                .map(|f| f.id.clone());
+            let Some(id) = newest else {
+                break;
+            };
+            tracing::warn!(fault = %id, error = %e, "fault failed: over capacity");
+            if let Some(f) = self.store.get_mut(&id) {
+                f.state = FaultState::Failed;
+                f.ended_at = Some(Timestamp::now());
+                f.message = Some(e.to_string());
+            }
+            failed_any = true;
+            let (t, failed) = self.desired_tolerant();
+            tables = t;
+            failed_any |= failed;
+        }
+        (tables, failed_any)
+    }
+
+    /// Puts the interner back in line with what the kernel holds, after a compiled change was
+    /// not written (it forgot the ids of tables that are still in the kernel).
+    fn forget_unwritten(&mut self) {
+        self.interner = Interner::from_tables(self.dataplane.applied());
+    }
+
     fn snapshot_counters(&mut self, ids: &[String]) {
         for id in ids {
             let Some(slot) = self.store.get(id).map(|f| f.slot) else {
@@ -432,30 +505,59 @@ impl Core {
         Ok(())
     }
 
-    /// Makes the live faults exactly `faults` (cluster mode): new ones get a slot and a kernel
-    /// deadline from their expiry, changed ones are updated, missing or recovered ones end;
-    /// then reconciles. Faults this kernel cannot apply are recorded as failed, with why.
+    /// Makes the live faults exactly those of `faults` that have work on this node (cluster
+    /// mode): a target or a peer among the local pods ([`has_local_work`]). Only those get a
+    /// slot: every other node's faults cost nothing here. New ones get a slot and a kernel
+    /// deadline from their expiry, changed ones are updated, missing or recovered ones end,
+    /// ones that lost their local work leave the datapath; then reconciles. A fault this
+    /// kernel cannot apply, or that finds no free slot or no room in the maps, fails alone
+    /// with why ([`Core::node_reports`]); those over capacity are tried again at every sync.
     pub fn sync_external(&mut self, faults: &[ExternalFault]) -> Result<ReconcileReport> {
         let now = Timestamp::now();
         let now_boot = kernel::boottime_ns()?;
         let mut dirty = false;
+        self.problems.clear();
         let wanted: BTreeMap<&str, &ExternalFault> = faults
             .iter()
             .filter(|f| !f.recovered)
             .map(|f| (f.id.as_str(), f))
             .collect();
-        let live_ids: Vec<String> = self.store.live().map(|f| f.id.clone()).collect();
-        for id in live_ids {
-            if !wanted.contains_key(id.as_str())
-                && let Some(f) = self.store.get_mut(&id)
-            {
-                f.state = FaultState::Recovered;
-                f.ended_at = Some(now);
-                f.message = Some("recovered".into());
+        let pods = &self.pods;
+        let local: BTreeMap<&str, &ExternalFault> = wanted
+            .iter()
+            .filter(|(_, f)| has_local_work(&resolve::resolve(&f.spec, pods)))
+            .map(|(id, f)| (*id, *f))
+            .collect();
+        self.elsewhere = wanted
+            .iter()
+            .filter(|(id, _)| !local.contains_key(*id))
+            .map(|(id, f)| (id.to_string(), f.spec.clone()))
+            .collect();
+        let known: Vec<(String, FaultState)> =
+            self.store.all().map(|f| (f.id.clone(), f.state)).collect();
+        for (id, state) in known {
+            if state.is_live() && !wanted.contains_key(id.as_str()) {
+                if let Some(f) = self.store.get_mut(&id) {
+                    f.state = FaultState::Recovered;
+                    f.ended_at = Some(now);
+                    f.message = Some("recovered".into());
+                    dirty = true;
+                }
+            } else if wanted.contains_key(id.as_str()) && !local.contains_key(id.as_str()) {
+                // Nothing of it here (any more): out of the datapath and of this node's view;
+                // it comes back with a slot if a pod of this node becomes its target or peer.
+                self.store.remove(&id);
                 dirty = true;
+            } else if state == FaultState::Failed
+                && local
+                    .get(id.as_str())
+                    .is_some_and(|ext| self.check_supported(&ext.spec).is_ok())
+            {
+                // Failed for want of room (slots, maps, rules per entry): try again.
+                self.store.remove(&id);
             }
         }
-        for ext in wanted.values() {
+        for ext in local.values() {
             let left = ext.expires_at.duration_since(now).as_nanos().max(0) as u64;
             let deadline = now_boot + left;
             if let Some(f) = self.store.get_mut(&ext.id) {
@@ -475,7 +577,14 @@ impl Core {
                 Err(e) => (FaultState::Failed, Some(e.to_string())),
             };
             let slot = if state == FaultState::Active {
-                self.store.alloc_slot()?
+                match self.store.alloc_slot() {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        // This fault alone waits for a slot; the others are applied.
+                        self.problems.insert(ext.id.clone(), format!("{e:#}"));
+                        continue;
+                    }
+                }
             } else {
                 0
             };
@@ -501,28 +610,42 @@ impl Core {
             });
             dirty = true;
         }
+        if !self.problems.is_empty() {
+            tracing::warn!(
+                faults = self.problems.len(),
+                "faults with work on this node wait for a free slot"
+            );
+        }
         if dirty {
             self.store.save()?;
         }
         self.reconcile()
     }
 
-    /// What this node does with each fault it knows, for the `NetworkFault` status.
+    /// What this node does with each fault it knows, for the `NetworkFault` status: applied
+    /// when the fault is in its datapath (a local target or peer); otherwise why not (failed,
+    /// no free slot, a local target pod whose interfaces were not found).
     pub fn node_reports(&self, node: &str) -> Vec<NodeReport> {
-        self.store
+        let mut reports: Vec<NodeReport> = self
+            .store
             .all()
             .map(|f| {
+                let live = f.state.is_live();
                 let local = f
                     .resolution
                     .targets
                     .iter()
                     .filter(|t| t.node.as_deref() == Some(node))
                     .count() as u32;
-                let live = f.state.is_live();
+                let applied = live && has_local_work(&f.resolution);
+                let message = f.message.clone().or_else(|| {
+                    live.then(|| self.unreachable_targets(&f.spec, node))
+                        .flatten()
+                });
                 NodeReport {
                     id: f.id.clone(),
                     local_targets: if live { local } else { 0 },
-                    applied: live && local > 0,
+                    applied,
                     counters: if live {
                         self.dataplane
                             .stats(f.slot)
@@ -531,10 +654,45 @@ impl Core {
                     } else {
                         f.final_counters
                     },
-                    message: f.message.clone(),
+                    message,
                 }
             })
-            .collect()
+            .collect();
+        reports.extend(self.problems.iter().map(|(id, why)| NodeReport {
+            id: id.clone(),
+            local_targets: 0,
+            applied: false,
+            counters: Counters::default(),
+            message: Some(why.clone()),
+        }));
+        // Target pods scheduled here that are not in the datapath: say why.
+        reports.extend(self.elsewhere.iter().filter_map(|(id, spec)| {
+            let why = self.unreachable_targets(spec, node)?;
+            Some(NodeReport {
+                id: id.clone(),
+                local_targets: 0,
+                applied: false,
+                counters: Counters::default(),
+                message: Some(why),
+            })
+        }));
+        reports
+    }
+
+    /// Why target pods of `spec` scheduled on `node` are not in this node's datapath (their
+    /// network namespace or veth was not found), if any are not.
+    fn unreachable_targets(&self, spec: &FaultSpec, node: &str) -> Option<String> {
+        let why: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|p| p.node.as_deref() == Some(node) && !p.is_local())
+            .filter(|p| resolve::is_target(spec, p))
+            .map(|p| {
+                let problem = p.problem.as_deref().unwrap_or("not found on this node yet");
+                format!("target pod {}/{}: {problem}", p.namespace, p.name)
+            })
+            .collect();
+        (!why.is_empty()).then(|| why.join("; "))
     }
 
     /// Entries in the kernel maps, by role: for checks that nothing is duplicated or leaked,
@@ -563,6 +721,7 @@ impl Core {
         };
         let now = Timestamp::now();
         let now_boot = kernel::boottime_ns()?;
+        capacity::check_live(self.store.live().count(), &self.config.limits)?;
         let slot = self
             .store
             .alloc_slot()
@@ -595,6 +754,14 @@ impl Core {
                 )));
             }
         };
+        // Counted before anything is written: a fault that does not fit is refused whole.
+        let fits = capacity::check_fault(&tables, slot, &self.config.limits)
+            .and_then(|()| capacity::check_maps(self.dataplane.applied(), &tables));
+        if let Err(e) = fits {
+            self.store.remove(&id);
+            self.forget_unwritten();
+            return Err(AgentError::Capacity(e));
+        }
         // Delay and rate need fq (and, for egress, the pod-side program) before they act.
         match self.sync_shaping(false) {
             Ok(errors) if errors.is_empty() => {}
