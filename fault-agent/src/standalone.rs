@@ -24,6 +24,7 @@ use crate::{
     core::{Core, CoreConfig},
     dataplane::{Capabilities, Dataplane, Pins, kernel},
     discover,
+    failpoint::{self, Phase},
     inventory::Inventory,
     pods::Pod,
     store::{self, Store},
@@ -184,6 +185,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
     let t = std::time::Instant::now();
     {
+        let _phase = failpoint::phase(Phase::Start);
         let uplinks = crate::uplinks::of_pods(&cfg.uplinks, &pods);
         let mut c = lock(&core);
         c.set_pods(pods)?;
@@ -334,6 +336,7 @@ async fn watch_inventory(cfg: Config, state: Arc<AppState>, core: Arc<Mutex<Core
         let started = tokio::time::Instant::now();
         let choice = cfg.uplinks.clone();
         let res = tokio::task::spawn_blocking(move || {
+            let _phase = failpoint::phase(Phase::Inventory);
             let (pods, cache) = discover_all(&inv, &previous);
             let uplinks = crate::uplinks::of_pods(&choice, &pods);
             let mut c = lock(&core);
@@ -379,7 +382,11 @@ pub async fn expire_loop(core: Arc<Mutex<Core>>, changed: Arc<Notify>) {
         tokio::select! {
             _ = tokio::time::sleep(wait + Duration::from_millis(1)) => {
                 let c = core.clone();
-                match tokio::task::spawn_blocking(move || lock(&c).reconcile()).await {
+                let expire = move || {
+                    let _phase = failpoint::phase(Phase::Expiry);
+                    lock(&c).reconcile()
+                };
+                match tokio::task::spawn_blocking(expire).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "reconcile failed"),
                     Err(e) => tracing::error!(error = %e, "reconcile task failed"),
