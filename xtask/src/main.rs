@@ -3,9 +3,11 @@
 //! - `setup`: toolchain parts, apt packages, bpffs;
 //! - `build`: the agent (with its eBPF programs) and faultctl;
 //! - `demo`: the main job end to end on real packets;
-//! - `test`: every test suite.
+//! - `test`: every test suite;
+//! - `crash`: the agent killed at every step, 200 runs.
 mod bench;
 mod cargo;
+mod crash;
 mod demo;
 mod kube;
 mod setup;
@@ -36,6 +38,20 @@ enum Task {
     Demo,
     /// Run every test suite (what CI runs).
     Test,
+    /// Kill the agent at every step (failpoints), 200 runs, checking after each restart that
+    /// the maps match the faults and nothing leaks (~15 minutes).
+    Crash {
+        /// Runs in all: every case once, then random ones.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Order of the random runs (printed by a run, to replay it).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Only these failpoint rules, in order, e.g. `recover/end.saved:1,netlink:start/attach.one:2`
+        /// (`netlink:` first: that attach mode for all).
+        #[arg(long)]
+        rules: Option<String>,
+    },
     /// Build (once, cached) the kube-apiserver of the cluster tests.
     KubeBuild,
     /// Run a shell command as root in Debian's 6.1 kernel (VM, software emulation).
@@ -74,6 +90,7 @@ fn main() -> Result<()> {
             demo::run(&bin)
         }
         Task::Test => test::run(),
+        Task::Crash { runs, seed, rules } => crash::run_all(&crash::Options { runs, seed, rules }),
         Task::KubeBuild => kube::build(),
         Task::Vm { command } => vm::run_inside(&command),
         Task::Bench {
