@@ -355,6 +355,7 @@ impl Core {
         }
         // Intent first, as for the host veths: records of what may be made before making it.
         let (prog_intents, fq_intents) = self.dataplane.shaping_intents(&pod_progs, &fq);
+        let intents = !fq_intents.is_empty() || !prog_intents.is_empty();
         if !fq_intents.is_empty() {
             let mut records = self.dataplane.fq_records();
             records.extend(fq_intents);
@@ -367,7 +368,7 @@ impl Core {
             store::save_attachments(self.store.dir(), &records)?;
             self.saved_records = records;
         }
-        if !self.saved_fq.is_empty() || !self.saved_records.is_empty() {
+        if intents {
             failpoint::hit("attach.intent");
         }
         let failed = self.dataplane.sync_shaping(&pod_progs, &fq, remove);

@@ -30,6 +30,7 @@
 //! | `attach.intent` | intent records of the interfaces about to be attached | any attach |
 //! | `attach.one` | one more interface attached | the others, the final records |
 //! | `detach.one` | one more interface detached | the others, the records |
+//! | `fq.installed` | one more fq root qdisc installed (after its intent record) | the others, the final records |
 //! | `shutdown.saved` | faults saved at shutdown | anything removed |
 //! | `shutdown.detached` | every program detached, fq removed | pins removed, records cleared |
 //! | `shutdown.unpinned` | pins removed | records cleared |
@@ -62,6 +63,7 @@ pub const ALL: &[&str] = &[
     "attach.intent",
     "attach.one",
     "detach.one",
+    "fq.installed",
     "shutdown.saved",
     "shutdown.detached",
     "shutdown.unpinned",

@@ -190,7 +190,12 @@ pub fn attach(
                 hook,
                 hook_name,
             )?),
-            AttachMode::Netlink => Held::Netlink(attach_netlink(prog, ifname, hook)?),
+            AttachMode::Netlink => {
+                let (link, replaced) = attach_netlink(prog, ifname, hook)?;
+                // A filter of ours was there: an earlier agent may have added the clsact too.
+                record.clsact_maybe |= replaced && !record.clsact_created;
+                Held::Netlink(link)
+            }
         };
         held.push(h);
     }
@@ -225,7 +230,7 @@ pub fn attach_pod_egress(
     let prog = program(ebpf, PROG_POD_EGRESS)?;
     let ino = pins.netns_ino(netns)?;
     let pin = pins.pod_link_of(ino, ifname);
-    let (held, clsact_created) = in_netns(netns, || -> Result<(Held, bool)> {
+    let (held, clsact_created, clsact_maybe) = in_netns(netns, || -> Result<(Held, bool, bool)> {
         match mode {
             AttachMode::Tcx => Ok((
                 Held::Tcx(attach_tcx(
@@ -236,6 +241,7 @@ pub fn attach_pod_egress(
                     "egress",
                 )?),
                 false,
+                false,
             )),
             AttachMode::Netlink => {
                 let created = match tc::qdisc_add_clsact(ifname) {
@@ -243,10 +249,8 @@ pub fn attach_pod_egress(
                     Err(e) if is_errno(&e, libc::EEXIST) => false,
                     Err(e) => return Err(e).with_context(|| format!("adding clsact to {ifname}")),
                 };
-                Ok((
-                    Held::Netlink(attach_netlink(prog, ifname, TcAttachType::Egress)?),
-                    created,
-                ))
+                let (link, replaced) = attach_netlink(prog, ifname, TcAttachType::Egress)?;
+                Ok((Held::Netlink(link), created, replaced && !created))
             }
         }
     })?;
@@ -258,7 +262,7 @@ pub fn attach_pod_egress(
         netns_ino: Some(ino),
         mode,
         clsact_created,
-        clsact_maybe: false,
+        clsact_maybe,
     };
     Ok(Attached {
         record,
@@ -310,16 +314,19 @@ fn attach_tcx(
     Ok(FdLink::from(pinned))
 }
 
+/// Attaches our cls_bpf filter; returns it and whether one of ours was already there (an
+/// earlier agent's, whose program is replaced in place).
 fn attach_netlink(
     prog: &mut SchedClassifier,
     ifname: &str,
     hook: TcAttachType,
-) -> Result<SchedClassifierLink> {
+) -> Result<(SchedClassifierLink, bool)> {
     let options = || NlOptions {
         priority: NL_PRIORITY,
         handle: TcHandle::from(NL_HANDLE),
         classid: None,
     };
+    let mut replaced = false;
     let id = match prog.attach_with_options(ifname, hook, TcAttachOptions::Netlink(options())) {
         Ok(id) => id,
         Err(aya::programs::ProgramError::TcError(e)) if is_errno(&e, libc::EEXIST) => {
@@ -331,12 +338,13 @@ fn attach_netlink(
                 TcHandle::from(NL_HANDLE),
                 None,
             )?;
+            replaced = true;
             prog.attach_to_link(old)
                 .with_context(|| format!("replacing our filter on {ifname}"))?
         }
         Err(e) => return Err(e).with_context(|| format!("attaching to {ifname} (netlink)")),
     };
-    Ok(prog.take_link(id)?)
+    Ok((prog.take_link(id)?, replaced))
 }
 
 /// Leaves what [`attach`] or [`attach_pod_egress`] made in the kernel for the next agent to

@@ -357,6 +357,7 @@ impl Dataplane {
                             created,
                         },
                     );
+                    crate::failpoint::hit("fq.installed");
                 }
                 Err(e) => failed.push((i.clone(), e)),
             }
