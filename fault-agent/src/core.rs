@@ -19,6 +19,7 @@ use crate::{
     compile::{self, CompileInput, Interner, TooManyFaults},
     dataplane::{AttachKind, AttachRecord, Capabilities, Dataplane, Iface, Tables, kernel},
     error::AgentError,
+    failpoint::{self, Phase},
     pods::Pod,
     resolve,
     store::{self, FaultRecord, Store},
@@ -66,6 +67,23 @@ pub struct NodeReport {
     pub message: Option<String>,
 }
 
+/// The kernel maps against the faults ([`Core::check_tables`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TablesCheck {
+    /// The kernel holds exactly what the faults and pods make.
+    pub in_step: bool,
+    /// Map writes that would bring the kernel there.
+    pub writes: usize,
+    /// Entries the kernel holds.
+    pub kernel: crate::dataplane::TableSizes,
+    /// Entries the faults and pods make.
+    pub desired: crate::dataplane::TableSizes,
+    /// Fault slots set in the kernel (`FL_FAULTS`), ascending.
+    pub kernel_slots: Vec<u16>,
+    /// Slots of the live faults on record, ascending.
+    pub live_slots: BTreeSet<u16>,
+}
+
 /// See the module docs.
 pub struct Core {
     store: Store,
@@ -77,6 +95,7 @@ pub struct Core {
     /// Interfaces that could not be attached, with why.
     attach_errors: BTreeMap<String, String>,
     saved_records: Vec<AttachRecord>,
+    saved_fq: Vec<crate::dataplane::FqRecord>,
     /// Addresses the node translates to pod addresses after the programs' hooks (Service
     /// CIDRs, externalIPs, node addresses): never a peer of a broader prefix (see `compile`).
     virtual_nets: Vec<IpNet>,
@@ -149,6 +168,7 @@ impl Core {
             config,
             attach_errors: BTreeMap::new(),
             saved_records: Vec::new(),
+            saved_fq: Vec::new(),
             virtual_nets: Vec::new(),
             uplinks: BTreeMap::new(),
             problems: BTreeMap::new(),
@@ -267,14 +287,24 @@ impl Core {
         report.expired = ending.len();
         let gc = self.store.gc(now, self.config.retention);
         self.sync_attachments()?;
-        let (tables, failed) = self.desired_fitting();
+        failpoint::hit("reconcile.attached");
+        let (tables, failed) = self.desired_fitting()?;
+        // Final counters before the slots go (a later fault resets them).
+        self.snapshot_counters(&ending);
+        // Ended faults are on record before the maps stop holding them. Everything saved
+        // here is recomputed at a restart anyway (deadlines, overflows), so a failed save
+        // does not hold back the maps; it is reported after them.
+        let saved = if !ending.is_empty() || gc || failed {
+            self.store.save()
+        } else {
+            Ok(())
+        };
+        failpoint::hit("reconcile.saved");
         self.sync_shaping(false)?;
         report.writes = self.dataplane.write(&tables)?;
+        failpoint::hit("reconcile.written");
         self.sync_shaping(true)?;
-        self.snapshot_counters(&ending);
-        if !ending.is_empty() || gc || failed {
-            self.store.save()?;
-        }
+        saved?;
         if report.writes > 0 || report.expired > 0 {
             tracing::info!(
                 writes = report.writes,
@@ -299,6 +329,15 @@ impl Core {
             wanted
                 .entry(name.clone())
                 .or_insert((*index, AttachKind::Uplink));
+        }
+        // Intent first: a crash while attaching leaves records of everything it may have made.
+        let intents = self.dataplane.attach_intents(&wanted);
+        if !intents.is_empty() {
+            let mut records = self.dataplane.records();
+            records.extend(intents);
+            store::save_attachments(self.store.dir(), &records)?;
+            self.saved_records = records;
+            failpoint::hit("attach.intent");
         }
         let failed = self.dataplane.sync_attachments(&wanted);
         self.attach_errors.clear();
@@ -352,6 +391,24 @@ impl Core {
         if pod_progs.is_empty() && fq.is_empty() && !remove {
             return Ok(vec![]);
         }
+        // Intent first, as for the host veths: records of what may be made before making it.
+        let (prog_intents, fq_intents) = self.dataplane.shaping_intents(&pod_progs, &fq);
+        let intents = !fq_intents.is_empty() || !prog_intents.is_empty();
+        if !fq_intents.is_empty() {
+            let mut records = self.dataplane.fq_records();
+            records.extend(fq_intents);
+            store::save_qdiscs(self.store.dir(), &records)?;
+            self.saved_fq = records;
+        }
+        if !prog_intents.is_empty() {
+            let mut records = self.dataplane.records();
+            records.extend(prog_intents);
+            store::save_attachments(self.store.dir(), &records)?;
+            self.saved_records = records;
+        }
+        if intents {
+            failpoint::hit("attach.intent");
+        }
         let failed = self.dataplane.sync_shaping(&pod_progs, &fq, remove);
         let mut errors = Vec::new();
         for (iface, e) in failed {
@@ -361,7 +418,10 @@ impl Core {
             errors.push(msg);
         }
         let fq_records = self.dataplane.fq_records();
-        store::save_qdiscs(self.store.dir(), &fq_records)?;
+        if fq_records != self.saved_fq {
+            store::save_qdiscs(self.store.dir(), &fq_records)?;
+            self.saved_fq = fq_records;
+        }
         self.sync_records()?;
         Ok(errors)
     }
@@ -378,7 +438,7 @@ impl Core {
     fn inputs(&mut self) -> Vec<CompileInput> {
         let pods = &self.pods;
         let mut inputs = Vec::new();
-        for f in self.store.all_mut().filter(|f| f.state.is_live()) {
+        for f in self.store.live_mut() {
             f.resolution = resolve::resolve(&f.spec, pods);
             let r = &f.resolution;
             inputs.push(CompileInput {
@@ -412,28 +472,16 @@ impl Core {
     }
 
     /// Like `desired`, but a fault that pushes a rule over the limit (pods changed under it)
-    /// fails instead of the whole reconcile: the newest of the faults involved goes.
-    fn desired_tolerant(&mut self) -> (Tables, bool) {
+    /// fails instead of the whole reconcile: the newest of the faults involved goes. Errors
+    /// (and nothing may be written) when the overflow names no live fault: empty tables
+    /// would wipe every fault's entries.
+    fn desired_tolerant(&mut self) -> Result<(Tables, bool)> {
         let mut failed_any = false;
         loop {
             match self.desired() {
-                Ok(t) => return (t, failed_any),
+                Ok(t) => return Ok((t, failed_any)),
                 Err(e) => {
-                    let newest = self
-                        .store
-                        .live()
-                        .filter(|f| e.slots.contains(&f.slot))
-                        .max_by_key(|f| f.seq)
-                        .map(|f| f.id.clone());
-                    let Some(id) = newest else {
-                        return (Tables::default(), failed_any);
-                    };
-                    tracing::warn!(fault = %id, error = %e, "fault failed");
-                    if let Some(f) = self.store.get_mut(&id) {
-                        f.state = FaultState::Failed;
-                        f.ended_at = Some(Timestamp::now());
-                        f.message = Some(e.to_string());
-                    }
+                    fail_newest(&mut self.store, &e)?;
                     failed_any = true;
                 }
             }
@@ -443,8 +491,8 @@ impl Core {
     /// Like `desired_tolerant`, and within the maps' capacity ([`capacity::check_maps`]):
     /// while the tables would not fit (pods changed under the faults), the newest live fault
     /// with entries fails, alone, with the limit in its message.
-    fn desired_fitting(&mut self) -> (Tables, bool) {
-        let (mut tables, mut failed_any) = self.desired_tolerant();
+    fn desired_fitting(&mut self) -> Result<(Tables, bool)> {
+        let (mut tables, mut failed_any) = self.desired_tolerant()?;
         while let Err(e) = capacity::check_maps(self.dataplane.applied(), &tables) {
             let newest = self
                 .store
@@ -462,11 +510,11 @@ impl Core {
                 f.message = Some(e.to_string());
             }
             failed_any = true;
-            let (t, failed) = self.desired_tolerant();
+            let (t, failed) = self.desired_tolerant()?;
             tables = t;
             failed_any |= failed;
         }
-        (tables, failed_any)
+        Ok((tables, failed_any))
     }
 
     /// Puts the interner back in line with what the kernel holds, after a compiled change was
@@ -701,8 +749,28 @@ impl Core {
         self.dataplane.applied().sizes()
     }
 
+    /// Reads the kernel maps back and compares them with what the faults and pods make now
+    /// (compiled afresh): `GET /v1/tables/check`, for tests that the kernel is in step after
+    /// a crash and restart.
+    pub fn check_tables(&mut self) -> Result<TablesCheck> {
+        let kernel = self.dataplane.read_kernel()?;
+        let desired = self
+            .desired()
+            .map_err(|e| anyhow::anyhow!("compiling the faults: {e}"))?;
+        let writes = crate::dataplane::Diff::between(&kernel, &desired).len();
+        Ok(TablesCheck {
+            in_step: writes == 0,
+            writes,
+            kernel: kernel.sizes(),
+            desired: desired.sizes(),
+            kernel_slots: kernel.faults.keys().copied().collect(),
+            live_slots: self.store.live().map(|f| f.slot).collect(),
+        })
+    }
+
     /// Creates a fault: validated, written to the kernel and to the state dir, or nothing at all.
     pub fn create(&mut self, spec: FaultSpec) -> Result<Fault, AgentError> {
+        let _phase = failpoint::phase(Phase::Create);
         spec.validate().map_err(AgentError::Invalid)?;
         self.check_supported(&spec)?;
         let max = self.config.max_duration;
@@ -780,15 +848,19 @@ impl Core {
                 return Err(AgentError::Internal(e));
             }
         }
-        if let Err(e) = self
-            .dataplane
-            .write(&tables)
-            .and_then(|_| self.store.save())
-        {
+        failpoint::hit("create.shaped");
+        // Maps, then record: a crash in between leaves a fault in the maps that no record
+        // names, which the next start removes (the create did not return: fully absent).
+        let written = self.dataplane.write(&tables).and_then(|_| {
+            failpoint::hit("create.written");
+            self.store.save()
+        });
+        if let Err(e) = written {
             self.store.remove(&id);
             self.rollback();
             return Err(AgentError::Internal(e));
         }
+        failpoint::hit("create.saved");
         if let Err(e) = self.sync_shaping(true) {
             tracing::warn!(error = %format!("{e:#}"), "removing unused qdiscs failed; the next reconcile retries");
         }
@@ -803,9 +875,16 @@ impl Core {
         }
     }
 
-    /// Ends live faults at once (recover, cleanup). Returns their ids.
+    /// Ends live faults at once (recover, cleanup). Returns their ids. The ended state is
+    /// saved **before** the maps change: once it is, a crash can only complete the recover
+    /// (the next start lifts what the record says ended), never bring the fault back.
     fn end(&mut self, ids: Vec<String>) -> Result<Vec<String>, AgentError> {
+        let _phase = failpoint::phase(Phase::Recover);
         let now = Timestamp::now();
+        let before: Vec<FaultRecord> = ids
+            .iter()
+            .filter_map(|id| self.store.get(id).cloned())
+            .collect();
         for id in &ids {
             if let Some(f) = self.store.get_mut(id) {
                 f.state = FaultState::Recovered;
@@ -813,25 +892,37 @@ impl Core {
                 f.message = Some("recovered".into());
             }
         }
+        self.snapshot_counters(&ids);
+        if let Err(e) = self.store.save() {
+            for f in before {
+                self.store.insert(f);
+            }
+            return Err(AgentError::Internal(
+                e.context("saving the recovered state; nothing was changed"),
+            ));
+        }
+        failpoint::hit("end.saved");
         let result = self
             .desired()
             .map_err(|e| anyhow::anyhow!("{e}"))
             .and_then(|t| self.dataplane.write(&t))
-            // What only the ended faults needed (fq, pod-side programs) goes too.
-            .and_then(|_| self.sync_shaping(true).map(|_| 0));
+            .and_then(|_| {
+                failpoint::hit("end.lifted");
+                // What only the ended faults needed (fq, pod-side programs) goes too.
+                self.sync_shaping(true).map(|_| 0)
+            });
         if let Err(e) = result {
-            for id in &ids {
-                if let Some(f) = self.store.get_mut(id) {
-                    f.state = FaultState::Active;
-                    f.ended_at = None;
-                    f.message = None;
-                }
-            }
+            // On record as recovered: the kernel follows at the next reconcile.
             self.rollback();
-            return Err(AgentError::Internal(e));
+            return Err(AgentError::Internal(e.context(
+                "recorded as recovered, but removing it from the kernel failed; the next reconcile retries",
+            )));
         }
+        // Counters up to the lift.
         self.snapshot_counters(&ids);
-        self.store.save()?;
+        if let Err(e) = self.store.save() {
+            tracing::warn!(error = %format!("{e:#}"), "saving final counters failed; the next save retries");
+        }
         Ok(ids)
     }
 
@@ -928,7 +1019,8 @@ impl Core {
 
     /// Exits leaving the datapath as it is (faults keep acting, and end at their kernel
     /// deadlines), for the next agent to adopt: a restart or rolling update, not an uninstall.
-    pub fn leave(self) -> Result<()> {
+    pub fn leave(mut self) -> Result<()> {
+        let _phase = failpoint::phase(Phase::Leave);
         self.store.save()?;
         self.sync_records_now()?;
         self.dataplane.leave();
@@ -940,12 +1032,48 @@ impl Core {
         store::save_qdiscs(self.store.dir(), &self.dataplane.fq_records())
     }
 
-    /// Removes everything the agent made in the kernel; faults stay in the state dir.
-    pub fn shutdown(self) -> Result<()> {
+    /// Removes everything the agent made in the kernel; faults stay in the state dir. The
+    /// records are cleared last (a crash before leaves them for the next agent or
+    /// `uninstall`); the state dir's lock is held to the end.
+    pub fn shutdown(mut self) -> Result<()> {
+        let _phase = failpoint::phase(Phase::Shutdown);
         self.store.save()?;
-        let dir = self.store.dir().to_owned();
-        self.dataplane.shutdown()?;
-        store::save_attachments(&dir, &[])?;
-        store::save_qdiscs(&dir, &[])
+        failpoint::hit("shutdown.saved");
+        let Core {
+            store, dataplane, ..
+        } = self;
+        dataplane.shutdown()?;
+        failpoint::hit("shutdown.unpinned");
+        store::save_attachments(store.dir(), &[])?;
+        store::save_qdiscs(store.dir(), &[])?;
+        drop(store);
+        Ok(())
     }
 }
+
+/// Fails the newest live fault among those an overflow names (state Failed, with why), so
+/// that the others fit. Errors, touching nothing, when it names no live fault: then no fault
+/// can be dropped to make the tables fit, and the caller must write nothing.
+fn fail_newest(store: &mut Store, e: &TooManyFaults) -> Result<String> {
+    let newest = store
+        .live()
+        .filter(|f| e.slots.contains(&f.slot))
+        .max_by_key(|f| f.seq)
+        .map(|f| f.id.clone());
+    let Some(id) = newest else {
+        anyhow::bail!(
+            "{e}, and none of slots {:?} belongs to a live fault: the maps are left as they are",
+            e.slots
+        );
+    };
+    tracing::warn!(fault = %id, error = %e, "fault failed");
+    if let Some(f) = store.get_mut(&id) {
+        f.state = FaultState::Failed;
+        f.ended_at = Some(Timestamp::now());
+        f.message = Some(e.to_string());
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests;

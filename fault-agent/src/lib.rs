@@ -9,6 +9,7 @@ pub mod core;
 pub mod dataplane;
 pub mod discover;
 pub mod error;
+pub mod failpoint;
 pub mod inventory;
 pub mod kube;
 pub mod memory;

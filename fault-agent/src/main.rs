@@ -281,7 +281,9 @@ fn run() -> Result<()> {
         // Colour only on a terminal: container logs and files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    fault_agent::failpoint::init()?;
+    match cli.command {
         Command::Standalone {
             inventory,
             listen,
@@ -397,20 +399,61 @@ fn run() -> Result<()> {
             );
             Ok(())
         }
-        Command::Uninstall { state_dir, bpffs } => {
-            let records = store::load_attachments(&state_dir)?;
-            let fq = store::load_qdiscs(&state_dir)?;
-            dataplane::uninstall(&Pins::new(&bpffs), &records, &fq)?;
-            if state_dir.exists() {
-                store::save_attachments(&state_dir, &[])?;
-                store::save_qdiscs(&state_dir, &[])?;
-            }
-            eprintln!(
-                "removed what the agent made ({} interfaces, pins under {})",
-                records.len(),
-                bpffs.display()
-            );
-            Ok(())
-        }
+        Command::Uninstall { state_dir, bpffs } => uninstall(&state_dir, &bpffs),
     }
+}
+
+/// `fault-agent uninstall`: removes what the records and pins of a state dir say an agent
+/// made, going on past failures; refuses while an agent holds the state dir. What could not
+/// be removed stays recorded (a second run retries it) and is listed in the error.
+fn uninstall(state_dir: &std::path::Path, bpffs: &std::path::Path) -> Result<()> {
+    use fault_agent::failpoint::{Phase, phase};
+    let _phase = phase(Phase::Uninstall);
+    // No state dir: no agent ever ran on it (an agent creates it), only pins may remain.
+    let _lock = if state_dir.exists() {
+        Some(store::StateLock::acquire(state_dir)?)
+    } else {
+        None
+    };
+    let records = store::load_attachments(state_dir)?;
+    let fq = store::load_qdiscs(state_dir)?;
+    let left = dataplane::uninstall(&Pins::new(bpffs), &records, &fq);
+    if state_dir.exists() {
+        let kept: Vec<_> = left.records.iter().map(|(r, _)| r.clone()).collect();
+        let kept_fq: Vec<_> = left.fq.iter().map(|(r, _)| r.clone()).collect();
+        store::save_attachments(state_dir, &kept)?;
+        store::save_qdiscs(state_dir, &kept_fq)?;
+    }
+    if left.is_empty() {
+        eprintln!(
+            "removed what the agent made ({} interfaces, {} qdiscs, pins under {})",
+            records.len(),
+            fq.len(),
+            bpffs.display()
+        );
+        return Ok(());
+    }
+    let mut lines = Vec::new();
+    for (r, e) in &left.records {
+        let ns = r
+            .netns
+            .as_ref()
+            .map_or(String::new(), |n| format!(" in {}", n.display()));
+        lines.push(format!("  interface {}{ns}: {e:#}", r.ifname));
+    }
+    for (r, e) in &left.fq {
+        lines.push(format!("  fq on {}: {e:#}", r.iface.ifname));
+    }
+    if let Some(e) = &left.pins {
+        lines.push(format!("  pins under {}: {e:#}", bpffs.display()));
+    }
+    anyhow::bail!(
+        "could not remove everything ({} of {} interfaces, {} of {} qdiscs done; what failed stays recorded in {} for another run):\n{}",
+        records.len() - left.records.len(),
+        records.len(),
+        fq.len() - left.fq.len(),
+        fq.len(),
+        state_dir.display(),
+        lines.join("\n")
+    )
 }

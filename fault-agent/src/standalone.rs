@@ -24,6 +24,7 @@ use crate::{
     core::{Core, CoreConfig},
     dataplane::{Capabilities, Dataplane, Pins, kernel},
     discover,
+    failpoint::{self, Phase},
     inventory::Inventory,
     pods::Pod,
     store::{self, Store},
@@ -195,6 +196,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
     let t = std::time::Instant::now();
     {
+        let _phase = failpoint::phase(Phase::Start);
         let uplinks = crate::uplinks::of_pods(&cfg.uplinks, &pods);
         let mut c = lock(&core);
         c.set_pods(pods)?;
@@ -345,6 +347,7 @@ async fn watch_inventory(cfg: Config, state: Arc<AppState>, core: Arc<Mutex<Core
         let started = tokio::time::Instant::now();
         let cfg = cfg.clone();
         let res = tokio::task::spawn_blocking(move || {
+            let _phase = failpoint::phase(Phase::Inventory);
             let (pods, cache) = discover_all(&inv, &previous);
             let uplinks = crate::uplinks::of_pods(&cfg.uplinks, &pods);
             let virtuals = virtual_nets(&cfg);
@@ -413,6 +416,7 @@ pub async fn expire_loop(core: Arc<Mutex<Core>>, state: Arc<AppState>) {
             _ = tokio::time::sleep(wait + Duration::from_millis(1)) => {
                 let c = core.clone();
                 let run = move || {
+                    let _phase = failpoint::phase(Phase::Expiry);
                     let mut c = lock(&c);
                     c.reconcile().map(|_| c.datapath_problem())
                 };

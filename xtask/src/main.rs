@@ -5,10 +5,12 @@
 //! - `demo`: the main job end to end on real packets;
 //! - `test`: every test suite;
 //! - `cluster up|down|status`: a one-machine Kubernetes cluster (see [`cluster`]);
-//! - `image`: Faultline's container image from `deploy/Containerfile`.
+//! - `image`: Faultline's container image from `deploy/Containerfile`;
+//! - `crash`: the agent killed at every step, 200 runs.
 mod bench;
 mod cargo;
 mod cluster;
+mod crash;
 mod demo;
 mod image;
 mod kube;
@@ -44,6 +46,20 @@ enum Task {
         /// Run only these suites (unit, cluster, node, vm, pytest).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+    /// Kill the agent at every step (failpoints), 200 runs, checking after each restart that
+    /// the maps match the faults and nothing leaks (~15 minutes).
+    Crash {
+        /// Runs in all: every case once, then random ones.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Order of the random runs (printed by a run, to replay it).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Only these failpoint rules, in order, e.g. `recover/end.saved:1,netlink:start/attach.one:2`
+        /// (`netlink:` first: that attach mode for all).
+        #[arg(long)]
+        rules: Option<String>,
     },
     /// Build (once, cached) the kube-apiserver of the cluster tests.
     KubeBuild,
@@ -101,6 +117,7 @@ fn main() -> Result<()> {
             demo::run(&bin)
         }
         Task::Test { only } => test::run(&only),
+        Task::Crash { runs, seed, rules } => crash::run_all(&crash::Options { runs, seed, rules }),
         Task::KubeBuild => kube::build(),
         Task::Cluster { action } => match action {
             ClusterAction::Up => cluster::up().map(|_| ()),
