@@ -151,6 +151,7 @@ fn external(nf: &NetworkFault, max: Duration) -> Option<ExternalFault> {
         created_at,
         expires_at,
         recovered: nf.recovered_at().is_some() || st.phase == Some(Phase::Recovered),
+        uid: nf.metadata.uid.clone(),
     })
 }
 
@@ -448,6 +449,7 @@ async fn write_status(
                 targets: r.local_targets,
                 applied: r.applied,
                 message: r.message.clone(),
+                unsupported: r.unsupported.clone(),
                 counters: r.counters,
                 updated_at: None,
             },
