@@ -592,9 +592,9 @@ impl Core {
             .map(|f| (f.id.clone(), f.state, f.source_uid.clone()))
             .collect();
         for (id, state, uid) in known {
-            let replaced = wanted.get(id.as_str()).is_some_and(|ext| {
-                matches!((&uid, &ext.uid), (Some(old), Some(new)) if old != new)
-            });
+            let replaced = wanted.get(id.as_str()).is_some_and(
+                |ext| matches!((&uid, &ext.uid), (Some(old), Some(new)) if old != new),
+            );
             if replaced {
                 // Deleted and created again under the same name: the old record (ended, or
                 // live if both happened between two passes) makes way for the new object's.

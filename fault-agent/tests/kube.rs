@@ -1013,9 +1013,11 @@ fn a_recreated_name_is_a_new_fault_and_an_unenforceable_one_is_refused() {
     for round in ["first", "second"] {
         apply_fault(&c, NS, "again", "vllm-decode-0", "app=vllm-prefill");
         c.wait_phase("again", Phase::Active, Duration::from_secs(5));
-        wait_until(&format!("{round} object cuts"), Duration::from_secs(5), || {
-            blocked(&p.decode0, &p.prefill, Family::V4)
-        });
+        wait_until(
+            &format!("{round} object cuts"),
+            Duration::from_secs(5),
+            || blocked(&p.decode0, &p.prefill, Family::V4),
+        );
         c.rt.block_on(api.delete("again", &Default::default()))
             .unwrap();
         wait_until(
@@ -1049,7 +1051,10 @@ fn a_recreated_name_is_a_new_fault_and_an_unenforceable_one_is_refused() {
     );
     let caps = c.api.client().get_json("/v1/capabilities");
     assert!(
-        matches!(&caps, Err(fault_api::client::ClientError::Api { status: 501, .. })),
+        matches!(
+            &caps,
+            Err(fault_api::client::ClientError::Api { status: 501, .. })
+        ),
         "{caps:?}"
     );
 }

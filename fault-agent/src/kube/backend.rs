@@ -48,7 +48,10 @@ fn unsupported_on(st: &NetworkFaultStatus) -> Option<FieldError> {
     st.nodes.iter().find_map(|(node, s)| {
         let field = s.unsupported.as_ref().filter(|_| !s.applied)?;
         let why = s.message.as_deref().unwrap_or("cannot be enforced");
-        Some(FieldError::new(field.clone(), format!("node {node}: {why}")))
+        Some(FieldError::new(
+            field.clone(),
+            format!("node {node}: {why}"),
+        ))
     })
 }
 
