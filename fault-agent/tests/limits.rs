@@ -276,8 +276,8 @@ fn api_limits_answer_413_429_503_504_with_the_json_error() {
 }
 
 /// Regression (issue 13): readiness was set once and never cleared, and liveness always
-/// answered ok, even when every sync failed. Here the state dir refuses writes (its
-/// `qdiscs.json` is made a directory), so the reconcile at a fault's expiry fails.
+/// answered ok, even when every sync failed. Here the state dir refuses writes (the fault's
+/// file is made a directory), so the reconcile at the fault's expiry fails to save.
 #[test]
 fn readiness_and_liveness_follow_the_syncs() {
     let _s = serial();
@@ -291,12 +291,13 @@ fn readiness_and_liveness_follow_the_syncs() {
         )
     };
     assert_eq!(get("/healthz").0, 200);
-    let jam = env.agent.state_dir().join("qdiscs.json");
-    std::fs::remove_file(&jam).ok();
-    std::fs::create_dir_all(jam.join("jammed")).unwrap();
     let mut s = spec("vllm-decode-0");
     s.duration = Some("1s".parse().unwrap());
-    c.create(&s).unwrap();
+    let f = c.create(&s).unwrap();
+    let file = fault_agent::store::fault_file_name(&f.id);
+    let jam = env.agent.state_dir().join("faults").join(&file);
+    std::fs::remove_file(&jam).ok();
+    std::fs::create_dir_all(jam.join("jammed")).unwrap();
     let start = Instant::now();
     while c.ready() {
         assert!(
@@ -307,7 +308,7 @@ fn readiness_and_liveness_follow_the_syncs() {
     }
     let (status, why) = get("/readyz");
     assert_eq!(status, 503);
-    assert!(why.contains("qdiscs.json"), "{why}");
+    assert!(why.contains(&file), "{why}");
     while get("/healthz").0 == 200 {
         assert!(
             start.elapsed() < Duration::from_secs(15),
