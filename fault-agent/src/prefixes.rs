@@ -7,23 +7,41 @@ use std::{collections::HashSet, net::IpAddr};
 
 use ipnet::IpNet;
 
-/// A set of prefixes with a longest-match query: one set lookup per prefix length of the
-/// queried prefix (at most 129), not a scan of every prefix.
+/// A set of prefixes with a longest-match query: one set lookup per prefix length the set
+/// holds in the queried prefix's family (at most 129), not a scan of every prefix.
 #[derive(Debug, Default, Clone)]
-pub struct PrefixSet(HashSet<IpNet>);
+pub struct PrefixSet {
+    nets: HashSet<IpNet>,
+    /// The prefix lengths present, longest first: IPv4's, IPv6's.
+    lengths: [Vec<u8>; 2],
+}
 
 impl PrefixSet {
     pub fn of(nets: impl IntoIterator<Item = IpNet>) -> Self {
-        Self(nets.into_iter().map(|n| n.trunc()).collect())
+        let nets: HashSet<IpNet> = nets.into_iter().map(|n| n.trunc()).collect();
+        let mut lengths: [Vec<u8>; 2] = Default::default();
+        for n in &nets {
+            lengths[usize::from(matches!(n, IpNet::V6(_)))].push(n.prefix_len());
+        }
+        for l in &mut lengths {
+            l.sort_unstable_by(|a, b| b.cmp(a));
+            l.dedup();
+        }
+        Self { nets, lengths }
     }
 
     /// The length of the longest prefix of the set that contains `x`.
     pub fn longest(&self, x: &IpNet) -> Option<u8> {
-        (0..=x.prefix_len()).rev().find(|&len| {
-            IpNet::new(x.addr(), len)
-                .map(|n| self.0.contains(&n.trunc()))
-                .unwrap_or(false)
-        })
+        let family = usize::from(matches!(x, IpNet::V6(_)));
+        self.lengths[family]
+            .iter()
+            .copied()
+            .filter(|&len| len <= x.prefix_len())
+            .find(|&len| {
+                IpNet::new(x.addr(), len)
+                    .map(|n| self.nets.contains(&n.trunc()))
+                    .unwrap_or(false)
+            })
     }
 
     /// Whether some prefix of the set contains `x`.
