@@ -7,33 +7,40 @@ use std::{collections::HashSet, net::IpAddr};
 
 use ipnet::IpNet;
 
-/// A set of prefixes with a longest-match query: one set lookup per prefix length the set
-/// holds in the queried prefix's family (at most 129), not a scan of every prefix.
+/// A set of prefixes with a longest-match query: one set lookup per prefix length present in
+/// the set (of the queried prefix's family, at most its length), not a scan of every prefix
+/// nor a probe of every length (a miss in a set of /32s is one lookup, not 33).
 #[derive(Debug, Default, Clone)]
 pub struct PrefixSet {
     nets: HashSet<IpNet>,
-    /// The prefix lengths present, longest first: IPv4's, IPv6's.
-    lengths: [Vec<u8>; 2],
+    /// Prefix lengths present, longest first: IPv4, IPv6.
+    lens: [Vec<u8>; 2],
 }
 
 impl PrefixSet {
     pub fn of(nets: impl IntoIterator<Item = IpNet>) -> Self {
         let nets: HashSet<IpNet> = nets.into_iter().map(|n| n.trunc()).collect();
-        let mut lengths: [Vec<u8>; 2] = Default::default();
+        let mut lens: [Vec<u8>; 2] = Default::default();
         for n in &nets {
-            lengths[usize::from(matches!(n, IpNet::V6(_)))].push(n.prefix_len());
+            lens[Self::family(n)].push(n.prefix_len());
         }
-        for l in &mut lengths {
+        for l in &mut lens {
             l.sort_unstable_by(|a, b| b.cmp(a));
             l.dedup();
         }
-        Self { nets, lengths }
+        Self { nets, lens }
+    }
+
+    fn family(n: &IpNet) -> usize {
+        match n {
+            IpNet::V4(_) => 0,
+            IpNet::V6(_) => 1,
+        }
     }
 
     /// The length of the longest prefix of the set that contains `x`.
     pub fn longest(&self, x: &IpNet) -> Option<u8> {
-        let family = usize::from(matches!(x, IpNet::V6(_)));
-        self.lengths[family]
+        self.lens[Self::family(x)]
             .iter()
             .copied()
             .filter(|&len| len <= x.prefix_len())

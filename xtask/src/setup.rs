@@ -85,19 +85,22 @@ fn rust_src() -> Result<()> {
 /// bpf-linker, linked against nightly rustc's own LLVM (the one that emits our bitcode).
 fn bpf_linker() -> Result<()> {
     let path = path_with_cargo_bin();
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly --print sysroot")?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    // bpf-linker needs nightly's libLLVM by its soname; rustc puts the sysroot's lib folder
+    // on the library path when it runs a linker, so check it the same way.
     if output(
         Command::new("bpf-linker")
             .arg("--version")
-            .env("PATH", &path),
+            .env("PATH", &path)
+            .env("LD_LIBRARY_PATH", &lib_dir),
     )
     .is_some()
     {
         eprintln!("setup: bpf-linker present");
         return Ok(());
     }
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context("rustc +nightly --print sysroot")?;
-    let lib_dir = Path::new(sysroot.trim()).join("lib");
     let llvm = std::fs::read_dir(&lib_dir)?
         .flatten()
         .map(|e| e.path())
