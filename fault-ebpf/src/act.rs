@@ -99,7 +99,10 @@ fn protected(flags: u32, pkt: &Packet, flow: &Flow) -> bool {
         {
             true
         }
-        proto::ICMP => pkt.icmp_type >= ICMPV6_ND_FIRST && pkt.icmp_type <= ICMPV6_ND_LAST,
+        // ICMPv6 only: IPv4's types 133-137 are no neighbour discovery.
+        proto::ICMP => {
+            pkt.ipv6 && pkt.icmp_type >= ICMPV6_ND_FIRST && pkt.icmp_type <= ICMPV6_ND_LAST
+        }
         _ => false,
     }
 }

@@ -299,7 +299,7 @@ fn protected(flags: u32, pkt: &Packet, flow: &Flow) -> bool {
         {
             true
         }
-        proto::ICMP => (133..=137).contains(&pkt.icmp_type),
+        proto::ICMP => pkt.src.is_ipv6() && (133..=137).contains(&pkt.icmp_type),
         _ => false,
     }
 }

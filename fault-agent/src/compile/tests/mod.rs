@@ -1,10 +1,13 @@
 //! The compiler checked the way the program looks packets up: [`datapath`] follows
-//! `fault-ebpf`'s `classify` over the compiled tables, for one packet on one hook.
+//! `fault-ebpf`'s `classify` over the compiled tables, for one packet on one hook; [`reference`]
+//! says what a packet should get from the faults alone, and a property test compares the two
+//! over random faults, pods and packets.
 use super::*;
 use crate::prefixes::covers_addr;
 use datapath::{Env, Hook, Packet};
 
 mod datapath;
+mod reference;
 
 const DECODE0: &str = "198.18.0.10";
 const DECODE1: &str = "198.18.0.11";
