@@ -54,6 +54,8 @@ pub struct ExternalFault {
     pub expires_at: Timestamp,
     /// Recovered (or deleted) by the user.
     pub recovered: bool,
+    /// The object's `metadata.uid`: a new object under an old name is a new fault.
+    pub uid: Option<String>,
 }
 
 /// What this node did with one fault, for its status entry.
@@ -65,6 +67,9 @@ pub struct NodeReport {
     pub applied: bool,
     pub counters: Counters,
     pub message: Option<String>,
+    /// The spec's field this node's kernel cannot enforce, when that is why the fault failed
+    /// here (e.g. `delay` without sch_fq): the API answers 422 naming it.
+    pub unsupported: Option<String>,
 }
 
 /// The kernel maps against the faults ([`Core::check_tables`]).
@@ -581,10 +586,21 @@ impl Core {
             .filter(|(id, _)| !local.contains_key(*id))
             .map(|(id, f)| (id.to_string(), f.spec.clone()))
             .collect();
-        let known: Vec<(String, FaultState)> =
-            self.store.all().map(|f| (f.id.clone(), f.state)).collect();
-        for (id, state) in known {
-            if state.is_live() && !wanted.contains_key(id.as_str()) {
+        let known: Vec<(String, FaultState, Option<String>)> = self
+            .store
+            .all()
+            .map(|f| (f.id.clone(), f.state, f.source_uid.clone()))
+            .collect();
+        for (id, state, uid) in known {
+            let replaced = wanted.get(id.as_str()).is_some_and(
+                |ext| matches!((&uid, &ext.uid), (Some(old), Some(new)) if old != new),
+            );
+            if replaced {
+                // Deleted and created again under the same name: the old record (ended, or
+                // live if both happened between two passes) makes way for the new object's.
+                self.store.remove(&id);
+                dirty = true;
+            } else if state.is_live() && !wanted.contains_key(id.as_str()) {
                 if let Some(f) = self.store.get_mut(&id) {
                     f.state = FaultState::Recovered;
                     f.ended_at = Some(now);
@@ -655,6 +671,7 @@ impl Core {
                 seq,
                 final_counters: Counters::default(),
                 resolution: Default::default(),
+                source_uid: ext.uid.clone(),
             });
             dirty = true;
         }
@@ -690,8 +707,13 @@ impl Core {
                     live.then(|| self.unreachable_targets(&f.spec, node))
                         .flatten()
                 });
+                let unsupported = match (f.state, self.check_supported(&f.spec)) {
+                    (FaultState::Failed, Err(AgentError::Unsupported(e))) => Some(e.field),
+                    _ => None,
+                };
                 NodeReport {
                     id: f.id.clone(),
+                    unsupported,
                     local_targets: if live { local } else { 0 },
                     applied,
                     counters: if live {
@@ -712,6 +734,7 @@ impl Core {
             applied: false,
             counters: Counters::default(),
             message: Some(why.clone()),
+            unsupported: None,
         }));
         // Target pods scheduled here that are not in the datapath: say why.
         reports.extend(self.elsewhere.iter().filter_map(|(id, spec)| {
@@ -722,6 +745,7 @@ impl Core {
                 applied: false,
                 counters: Counters::default(),
                 message: Some(why),
+                unsupported: None,
             })
         }));
         reports
@@ -809,6 +833,7 @@ impl Core {
             seq: self.store.next_seq(),
             final_counters: Counters::default(),
             resolution: Default::default(),
+            source_uid: None,
         };
         let id = record.id.clone();
         let spec_needs_delay = record.spec.delay.is_some();

@@ -26,6 +26,10 @@ pub enum AgentError {
     /// This endpoint does not accept writes here (405): a node agent follows the cluster.
     #[error("{0}")]
     ReadOnly(String),
+    /// This agent has no such thing to show (501): the cluster API has no datapath, its
+    /// node agents do.
+    #[error("{0}")]
+    NotHere(String),
     /// The cluster API refused or could not be reached (502).
     #[error("Kubernetes API: {0}")]
     Upstream(String),
@@ -43,6 +47,7 @@ impl AgentError {
             Self::NotFound(_) => 404,
             Self::Conflict(_) | Self::Capacity(_) => 409,
             Self::ReadOnly(_) => 405,
+            Self::NotHere(_) => 501,
             Self::Upstream(_) => 502,
             Self::Internal(_) => 500,
         }
@@ -62,6 +67,7 @@ impl AgentError {
             Self::Conflict(m) => ApiError::new("conflict", m.clone()),
             Self::Capacity(e) => ApiError::new("capacity", e.to_string()),
             Self::ReadOnly(m) => ApiError::new("read_only", m.clone()),
+            Self::NotHere(m) => ApiError::new("not_implemented", m.clone()),
             Self::Upstream(m) => ApiError::new("upstream", m.clone()),
             Self::Internal(e) => ApiError::new("internal", format!("{e:#}")),
         }

@@ -72,6 +72,10 @@ pub struct FaultRecord {
     /// saved then; kept as it was at the end for ended faults).
     #[serde(default)]
     pub resolution: Resolution,
+    /// The `metadata.uid` of the `NetworkFault` this record mirrors (cluster mode): a record of
+    /// an object deleted and created again under the same name is not the new object's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_uid: Option<String>,
 }
 
 /// Name of the lock file in the state dir.

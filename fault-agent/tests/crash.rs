@@ -410,7 +410,11 @@ impl Crash {
                     .filter(|id| self.ours.contains(id))
                     .collect();
                 assert!(left.is_empty(), "programs {left:?} left on {dev} {hook}");
-                assert_eq!(netlink_filters(dev, hook), 0, "filters left on {dev} {hook}");
+                assert_eq!(
+                    netlink_filters(dev, hook),
+                    0,
+                    "filters left on {dev} {hook}"
+                );
             }
             let q = tc(&["qdisc", "show", "dev", dev]);
             assert!(!q.contains("clsact"), "clsact left on {dev}: {q}");
@@ -723,7 +727,10 @@ impl Crash {
         );
         let p = self.env.pods.clone();
         let client = self.env.agent.client();
-        assert_eq!(client.get_fault(&kept.id).unwrap().state, FaultState::Active);
+        assert_eq!(
+            client.get_fault(&kept.id).unwrap().state,
+            FaultState::Active
+        );
         assert!(blocked(&p.decode1, &p.prefill, Family::V4));
         if lost {
             assert!(client.get_fault(&hit.id).is_err(), "its record is gone");
@@ -977,7 +984,11 @@ fn run_rules(netlink: bool, rules: &[&str]) {
                 .clone()
         })
         .collect();
-    let extra: &[&str] = if netlink { &["--attach", "netlink"] } else { &[] };
+    let extra: &[&str] = if netlink {
+        &["--attach", "netlink"]
+    } else {
+        &[]
+    };
     run_cases(extra, &cases);
 }
 

@@ -998,3 +998,63 @@ fn only_faults_with_local_work_take_slots_and_active_means_applied() {
     let seen = c.api.client().get_fault(&ghost_id).unwrap();
     assert_eq!(seen.state, fault_api::FaultState::Pending, "{seen:?}");
 }
+
+/// Regressions (the real-node suite showed both): a NetworkFault deleted and created again under
+/// its old name was never applied again (the node kept the old object's ended record under
+/// that name); and a delay, which this kernel (no sch_fq) cannot enforce, was answered 200
+/// `active` by the cluster API while every node reported it failed.
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn a_recreated_name_is_a_new_fault_and_an_unenforceable_one_is_refused() {
+    let _s = serial();
+    let c = Cluster::start();
+    let p = &c.pods;
+    let api: Api<NetworkFault> = Api::namespaced(c.client.clone(), NS);
+    for round in ["first", "second"] {
+        apply_fault(&c, NS, "again", "vllm-decode-0", "app=vllm-prefill");
+        c.wait_phase("again", Phase::Active, Duration::from_secs(5));
+        wait_until(
+            &format!("{round} object cuts"),
+            Duration::from_secs(5),
+            || blocked(&p.decode0, &p.prefill, Family::V4),
+        );
+        c.rt.block_on(api.delete("again", &Default::default()))
+            .unwrap();
+        wait_until(
+            &format!("{round} object deleted and lifted"),
+            Duration::from_secs(10),
+            || {
+                c.rt.block_on(api.get_opt("again")).unwrap().is_none()
+                    && reaches(&p.decode0, &p.prefill, Family::V4)
+            },
+        );
+    }
+
+    let mut spec = fault_api::FaultSpec::new(NS);
+    spec.pod_prefix = Some("vllm-decode-0".into());
+    spec.to_selectors = vec!["app=vllm-prefill".parse().unwrap()];
+    spec.delay = Some("100ms".parse().unwrap());
+    spec.duration = Some("2m".parse().unwrap());
+    match c.api.client().create(&spec) {
+        Err(fault_api::client::ClientError::Api { status, error }) => {
+            assert_eq!(status, 422, "{error:?}");
+            assert_eq!(error.field.as_deref(), Some("delay"), "{error:?}");
+            assert!(error.message.contains("fq"), "{error:?}");
+        }
+        other => panic!("a delay no node can enforce must be refused, got {other:?}"),
+    }
+    let left = c.rt.block_on(api.list(&Default::default())).unwrap();
+    assert!(
+        left.items.is_empty(),
+        "the refused fault leaves no object: {:?}",
+        left.items.iter().map(|f| f.id()).collect::<Vec<_>>()
+    );
+    let caps = c.api.client().get_json("/v1/capabilities");
+    assert!(
+        matches!(
+            &caps,
+            Err(fault_api::client::ClientError::Api { status: 501, .. })
+        ),
+        "{caps:?}"
+    );
+}

@@ -99,8 +99,32 @@ fn random_suffix() -> Result<String> {
     Ok(format!("{:08x}", crate::rand::u64()? as u32))
 }
 
+/// A new bpffs folder for a test agent, `faultline-test-<test pid>-<random>`, after removing
+/// those of test processes that are gone: a test killed before its cleanup (SIGKILL, a
+/// timeout) leaves pinned programs and links behind, which the next run removes.
+fn test_bpffs() -> Result<PathBuf> {
+    for e in std::fs::read_dir(BPFFS).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("faultline-test-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let pid = std::process::id();
+    Ok(PathBuf::from(format!(
+        "{BPFFS}/faultline-test-{pid}-{}",
+        random_suffix()?
+    )))
+}
+
 /// An agent process with its own state dir (in a temporary directory that also holds its
-/// logs), bpffs folder (`/sys/fs/bpf/faultline-test-<random>`) and API address (a loopback
+/// logs), bpffs folder (`/sys/fs/bpf/faultline-test-<pid>-<random>`) and API address (a loopback
 /// port, or what [`AgentBuilder::listen`] says), in the caller's network namespace or another
 /// ([`AgentBuilder::in_netns`]). On drop it is terminated, `fault-agent uninstall` runs (in
 /// the same namespace), and the bpffs folder is removed.
@@ -191,7 +215,7 @@ impl AgentProcess {
                 .prefix("faultline-agent-")
                 .tempdir()
                 .context("creating a temporary directory")?,
-            bpffs: PathBuf::from(format!("{BPFFS}/faultline-test-{}", random_suffix()?)),
+            bpffs: test_bpffs()?,
             listen,
             netns,
             starts: 0,
@@ -340,7 +364,7 @@ impl AgentProcess {
         self.dir.path().join("state")
     }
 
-    /// Its bpffs folder, `/sys/fs/bpf/faultline-test-<random>`.
+    /// Its bpffs folder, `/sys/fs/bpf/faultline-test-<pid>-<random>`.
     pub fn bpffs(&self) -> &Path {
         &self.bpffs
     }

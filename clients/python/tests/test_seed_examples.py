@@ -113,7 +113,11 @@ def test_inference_with_packet_loss(env, client):
 def test_latency_needs_fq_and_is_refused_without_it(env, client):
     """Partition guide, "Example: High Latency Simulation": refused with the reason where the
     kernel cannot enforce departure times; never silently ignored."""
-    caps = env.http.get("/v1/capabilities").json()
+    # The cluster API has no datapath (501): its nodes' kernels decide, and one that cannot
+    # enforce the delay makes the whole fault refused.
+    got = env.http.get("/v1/capabilities")
+    caps = got.json() if got.status_code == 200 else {"sch_fq": False}
+    assert got.status_code in (200, 501), got.text
     with pytest.raises(FaultInjectionError) as e:
         client.inject_network_partition(
             partition_type=NetworkPartition.WORKER_WORKER, source=NS, target=NS, mode=NetworkMode.CHAOS_MESH,

@@ -106,15 +106,15 @@ impl Backend {
         }
     }
 
-    /// Runs `f` on the local core (capabilities, tables); 404 on the cluster API.
+    /// Runs `f` on the local core (capabilities, tables); 501 on the cluster API.
     pub async fn with_core<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Core) -> Result<T, AgentError> + Send + 'static,
     ) -> Result<T, AgentError> {
         match self {
             Backend::Local { core, .. } => Self::local(core, f).await,
-            Backend::Cluster(_) => Err(AgentError::NotFound(
-                "(the cluster API has no datapath: ask a node agent)".into(),
+            Backend::Cluster(_) => Err(AgentError::NotHere(
+                "the cluster API has no datapath: ask a node agent (each serves this path on 127.0.0.1:9464 of its node, by default); a fault a node cannot enforce is refused with 422 naming the field".into(),
             )),
         }
     }

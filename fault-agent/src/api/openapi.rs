@@ -111,7 +111,7 @@ pub fn document() -> Value {
                          "responses": with(json!({"200": ok("Recovered ids", cleanup_res)}), errors(&invalid[..2]))}
             },
             "/v1/pods": {"get": {"summary": "Pods the agent knows, their addresses and host veths", "responses": {"200": {"description": "Pods"}}}},
-            "/v1/capabilities": {"get": {"summary": "Kernel capabilities and loaded programs (with run-time stats)", "responses": {"200": {"description": "Capabilities"}}}},
+            "/v1/capabilities": {"get": {"summary": "Kernel capabilities and loaded programs (with run-time stats)", "responses": {"200": {"description": "Capabilities"}, "501": {"description": "The cluster API (`fault-agent api`): no datapath of its own; ask a node agent"}}}},
             "/api/v1/faults/network/inject": {
                 "post": {"summary": "Inject a network fault (Fault Injection API)", "requestBody": body(inject),
                          "responses": with(json!({"200": ok("The fault", seed_fault.clone())}), errors(&invalid))}

@@ -230,30 +230,33 @@ pub fn attach_pod_egress(
     let prog = program(ebpf, PROG_POD_EGRESS)?;
     let ino = pins.netns_ino(netns)?;
     let pin = pins.pod_link_of(ino, ifname);
-    let (held, clsact_created, clsact_maybe) = in_netns(netns, || -> Result<(Held, bool, bool)> {
-        match mode {
-            AttachMode::Tcx => Ok((
-                Held::Tcx(attach_tcx(
-                    prog,
-                    &pin,
-                    ifname,
-                    TcAttachType::Egress,
-                    "egress",
-                )?),
-                false,
-                false,
-            )),
-            AttachMode::Netlink => {
-                let created = match tc::qdisc_add_clsact(ifname) {
-                    Ok(()) => true,
-                    Err(e) if is_errno(&e, libc::EEXIST) => false,
-                    Err(e) => return Err(e).with_context(|| format!("adding clsact to {ifname}")),
-                };
-                let (link, replaced) = attach_netlink(prog, ifname, TcAttachType::Egress)?;
-                Ok((Held::Netlink(link), created, replaced && !created))
+    let (held, clsact_created, clsact_maybe) =
+        in_netns(netns, || -> Result<(Held, bool, bool)> {
+            match mode {
+                AttachMode::Tcx => Ok((
+                    Held::Tcx(attach_tcx(
+                        prog,
+                        &pin,
+                        ifname,
+                        TcAttachType::Egress,
+                        "egress",
+                    )?),
+                    false,
+                    false,
+                )),
+                AttachMode::Netlink => {
+                    let created = match tc::qdisc_add_clsact(ifname) {
+                        Ok(()) => true,
+                        Err(e) if is_errno(&e, libc::EEXIST) => false,
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("adding clsact to {ifname}"));
+                        }
+                    };
+                    let (link, replaced) = attach_netlink(prog, ifname, TcAttachType::Egress)?;
+                    Ok((Held::Netlink(link), created, replaced && !created))
+                }
             }
-        }
-    })?;
+        })?;
     let record = AttachRecord {
         ifname: ifname.into(),
         ifindex,

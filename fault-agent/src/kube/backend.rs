@@ -9,12 +9,12 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod as KubePod;
 use kube::{
     Api, Client,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::reflector::{ObjectRef, Store},
 };
 
 use super::{
-    crd::{NetworkFault, NetworkFaultSpec, Phase, RECOVERED_AT},
+    crd::{NetworkFault, NetworkFaultSpec, NetworkFaultStatus, Phase, RECOVERED_AT},
     pods::from_kube,
 };
 use crate::{error::AgentError, pods::Pod, resolve};
@@ -40,6 +40,19 @@ pub fn kube_error(e: kube::Error) -> AgentError {
         kube::Error::Api(s) if s.code == 409 => AgentError::Conflict(s.message),
         other => AgentError::Upstream(other.to_string()),
     }
+}
+
+/// The first node that reports a field of the spec its kernel cannot enforce, as the error
+/// the API answers (422, naming that field).
+fn unsupported_on(st: &NetworkFaultStatus) -> Option<FieldError> {
+    st.nodes.iter().find_map(|(node, s)| {
+        let field = s.unsupported.as_ref().filter(|_| !s.applied)?;
+        let why = s.message.as_deref().unwrap_or("cannot be enforced");
+        Some(FieldError::new(
+            field.clone(),
+            format!("node {node}: {why}"),
+        ))
+    })
 }
 
 fn state_of(nf: &NetworkFault) -> FaultState {
@@ -201,6 +214,9 @@ impl KubeBackend {
                         .get(n)
                         .is_some_and(|s| !s.applied && s.message.is_some())
                 });
+                if unsupported_on(&st).is_some() {
+                    return true;
+                }
                 match st.phase {
                     None => false,
                     Some(Phase::Pending) => {
@@ -213,7 +229,14 @@ impl KubeBackend {
                 }
             })
             .await;
-        Ok(self.view(&settled.unwrap_or(created)))
+        let settled = settled.unwrap_or(created);
+        if let Some(e) = settled.status.as_ref().and_then(unsupported_on) {
+            // A node cannot enforce it: like the single-host agent, refuse it whole rather
+            // than leave it applied on some nodes only.
+            let _ = api.delete(&id, &DeleteParams::default()).await;
+            return Err(AgentError::Unsupported(e));
+        }
+        Ok(self.view(&settled))
     }
 
     pub async fn get(&self, id: &str) -> Result<Fault, AgentError> {

@@ -126,6 +126,10 @@ pub struct NodeFaultStatus {
     pub applied: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The spec field this node's kernel cannot enforce (e.g. `delay`: no sch_fq), when that is
+    /// why the fault is not applied here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
     /// Packets acted on, on this node.
     #[serde(default)]
     pub counters: Counters,

@@ -151,6 +151,7 @@ fn external(nf: &NetworkFault, max: Duration) -> Option<ExternalFault> {
         created_at,
         expires_at,
         recovered: nf.recovered_at().is_some() || st.phase == Some(Phase::Recovered),
+        uid: nf.metadata.uid.clone(),
     })
 }
 
@@ -249,28 +250,44 @@ pub async fn run(cfg: Config) -> Result<()> {
     cleaned
 }
 
-/// Whether the agent's DaemonSet (`namespace/name`) is being removed: gone, being deleted, or
-/// the agent's identity or permissions gone with it (401, 403): an uninstall. A DaemonSet
-/// still there (a rolling update, an eviction, a drain) or an API that does not answer is
-/// not: the datapath stays, and the kernel ends each fault at its deadline meanwhile.
+/// Whether the agent's DaemonSet (`namespace/name`) is being removed: it or its namespace gone
+/// or being deleted (`kubectl delete -k` deletes the namespace first, and the namespace
+/// controller may stop the pods before it deletes the DaemonSet), or the agent's identity or
+/// permissions gone with them (401, 403): an uninstall. A DaemonSet still there (a rolling
+/// update, an eviction, a drain) or an API that does not answer is not: the datapath stays,
+/// and the kernel ends each fault at its deadline meanwhile.
 async fn daemonset_gone(client: &Client, ds: &(String, String)) -> bool {
-    let api: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client.clone(), &ds.0);
-    let got = tokio::time::timeout(Duration::from_secs(5), api.get_opt(&ds.1)).await;
-    let gone = match got {
-        Ok(Ok(Some(d))) => d.metadata.deletion_timestamp.is_some(),
-        Ok(Ok(None)) => true,
-        Ok(Err(kube::Error::Api(e))) if e.code == 401 || e.code == 403 => true,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot tell whether the DaemonSet is being removed; keeping the datapath");
-            false
-        }
-        Err(_) => {
-            tracing::warn!("the API did not answer within 5 s; keeping the datapath");
-            false
-        }
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), &ds.0);
+    let ns = removing(namespaces.get_opt(&ds.0), |n| &n.metadata).await;
+    let gone = match ns {
+        Some(true) => true,
+        _ => removing(daemonsets.get_opt(&ds.1), |d| &d.metadata).await == Some(true),
     };
     tracing::info!(daemonset = %format!("{}/{}", ds.0, ds.1), gone, "DaemonSet checked at exit");
     gone
+}
+
+/// Whether the object `get` returns is gone or being deleted; `None` when the API cannot tell
+/// (no answer within 5 s, or an error other than 401/403).
+async fn removing<T>(
+    get: impl std::future::Future<Output = kube::Result<Option<T>>>,
+    meta: impl Fn(&T) -> &kube::api::ObjectMeta,
+) -> Option<bool> {
+    match tokio::time::timeout(Duration::from_secs(5), get).await {
+        Ok(Ok(Some(o))) => Some(meta(&o).deletion_timestamp.is_some()),
+        Ok(Ok(None)) => Some(true),
+        Ok(Err(kube::Error::Api(e))) if e.code == 401 || e.code == 403 => Some(true),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot tell whether Faultline is being removed; keeping the datapath");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("the API did not answer within 5 s; keeping the datapath");
+            None
+        }
+    }
 }
 
 /// The reflectors' caches the sync loop reads.
@@ -448,6 +465,7 @@ async fn write_status(
                 targets: r.local_targets,
                 applied: r.applied,
                 message: r.message.clone(),
+                unsupported: r.unsupported.clone(),
                 counters: r.counters,
                 updated_at: None,
             },

@@ -23,6 +23,7 @@ pub(crate) fn record(id: &str, slot: u16, seq: u64) -> FaultRecord {
         seq,
         final_counters: Counters::default(),
         resolution: Resolution::default(),
+        source_uid: None,
     }
 }
 

@@ -37,6 +37,7 @@ pub fn node() -> Node {
         ),
         Err(e) => panic!("{e:#}"),
     };
+    crate::host::mark_suite_start();
     let t = Instant::now();
     let faultline = cluster
         .deploy_faultline(DEPLOY_TIMEOUT)

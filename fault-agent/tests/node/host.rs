@@ -48,8 +48,24 @@ fn is_our_agent(pid: u32) -> bool {
         .any(|a| a == AGENT_BPFFS.as_bytes())
 }
 
-/// Ids and names of loaded programs of ours: Faultline's programs that no other process holds
-/// (the machine's other tests run agents of their own, with their own programs).
+/// When this test process first asked for the node (before it deployed Faultline), in Unix
+/// seconds: programs loaded earlier are not this suite's (an earlier run killed before its
+/// cleanup can leave pinned programs of a test agent behind; they are that run's defect).
+static SUITE_START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Marks the suite's start (idempotent); see [`programs`].
+pub fn mark_suite_start() {
+    SUITE_START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(1)
+    });
+}
+
+/// Ids and names of loaded programs of ours: Faultline's programs, loaded since the suite
+/// started, that no other process holds (the machine's other tests run agents of their own,
+/// with their own programs).
 pub fn programs() -> Vec<(u64, String)> {
     let held = holders();
     bpftool_json(&["prog", "show"])
@@ -59,6 +75,10 @@ pub fn programs() -> Vec<(u64, String)> {
         .filter_map(|p| {
             let name = p["name"].as_str()?;
             let id = p["id"].as_u64()?;
+            let since = SUITE_START.get().copied().unwrap_or(0);
+            if p["loaded_at"].as_u64().is_some_and(|t| t < since) {
+                return None;
+            }
             let named = PROGRAMS
                 .iter()
                 .any(|n| n.starts_with(name) || name.starts_with(n));
