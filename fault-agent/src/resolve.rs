@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use fault_api::{FaultSpec, PodRef};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::{
     pods::Pod,
@@ -45,6 +45,20 @@ impl Resolution {
 
 fn host_net(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
+}
+
+/// An IPv4-mapped IPv6 range (`::ffff:a.b.c.d/n`, `n >= 96`) stands for the IPv4 range
+/// `a.b.c.d/(n - 96)`: the kernel's tables hold IPv4 addresses IPv4-mapped, so that is what it
+/// covers there, and no IPv6 packet carries such an address.
+pub fn ipv4_form(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => n
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|a| Ipv4Net::new(a, n.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
+    }
 }
 
 /// The pods a spec targets: its namespace, its name prefix and selector.
@@ -101,7 +115,8 @@ pub fn resolve(spec: &FaultSpec, pods: &[Pod]) -> Resolution {
                 r.warnings.push("no pod matches the peers yet".into());
             }
         }
-        r.includes.extend(spec.to_cidrs.iter().copied());
+        r.includes
+            .extend(spec.to_cidrs.iter().map(|c| ipv4_form(*c)));
     }
     for pod in pods {
         let reason = if !spec.block_nats && pod.is_nats() {
@@ -234,6 +249,23 @@ mod tests {
         s.block_nats = true;
         let r = resolve(&s, &pods());
         assert!(!r.protected.contains_key("nats"));
+    }
+
+    #[test]
+    fn ipv4_mapped_cidrs_are_their_ipv4_ranges() {
+        let mut s = spec();
+        s.to_cidrs = vec![
+            "::ffff:198.18.0.0/124".parse().unwrap(),
+            "::ffff:0:0/96".parse().unwrap(),
+            "fd00::/8".parse().unwrap(),
+        ];
+        let r = resolve(&s, &pods());
+        let nets = |l: &[&str]| -> Vec<IpNet> { l.iter().map(|n| n.parse().unwrap()).collect() };
+        assert_eq!(
+            r.includes,
+            nets(&["0.0.0.0/0", "198.18.0.0/28", "fd00::/8"])
+        );
+        assert_eq!(r.local_peer_ips.len(), 4, "every pod but NATS");
     }
 
     #[test]

@@ -241,6 +241,11 @@ pub const TARGET_HAS_PROTO_RULES: u32 = 1 << 1;
 /// [`TargetValue::flags`]: record connections the peer opens towards this pod (for a
 /// connection-aware partition in the opposite direction).
 pub const TARGET_TRACK_CONNECTIONS: u32 = 1 << 2;
+/// [`TargetValue::flags`]: the policy has entries for virtual addresses ([`RULE_VIRTUAL`]), so
+/// the receiver's veth judges a packet the sender's veth marked evaluated ([`EVALUATED_MARK`])
+/// in this policy still, for those entries alone: a reply from a Service's backend reaches its
+/// client from the Service's address, translated back after the sender's veth judged it.
+pub const TARGET_HAS_VIRTUAL_RULES: u32 = 1 << 3;
 
 /// Value of [`MAP_TARGETS`]. 8 bytes.
 #[repr(C)]

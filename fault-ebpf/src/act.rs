@@ -8,7 +8,7 @@
 use aya_ebpf::programs::TcContext;
 use fault_common::{
     Direction, FAULT_PARTITION, FAULT_PARTITION_CONNECTIONS, FAULT_PROTECT_DNS,
-    FAULT_PROTECT_NATS_PORT, FaultParams, chance, proto, verdict,
+    FAULT_PROTECT_NATS_PORT, FaultParams, chance, proto,
 };
 
 use crate::{
@@ -27,18 +27,30 @@ const NATS_CLIENT_PORT: [u8; 2] = 4222u16.to_be_bytes();
 const ICMPV6_ND_FIRST: u8 = 133;
 const ICMPV6_ND_LAST: u8 = 137;
 
-/// Runs fault `slot` on the packet described by `s`; returns the verdict.
+/// What [`one`] did with the packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Acted {
+    /// Nothing: the fault is past its deadline, or the traffic is protected.
+    Skipped = 0,
+    /// The fault acted (counted as matched) and the packet goes on.
+    Kept = 1,
+    /// The fault dropped the packet.
+    Drop = 2,
+}
+
+/// Runs fault `slot` on the packet described by `s`.
 #[inline(never)]
-pub fn one(ctx: &TcContext, s: &Scratch, slot: u32) -> i32 {
+pub fn one(ctx: &TcContext, s: &Scratch, slot: u32) -> Acted {
     let Some(fault) = FL_FAULTS.get(slot) else {
-        return verdict::NEXT;
+        return Acted::Skipped;
     };
     // The deadline is enforced here, so an expired fault stops even if the agent is dead.
     if s.now >= fault.deadline_ns || protected(fault.flags, &s.pkt, &s.flow) {
-        return verdict::NEXT;
+        return Acted::Skipped;
     }
     let Some(stats) = FL_STATS.get_ptr_mut(slot) else {
-        return verdict::NEXT;
+        return Acted::Skipped;
     };
     // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
     let stats = unsafe { &mut *stats };
@@ -46,7 +58,7 @@ pub fn one(ctx: &TcContext, s: &Scratch, slot: u32) -> i32 {
         stats.matched += 1;
         if drops(fault, &s.pkt, &s.flow, s.direction, s.now) {
             stats.dropped += 1;
-            return verdict::DROP;
+            return Acted::Drop;
         }
         if fault.corrupt_ppm != 0
             && chance(rand(), fault.corrupt_ppm)
@@ -61,7 +73,7 @@ pub fn one(ctx: &TcContext, s: &Scratch, slot: u32) -> i32 {
             edt::Scheduled::Delayed => stats.delayed += 1,
             edt::Scheduled::Drop => {
                 stats.dropped += 1;
-                return verdict::DROP;
+                return Acted::Drop;
             }
         }
     }
@@ -72,7 +84,7 @@ pub fn one(ctx: &TcContext, s: &Scratch, slot: u32) -> i32 {
     {
         stats.duplicated += 1;
     }
-    verdict::NEXT
+    Acted::Kept
 }
 
 /// Traffic a fault leaves alone unless asked: DNS, NATS's client port, IPv6 neighbour discovery.
@@ -87,7 +99,10 @@ fn protected(flags: u32, pkt: &Packet, flow: &Flow) -> bool {
         {
             true
         }
-        proto::ICMP => pkt.icmp_type >= ICMPV6_ND_FIRST && pkt.icmp_type <= ICMPV6_ND_LAST,
+        // ICMPv6 only: IPv4's types 133-137 are no neighbour discovery.
+        proto::ICMP => {
+            pkt.ipv6 && pkt.icmp_type >= ICMPV6_ND_FIRST && pkt.icmp_type <= ICMPV6_ND_LAST
+        }
         _ => false,
     }
 }

@@ -5,10 +5,16 @@
 use aya_ebpf::programs::TcContext;
 use fault_common::{
     Direction, MAX_FAULTS_PER_RULE, RULE_VIRTUAL, Role, TARGET_TRACK_CONNECTIONS, TargetValue,
-    verdict,
 };
 
-use crate::{act, conntrack, hook::Hook, lookup, parse::Flow, scratch::Scratch};
+use crate::{
+    act::{self, Acted},
+    conntrack,
+    hook::Hook,
+    lookup,
+    parse::Flow,
+    scratch::Scratch,
+};
 
 /// What judging a packet in one role came to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -23,7 +29,10 @@ pub enum Judged {
 }
 
 /// Judges the packet in `s` for the local pod's policy `target` in `role`; `direction` is the
-/// packets' direction relative to the local pod.
+/// packets' direction relative to the local pod. `virtual_only`: the packet was evaluated by
+/// its real addresses already (the sender's veth marked it); only a rule for a virtual
+/// address acts. The target role is judged first: the peer role skips the faults that acted
+/// there.
 #[inline(always)]
 pub fn judge(
     ctx: &TcContext,
@@ -31,6 +40,7 @@ pub fn judge(
     target: &TargetValue,
     direction: Direction,
     role: Role,
+    virtual_only: bool,
 ) -> Judged {
     let fault_direction = match role {
         Role::Target => direction,
@@ -48,13 +58,31 @@ pub fn judge(
     let Some(rule) = lookup::rule(target, s.pkt.proto, s.flow.peer_port, &remote) else {
         return Judged::Untouched;
     };
+    // A rule for a virtual address acts where the packet first carries it: the sender's veth
+    // (on the uplink, a destination still virtual is one the veth saw untranslated), or the
+    // receiver's for a reply translated back after the sender's veth judged it (`virtual_only`).
+    let is_virtual = rule.flags & RULE_VIRTUAL != 0;
+    if (virtual_only && !is_virtual) || (is_virtual && s.hook == Hook::Uplink) {
+        return Judged::Untouched;
+    }
     // Each fault of the rule, oldest first. Written out with constant indexes: older
     // verifiers (6.1) lose the bound of a loop index into the map value.
     let (count, slots) = (rule.count, rule.slots);
     macro_rules! run_slot {
         ($i:literal) => {
-            if count > $i && act::one(ctx, s, slots[$i] as u32) == verdict::DROP {
-                return Judged::Drop;
+            if count > $i {
+                let slot = slots[$i];
+                // Once per hook: a fault in both roles' rules acted in the target role.
+                if role == Role::Target || !s.ran(slot) {
+                    match act::one(ctx, s, slot as u32) {
+                        Acted::Drop => return Judged::Drop,
+                        Acted::Kept if role == Role::Target => {
+                            s.ran[$i] = slot;
+                            s.ran_mask |= 1 << $i;
+                        }
+                        Acted::Kept | Acted::Skipped => {}
+                    }
+                }
             }
         };
     }
@@ -67,7 +95,7 @@ pub fn judge(
     run_slot!(6);
     run_slot!(7);
     const _: () = assert!(MAX_FAULTS_PER_RULE == 8, "run_slot! covers 8 slots");
-    if count > 0 && rule.flags & RULE_VIRTUAL == 0 {
+    if count > 0 && !is_virtual {
         Judged::Evaluated
     } else {
         Judged::Untouched

@@ -42,7 +42,9 @@ mod scratch;
 #[cfg(target_arch = "bpf")]
 mod entry {
     use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::classifier, programs::TcContext};
-    use fault_common::{Direction, Role, gate_bit, gate_bits_of, verdict};
+    use fault_common::{
+        Direction, Role, TARGET_HAS_VIRTUAL_RULES, gate_bit, gate_bits_of, verdict,
+    };
 
     use crate::{
         duplicate,
@@ -85,8 +87,11 @@ mod entry {
         if duplicate::is_copy(ctx, hook) {
             return verdict::NEXT;
         }
-        // The sender's veth on this node judged it with its real addresses: not twice.
-        if matches!(hook, Hook::HostEgress | Hook::Uplink) && mark::take_evaluated(ctx) {
+        // The sender's veth on this node judged it with its real addresses: not twice. Only
+        // faults naming a virtual address remain, on the receiver's veth: a reply from a
+        // Service's backend arrives from the Service's address (translated after the sender).
+        let judged = matches!(hook, Hook::HostEgress | Hook::Uplink) && mark::take_evaluated(ctx);
+        if judged && hook == Hook::Uplink {
             return verdict::NEXT;
         }
         // The no-fault path: the local pod's address, one array lookup (the gate), out.
@@ -106,7 +111,16 @@ mod entry {
             }
             lookup::target(&addr.key(direction, role))
         };
-        let (as_target, as_peer) = (in_role(Role::Target), in_role(Role::Peer));
+        let (as_target, as_peer) = if judged {
+            let virtuals =
+                in_role(Role::Target).filter(|t| t.flags & TARGET_HAS_VIRTUAL_RULES != 0);
+            if virtuals.is_none() {
+                return verdict::NEXT;
+            }
+            (virtuals, None)
+        } else {
+            (in_role(Role::Target), in_role(Role::Peer))
+        };
         // A fault may apply: the rest is parsed once, into this CPU's scratch space, by the
         // first role found (the two are not tested together: the verifier refuses the OR of
         // two map value pointers the compiler would make of it).
@@ -125,7 +139,7 @@ mod entry {
                     if hook == Hook::HostEgress && lookup::is_remote_pod(&s.pkt.src) {
                         return verdict::NEXT;
                     }
-                    match judge(ctx, s, policy, direction, $role) {
+                    match judge(ctx, s, policy, direction, $role, judged) {
                         Judged::Drop => return verdict::DROP,
                         Judged::Evaluated => evaluated = true,
                         Judged::Untouched => {}
@@ -152,6 +166,7 @@ mod entry {
         parse::packet(ctx, &mut s.pkt)?;
         parse::l4(ctx, &mut s.pkt);
         s.hook = hook;
+        s.ran_mask = 0;
         s.now = unsafe { bpf_ktime_get_boot_ns() };
         Some(s)
     }

@@ -13,17 +13,17 @@ mod views;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use fault_api::{FaultSpec, PartitionMode, Protocol};
 use fault_common::{
     Direction, FAULT_PARTITION, FAULT_PARTITION_CONNECTIONS, FAULT_PROTECT_DNS,
     FAULT_PROTECT_NATS_PORT, FaultParams, MAX_FAULTS_PER_RULE, RULE_FIXED_BITS, RULE_VIRTUAL, Role,
-    RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES, TARGET_TRACK_CONNECTIONS,
-    TargetKey, TargetValue, proto,
+    RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES, TARGET_HAS_VIRTUAL_RULES,
+    TARGET_TRACK_CONNECTIONS, TargetKey, TargetValue, proto,
 };
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 pub use interner::Interner;
 
@@ -138,6 +138,12 @@ pub fn prefix16(net: &IpNet) -> ([u8; 16], u32) {
     }
 }
 
+/// Whether an IPv6 prefix holds the IPv4-mapped range `::ffff:0:0/96` (see [`prefix16`]).
+fn holds_ipv4_mapped(net: &IpNet) -> bool {
+    let mapped = Ipv6Net::new(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), 96).expect("a /96");
+    matches!(net, IpNet::V6(n) if n.contains(&mapped))
+}
+
 fn covers_key(f: &CompileInput, key: (u8, u16)) -> bool {
     f.l4.iter()
         .any(|&(p, q)| (p == proto::ANY || p == key.0) && (q == 0 || q == key.1))
@@ -172,6 +178,12 @@ fn table_of(specs: &[&ViewSpec], virtuals: &Virtuals) -> Result<PolicyContent, (
                 .iter()
                 .any(|s| s.peers.includes.strictly_contains(v))
         }));
+        // In the trie an IPv4 address is IPv4-mapped: an IPv6 prefix holding the whole mapped
+        // range (`::/0`) would cover every IPv4 peer. IPv4 gets an entry of its own, with the
+        // faults that cover it as IPv4.
+        if prefixes.iter().any(holds_ipv4_mapped) {
+            prefixes.insert(IpNet::V4(Ipv4Net::default()));
+        }
         for x in prefixes {
             let slots: Vec<u16> = relevant
                 .iter()
@@ -286,6 +298,9 @@ pub fn compile(
             }
         };
         live.insert(policy);
+        let virtuals_act = content
+            .iter()
+            .any(|(_, v)| v.flags & RULE_VIRTUAL != 0 && v.count > 0);
         for ((p, port, peer, bits), value) in content {
             let key = RuleKey {
                 policy: policy.to_be_bytes(),
@@ -297,6 +312,9 @@ pub fn compile(
             tables.rules.insert((RULE_FIXED_BITS + bits, key), value);
         }
         let mut flags = table_flags(&specs);
+        if virtuals_act {
+            flags |= TARGET_HAS_VIRTUAL_RULES;
+        }
         if track.remove(&at) {
             flags |= TARGET_TRACK_CONNECTIONS;
         }

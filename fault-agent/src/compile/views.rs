@@ -6,10 +6,13 @@
 //! role); the compiler turns each key's views into a table.
 //!
 //! One packet from `a` to `b` belongs to a fault either as `a`'s egress (a target, b a peer)
-//! or as `b`'s ingress (b a target, a a peer). When both hold (a fault in both directions
-//! whose targets are also its peers), it is judged once, in `a`'s egress view: the ingress
-//! view excludes peers that are targets. The peer view of a target's ingress is left off a
-//! local pod that is itself a target for the same reason.
+//! or as `b`'s ingress (b a target, a a peer), each with its own peer port and protection;
+//! either is enough. Both can hold (a fault in both directions whose targets are also its
+//! peers): every hook that judges the packet with its real addresses then finds the fault in
+//! both of the local pod's roles (its own view and its view as the other's peer), and the
+//! program runs it once, skipping in the peer role what acted in the target role
+//! (`fault-ebpf` `judge.rs`). Leaving the targets out of one of the views instead would lose
+//! the packets only that view covers (a reply from a peer's port, a peer protected as such).
 use std::{collections::BTreeMap, net::IpAddr};
 
 use fault_common::{Direction, Role};
@@ -55,10 +58,9 @@ impl<'a> Views<'a> {
     pub fn of(faults: &'a [CompileInput]) -> Self {
         let mut views = Views::default();
         for f in faults {
-            let has_egress = f.directions.contains(&Direction::Egress);
             for &d in &f.directions {
-                views.push_target_view(f, d, has_egress);
-                views.push_peer_view(f, d, has_egress);
+                views.push_target_view(f, d);
+                views.push_peer_view(f, d);
             }
         }
         for indexes in views.at.values_mut() {
@@ -67,17 +69,13 @@ impl<'a> Views<'a> {
         views
     }
 
-    fn push_target_view(&mut self, f: &'a CompileInput, d: Direction, has_egress: bool) {
-        let mut excludes = f.excludes.clone();
-        if d == Direction::Ingress && has_egress {
-            excludes.extend(host_nets(&f.all_target_ips));
-        }
-        let prefixes = f.includes.iter().chain(&excludes).copied().collect();
+    fn push_target_view(&mut self, f: &'a CompileInput, d: Direction) {
+        let prefixes = f.includes.iter().chain(&f.excludes).copied().collect();
         let spec = ViewSpec {
             fault: f,
             peers: Peers {
                 includes: PrefixSet::of(f.includes.iter().copied()),
-                excludes: PrefixSet::of(excludes),
+                excludes: PrefixSet::of(f.excludes.iter().copied()),
             },
             prefixes,
         };
@@ -85,7 +83,7 @@ impl<'a> Views<'a> {
         self.push(spec, at);
     }
 
-    fn push_peer_view(&mut self, f: &'a CompileInput, d: Direction, has_egress: bool) {
+    fn push_peer_view(&mut self, f: &'a CompileInput, d: Direction) {
         if f.all_target_ips.is_empty() || f.peer_ips.is_empty() {
             return;
         }
@@ -98,11 +96,9 @@ impl<'a> Views<'a> {
             },
             prefixes,
         };
-        let skip_targets = d == Direction::Ingress && has_egress;
         let at = f
             .peer_ips
             .iter()
-            .filter(move |ip| !(skip_targets && f.all_target_ips.contains(ip)))
             .map(move |ip| (*ip, d.opposite(), Role::Peer));
         self.push(spec, at);
     }

@@ -1,7 +1,13 @@
-//! The compiler checked the way the program looks packets up: [`judge`] follows `fault-ebpf`'s
-//! `classify` and `judge` over the compiled tables, for one packet on one hook.
+//! The compiler checked the way the program looks packets up: [`datapath`] follows
+//! `fault-ebpf`'s `classify` over the compiled tables, for one packet on one hook; [`reference`]
+//! says what a packet should get from the faults alone, and a property test compares the two
+//! over random faults, pods and packets.
 use super::*;
 use crate::prefixes::covers_addr;
+use datapath::{Env, Hook, Packet};
+
+mod datapath;
+mod reference;
 
 const DECODE0: &str = "198.18.0.10";
 const DECODE1: &str = "198.18.0.11";
@@ -56,50 +62,6 @@ fn compile_all(faults: &[CompileInput], virtuals: &[&str]) -> Tables {
     compile(faults, &node(virtuals), &mut Interner::default()).unwrap()
 }
 
-fn prefix_match(a: &[u8; 16], b: &[u8; 16], bits: u32) -> bool {
-    let (a, b) = (u128::from_be_bytes(*a), u128::from_be_bytes(*b));
-    bits == 0 || (a ^ b) >> (128 - bits) == 0
-}
-
-/// The rule the program finds for (protocol, peer port, remote) in the table of `tv`.
-fn rule(t: &Tables, tv: &TargetValue, p: u8, port: u16, remote: IpAddr) -> Option<RuleValue> {
-    let remote = addr16(remote);
-    let find = |p: u8, port: u16| {
-        t.rules
-            .iter()
-            .filter(|((bits, k), _)| {
-                u32::from_be_bytes(k.policy) == tv.policy
-                    && k.proto == p
-                    && u16::from_be_bytes(k.port) == port
-                    && prefix_match(&k.peer, &remote, bits - RULE_FIXED_BITS)
-            })
-            .max_by_key(|((bits, _), _)| *bits)
-            .map(|(_, v)| *v)
-    };
-    if tv.flags & TARGET_HAS_PORT_RULES != 0
-        && port != 0
-        && let Some(r) = find(p, port)
-    {
-        return Some(r);
-    }
-    if tv.flags & TARGET_HAS_PROTO_RULES != 0
-        && let Some(r) = find(p, 0)
-    {
-        return Some(r);
-    }
-    find(0, 0)
-}
-
-/// A packet: addresses and ports as a hook sees them.
-#[derive(Clone, Copy)]
-struct Packet {
-    src: IpAddr,
-    dst: IpAddr,
-    proto: u8,
-    sport: u16,
-    dport: u16,
-}
-
 fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Packet {
     Packet {
         src: src.parse().unwrap(),
@@ -107,6 +69,7 @@ fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Packet {
         proto: proto::UDP,
         sport,
         dport,
+        icmp_type: 0,
     }
 }
 
@@ -118,57 +81,38 @@ struct Judgement {
     evaluated: bool,
 }
 
+/// Every fault is live (deadline 1) at boot time 0; nothing is dropped.
+const LIVE: Env = Env {
+    now_ns: 0,
+    drops: false,
+    rand: 0,
+};
+
 /// `direction`: relative to the local pod (Egress: its host veth's ingress, it sends `pkt`).
 fn judge(t: &Tables, direction: Direction, pkt: Packet) -> Judgement {
-    let local = match direction {
-        Direction::Egress => pkt.src,
-        Direction::Ingress => pkt.dst,
+    let hook = match direction {
+        Direction::Egress => Hook::HostIngress,
+        Direction::Ingress => Hook::HostEgress,
     };
-    let mut out = Judgement {
-        slots: vec![],
-        evaluated: false,
-    };
-    for role in [Role::Target, Role::Peer] {
-        let Some(tv) = t.targets.get(&target_key((local, direction, role))) else {
-            continue;
-        };
-        let fault_direction = match role {
-            Role::Target => direction,
-            Role::Peer => direction.opposite(),
-        };
-        // Seen from the fault's target: the peer's port and the other end.
-        let (target, peer_port) = match fault_direction {
-            Direction::Egress => (pkt.src, pkt.dport),
-            Direction::Ingress => (pkt.dst, pkt.sport),
-        };
-        let remote = match role {
-            Role::Target if target == pkt.src => pkt.dst,
-            Role::Target => pkt.src,
-            Role::Peer => target,
-        };
-        let Some(r) = rule(t, tv, pkt.proto, peer_port, remote) else {
-            continue;
-        };
-        out.slots.extend_from_slice(&r.slots[..r.count as usize]);
-        out.evaluated |= r.count > 0 && r.flags & RULE_VIRTUAL == 0;
+    let pass = datapath::classify(t, hook, &pkt, false, LIVE);
+    Judgement {
+        slots: pass.acted,
+        evaluated: pass.mark,
     }
-    out
 }
 
 /// The slots a packet meets crossing one node: the sender's host veth, then (unless that one
 /// marked it evaluated) the receiver's. `dnat`: the address the node translates `pkt.dst` to
 /// in between, as kube-proxy does for a Service.
 fn crossing(t: &Tables, pkt: Packet, dnat: Option<&str>) -> Vec<u16> {
-    let sent = judge(t, Direction::Egress, pkt);
-    if sent.evaluated {
-        return sent.slots;
-    }
+    let sent = datapath::classify(t, Hook::HostIngress, &pkt, false, LIVE);
     let mut after = pkt;
     if let Some(d) = dnat {
         after.dst = d.parse().unwrap();
     }
-    let mut slots = sent.slots;
-    slots.extend(judge(t, Direction::Ingress, after).slots);
+    let received = datapath::classify(t, Hook::HostEgress, &after, sent.mark, LIVE);
+    let mut slots = sent.acted;
+    slots.extend(received.acted);
     slots
 }
 
@@ -358,14 +302,44 @@ fn a_fault_both_ways_among_its_own_targets_acts_once_per_packet() {
     let t = compile_all(&[f], &[SERVICE_CIDR]);
     for pkt in [udp(DECODE0, DECODE1, 1, 2), udp(DECODE1, DECODE0, 2, 1)] {
         assert_eq!(crossing(&t, pkt, None), vec![1]);
-        // The receiver's own ingress view leaves out the sender, a target of the same fault
-        // (what keeps it once across two nodes, where no mark travels).
-        let tv = t.targets[&target_key((pkt.dst, Direction::Ingress, Role::Target))];
-        let seen = rule(&t, &tv, proto::UDP, pkt.sport, pkt.src).map_or(0, |r| r.count);
-        assert_eq!(seen, 0);
+        // Both of the sender's roles hold the fault (its egress, and the receiver's ingress
+        // seen as its peer): the program runs it in the first only.
+        let sent = datapath::classify(&t, Hook::HostIngress, &pkt, false, LIVE);
+        assert_eq!(sent.rules, vec![vec![1], vec![1]]);
+        assert_eq!(sent.acted, vec![1]);
     }
     assert_eq!(
         crossing(&t, udp(DECODE0, VIP, 1, 2), Some(DECODE1)),
+        vec![1]
+    );
+}
+
+#[test]
+fn a_fault_both_ways_among_its_targets_acts_on_replies_from_its_port() {
+    // Targets decode0 and decode1, both ways among them, peer port 80: a reply from decode1's
+    // port 80 is decode0's ingress from its peer's port 80, though not decode1's egress to
+    // port 80. It used to be lost: the ingress views left the fault's own targets out.
+    let mut f = input(
+        1,
+        vec![(proto::UDP, 80)],
+        &["198.18.0.10/32", "198.18.0.11/32"],
+        &[],
+    );
+    f.directions = vec![Direction::Egress, Direction::Ingress];
+    let t = compile_all(&[f], &[SERVICE_CIDR]);
+    assert_eq!(
+        crossing(&t, udp(DECODE0, DECODE1, 40_000, 80), None),
+        vec![1]
+    );
+    assert_eq!(
+        crossing(&t, udp(DECODE1, DECODE0, 80, 40_000), None),
+        vec![1]
+    );
+    assert_eq!(crossing(&t, udp(DECODE1, DECODE0, 80, 80), None), vec![1]);
+    assert!(crossing(&t, udp(DECODE1, DECODE0, 81, 40_000), None).is_empty());
+    // Through a Service, judged on the receiver's veth: once.
+    assert_eq!(
+        crossing(&t, udp(DECODE0, VIP, 40_000, 80), Some(DECODE1)),
         vec![1]
     );
 }
