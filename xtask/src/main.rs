@@ -3,10 +3,12 @@
 //! - `setup`: toolchain parts, apt packages, bpffs;
 //! - `build`: the agent (with its eBPF programs) and faultctl;
 //! - `demo`: the main job end to end on real packets;
-//! - `test`: every test suite.
+//! - `test`: every test suite;
+//! - `fuzz`: the fuzz targets of `fuzz/`, each for a while.
 mod bench;
 mod cargo;
 mod demo;
+mod fuzz;
 mod kube;
 mod setup;
 mod test;
@@ -36,6 +38,19 @@ enum Task {
     Demo,
     /// Run every test suite (what CI runs).
     Test,
+    /// Fuzz every input surface (cargo-fuzz): each target for a while; see DEVELOPERS.md.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// Run only these targets (units, selector, cidr, spec_json, seed_inject, crd,
+        /// kube_objects, inventory, netlink, api).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Seconds one input may run before it counts as a hang.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
     /// Build (once, cached) the kube-apiserver of the cluster tests.
     KubeBuild,
     /// Run a shell command as root in Debian's 6.1 kernel (VM, software emulation).
@@ -74,6 +89,15 @@ fn main() -> Result<()> {
             demo::run(&bin)
         }
         Task::Test => test::run(),
+        Task::Fuzz {
+            seconds,
+            only,
+            timeout,
+        } => fuzz::run_all(&fuzz::Options {
+            seconds,
+            only,
+            timeout,
+        }),
         Task::KubeBuild => kube::build(),
         Task::Vm { command } => vm::run_inside(&command),
         Task::Bench {

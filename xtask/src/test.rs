@@ -7,7 +7,7 @@ use std::{
 use anyhow::{Result, bail};
 
 use crate::{
-    cargo, kube, setup,
+    cargo, fuzz, kube, setup,
     util::{path_with_cargo_bin, root, run as run_cmd},
     vm,
 };
@@ -41,6 +41,9 @@ pub fn test_executable(package: &str, test: &str) -> Result<std::path::PathBuf> 
     }
     bail!("no executable for test target {test}")
 }
+
+/// Seconds per fuzz target in the test run (`cargo xtask fuzz` runs longer).
+const FUZZ_SECONDS: u64 = 20;
 
 struct Outcome {
     name: &'static str,
@@ -112,6 +115,16 @@ pub fn run() -> Result<()> {
         || {
             let exe = test_executable("fault-agent", "vm")?;
             vm::run_tests(&exe, &bin)
+        },
+    ));
+    outcomes.push(suite(
+        "fuzz: every input surface, 20 s per target (10 targets, ~4 min)",
+        || {
+            fuzz::run_all(&fuzz::Options {
+                seconds: FUZZ_SECONDS,
+                only: vec![],
+                timeout: 10,
+            })
         },
     ));
     outcomes.push(suite(
