@@ -15,9 +15,11 @@ use ipnet::IpNet;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
+    capacity::{self, Limits},
     compile::{self, CompileInput, Interner, TooManyFaults},
     dataplane::{AttachKind, AttachRecord, Capabilities, Dataplane, Iface, Tables, kernel},
     error::AgentError,
+    failpoint::{self, Phase},
     pods::Pod,
     resolve,
     store::{self, FaultRecord, Store},
@@ -30,6 +32,8 @@ pub struct CoreConfig {
     pub max_duration: Duration,
     /// How long ended faults stay listed.
     pub retention: Duration,
+    /// Live faults and rules per fault (see [`crate::capacity`]).
+    pub limits: Limits,
 }
 
 /// What a reconcile did.
@@ -63,6 +67,23 @@ pub struct NodeReport {
     pub message: Option<String>,
 }
 
+/// The kernel maps against the faults ([`Core::check_tables`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TablesCheck {
+    /// The kernel holds exactly what the faults and pods make.
+    pub in_step: bool,
+    /// Map writes that would bring the kernel there.
+    pub writes: usize,
+    /// Entries the kernel holds.
+    pub kernel: crate::dataplane::TableSizes,
+    /// Entries the faults and pods make.
+    pub desired: crate::dataplane::TableSizes,
+    /// Fault slots set in the kernel (`FL_FAULTS`), ascending.
+    pub kernel_slots: Vec<u16>,
+    /// Slots of the live faults on record, ascending.
+    pub live_slots: BTreeSet<u16>,
+}
+
 /// See the module docs.
 pub struct Core {
     store: Store,
@@ -74,12 +95,26 @@ pub struct Core {
     /// Interfaces that could not be attached, with why.
     attach_errors: BTreeMap<String, String>,
     saved_records: Vec<AttachRecord>,
+    saved_fq: Vec<crate::dataplane::FqRecord>,
     /// Addresses the node translates to pod addresses after the programs' hooks (Service
     /// CIDRs, externalIPs, node addresses): never a peer of a broader prefix (see `compile`).
     virtual_nets: Vec<IpNet>,
     /// The node's uplinks (name -> ifindex): where what local pods send to other nodes is
     /// judged after the node's NAT.
     uplinks: BTreeMap<String, u32>,
+    /// Cluster mode: faults with work on this node that are not in the datapath and have no
+    /// record (no slot was free), with why; recomputed at every [`Core::sync_external`].
+    problems: BTreeMap<String, String>,
+    /// Cluster mode: the faults wanted without work on this node (no slot), by id, to say
+    /// why when one of their target pods is scheduled here but was not found.
+    elsewhere: BTreeMap<String, FaultSpec>,
+}
+
+/// Whether a fault has anything to do on this node: a local target, or a local peer of a
+/// target somewhere (the peer view judges what that peer sends to the target).
+pub fn has_local_work(r: &resolve::Resolution) -> bool {
+    !r.local_target_ips.is_empty()
+        || (!r.local_peer_ips.is_empty() && r.targets.iter().any(|t| !t.ips.is_empty()))
 }
 
 fn counters(s: FaultStats) -> Counters {
@@ -133,8 +168,11 @@ impl Core {
             config,
             attach_errors: BTreeMap::new(),
             saved_records: Vec::new(),
+            saved_fq: Vec::new(),
             virtual_nets: Vec::new(),
             uplinks: BTreeMap::new(),
+            problems: BTreeMap::new(),
+            elsewhere: BTreeMap::new(),
         }
     }
 
@@ -152,6 +190,26 @@ impl Core {
 
     pub fn dataplane(&self) -> &Dataplane {
         &self.dataplane
+    }
+
+    /// Why the datapath is not attached, when no local pod's host veth could be attached
+    /// (for readiness); `None` when at least one is, or there is none.
+    pub fn datapath_problem(&self) -> Option<String> {
+        let veths: Vec<&str> = self
+            .pods
+            .iter()
+            .flat_map(|p| p.host_ifs.iter().map(|h| h.name.as_str()))
+            .collect();
+        if veths.is_empty() || !veths.iter().all(|v| self.attach_errors.contains_key(*v)) {
+            return None;
+        }
+        let first = veths.first().and_then(|v| self.attach_errors.get(*v));
+        Some(format!(
+            "none of the {} pod interfaces could be attached ({}: {})",
+            veths.len(),
+            veths[0],
+            first.map_or("", String::as_str)
+        ))
     }
 
     /// Replaces the pods and reconciles when they changed.
@@ -229,14 +287,24 @@ impl Core {
         report.expired = ending.len();
         let gc = self.store.gc(now, self.config.retention);
         self.sync_attachments()?;
-        let (tables, failed) = self.desired_tolerant();
+        failpoint::hit("reconcile.attached");
+        let (tables, failed) = self.desired_fitting()?;
+        // Final counters before the slots go (a later fault resets them).
+        self.snapshot_counters(&ending);
+        // Ended faults are on record before the maps stop holding them. Everything saved
+        // here is recomputed at a restart anyway (deadlines, overflows), so a failed save
+        // does not hold back the maps; it is reported after them.
+        let saved = if !ending.is_empty() || gc || failed {
+            self.store.save()
+        } else {
+            Ok(())
+        };
+        failpoint::hit("reconcile.saved");
         self.sync_shaping(false)?;
         report.writes = self.dataplane.write(&tables)?;
+        failpoint::hit("reconcile.written");
         self.sync_shaping(true)?;
-        self.snapshot_counters(&ending);
-        if !ending.is_empty() || gc || failed {
-            self.store.save()?;
-        }
+        saved?;
         if report.writes > 0 || report.expired > 0 {
             tracing::info!(
                 writes = report.writes,
@@ -261,6 +329,15 @@ impl Core {
             wanted
                 .entry(name.clone())
                 .or_insert((*index, AttachKind::Uplink));
+        }
+        // Intent first: a crash while attaching leaves records of everything it may have made.
+        let intents = self.dataplane.attach_intents(&wanted);
+        if !intents.is_empty() {
+            let mut records = self.dataplane.records();
+            records.extend(intents);
+            store::save_attachments(self.store.dir(), &records)?;
+            self.saved_records = records;
+            failpoint::hit("attach.intent");
         }
         let failed = self.dataplane.sync_attachments(&wanted);
         self.attach_errors.clear();
@@ -314,6 +391,24 @@ impl Core {
         if pod_progs.is_empty() && fq.is_empty() && !remove {
             return Ok(vec![]);
         }
+        // Intent first, as for the host veths: records of what may be made before making it.
+        let (prog_intents, fq_intents) = self.dataplane.shaping_intents(&pod_progs, &fq);
+        let intents = !fq_intents.is_empty() || !prog_intents.is_empty();
+        if !fq_intents.is_empty() {
+            let mut records = self.dataplane.fq_records();
+            records.extend(fq_intents);
+            store::save_qdiscs(self.store.dir(), &records)?;
+            self.saved_fq = records;
+        }
+        if !prog_intents.is_empty() {
+            let mut records = self.dataplane.records();
+            records.extend(prog_intents);
+            store::save_attachments(self.store.dir(), &records)?;
+            self.saved_records = records;
+        }
+        if intents {
+            failpoint::hit("attach.intent");
+        }
         let failed = self.dataplane.sync_shaping(&pod_progs, &fq, remove);
         let mut errors = Vec::new();
         for (iface, e) in failed {
@@ -323,7 +418,10 @@ impl Core {
             errors.push(msg);
         }
         let fq_records = self.dataplane.fq_records();
-        store::save_qdiscs(self.store.dir(), &fq_records)?;
+        if fq_records != self.saved_fq {
+            store::save_qdiscs(self.store.dir(), &fq_records)?;
+            self.saved_fq = fq_records;
+        }
         self.sync_records()?;
         Ok(errors)
     }
@@ -340,7 +438,7 @@ impl Core {
     fn inputs(&mut self) -> Vec<CompileInput> {
         let pods = &self.pods;
         let mut inputs = Vec::new();
-        for f in self.store.all_mut().filter(|f| f.state.is_live()) {
+        for f in self.store.live_mut() {
             f.resolution = resolve::resolve(&f.spec, pods);
             let r = &f.resolution;
             inputs.push(CompileInput {
@@ -374,32 +472,55 @@ impl Core {
     }
 
     /// Like `desired`, but a fault that pushes a rule over the limit (pods changed under it)
-    /// fails instead of the whole reconcile: the newest of the faults involved goes.
-    fn desired_tolerant(&mut self) -> (Tables, bool) {
+    /// fails instead of the whole reconcile: the newest of the faults involved goes. Errors
+    /// (and nothing may be written) when the overflow names no live fault: empty tables
+    /// would wipe every fault's entries.
+    fn desired_tolerant(&mut self) -> Result<(Tables, bool)> {
         let mut failed_any = false;
         loop {
             match self.desired() {
-                Ok(t) => return (t, failed_any),
+                Ok(t) => return Ok((t, failed_any)),
                 Err(e) => {
-                    let newest = self
-                        .store
-                        .live()
-                        .filter(|f| e.slots.contains(&f.slot))
-                        .max_by_key(|f| f.seq)
-                        .map(|f| f.id.clone());
-                    let Some(id) = newest else {
-                        return (Tables::default(), failed_any);
-                    };
-                    tracing::warn!(fault = %id, error = %e, "fault failed");
-                    if let Some(f) = self.store.get_mut(&id) {
-                        f.state = FaultState::Failed;
-                        f.ended_at = Some(Timestamp::now());
-                        f.message = Some(e.to_string());
-                    }
+                    fail_newest(&mut self.store, &e)?;
                     failed_any = true;
                 }
             }
         }
+    }
+
+    /// Like `desired_tolerant`, and within the maps' capacity ([`capacity::check_maps`]):
+    /// while the tables would not fit (pods changed under the faults), the newest live fault
+    /// with entries fails, alone, with the limit in its message.
+    fn desired_fitting(&mut self) -> Result<(Tables, bool)> {
+        let (mut tables, mut failed_any) = self.desired_tolerant()?;
+        while let Err(e) = capacity::check_maps(self.dataplane.applied(), &tables) {
+            let newest = self
+                .store
+                .live()
+                .filter(|f| tables.faults.contains_key(&f.slot))
+                .max_by_key(|f| f.seq)
+                .map(|f| f.id.clone());
+            let Some(id) = newest else {
+                break;
+            };
+            tracing::warn!(fault = %id, error = %e, "fault failed: over capacity");
+            if let Some(f) = self.store.get_mut(&id) {
+                f.state = FaultState::Failed;
+                f.ended_at = Some(Timestamp::now());
+                f.message = Some(e.to_string());
+            }
+            failed_any = true;
+            let (t, failed) = self.desired_tolerant()?;
+            tables = t;
+            failed_any |= failed;
+        }
+        Ok((tables, failed_any))
+    }
+
+    /// Puts the interner back in line with what the kernel holds, after a compiled change was
+    /// not written (it forgot the ids of tables that are still in the kernel).
+    fn forget_unwritten(&mut self) {
+        self.interner = Interner::from_tables(self.dataplane.applied());
     }
 
     fn snapshot_counters(&mut self, ids: &[String]) {
@@ -432,30 +553,59 @@ impl Core {
         Ok(())
     }
 
-    /// Makes the live faults exactly `faults` (cluster mode): new ones get a slot and a kernel
-    /// deadline from their expiry, changed ones are updated, missing or recovered ones end;
-    /// then reconciles. Faults this kernel cannot apply are recorded as failed, with why.
+    /// Makes the live faults exactly those of `faults` that have work on this node (cluster
+    /// mode): a target or a peer among the local pods ([`has_local_work`]). Only those get a
+    /// slot: every other node's faults cost nothing here. New ones get a slot and a kernel
+    /// deadline from their expiry, changed ones are updated, missing or recovered ones end,
+    /// ones that lost their local work leave the datapath; then reconciles. A fault this
+    /// kernel cannot apply, or that finds no free slot or no room in the maps, fails alone
+    /// with why ([`Core::node_reports`]); those over capacity are tried again at every sync.
     pub fn sync_external(&mut self, faults: &[ExternalFault]) -> Result<ReconcileReport> {
         let now = Timestamp::now();
         let now_boot = kernel::boottime_ns()?;
         let mut dirty = false;
+        self.problems.clear();
         let wanted: BTreeMap<&str, &ExternalFault> = faults
             .iter()
             .filter(|f| !f.recovered)
             .map(|f| (f.id.as_str(), f))
             .collect();
-        let live_ids: Vec<String> = self.store.live().map(|f| f.id.clone()).collect();
-        for id in live_ids {
-            if !wanted.contains_key(id.as_str())
-                && let Some(f) = self.store.get_mut(&id)
-            {
-                f.state = FaultState::Recovered;
-                f.ended_at = Some(now);
-                f.message = Some("recovered".into());
+        let pods = &self.pods;
+        let local: BTreeMap<&str, &ExternalFault> = wanted
+            .iter()
+            .filter(|(_, f)| has_local_work(&resolve::resolve(&f.spec, pods)))
+            .map(|(id, f)| (*id, *f))
+            .collect();
+        self.elsewhere = wanted
+            .iter()
+            .filter(|(id, _)| !local.contains_key(*id))
+            .map(|(id, f)| (id.to_string(), f.spec.clone()))
+            .collect();
+        let known: Vec<(String, FaultState)> =
+            self.store.all().map(|f| (f.id.clone(), f.state)).collect();
+        for (id, state) in known {
+            if state.is_live() && !wanted.contains_key(id.as_str()) {
+                if let Some(f) = self.store.get_mut(&id) {
+                    f.state = FaultState::Recovered;
+                    f.ended_at = Some(now);
+                    f.message = Some("recovered".into());
+                    dirty = true;
+                }
+            } else if wanted.contains_key(id.as_str()) && !local.contains_key(id.as_str()) {
+                // Nothing of it here (any more): out of the datapath and of this node's view;
+                // it comes back with a slot if a pod of this node becomes its target or peer.
+                self.store.remove(&id);
                 dirty = true;
+            } else if state == FaultState::Failed
+                && local
+                    .get(id.as_str())
+                    .is_some_and(|ext| self.check_supported(&ext.spec).is_ok())
+            {
+                // Failed for want of room (slots, maps, rules per entry): try again.
+                self.store.remove(&id);
             }
         }
-        for ext in wanted.values() {
+        for ext in local.values() {
             let left = ext.expires_at.duration_since(now).as_nanos().max(0) as u64;
             let deadline = now_boot + left;
             if let Some(f) = self.store.get_mut(&ext.id) {
@@ -475,7 +625,14 @@ impl Core {
                 Err(e) => (FaultState::Failed, Some(e.to_string())),
             };
             let slot = if state == FaultState::Active {
-                self.store.alloc_slot()?
+                match self.store.alloc_slot() {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        // This fault alone waits for a slot; the others are applied.
+                        self.problems.insert(ext.id.clone(), format!("{e:#}"));
+                        continue;
+                    }
+                }
             } else {
                 0
             };
@@ -501,28 +658,42 @@ impl Core {
             });
             dirty = true;
         }
+        if !self.problems.is_empty() {
+            tracing::warn!(
+                faults = self.problems.len(),
+                "faults with work on this node wait for a free slot"
+            );
+        }
         if dirty {
             self.store.save()?;
         }
         self.reconcile()
     }
 
-    /// What this node does with each fault it knows, for the `NetworkFault` status.
+    /// What this node does with each fault it knows, for the `NetworkFault` status: applied
+    /// when the fault is in its datapath (a local target or peer); otherwise why not (failed,
+    /// no free slot, a local target pod whose interfaces were not found).
     pub fn node_reports(&self, node: &str) -> Vec<NodeReport> {
-        self.store
+        let mut reports: Vec<NodeReport> = self
+            .store
             .all()
             .map(|f| {
+                let live = f.state.is_live();
                 let local = f
                     .resolution
                     .targets
                     .iter()
                     .filter(|t| t.node.as_deref() == Some(node))
                     .count() as u32;
-                let live = f.state.is_live();
+                let applied = live && has_local_work(&f.resolution);
+                let message = f.message.clone().or_else(|| {
+                    live.then(|| self.unreachable_targets(&f.spec, node))
+                        .flatten()
+                });
                 NodeReport {
                     id: f.id.clone(),
                     local_targets: if live { local } else { 0 },
-                    applied: live && local > 0,
+                    applied,
                     counters: if live {
                         self.dataplane
                             .stats(f.slot)
@@ -531,10 +702,45 @@ impl Core {
                     } else {
                         f.final_counters
                     },
-                    message: f.message.clone(),
+                    message,
                 }
             })
-            .collect()
+            .collect();
+        reports.extend(self.problems.iter().map(|(id, why)| NodeReport {
+            id: id.clone(),
+            local_targets: 0,
+            applied: false,
+            counters: Counters::default(),
+            message: Some(why.clone()),
+        }));
+        // Target pods scheduled here that are not in the datapath: say why.
+        reports.extend(self.elsewhere.iter().filter_map(|(id, spec)| {
+            let why = self.unreachable_targets(spec, node)?;
+            Some(NodeReport {
+                id: id.clone(),
+                local_targets: 0,
+                applied: false,
+                counters: Counters::default(),
+                message: Some(why),
+            })
+        }));
+        reports
+    }
+
+    /// Why target pods of `spec` scheduled on `node` are not in this node's datapath (their
+    /// network namespace or veth was not found), if any are not.
+    fn unreachable_targets(&self, spec: &FaultSpec, node: &str) -> Option<String> {
+        let why: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|p| p.node.as_deref() == Some(node) && !p.is_local())
+            .filter(|p| resolve::is_target(spec, p))
+            .map(|p| {
+                let problem = p.problem.as_deref().unwrap_or("not found on this node yet");
+                format!("target pod {}/{}: {problem}", p.namespace, p.name)
+            })
+            .collect();
+        (!why.is_empty()).then(|| why.join("; "))
     }
 
     /// Entries in the kernel maps, by role: for checks that nothing is duplicated or leaked,
@@ -543,8 +749,28 @@ impl Core {
         self.dataplane.applied().sizes()
     }
 
+    /// Reads the kernel maps back and compares them with what the faults and pods make now
+    /// (compiled afresh): `GET /v1/tables/check`, for tests that the kernel is in step after
+    /// a crash and restart.
+    pub fn check_tables(&mut self) -> Result<TablesCheck> {
+        let kernel = self.dataplane.read_kernel()?;
+        let desired = self
+            .desired()
+            .map_err(|e| anyhow::anyhow!("compiling the faults: {e}"))?;
+        let writes = crate::dataplane::Diff::between(&kernel, &desired).len();
+        Ok(TablesCheck {
+            in_step: writes == 0,
+            writes,
+            kernel: kernel.sizes(),
+            desired: desired.sizes(),
+            kernel_slots: kernel.faults.keys().copied().collect(),
+            live_slots: self.store.live().map(|f| f.slot).collect(),
+        })
+    }
+
     /// Creates a fault: validated, written to the kernel and to the state dir, or nothing at all.
     pub fn create(&mut self, spec: FaultSpec) -> Result<Fault, AgentError> {
+        let _phase = failpoint::phase(Phase::Create);
         spec.validate().map_err(AgentError::Invalid)?;
         self.check_supported(&spec)?;
         let max = self.config.max_duration;
@@ -563,6 +789,7 @@ impl Core {
         };
         let now = Timestamp::now();
         let now_boot = kernel::boottime_ns()?;
+        capacity::check_live(self.store.live().count(), &self.config.limits)?;
         let slot = self
             .store
             .alloc_slot()
@@ -595,6 +822,14 @@ impl Core {
                 )));
             }
         };
+        // Counted before anything is written: a fault that does not fit is refused whole.
+        let fits = capacity::check_fault(&tables, slot, &self.config.limits)
+            .and_then(|()| capacity::check_maps(self.dataplane.applied(), &tables));
+        if let Err(e) = fits {
+            self.store.remove(&id);
+            self.forget_unwritten();
+            return Err(AgentError::Capacity(e));
+        }
         // Delay and rate need fq (and, for egress, the pod-side program) before they act.
         match self.sync_shaping(false) {
             Ok(errors) if errors.is_empty() => {}
@@ -613,15 +848,19 @@ impl Core {
                 return Err(AgentError::Internal(e));
             }
         }
-        if let Err(e) = self
-            .dataplane
-            .write(&tables)
-            .and_then(|_| self.store.save())
-        {
+        failpoint::hit("create.shaped");
+        // Maps, then record: a crash in between leaves a fault in the maps that no record
+        // names, which the next start removes (the create did not return: fully absent).
+        let written = self.dataplane.write(&tables).and_then(|_| {
+            failpoint::hit("create.written");
+            self.store.save()
+        });
+        if let Err(e) = written {
             self.store.remove(&id);
             self.rollback();
             return Err(AgentError::Internal(e));
         }
+        failpoint::hit("create.saved");
         if let Err(e) = self.sync_shaping(true) {
             tracing::warn!(error = %format!("{e:#}"), "removing unused qdiscs failed; the next reconcile retries");
         }
@@ -636,9 +875,16 @@ impl Core {
         }
     }
 
-    /// Ends live faults at once (recover, cleanup). Returns their ids.
+    /// Ends live faults at once (recover, cleanup). Returns their ids. The ended state is
+    /// saved **before** the maps change: once it is, a crash can only complete the recover
+    /// (the next start lifts what the record says ended), never bring the fault back.
     fn end(&mut self, ids: Vec<String>) -> Result<Vec<String>, AgentError> {
+        let _phase = failpoint::phase(Phase::Recover);
         let now = Timestamp::now();
+        let before: Vec<FaultRecord> = ids
+            .iter()
+            .filter_map(|id| self.store.get(id).cloned())
+            .collect();
         for id in &ids {
             if let Some(f) = self.store.get_mut(id) {
                 f.state = FaultState::Recovered;
@@ -646,25 +892,37 @@ impl Core {
                 f.message = Some("recovered".into());
             }
         }
+        self.snapshot_counters(&ids);
+        if let Err(e) = self.store.save() {
+            for f in before {
+                self.store.insert(f);
+            }
+            return Err(AgentError::Internal(
+                e.context("saving the recovered state; nothing was changed"),
+            ));
+        }
+        failpoint::hit("end.saved");
         let result = self
             .desired()
             .map_err(|e| anyhow::anyhow!("{e}"))
             .and_then(|t| self.dataplane.write(&t))
-            // What only the ended faults needed (fq, pod-side programs) goes too.
-            .and_then(|_| self.sync_shaping(true).map(|_| 0));
+            .and_then(|_| {
+                failpoint::hit("end.lifted");
+                // What only the ended faults needed (fq, pod-side programs) goes too.
+                self.sync_shaping(true).map(|_| 0)
+            });
         if let Err(e) = result {
-            for id in &ids {
-                if let Some(f) = self.store.get_mut(id) {
-                    f.state = FaultState::Active;
-                    f.ended_at = None;
-                    f.message = None;
-                }
-            }
+            // On record as recovered: the kernel follows at the next reconcile.
             self.rollback();
-            return Err(AgentError::Internal(e));
+            return Err(AgentError::Internal(e.context(
+                "recorded as recovered, but removing it from the kernel failed; the next reconcile retries",
+            )));
         }
+        // Counters up to the lift.
         self.snapshot_counters(&ids);
-        self.store.save()?;
+        if let Err(e) = self.store.save() {
+            tracing::warn!(error = %format!("{e:#}"), "saving final counters failed; the next save retries");
+        }
         Ok(ids)
     }
 
@@ -761,7 +1019,8 @@ impl Core {
 
     /// Exits leaving the datapath as it is (faults keep acting, and end at their kernel
     /// deadlines), for the next agent to adopt: a restart or rolling update, not an uninstall.
-    pub fn leave(self) -> Result<()> {
+    pub fn leave(mut self) -> Result<()> {
+        let _phase = failpoint::phase(Phase::Leave);
         self.store.save()?;
         self.sync_records_now()?;
         self.dataplane.leave();
@@ -773,12 +1032,48 @@ impl Core {
         store::save_qdiscs(self.store.dir(), &self.dataplane.fq_records())
     }
 
-    /// Removes everything the agent made in the kernel; faults stay in the state dir.
-    pub fn shutdown(self) -> Result<()> {
+    /// Removes everything the agent made in the kernel; faults stay in the state dir. The
+    /// records are cleared last (a crash before leaves them for the next agent or
+    /// `uninstall`); the state dir's lock is held to the end.
+    pub fn shutdown(mut self) -> Result<()> {
+        let _phase = failpoint::phase(Phase::Shutdown);
         self.store.save()?;
-        let dir = self.store.dir().to_owned();
-        self.dataplane.shutdown()?;
-        store::save_attachments(&dir, &[])?;
-        store::save_qdiscs(&dir, &[])
+        failpoint::hit("shutdown.saved");
+        let Core {
+            store, dataplane, ..
+        } = self;
+        dataplane.shutdown()?;
+        failpoint::hit("shutdown.unpinned");
+        store::save_attachments(store.dir(), &[])?;
+        store::save_qdiscs(store.dir(), &[])?;
+        drop(store);
+        Ok(())
     }
 }
+
+/// Fails the newest live fault among those an overflow names (state Failed, with why), so
+/// that the others fit. Errors, touching nothing, when it names no live fault: then no fault
+/// can be dropped to make the tables fit, and the caller must write nothing.
+fn fail_newest(store: &mut Store, e: &TooManyFaults) -> Result<String> {
+    let newest = store
+        .live()
+        .filter(|f| e.slots.contains(&f.slot))
+        .max_by_key(|f| f.seq)
+        .map(|f| f.id.clone());
+    let Some(id) = newest else {
+        anyhow::bail!(
+            "{e}, and none of slots {:?} belongs to a live fault: the maps are left as they are",
+            e.slots
+        );
+    };
+    tracing::warn!(fault = %id, error = %e, "fault failed");
+    if let Some(f) = store.get_mut(&id) {
+        f.state = FaultState::Failed;
+        f.ended_at = Some(Timestamp::now());
+        f.message = Some(e.to_string());
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests;

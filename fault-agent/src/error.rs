@@ -19,6 +19,10 @@ pub enum AgentError {
     /// The fault conflicts with others (409), e.g. too many overlapping faults.
     #[error("{0}")]
     Conflict(String),
+    /// A limit would be exceeded (409, code `capacity`): a map's room, the agent's
+    /// `--max-faults` or `--max-rules-per-fault`. Nothing was written.
+    #[error("{0}")]
+    Capacity(#[from] crate::capacity::CapacityError),
     /// This endpoint does not accept writes here (405): a node agent follows the cluster.
     #[error("{0}")]
     ReadOnly(String),
@@ -37,7 +41,7 @@ impl AgentError {
             Self::Malformed(_) => 400,
             Self::Invalid(_) | Self::Unsupported(_) => 422,
             Self::NotFound(_) => 404,
-            Self::Conflict(_) => 409,
+            Self::Conflict(_) | Self::Capacity(_) => 409,
             Self::ReadOnly(_) => 405,
             Self::Upstream(_) => 502,
             Self::Internal(_) => 500,
@@ -56,6 +60,7 @@ impl AgentError {
             }
             Self::NotFound(id) => ApiError::new("not_found", format!("no fault with id {id}")),
             Self::Conflict(m) => ApiError::new("conflict", m.clone()),
+            Self::Capacity(e) => ApiError::new("capacity", e.to_string()),
             Self::ReadOnly(m) => ApiError::new("read_only", m.clone()),
             Self::Upstream(m) => ApiError::new("upstream", m.clone()),
             Self::Internal(e) => ApiError::new("internal", format!("{e:#}")),

@@ -3,11 +3,13 @@
 //! their traffic passes), [`resolve`] and [`compile`] (from faults to map contents),
 //! [`core`] (the reconciler), [`api`] (HTTP), [`standalone`] (the single-host agent).
 pub mod api;
+pub mod capacity;
 pub mod compile;
 pub mod core;
 pub mod dataplane;
 pub mod discover;
 pub mod error;
+pub mod failpoint;
 pub mod inventory;
 pub mod kube;
 pub mod memory;

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fault_agent::{
+    api::limits::ApiLimits,
+    capacity::{DEFAULT_MAX_RULES_PER_FAULT, Limits},
     core::CoreConfig,
     dataplane::{self, Pins},
     standalone, store,
@@ -84,6 +86,64 @@ struct DatapathArgs {
     evaluated_mark: u32,
 }
 
+/// Limits of the HTTP API (every mode that serves it): each refused with the API's JSON error.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Largest request body accepted, in bytes (413 above).
+    #[arg(long, default_value_t = ApiLimits::default().max_body_bytes)]
+    max_body_bytes: usize,
+    /// Requests per second accepted from all clients together, sustained (429 above; 0: no limit).
+    #[arg(long, default_value_t = ApiLimits::default().rate_per_sec)]
+    rate_limit: u32,
+    /// Requests accepted at once above the sustained rate (the token bucket's size).
+    #[arg(long, default_value_t = ApiLimits::default().rate_burst)]
+    rate_burst: u32,
+    /// Requests served at once (503 above).
+    #[arg(long, default_value_t = ApiLimits::default().max_concurrent)]
+    max_concurrent_requests: usize,
+    /// Longest time to answer a request (504 after).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    request_timeout: Duration,
+}
+
+impl ApiArgs {
+    fn limits(&self) -> ApiLimits {
+        ApiLimits {
+            max_body_bytes: self.max_body_bytes,
+            rate_per_sec: self.rate_limit,
+            rate_burst: self.rate_burst,
+            max_concurrent: self.max_concurrent_requests,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+fn max_faults(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    let slots = fault_common::MAX_FAULTS as usize;
+    if n == 0 || n > slots {
+        return Err(format!(
+            "must be in [1, {slots}] (the kernel's fault slots), got {n}"
+        ));
+    }
+    Ok(n)
+}
+
+fn max_rules(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    let budget = fault_common::MAX_RULES as usize / 2;
+    if n == 0 || n > budget {
+        return Err(format!(
+            "must be in [1, {budget}] (half of FL_RULES: see DEVELOPERS.md, capacity), got {n}"
+        ));
+    }
+    Ok(n)
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run on a single host: pods are network namespaces listed in an inventory file.
@@ -118,6 +178,17 @@ enum Command {
         /// Serve the API without a token on a non-loopback --listen address.
         #[arg(long)]
         insecure_no_auth: bool,
+        /// Live faults at once (409 above).
+        #[arg(long, default_value_t = fault_common::MAX_FAULTS as usize, value_parser = max_faults)]
+        max_faults: usize,
+        /// FL_RULES entries one fault may need (409 above).
+        #[arg(long, default_value_t = DEFAULT_MAX_RULES_PER_FAULT, value_parser = max_rules)]
+        max_rules_per_fault: usize,
+        /// /healthz fails once syncs have kept failing this long.
+        #[arg(long, default_value = "2m", value_parser = duration)]
+        liveness_threshold: Duration,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Print the API's OpenAPI document (JSON).
     Openapi,
@@ -149,6 +220,15 @@ enum Command {
         /// next agent. Without it, every exit removes them.
         #[arg(long, env = "FAULTLINE_DAEMONSET", value_parser = daemonset)]
         daemonset: Option<(String, String)>,
+        /// Longest fault (as the API's --max-duration): a fault's kernel deadline is at most its
+        /// creation plus this, whatever its status says.
+        #[arg(long, default_value = "1h", value_parser = duration)]
+        max_duration: Duration,
+        /// /healthz fails once syncs have kept failing this long.
+        #[arg(long, default_value = "2m", value_parser = duration)]
+        liveness_threshold: Duration,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Serve the API in a cluster (Deployment): faults are NetworkFault objects; also runs the
     /// controller that owns their status, expiry and garbage collection.
@@ -168,6 +248,8 @@ enum Command {
         /// How long create and recover wait for the node agents to report.
         #[arg(long, default_value = "5s", value_parser = duration)]
         wait: Duration,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Remove every program, link, qdisc and pin an agent instance left (e.g. after a crash).
     Uninstall {
@@ -196,8 +278,12 @@ fn run() -> Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: container logs and files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    fault_agent::failpoint::init()?;
+    match cli.command {
         Command::Standalone {
             inventory,
             listen,
@@ -209,6 +295,10 @@ fn run() -> Result<()> {
             datapath,
             token_file,
             insecure_no_auth,
+            max_faults,
+            max_rules_per_fault,
+            liveness_threshold,
+            api,
         } => {
             let cfg = standalone::Config {
                 inventory,
@@ -218,6 +308,10 @@ fn run() -> Result<()> {
                 core: CoreConfig {
                     max_duration,
                     retention,
+                    limits: Limits {
+                        max_faults,
+                        max_rules_per_fault,
+                    },
                 },
                 rescan,
                 force_netlink: datapath.attach == "netlink",
@@ -226,6 +320,8 @@ fn run() -> Result<()> {
                 service_cidrs: datapath.service_cidrs,
                 token_file,
                 insecure: insecure_no_auth,
+                api_limits: api.limits(),
+                liveness_threshold,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -241,6 +337,9 @@ fn run() -> Result<()> {
             datapath,
             status_interval,
             daemonset,
+            max_duration,
+            liveness_threshold,
+            api,
         } => {
             let cfg = fault_agent::kube::node::Config {
                 node: node_name,
@@ -248,8 +347,9 @@ fn run() -> Result<()> {
                 state_dir,
                 bpffs,
                 core: CoreConfig {
-                    max_duration: fault_api::FaultDuration::MAX,
+                    max_duration,
                     retention,
+                    limits: Limits::default(),
                 },
                 force_netlink: datapath.attach == "netlink",
                 evaluated_mark: datapath.evaluated_mark,
@@ -257,6 +357,8 @@ fn run() -> Result<()> {
                 service_cidrs: datapath.service_cidrs,
                 status_interval,
                 daemonset,
+                api_limits: api.limits(),
+                liveness_threshold,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -270,6 +372,7 @@ fn run() -> Result<()> {
             token_file,
             insecure_no_auth,
             wait,
+            api,
         } => {
             let cfg = fault_agent::kube::api_mode::Config {
                 listen,
@@ -278,6 +381,7 @@ fn run() -> Result<()> {
                 token_file,
                 insecure: insecure_no_auth,
                 wait,
+                api_limits: api.limits(),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -295,20 +399,61 @@ fn run() -> Result<()> {
             );
             Ok(())
         }
-        Command::Uninstall { state_dir, bpffs } => {
-            let records = store::load_attachments(&state_dir)?;
-            let fq = store::load_qdiscs(&state_dir)?;
-            dataplane::uninstall(&Pins::new(&bpffs), &records, &fq)?;
-            if state_dir.exists() {
-                store::save_attachments(&state_dir, &[])?;
-                store::save_qdiscs(&state_dir, &[])?;
-            }
-            eprintln!(
-                "removed what the agent made ({} interfaces, pins under {})",
-                records.len(),
-                bpffs.display()
-            );
-            Ok(())
-        }
+        Command::Uninstall { state_dir, bpffs } => uninstall(&state_dir, &bpffs),
     }
+}
+
+/// `fault-agent uninstall`: removes what the records and pins of a state dir say an agent
+/// made, going on past failures; refuses while an agent holds the state dir. What could not
+/// be removed stays recorded (a second run retries it) and is listed in the error.
+fn uninstall(state_dir: &std::path::Path, bpffs: &std::path::Path) -> Result<()> {
+    use fault_agent::failpoint::{Phase, phase};
+    let _phase = phase(Phase::Uninstall);
+    // No state dir: no agent ever ran on it (an agent creates it), only pins may remain.
+    let _lock = if state_dir.exists() {
+        Some(store::StateLock::acquire(state_dir)?)
+    } else {
+        None
+    };
+    let records = store::load_attachments(state_dir)?;
+    let fq = store::load_qdiscs(state_dir)?;
+    let left = dataplane::uninstall(&Pins::new(bpffs), &records, &fq);
+    if state_dir.exists() {
+        let kept: Vec<_> = left.records.iter().map(|(r, _)| r.clone()).collect();
+        let kept_fq: Vec<_> = left.fq.iter().map(|(r, _)| r.clone()).collect();
+        store::save_attachments(state_dir, &kept)?;
+        store::save_qdiscs(state_dir, &kept_fq)?;
+    }
+    if left.is_empty() {
+        eprintln!(
+            "removed what the agent made ({} interfaces, {} qdiscs, pins under {})",
+            records.len(),
+            fq.len(),
+            bpffs.display()
+        );
+        return Ok(());
+    }
+    let mut lines = Vec::new();
+    for (r, e) in &left.records {
+        let ns = r
+            .netns
+            .as_ref()
+            .map_or(String::new(), |n| format!(" in {}", n.display()));
+        lines.push(format!("  interface {}{ns}: {e:#}", r.ifname));
+    }
+    for (r, e) in &left.fq {
+        lines.push(format!("  fq on {}: {e:#}", r.iface.ifname));
+    }
+    if let Some(e) = &left.pins {
+        lines.push(format!("  pins under {}: {e:#}", bpffs.display()));
+    }
+    anyhow::bail!(
+        "could not remove everything ({} of {} interfaces, {} of {} qdiscs done; what failed stays recorded in {} for another run):\n{}",
+        records.len() - left.records.len(),
+        records.len(),
+        fq.len() - left.fq.len(),
+        fq.len(),
+        state_dir.display(),
+        lines.join("\n")
+    )
 }

@@ -7,23 +7,48 @@ use std::{collections::HashSet, net::IpAddr};
 
 use ipnet::IpNet;
 
-/// A set of prefixes with a longest-match query: one set lookup per prefix length of the
-/// queried prefix (at most 129), not a scan of every prefix.
+/// A set of prefixes with a longest-match query: one set lookup per prefix length present in
+/// the set (of the queried prefix's family, at most its length), not a scan of every prefix
+/// nor a probe of every length (a miss in a set of /32s is one lookup, not 33).
 #[derive(Debug, Default, Clone)]
-pub struct PrefixSet(HashSet<IpNet>);
+pub struct PrefixSet {
+    nets: HashSet<IpNet>,
+    /// Prefix lengths present, longest first: IPv4, IPv6.
+    lens: [Vec<u8>; 2],
+}
 
 impl PrefixSet {
     pub fn of(nets: impl IntoIterator<Item = IpNet>) -> Self {
-        Self(nets.into_iter().map(|n| n.trunc()).collect())
+        let nets: HashSet<IpNet> = nets.into_iter().map(|n| n.trunc()).collect();
+        let mut lens: [Vec<u8>; 2] = Default::default();
+        for n in &nets {
+            lens[Self::family(n)].push(n.prefix_len());
+        }
+        for l in &mut lens {
+            l.sort_unstable_by(|a, b| b.cmp(a));
+            l.dedup();
+        }
+        Self { nets, lens }
+    }
+
+    fn family(n: &IpNet) -> usize {
+        match n {
+            IpNet::V4(_) => 0,
+            IpNet::V6(_) => 1,
+        }
     }
 
     /// The length of the longest prefix of the set that contains `x`.
     pub fn longest(&self, x: &IpNet) -> Option<u8> {
-        (0..=x.prefix_len()).rev().find(|&len| {
-            IpNet::new(x.addr(), len)
-                .map(|n| self.0.contains(&n.trunc()))
-                .unwrap_or(false)
-        })
+        self.lens[Self::family(x)]
+            .iter()
+            .copied()
+            .filter(|&len| len <= x.prefix_len())
+            .find(|&len| {
+                IpNet::new(x.addr(), len)
+                    .map(|n| self.nets.contains(&n.trunc()))
+                    .unwrap_or(false)
+            })
     }
 
     /// Whether some prefix of the set contains `x`.

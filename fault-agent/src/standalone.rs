@@ -11,7 +11,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -24,6 +24,7 @@ use crate::{
     core::{Core, CoreConfig},
     dataplane::{Capabilities, Dataplane, Pins, kernel},
     discover,
+    failpoint::{self, Phase},
     inventory::Inventory,
     pods::Pod,
     store::{self, Store},
@@ -51,6 +52,10 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// Serve without a token on a non-loopback address.
     pub insecure: bool,
+    /// Request limits of the API.
+    pub api_limits: api::limits::ApiLimits,
+    /// `/healthz` fails once syncs have kept failing this long.
+    pub liveness_threshold: Duration,
 }
 
 /// What the last pass read in each network namespace (by path), or why it could not.
@@ -132,6 +137,13 @@ fn remote_pod(p: &crate::inventory::InventoryPod) -> Pod {
     }
 }
 
+/// The host's virtual ranges: `--service-cidr` and its own addresses.
+fn virtual_nets(cfg: &Config) -> Vec<ipnet::IpNet> {
+    let mut nets = cfg.service_cidrs.clone();
+    nets.extend(crate::uplinks::own_addresses());
+    nets
+}
+
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
     let token = cfg
@@ -170,7 +182,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             read_only: false,
         },
         changed: Arc::new(Notify::new()),
-        ready: false.into(),
+        health: api::health::Health::new(cfg.liveness_threshold),
         inventory_error: Mutex::new(None),
     });
 
@@ -184,27 +196,28 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
     let t = std::time::Instant::now();
     {
+        let _phase = failpoint::phase(Phase::Start);
         let uplinks = crate::uplinks::of_pods(&cfg.uplinks, &pods);
         let mut c = lock(&core);
         c.set_pods(pods)?;
-        c.set_virtual_nets(cfg.service_cidrs.clone())?;
+        c.set_virtual_nets(virtual_nets(&cfg))?;
         c.set_uplinks(uplinks)?;
         c.reconcile()?;
+        state.health.sync_ok(c.datapath_problem());
     }
     crate::memory::trim();
     tracing::info!(
         took_ms = t.elapsed().as_millis() as u64,
         "programs attached and maps written"
     );
-    state.ready.store(true, Ordering::Release);
 
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "API listening");
     let inventory_task = tokio::spawn(watch_inventory(cfg.clone(), state.clone(), core.clone()));
-    let expiry_task = tokio::spawn(expire_loop(core.clone(), state.changed.clone()));
-    let served = axum::serve(listener, api::router(state.clone(), token))
+    let expiry_task = tokio::spawn(expire_loop(core.clone(), state.clone()));
+    let served = axum::serve(listener, api::router(state.clone(), token, cfg.api_limits))
         .with_graceful_shutdown(shutdown_signal())
         .await;
     inventory_task.abort();
@@ -332,18 +345,22 @@ async fn watch_inventory(cfg: Config, state: Arc<AppState>, core: Arc<Mutex<Core
             std::mem::take(&mut cache)
         };
         let started = tokio::time::Instant::now();
-        let choice = cfg.uplinks.clone();
+        let cfg = cfg.clone();
         let res = tokio::task::spawn_blocking(move || {
+            let _phase = failpoint::phase(Phase::Inventory);
             let (pods, cache) = discover_all(&inv, &previous);
-            let uplinks = crate::uplinks::of_pods(&choice, &pods);
+            let uplinks = crate::uplinks::of_pods(&cfg.uplinks, &pods);
+            let virtuals = virtual_nets(&cfg);
             let mut c = lock(&core);
             let result = c.set_pods(pods).and_then(|pods_changed| {
                 let uplinks_changed = c.set_uplinks(uplinks)?;
-                Ok(pods_changed.or(uplinks_changed))
+                let virtuals_changed = c.set_virtual_nets(virtuals)?;
+                Ok(pods_changed.or(uplinks_changed).or(virtuals_changed))
             });
+            let detached = c.datapath_problem();
             drop(c);
             crate::memory::trim();
-            (result, cache)
+            (result.map(|r| (r, detached)), cache)
         })
         .await;
         if full {
@@ -353,10 +370,19 @@ async fn watch_inventory(cfg: Config, state: Arc<AppState>, core: Arc<Mutex<Core
             Ok((result, fresh)) => {
                 cache = fresh;
                 match result {
-                    Ok(Some(_)) => state.changed.notify_one(),
-                    Ok(None) => {}
+                    Ok((changed, detached)) => {
+                        // Unchanged pods ran no reconcile: that says nothing of the syncs.
+                        if changed.is_some() {
+                            state.health.sync_ok(detached);
+                            state.changed.notify_one();
+                        }
+                    }
                     Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), "reconcile after a pod change failed")
+                        let e = format!("{e:#}");
+                        tracing::error!(error = %e, "reconcile after a pod change failed");
+                        state.health.sync_failed(&e);
+                        // The expiry loop re-arms, and retries within 5 s.
+                        state.changed.notify_one();
                     }
                 }
             }
@@ -366,22 +392,43 @@ async fn watch_inventory(cfg: Config, state: Arc<AppState>, core: Arc<Mutex<Core
 }
 
 /// Reconciles at each deadline (the kernel already stopped the fault; this updates its state
-/// and removes its entries), and at least every minute as a resync. `changed` re-arms it.
-pub async fn expire_loop(core: Arc<Mutex<Core>>, changed: Arc<Notify>) {
+/// and removes its entries), and at least every minute as a resync; records the outcome in
+/// `state.health`. `state.changed` re-arms it.
+pub async fn expire_loop(core: Arc<Mutex<Core>>, state: Arc<AppState>) {
+    let changed = state.changed.clone();
+    let mut retry_soon = false;
     loop {
         let c = core.clone();
+        // After a failed reconcile (here or after a pod change), try again sooner than the
+        // minute's resync.
+        let longest = if retry_soon || state.health.failing() {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(60)
+        };
         let wait = tokio::task::spawn_blocking(move || lock(&c).next_deadline())
             .await
             .ok()
             .flatten()
-            .unwrap_or(Duration::from_secs(60))
-            .min(Duration::from_secs(60));
+            .unwrap_or(longest)
+            .min(longest);
         tokio::select! {
             _ = tokio::time::sleep(wait + Duration::from_millis(1)) => {
                 let c = core.clone();
-                match tokio::task::spawn_blocking(move || lock(&c).reconcile()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "reconcile failed"),
+                let run = move || {
+                    let _phase = failpoint::phase(Phase::Expiry);
+                    let mut c = lock(&c);
+                    c.reconcile().map(|_| c.datapath_problem())
+                };
+                let result = tokio::task::spawn_blocking(run).await;
+                retry_soon = !matches!(result, Ok(Ok(_)));
+                match result {
+                    Ok(Ok(detached)) => state.health.sync_ok(detached),
+                    Ok(Err(e)) => {
+                        let e = format!("{e:#}");
+                        tracing::error!(error = %e, "reconcile failed");
+                        state.health.sync_failed(&e);
+                    }
                     Err(e) => tracing::error!(error = %e, "reconcile task failed"),
                 }
             }

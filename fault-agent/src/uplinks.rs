@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Context as _, Result};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage, AddressScope},
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     route::{RouteAttribute, RouteHeader, RouteMessage},
 };
@@ -80,6 +81,36 @@ pub fn of_pods(choice: &UplinkChoice, pods: &[crate::pods::Pod]) -> BTreeMap<Str
         tracing::warn!(error = %format!("{e:#}"), "cannot list the uplinks");
         BTreeMap::new()
     })
+}
+
+/// The node's own addresses (global scope, every interface of the agent's namespace: its
+/// NICs, and the CNI bridge's gateway address, the source of the kubelet's probes), as /32
+/// and /128 prefixes. They are never taken for a peer of a broader prefix: NetworkPolicy
+/// always allows a node's own traffic with its pods, and so does a fault "from everything".
+/// An error is logged and gives none.
+pub fn own_addresses() -> Vec<ipnet::IpNet> {
+    let dump = rtdump::Socket::open()
+        .and_then(|s| s.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default())));
+    let msgs = match dump {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot list the node's addresses");
+            return vec![];
+        }
+    };
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a) => Some(a),
+            _ => None,
+        })
+        .filter(|a| a.header.scope == AddressScope::Universe)
+        .filter_map(|a| {
+            a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Address(ip) => Some(ipnet::IpNet::from(*ip)),
+                _ => None,
+            })
+        })
+        .collect()
 }
 
 fn links() -> Result<Vec<LinkMessage>> {

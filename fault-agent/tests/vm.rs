@@ -487,3 +487,73 @@ fn delay_holds_through_a_service() {
     drop(agent);
     drop(net);
 }
+
+/// The fq a delay needs is recorded before it is installed (and only an fq with the agent's
+/// handle is ever deleted): an agent killed right after installing it, before its final
+/// records, leaves nothing once restarted; one killed with the delay acting leaves nothing
+/// after `fault-agent uninstall`.
+#[test]
+#[ignore = "needs a kernel with sch_fq: run by `cargo xtask test` inside the 6.1 VM"]
+fn fq_of_an_agent_killed_while_installing_it_is_removed() {
+    let _s = serial();
+    let mut env = DynamoEnv::start().unwrap();
+    needs_fq(&env);
+    let p = env.pods.clone();
+    let before = (tc_qdiscs(&p.decode0), tc_qdiscs(&p.prefill));
+    let delay = [
+        "-n",
+        "dynamo",
+        "--pod-prefix",
+        "vllm-decode-0",
+        "--to-selector",
+        "app=vllm-prefill",
+        "--direction",
+        "both",
+        "--delay",
+        "50ms",
+    ];
+    let mut args = vec!["inject"];
+    args.extend_from_slice(&delay);
+
+    env.agent.kill().unwrap();
+    env.agent
+        .set_env("FAULTLINE_FAILPOINTS", Some("create/fq.installed:1"));
+    env.agent.restart().unwrap();
+    let out = env.agent.faultctl(&args).unwrap();
+    assert!(!out.status.success(), "the agent dies in the create");
+    let status = env.agent.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(status.is_some(), "{}", env.agent.log_tail(20));
+    let fq = |pod: &Pod| tc_qdiscs(pod).contains("qdisc fq ");
+    assert!(
+        fq(&p.decode0) || fq(&p.prefill),
+        "an fq was installed before the kill"
+    );
+    env.agent.set_env("FAULTLINE_FAILPOINTS", None);
+    env.agent.restart().unwrap();
+    let live = env.agent.client().list(None).unwrap().faults;
+    assert!(live.iter().all(|f| !f.state.is_live()), "{live:?}");
+    assert_eq!(
+        (tc_qdiscs(&p.decode0), tc_qdiscs(&p.prefill)),
+        before,
+        "the orphan fq went at the restart"
+    );
+
+    inject(&env.agent, &delay);
+    assert!(fq(&p.decode0), "fq for the delay");
+    env.agent.kill().unwrap();
+    let out = env.agent.uninstall().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for pod in [&p.decode0, &p.prefill] {
+        let q = tc_qdiscs(pod);
+        assert!(
+            !q.contains("qdisc fq ") && !q.contains("clsact"),
+            "uninstall removed the fq and clsact: {q}"
+        );
+    }
+    env.agent.restart().unwrap();
+    ctl(&env.agent, &["cleanup", "--all"]);
+}

@@ -31,9 +31,14 @@ pub struct ErrorBody {
 /// when there is one.
 ///
 /// Codes and the HTTP status the agent uses for them: `malformed_body` (400), `invalid_field`
-/// (422), `not_found` (404), `conflict` (409, e.g. too many overlapping faults),
-/// `unsupported` (422, the kernel lacks what the fault needs), `unauthorized` (401),
-/// `forbidden` (403), `internal` (500).
+/// (422), `not_found` (404), `conflict` (409, e.g. too many overlapping faults), `capacity`
+/// (409: a limit would be exceeded, `--max-faults`, `--max-rules-per-fault` or a map's room;
+/// the message names the limit and the count), `unsupported` (422, the kernel lacks what the
+/// fault needs), `unauthorized` (401), `forbidden` (403), `too_large` (413, body over
+/// `--max-body-bytes`), `rate_limited` (429, over `--rate-limit`, with `Retry-After`),
+/// `overloaded` (503, `--max-concurrent-requests` in flight, with `Retry-After`), `timeout`
+/// (504, no answer within `--request-timeout`), `internal` (500). Every refusal by a limit
+/// comes before anything is written.
 #[derive(
     Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema,
 )]

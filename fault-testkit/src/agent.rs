@@ -422,6 +422,34 @@ impl AgentProcess {
         }
     }
 
+    /// Sets (`Some`) or unsets (`None`) an environment variable of the processes started from
+    /// now on ([`AgentProcess::restart`]), e.g. `FAULTLINE_FAILPOINTS`.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.into(), v.into()));
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own and reaps it: its status, or
+    /// `None` if it still runs (or none runs).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(c) = self.child.as_mut() else {
+                return Ok(None);
+            };
+            if let Some(status) = c.try_wait().context("waiting for fault-agent")? {
+                self.child = None;
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Starts a new process with the same mode, arguments, state dir, bpffs folder and port,
     /// and waits until it is ready. Fails if one is still running ([`AgentProcess::kill`] or
     /// [`AgentProcess::terminate`] it first).

@@ -15,7 +15,8 @@
 //! - [`agent`]: a real `fault-agent` process (in the root namespace or a node's) and the
 //!   `faultctl` binary;
 //! - [`env`](mod@env): the inference topology with an agent in front of it;
-//! - [`kube`]: a real Kubernetes API server for the cluster-mode tests.
+//! - [`kube`]: a real Kubernetes API server for the cluster-mode tests;
+//! - [`real_node`]: a real node (`cargo xtask cluster up`) reached with kubectl, for the node suite.
 //!
 //! Everything it creates is removed on `Drop`, also when a test panics; objects left by a
 //! killed process are reaped by the next [`topology::Topology::new`],
@@ -29,6 +30,7 @@ pub mod netns;
 pub mod nodes;
 pub mod probe;
 mod rand;
+pub mod real_node;
 pub mod services;
 pub mod topology;
 

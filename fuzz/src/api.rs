@@ -27,14 +27,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, Map, MapData, lpm_trie::LpmTrie};
 use axum::{
     Router,
     body::Body,
     http::{HeaderName, HeaderValue, Method, Request, StatusCode, header},
 };
+use aya::maps::{Array, HashMap, Map, MapData, lpm_trie::LpmTrie};
 use fault_agent::{
-    api::{AppState, backend::Backend, router},
+    api::{AppState, backend::Backend, limits::ApiLimits, router},
     core::{Core, CoreConfig},
     dataplane::{Capabilities, Dataplane, Pins, kernel},
     discover,
@@ -213,7 +213,10 @@ fn reap_dead() {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name.strip_prefix(PREFIX).and_then(|p| p.parse::<u32>().ok()) else {
+            let Some(pid) = name
+                .strip_prefix(PREFIX)
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
                 continue;
             };
             if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -228,12 +231,13 @@ fn reap_dead() {
 fn pods(topology: &Topology) -> Result<Vec<Pod>> {
     let host = discover::host_veths()?;
     let tpods = topology.pods();
-    let paths: Vec<PathBuf> = tpods
-        .iter()
-        .map(|p| p.netns_path())
-        .collect();
+    let paths: Vec<PathBuf> = tpods.iter().map(|p| p.netns_path()).collect();
     let mut out = Vec::new();
-    for ((p, path), net) in tpods.iter().zip(&paths).zip(discover::pod_nets(&paths, &host)) {
+    for ((p, path), net) in tpods
+        .iter()
+        .zip(&paths)
+        .zip(discover::pod_nets(&paths, &host))
+    {
         let net = net?;
         out.push(Pod {
             namespace: p.namespace().into(),
@@ -280,6 +284,7 @@ impl Harness {
         let config = CoreConfig {
             max_duration: MAX_DURATION,
             retention: Duration::ZERO,
+            limits: fault_agent::capacity::Limits::default(),
         };
         let core = Arc::new(Mutex::new(Core::new(store, dataplane, caps, config)));
         let pods = pods(&topology)?;
@@ -304,10 +309,16 @@ impl Harness {
                 read_only: false,
             },
             changed: Arc::new(tokio::sync::Notify::new()),
-            ready: true.into(),
+            health: fault_agent::api::health::Health::ready_now(),
             inventory_error: Mutex::new(None),
         });
-        let router = router(state_arc, Some(Arc::from(TOKEN)));
+        // The agent's limits, but no rate limit: the fuzzer sends thousands of requests a
+        // second, and a 429 would hide what the request does.
+        let limits = ApiLimits {
+            rate_per_sec: 0,
+            ..ApiLimits::default()
+        };
+        let router = router(state_arc, Some(Arc::from(TOKEN)), limits);
         let maps = KernelMaps::open(&pins, &local_ips)?;
         let baseline = maps.snapshot()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -388,15 +399,15 @@ impl Harness {
 }
 
 /// Statuses the API documents (`fault_api::error::ApiError`), and axum's 405.
-const DOCUMENTED: &[u16] = &[200, 201, 400, 401, 403, 404, 405, 409, 422];
+const DOCUMENTED: &[u16] = &[200, 201, 400, 401, 403, 404, 405, 409, 413, 422];
 
 fn check_answer(input: &Input, status: StatusCode, body: &[u8]) {
     let text = String::from_utf8_lossy(body);
-    let what = format!(
-        "{} {} -> {status}: {text}",
-        input.method, input.uri
+    let what = format!("{} {} -> {status}: {text}", input.method, input.uri);
+    assert!(
+        DOCUMENTED.contains(&status.as_u16()),
+        "undocumented status: {what}"
     );
-    assert!(DOCUMENTED.contains(&status.as_u16()), "undocumented status: {what}");
     if !status.is_success() {
         let e: ErrorBody = serde_json::from_slice(body)
             .unwrap_or_else(|e| panic!("an error that is not an ErrorBody ({e}): {what}"));
@@ -421,13 +432,18 @@ fn check_answer(input: &Input, status: StatusCode, body: &[u8]) {
 
 /// A created fault is valid, live, and ends when asked (or at the agent's maximum).
 fn check_created(f: &Fault, what: &str) {
-    f.spec.validate().unwrap_or_else(|e| panic!("created an invalid fault ({e}): {what}"));
+    f.spec
+        .validate()
+        .unwrap_or_else(|e| panic!("created an invalid fault ({e}): {what}"));
     crate::check_spec_ranges(&f.spec);
     assert_eq!(f.state, fault_api::FaultState::Active, "{what}");
     let want = f.spec.duration.map_or(MAX_DURATION, |d| d.get());
     let got = f.expires_at.duration_since(f.created_at);
     let got = Duration::from_nanos(got.as_nanos().max(0) as u64);
-    assert!(want <= MAX_DURATION, "a fault longer than --max-duration was created: {what}");
+    assert!(
+        want <= MAX_DURATION,
+        "a fault longer than --max-duration was created: {what}"
+    );
     assert_eq!(got, want, "expires_at - created_at: {what}");
 }
 
@@ -447,4 +463,3 @@ pub fn on_exit(h: &'static Mutex<Option<Harness>>) {
         libc::atexit(cleanup);
     }
 }
-

@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use fault_testkit::{
-    DynamoEnv, Family, Pod, StreamOpts,
+    DynamoEnv, Family, Pod, Service, ServiceNet, StreamOpts,
     probe::{TcpEchoServer, tcp_echo_roundtrip, udp_reachable, udp_stream},
     topology::{link_exists, netns_names},
 };
@@ -38,8 +38,12 @@ pub fn run(bin_dir: &Path) -> Result<()> {
     // SAFETY: single-threaded at this point; the testkit reads it to find the binaries.
     unsafe { std::env::set_var("FAULTLINE_BIN_DIR", bin_dir) };
     let (namespaces, links, bpffs) = {
-        let env = DynamoEnv::start().context("starting the topology and the agent")?;
-        demo(&env)?;
+        let env = DynamoEnv::start_with(&["--service-cidr", "198.19.0.0/16"])
+            .context("starting the topology and the agent")?;
+        let mut net = ServiceNet::new(&env.topo).context("the host's Service DNAT")?;
+        let prefill_svc = net.service("vllm-prefill", &[&env.pods.prefill])?;
+        demo(&env, &prefill_svc)?;
+        drop(net);
         let ns: Vec<String> = env
             .topo
             .pods()
@@ -67,7 +71,7 @@ pub fn run(bin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn demo(env: &DynamoEnv) -> Result<()> {
+fn demo(env: &DynamoEnv, prefill_svc: &Service) -> Result<()> {
     let p = &env.pods;
     let caps = env.agent.client().get_json("/v1/capabilities")?;
     println!(
@@ -86,6 +90,12 @@ fn demo(env: &DynamoEnv) -> Result<()> {
         );
     }
     let _nats = TcpEchoServer::start(&p.nats, Family::V4, 4222)?;
+    let prefill_via = prefill_svc.through(&p.prefill);
+    println!(
+        "  Service vllm-prefill: ClusterIP {} -> {} (DNAT in the host, as kube-proxy does)",
+        prefill_svc.vip(Family::V4),
+        p.prefill.ipv4()
+    );
 
     // 1. Partition decode -> prefill.
     println!(
@@ -117,6 +127,16 @@ fn demo(env: &DynamoEnv) -> Result<()> {
             path(&p.decode1, &p.prefill) + " (IPv6)",
             udp_reachable(&p.decode1, &p.prefill, Family::V6, 9000, WAIT)?,
             false,
+        ),
+        (
+            format!("{} -> prefill's Service", p.decode0.name()),
+            udp_reachable(&p.decode0, &prefill_via, Family::V4, 9000, WAIT)?,
+            false,
+        ),
+        (
+            format!("{} -> prefill's Service", p.frontend.name()),
+            udp_reachable(&p.frontend, &prefill_via, Family::V4, 9000, WAIT)?,
+            true,
         ),
         (
             path(&p.prefill, &p.decode0),

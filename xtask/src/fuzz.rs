@@ -11,8 +11,9 @@
 //! runs longer than [`Options::timeout`] (a hang), or more than 2 GB of memory. The report
 //! says how to reproduce and minimize the input; DEVELOPERS.md ("Fuzzing") what to do next.
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Instant,
 };
 
@@ -48,23 +49,6 @@ pub struct Options {
     pub timeout: u64,
 }
 
-/// `cargo fuzz` works once installed; installs it from crates.io when it does not.
-fn ensure_cargo_fuzz() -> Result<()> {
-    let works = output(
-        Command::new("cargo")
-            .args(["fuzz", "--version"])
-            .env("PATH", path_with_cargo_bin()),
-    )
-    .is_some();
-    if works {
-        eprintln!("setup: cargo-fuzz present");
-        return Ok(());
-    }
-    run(Command::new("cargo")
-        .args(["install", "cargo-fuzz", "--locked"])
-        .env("PATH", path_with_cargo_bin()))
-}
-
 fn fuzz_dir() -> PathBuf {
     root().join("fuzz")
 }
@@ -89,8 +73,8 @@ fn build() -> Result<PathBuf> {
 }
 
 fn host_triple() -> Result<String> {
-    let v = output(Command::new("rustc").args(["+nightly", "-vV"]))
-        .context("rustc +nightly -vV")?;
+    let v =
+        output(Command::new("rustc").args(["+nightly", "-vV"])).context("rustc +nightly -vV")?;
     v.lines()
         .find_map(|l| l.strip_prefix("host: "))
         .map(str::to_owned)
@@ -110,7 +94,48 @@ fn artifacts(dir: &Path) -> Vec<PathBuf> {
     v.into_iter().rev().map(|(_, p)| p).collect()
 }
 
-fn run_target(bin: &Path, name: &str, opts: &Options) -> Result<()> {
+/// What one target's run did (libFuzzer's final stats).
+#[derive(Debug, Default)]
+struct Stats {
+    execs: u64,
+    new_units: u64,
+    peak_rss_mb: u64,
+}
+
+/// Runs libFuzzer with stderr read line by line: echoed, except its per-input progress lines
+/// (`#123 NEW ...`, thousands of them), and its final stats kept.
+fn libfuzzer(cmd: &mut Command) -> Result<(std::process::ExitStatus, Stats)> {
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let mut stats = Stats::default();
+    for line in BufReader::new(child.stderr.take().context("stderr")?).lines() {
+        let line = line?;
+        let stat = |key: &str| {
+            line.strip_prefix(key)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let Some(n) = stat("stat::number_of_executed_units:") {
+            stats.execs = n;
+        } else if let Some(n) = stat("stat::new_units_added:") {
+            stats.new_units = n;
+        } else if let Some(n) = stat("stat::peak_rss_mb:") {
+            stats.peak_rss_mb = n;
+        }
+        let progress = line.starts_with('#')
+            && [" NEW ", " REDUCE ", " pulse ", " RELOAD "]
+                .iter()
+                .any(|w| line.contains(w));
+        if !progress {
+            eprintln!("{line}");
+        }
+    }
+    Ok((child.wait()?, stats))
+}
+
+fn run_target(bin: &Path, name: &str, opts: &Options) -> Result<Stats> {
     let target_dir = cargo::target_dir();
     let work = target_dir.join("fuzz/corpus").join(name);
     let found = target_dir.join("fuzz/artifacts").join(name);
@@ -119,20 +144,25 @@ fn run_target(bin: &Path, name: &str, opts: &Options) -> Result<()> {
     std::fs::create_dir_all(&found)?;
     let before = artifacts(&found).len();
     let exe = bin.join(name);
-    let result = run(Command::new(&exe)
-        .arg(format!("-max_total_time={}", opts.seconds))
-        .arg(format!("-timeout={}", opts.timeout))
-        .arg("-rss_limit_mb=2048")
-        .arg("-max_len=16384")
-        .arg("-print_final_stats=1")
-        .arg(format!("-artifact_prefix={}/", found.display()))
-        .arg(&work)
-        .arg(&seeds)
-        .current_dir(root()));
+    // libFuzzer first runs every input of both corpora (the committed seeds and what earlier
+    // runs found), then mutates until max_total_time (counted from its start).
+    let result = libfuzzer(
+        Command::new(&exe)
+            .arg(format!("-max_total_time={}", opts.seconds))
+            .arg(format!("-timeout={}", opts.timeout))
+            .arg("-rss_limit_mb=2048")
+            .arg("-max_len=16384")
+            .arg("-print_final_stats=1")
+            .arg(format!("-artifact_prefix={}/", found.display()))
+            .arg(&work)
+            .arg(&seeds)
+            .current_dir(root()),
+    );
     // The api target's pods and pins are removed by its exit handler; after a crash or a
     // hang the process had none: reap what it left.
     fault_testkit::reap_stale();
-    if let Err(e) = result {
+    let (status, stats) = result?;
+    if !status.success() {
         let new = artifacts(&found);
         let input = new
             .first()
@@ -140,11 +170,12 @@ fn run_target(bin: &Path, name: &str, opts: &Options) -> Result<()> {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "(no new artifact)".into());
         bail!(
-            "fuzz target {name} failed: {e:#}\n  input: {input}\n  reproduce: {exe} {input}\n  minimize: cargo +nightly fuzz tmin --sanitizer none --debug-assertions {name} {input}\n  then: a regression unit test in the crate that owns the parser, the fix, and the input copied to fuzz/corpus/{name}/ (DEVELOPERS.md, \"Fuzzing\")",
+            "fuzz target {name} failed ({status}) after {execs} inputs\n  input: {input}\n  reproduce: {exe} {input}\n  minimize: cargo +nightly fuzz tmin --sanitizer none --debug-assertions {name} {input}\n  then: a regression unit test in the crate that owns the parser, the fix, and the input copied to fuzz/corpus/{name}/ (DEVELOPERS.md, \"Fuzzing\")",
+            execs = stats.execs,
             exe = exe.display()
         );
     }
-    Ok(())
+    Ok(stats)
 }
 
 /// Builds the targets and runs each for `opts.seconds`; fails when one fails, after running
@@ -152,29 +183,49 @@ fn run_target(bin: &Path, name: &str, opts: &Options) -> Result<()> {
 pub fn run_all(opts: &Options) -> Result<()> {
     for o in &opts.only {
         if !TARGETS.contains(&o.as_str()) {
-            bail!("--only {o}: no such fuzz target (there are {})", TARGETS.join(", "));
+            bail!(
+                "--only {o}: no such fuzz target (there are {})",
+                TARGETS.join(", ")
+            );
         }
     }
     setup::core()?;
-    ensure_cargo_fuzz()?;
+    setup::cargo_fuzz()?;
     let bin = build()?;
     let mut failed = Vec::new();
+    let mut summary = Vec::new();
     for name in TARGETS
         .iter()
         .filter(|t| opts.only.is_empty() || opts.only.iter().any(|o| o == *t))
     {
         eprintln!("\n--- fuzz {name}: {} s ---", opts.seconds);
         let start = Instant::now();
-        match run_target(&bin, name, opts) {
-            Ok(()) => eprintln!(
-                "--- fuzz {name}: no failure in {:.0} s",
-                start.elapsed().as_secs_f64()
-            ),
+        let result = run_target(&bin, name, opts);
+        let took = start.elapsed().as_secs_f64();
+        match result {
+            Ok(st) => {
+                eprintln!(
+                    "--- fuzz {name}: no failure in {took:.0} s, {} inputs",
+                    st.execs
+                );
+                summary.push(format!(
+                    "{name:<14} {took:>6.0} s {:>10} inputs {:>9.0}/s {:>5} new {:>6} MB  ok",
+                    st.execs,
+                    st.execs as f64 / took.max(0.001),
+                    st.new_units,
+                    st.peak_rss_mb
+                ));
+            }
             Err(e) => {
                 eprintln!("--- {e:#}");
+                summary.push(format!("{name:<14} {took:>6.0} s  FAILED"));
                 failed.push(*name);
             }
         }
+    }
+    eprintln!("\nfuzz summary (runs, new corpus entries, peak memory):");
+    for l in &summary {
+        eprintln!("  {l}");
     }
     if !failed.is_empty() {
         bail!("fuzz targets failed: {}", failed.join(", "));

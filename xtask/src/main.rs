@@ -4,12 +4,19 @@
 //! - `build`: the agent (with its eBPF programs) and faultctl;
 //! - `demo`: the main job end to end on real packets;
 //! - `test`: every test suite;
+//! - `cluster up|down|status`: a one-machine Kubernetes cluster (see [`cluster`]);
+//! - `image`: Faultline's container image from `deploy/Containerfile`;
+//! - `crash`: the agent killed at every step, 200 runs;
 //! - `fuzz`: the fuzz targets of `fuzz/`, each for a while.
 mod bench;
 mod cargo;
+mod cluster;
+mod crash;
 mod demo;
 mod fuzz;
+mod image;
 mod kube;
+mod node;
 mod setup;
 mod test;
 mod util;
@@ -37,11 +44,15 @@ enum Task {
     /// Run the main job end to end on real packets: pods, agent, faults, measurements.
     Demo,
     /// Run every test suite (what CI runs).
-    Test,
+    Test {
+        /// Run only these suites (unit, cluster, node, vm, fuzz, pytest).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Fuzz every input surface (cargo-fuzz): each target for a while; see DEVELOPERS.md.
     Fuzz {
         /// Seconds per target.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 60)]
         seconds: u64,
         /// Run only these targets (units, selector, cidr, spec_json, seed_inject, crd,
         /// kube_objects, inventory, netlink, api).
@@ -51,8 +62,30 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
+    /// Kill the agent at every step (failpoints), 200 runs, checking after each restart that
+    /// the maps match the faults and nothing leaks (~15 minutes).
+    Crash {
+        /// Runs in all: every case once, then random ones.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Order of the random runs (printed by a run, to replay it).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Only these failpoint rules, in order, e.g. `recover/end.saved:1,netlink:start/attach.one:2`
+        /// (`netlink:` first: that attach mode for all).
+        #[arg(long)]
+        rules: Option<String>,
+    },
     /// Build (once, cached) the kube-apiserver of the cluster tests.
     KubeBuild,
+    /// A one-machine Kubernetes cluster (containerd, CNI bridge, kubelet, kube-proxy...).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+    /// Build Faultline's image (deploy/Containerfile over static release binaries, with
+    /// buildah); import it into the cluster when it runs.
+    Image,
     /// Run a shell command as root in Debian's 6.1 kernel (VM, software emulation).
     Vm {
         /// The command line.
@@ -69,16 +102,26 @@ enum Task {
         /// Skip the delay figures (they need the 6.1 VM, ~2 minutes).
         #[arg(long)]
         no_vm: bool,
-        /// Run only these sections (overhead, services, apply, accuracy, scale, cluster, expiry), for
+        /// Run only these sections (overhead, services, apply, accuracy, scale, cluster, expiry, node), for
         /// working on one; the published file comes from a run of all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
 }
 
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Start it (idempotent; builds and caches what it needs first).
+    Up,
+    /// Stop it and remove everything it made.
+    Down,
+    /// What runs, and the kubeconfig's path.
+    Status,
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Setup => setup::core(),
+        Task::Setup => setup::core().and_then(|()| setup::cargo_fuzz()),
         Task::Build { release } => {
             setup::core()?;
             cargo::build(release).map(|_| ())
@@ -88,7 +131,7 @@ fn main() -> Result<()> {
             let bin = cargo::build(true)?;
             demo::run(&bin)
         }
-        Task::Test => test::run(),
+        Task::Test { only } => test::run(&only),
         Task::Fuzz {
             seconds,
             only,
@@ -98,7 +141,34 @@ fn main() -> Result<()> {
             only,
             timeout,
         }),
+        Task::Crash { runs, seed, rules } => crash::run_all(&crash::Options { runs, seed, rules }),
         Task::KubeBuild => kube::build(),
+        Task::Cluster { action } => match action {
+            ClusterAction::Up => cluster::up().map(|_| ()),
+            ClusterAction::Down => cluster::down(),
+            ClusterAction::Status => cluster::status(),
+        },
+        Task::Image => {
+            setup::core()?;
+            let img = image::faultline(&image::musl_binaries()?)?;
+            println!(
+                "{} ({:.1} MiB): {}",
+                img.reference,
+                img.size() as f64 / 1048576.0,
+                img.archive.display()
+            );
+            if cluster::healthy() {
+                cluster::import(&img)?;
+            }
+            let (name, tag) = img
+                .reference
+                .rsplit_once(':')
+                .unwrap_or((&img.reference, ""));
+            println!(
+                "kustomize: images: [{{name: ghcr.io/faultline-dev/faultline, newName: {name}, newTag: \"{tag}\"}}]"
+            );
+            Ok(())
+        }
         Task::Vm { command } => vm::run_inside(&command),
         Task::Bench {
             out,

@@ -85,19 +85,22 @@ fn rust_src() -> Result<()> {
 /// bpf-linker, linked against nightly rustc's own LLVM (the one that emits our bitcode).
 fn bpf_linker() -> Result<()> {
     let path = path_with_cargo_bin();
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly --print sysroot")?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    // bpf-linker needs nightly's libLLVM by its soname; rustc puts the sysroot's lib folder
+    // on the library path when it runs a linker, so check it the same way.
     if output(
         Command::new("bpf-linker")
             .arg("--version")
-            .env("PATH", &path),
+            .env("PATH", &path)
+            .env("LD_LIBRARY_PATH", &lib_dir),
     )
     .is_some()
     {
         eprintln!("setup: bpf-linker present");
         return Ok(());
     }
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context("rustc +nightly --print sysroot")?;
-    let lib_dir = Path::new(sysroot.trim()).join("lib");
     let llvm = std::fs::read_dir(&lib_dir)?
         .flatten()
         .map(|e| e.path())
@@ -140,6 +143,25 @@ fn bpffs() -> Result<()> {
         return Ok(());
     }
     run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// cargo-fuzz (the fuzz targets' driver, `cargo xtask fuzz`), from crates.io when `cargo fuzz`
+/// does not run. It drives nightly (`cargo +nightly fuzz`), which [`core`] checks for.
+pub fn cargo_fuzz() -> Result<()> {
+    let path = path_with_cargo_bin();
+    if output(
+        Command::new("cargo")
+            .args(["fuzz", "--version"])
+            .env("PATH", &path),
+    )
+    .is_some()
+    {
+        eprintln!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    run(Command::new("cargo")
+        .args(["install", "cargo-fuzz", "--locked"])
+        .env("PATH", &path))
 }
 
 /// What building, the demo and the datapath tests need.

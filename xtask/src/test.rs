@@ -42,8 +42,21 @@ pub fn test_executable(package: &str, test: &str) -> Result<std::path::PathBuf> 
     bail!("no executable for test target {test}")
 }
 
-/// Seconds per fuzz target in the test run (`cargo xtask fuzz` runs longer).
-const FUZZ_SECONDS: u64 = 20;
+/// A suite that cannot run on this machine: it is reported as skipped with the reason, not
+/// as passed or failed.
+#[derive(Debug)]
+pub struct Skipped(pub String);
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "skipped: {}", self.0)
+    }
+}
+
+impl std::error::Error for Skipped {}
+
+/// Seconds per fuzz target in the test run (`cargo xtask fuzz` runs 60 s each by default).
+const FUZZ_SECONDS: u64 = 10;
 
 struct Outcome {
     name: &'static str,
@@ -51,12 +64,23 @@ struct Outcome {
     result: Result<()>,
 }
 
+impl Outcome {
+    fn skipped(&self) -> Option<&Skipped> {
+        self.result.as_ref().err()?.downcast_ref::<Skipped>()
+    }
+    fn failed(&self) -> bool {
+        self.result.is_err() && self.skipped().is_none()
+    }
+}
+
 fn suite(name: &'static str, f: impl FnOnce() -> Result<()>) -> Outcome {
     eprintln!("\n=== {name} ===");
     let start = Instant::now();
     let result = f();
-    if let Err(e) = &result {
-        eprintln!("=== {name}: FAILED: {e:#}");
+    match &result {
+        Err(e) if e.downcast_ref::<Skipped>().is_some() => eprintln!("=== {name}: {e}"),
+        Err(e) => eprintln!("=== {name}: FAILED: {e:#}"),
+        Ok(()) => {}
     }
     Outcome {
         name,
@@ -65,87 +89,114 @@ fn suite(name: &'static str, f: impl FnOnce() -> Result<()>) -> Outcome {
     }
 }
 
-/// Runs every suite; fails when one fails.
-pub fn run() -> Result<()> {
+/// The suites' short names, in run order (for `--only`).
+pub const SUITES: &[&str] = &["unit", "cluster", "node", "vm", "fuzz", "pytest"];
+
+/// Runs every suite (or those named in `only`); fails when one fails.
+pub fn run(only: &[String]) -> Result<()> {
+    if let Some(bad) = only.iter().find(|o| !SUITES.contains(&o.as_str())) {
+        bail!("--only: no suite {bad:?} ({})", SUITES.join(", "));
+    }
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     setup::core()?;
     let bin = cargo::build(false)?;
     let mut outcomes = Vec::new();
-    outcomes.push(suite(
-        "cargo test: unit tests and datapath tests on real packets",
-        || {
-            run_cmd(
-                Command::new("cargo")
-                    .args([
-                        "test",
-                        "--workspace",
-                        "--exclude",
-                        "fault-ebpf",
-                        "--no-fail-fast",
-                    ])
-                    .current_dir(root())
-                    .env("PATH", path_with_cargo_bin())
-                    .env("FAULTLINE_BIN_DIR", &bin),
-            )
-        },
-    ));
-    outcomes.push(suite(
-        "cluster: node agents, API, CRD against a real kube-apiserver 1.20",
-        || {
-            kube::build()?;
-            run_cmd(
-                Command::new("cargo")
-                    .args([
-                        "test",
-                        "-p",
-                        "fault-agent",
-                        "--test",
-                        "kube",
-                        "--",
-                        "--ignored",
-                        "--test-threads=1",
-                    ])
-                    .current_dir(root())
-                    .env("PATH", path_with_cargo_bin())
-                    .env("FAULTLINE_BIN_DIR", &bin),
-            )
-        },
-    ));
-    outcomes.push(suite(
-        "kernel 6.1 VM: delay, jitter, duplication, rate, netlink attach",
-        || {
-            let exe = test_executable("fault-agent", "vm")?;
-            vm::run_tests(&exe, &bin)
-        },
-    ));
-    outcomes.push(suite(
-        "fuzz: every input surface, 20 s per target (10 targets, ~4 min)",
-        || {
-            fuzz::run_all(&fuzz::Options {
-                seconds: FUZZ_SECONDS,
-                only: vec![],
-                timeout: 10,
-            })
-        },
-    ));
-    outcomes.push(suite(
-        "pytest: the Python client against a real agent (seed examples)",
-        || {
-            let client = root().join("clients/python");
-            let py = setup::python_venv(&cargo::target_dir(), &client)?;
-            run_cmd(
-                Command::new(py.join("pytest"))
-                    .arg("-q")
-                    .current_dir(&client)
-                    .env("FAULTLINE_BIN_DIR", &bin),
-            )
-        },
-    ));
+    if wanted("unit") {
+        outcomes.push(suite(
+            "cargo test: unit tests and datapath tests on real packets",
+            || {
+                run_cmd(
+                    Command::new("cargo")
+                        .args([
+                            "test",
+                            "--workspace",
+                            "--exclude",
+                            "fault-ebpf",
+                            "--no-fail-fast",
+                        ])
+                        .current_dir(root())
+                        .env("PATH", path_with_cargo_bin())
+                        .env("FAULTLINE_BIN_DIR", &bin),
+                )
+            },
+        ));
+    }
+    if wanted("cluster") {
+        outcomes.push(suite(
+            "cluster: node agents, API, CRD against a real kube-apiserver 1.20",
+            || {
+                kube::build()?;
+                run_cmd(
+                    Command::new("cargo")
+                        .args([
+                            "test",
+                            "-p",
+                            "fault-agent",
+                            "--test",
+                            "kube",
+                            "--",
+                            "--ignored",
+                            "--test-threads=1",
+                        ])
+                        .current_dir(root())
+                        .env("PATH", path_with_cargo_bin())
+                        .env("FAULTLINE_BIN_DIR", &bin),
+                )
+            },
+        ));
+    }
+    if wanted("node") {
+        outcomes.push(suite(
+            "node: real kubelet, containerd, CNI, kube-proxy; kubectl apply -k deploy/",
+            || crate::node::run_suite(&bin),
+        ));
+    }
+    if wanted("vm") {
+        outcomes.push(suite(
+            "kernel 6.1 VM: delay, jitter, duplication, rate, netlink attach",
+            || {
+                let exe = test_executable("fault-agent", "vm")?;
+                vm::run_tests(&exe, &bin)
+            },
+        ));
+    }
+    if wanted("fuzz") {
+        outcomes.push(suite(
+            "fuzz: corpora replayed, then 10 s per target (10 targets)",
+            || {
+                fuzz::run_all(&fuzz::Options {
+                    seconds: FUZZ_SECONDS,
+                    only: vec![],
+                    timeout: 10,
+                })
+            },
+        ));
+    }
+    if wanted("pytest") {
+        outcomes.push(suite(
+            "pytest: the Python client against a real agent (seed examples)",
+            || {
+                let client = root().join("clients/python");
+                let py = setup::python_venv(&cargo::target_dir(), &client)?;
+                run_cmd(
+                    Command::new(py.join("pytest"))
+                        .arg("-q")
+                        .current_dir(&client)
+                        .env("FAULTLINE_BIN_DIR", &bin),
+                )
+            },
+        ));
+    }
     eprintln!("\n{:<70} {:>8}  result", "suite", "time");
     for o in &outcomes {
-        let verdict = if o.result.is_ok() { "ok" } else { "FAILED" };
+        let verdict = match (o.skipped(), o.result.is_ok()) {
+            (Some(s), _) => s.to_string(),
+            (None, true) => "ok".into(),
+            (None, false) => "FAILED".into(),
+        };
         eprintln!("{:<70} {:>7.0}s  {verdict}", o.name, o.took.as_secs_f64());
     }
-    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    let failed = outcomes.iter().filter(|o| o.failed()).count();
     if failed > 0 {
         bail!("{failed} suite(s) failed");
     }

@@ -49,3 +49,21 @@ pub fn path_with_cargo_bin() -> String {
     let path = std::env::var("PATH").unwrap_or_default();
     format!("{home}/.cargo/bin:{path}")
 }
+
+/// Runs without printing the command; fails with its stderr (and stdout) when it fails.
+pub fn run_quiet(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {}", show(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}{}",
+            show(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

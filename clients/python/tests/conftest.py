@@ -6,6 +6,11 @@ serving the Fault Injection API, and echo servers in every pod (TCP 8000, TCP 42
 UDP 9100). Traffic is measured with `fault-testenv probe`, the same probes the Rust tests use.
 Needs root; the binaries are found in $FAULTLINE_BIN_DIR (default: the workspace's
 target/debug).
+
+With $FAULTLINE_TESTENV_READY set to such a JSON file (plus `token`), the suite runs against
+that environment instead of starting one: `cargo xtask test`'s node suite points it at the
+in-cluster API (through its Service, with the Secret's token) and at real pods of a real node,
+whose containers run the same echo servers (`fault-testenv serve`).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fault_injection_client import FaultInjectionClient
@@ -31,8 +37,12 @@ class Env:
 
     def __init__(self, ready: dict):
         self.api_url: str = ready["api_url"]
+        self.token = ready.get("token")
         self.pods: dict = ready["pods"]
         self.namespace = "dynamo"
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        # Raw HTTP to the API (what the client does not wrap), with the token when there is one.
+        self.http = httpx.Client(base_url=self.api_url, headers=headers, timeout=30)
 
     def _probe(self, kind: str, src: str, dst: str, port: int, family: str = "ipv4", **extra) -> dict:
         cmd = [str(TESTENV), "probe", kind, "--from", self.pods[src]["netns"], "--to", self.pods[dst][family],
@@ -56,6 +66,10 @@ class Env:
 
 @pytest.fixture(scope="session")
 def env():
+    external = os.environ.get("FAULTLINE_TESTENV_READY")
+    if external:
+        yield Env(json.loads(Path(external).read_text()))
+        return
     if not TESTENV.exists():
         pytest.fail(f"{TESTENV} missing: build with `cargo build -p fault-agent -p faultctl -p fault-testkit`")
     with tempfile.TemporaryDirectory() as d:
@@ -81,7 +95,7 @@ def env():
 @pytest.fixture()
 def client(env):
     """A client of the agent; every fault of the namespace is cleaned up after each test."""
-    c = FaultInjectionClient(api_url=env.api_url)
+    c = FaultInjectionClient(api_url=env.api_url, token=env.token)
     yield c
     c.cleanup(env.namespace)
     c.close()

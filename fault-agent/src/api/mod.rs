@@ -4,14 +4,13 @@
 //! a JSON [`fault_api::ErrorBody`].
 pub mod auth;
 pub mod backend;
+pub mod health;
+pub mod limits;
 pub mod native;
 pub mod openapi;
 pub mod seed;
 
-use std::sync::{
-    Arc, Mutex, MutexGuard,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::{
     Json, Router,
@@ -30,8 +29,8 @@ pub struct AppState {
     pub backend: backend::Backend,
     /// Woken when faults change, so the expiry timer re-arms.
     pub changed: Arc<Notify>,
-    /// Set once the first reconcile attached to the inventory's pods.
-    pub ready: AtomicBool,
+    /// Readiness and liveness, from the syncs.
+    pub health: health::Health,
     /// Why the last inventory reload failed, if it did.
     pub inventory_error: Mutex<Option<String>>,
 }
@@ -58,8 +57,13 @@ impl IntoResponse for AgentError {
     }
 }
 
-/// The whole API: health, native, seed, behind the auth layer when a token is configured.
-pub fn router(state: Arc<AppState>, token: Option<Arc<str>>) -> Router {
+/// The whole API: health, native, seed, behind the auth layer when a token is configured and
+/// the request limits ([`limits`]; health endpoints are outside both).
+pub fn router(
+    state: Arc<AppState>,
+    token: Option<Arc<str>>,
+    api_limits: limits::ApiLimits,
+) -> Router {
     let api = Router::new()
         .merge(native::router())
         .merge(seed::router())
@@ -68,8 +72,9 @@ pub fn router(state: Arc<AppState>, token: Option<Arc<str>>) -> Router {
         Some(t) => api.layer(axum::middleware::from_fn_with_state(t, auth::require_token)),
         None => api,
     };
+    let api = limits::apply(api, api_limits);
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route(
             "/health",
@@ -81,13 +86,15 @@ pub fn router(state: Arc<AppState>, token: Option<Arc<str>>) -> Router {
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: first reconcile pending",
-        )
-            .into_response()
+    match s.health.ready() {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    match s.health.live() {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
 }

@@ -29,6 +29,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1/pods", get(pods))
         .route("/v1/capabilities", get(capabilities))
         .route("/v1/tables", get(tables))
+        .route("/v1/tables/check", get(tables_check))
 }
 
 #[derive(Deserialize)]
@@ -151,6 +152,16 @@ async fn capabilities(
                 programs,
             }))
         })
+        .await
+}
+
+/// `GET /v1/tables/check`: the kernel maps read back against what the faults make now
+/// ([`crate::core::TablesCheck`]).
+async fn tables_check(
+    State(s): State<Arc<AppState>>,
+) -> Result<Json<crate::core::TablesCheck>, AgentError> {
+    s.backend
+        .with_core(|c| c.check_tables().map(Json).map_err(AgentError::Internal))
         .await
 }
 

@@ -34,9 +34,26 @@ pub fn document() -> Value {
     let seed_fault = schema::<SeedFault>(&mut g);
     let seed_list = schema::<SeedFaultList>(&mut g);
     let seed_cleanup = schema::<CleanupResult>(&mut g);
+    // Every route but health: the request limits (src/api/limits.rs).
+    let limited = [
+        ("413", "Body over --max-body-bytes (`too_large`)"),
+        (
+            "429",
+            "Over --rate-limit (`rate_limited`; `Retry-After` says when to retry)",
+        ),
+        (
+            "503",
+            "--max-concurrent-requests requests being served (`overloaded`; `Retry-After`)",
+        ),
+        (
+            "504",
+            "No answer within --request-timeout (`timeout`); a write that had begun is finished",
+        ),
+    ];
     let errors = |codes: &[(&str, &str)]| -> Value {
         codes
             .iter()
+            .chain(limited.iter())
             .map(|(c, d)| (c.to_string(), ok(d, error.clone())))
             .collect::<serde_json::Map<_, _>>()
             .into()
@@ -54,21 +71,30 @@ pub fn document() -> Value {
             "422",
             "Invalid field (named in `error.field`), or unsupported on this kernel",
         ),
-        ("409", "Conflicts with other faults"),
+        (
+            "409",
+            "Conflicts with other faults (`conflict`), or a limit would be exceeded (`capacity`: --max-faults, --max-rules-per-fault, a map's room); nothing was written",
+        ),
     ];
-    let missing = [("404", "No such fault")];
+    let missing = [
+        ("404", "No such fault"),
+        (
+            "409",
+            "Cluster API: the name is used in several namespaces; give namespace/name (`/` as `%2F`)",
+        ),
+    ];
     let definitions = g.take_definitions(true);
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Faultline agent API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Network faults between pods. /v1 is Faultline's native API; /api/v1 is the Fault Injection API existing test suites speak. With --token-file every endpoint but the health ones needs `Authorization: Bearer <token>` (401 without a token, 403 with another)."
+            "description": "Network faults between pods. /v1 is Faultline's native API; /api/v1 is the Fault Injection API existing test suites speak. With --token-file every endpoint but the health ones needs `Authorization: Bearer <token>` (401 without a token, 403 with another). Every endpoint but the health ones is limited in body size (413), rate (429), concurrency (503) and time (504), each answered with the JSON error body before anything is written."
         },
         "paths": {
             "/v1/faults": {
                 "get": {"summary": "List faults, newest first", "parameters": [{"name": "namespace", "in": "query", "required": false, "schema": {"type": "string"}}],
-                        "responses": {"200": ok("Faults", list)}},
+                        "responses": with(json!({"200": ok("Faults", list)}), errors(&[]))},
                 "post": {"summary": "Create a fault", "requestBody": body(spec),
                          "responses": with(json!({"201": ok("Created and in the datapath", fault.clone())}), errors(&invalid))}
             },
@@ -90,7 +116,7 @@ pub fn document() -> Value {
                 "post": {"summary": "Inject a network fault (Fault Injection API)", "requestBody": body(inject),
                          "responses": with(json!({"200": ok("The fault", seed_fault.clone())}), errors(&invalid))}
             },
-            "/api/v1/faults": {"get": {"summary": "List faults (Fault Injection API)", "responses": {"200": ok("Faults", seed_list)}}},
+            "/api/v1/faults": {"get": {"summary": "List faults (Fault Injection API)", "responses": with(json!({"200": ok("Faults", seed_list)}), errors(&[]))}},
             "/api/v1/faults/{fault_id}": {
                 "get": {"summary": "One fault (Fault Injection API)", "parameters": id_param("fault_id"), "responses": with(json!({"200": ok("The fault", seed_fault.clone())}), errors(&missing))}
             },
@@ -103,8 +129,8 @@ pub fn document() -> Value {
                          "responses": with(json!({"200": ok("Cleaned up", seed_cleanup)}), errors(&invalid[1..2]))}
             },
             "/health": {"get": {"summary": "Health (Fault Injection API)", "security": [], "responses": {"200": {"description": "{\"status\": \"healthy\"}"}}}},
-            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
-            "/readyz": {"get": {"summary": "Readiness: the first reconcile is done", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "not yet"}}}},
+            "/healthz": {"get": {"summary": "Liveness: syncs have not kept failing past --liveness-threshold (outside the request limits)", "security": [], "responses": {"200": {"description": "ok"}, "503": {"description": "unhealthy, and why"}}}},
+            "/readyz": {"get": {"summary": "Readiness: a sync succeeded, the last one too, and the datapath is attached (outside the request limits)", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "not ready, and why"}}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.0 document"}}}}
         },
         "components": {

@@ -85,10 +85,43 @@ pub struct AttachRecord {
     /// The network namespace of the interface (pod side); `None`: the agent's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
+    /// Inode of that namespace when attached: it names the link's pin
+    /// (`podlinks/<ino>-<ifname>`), which is removed by it once the namespace is gone (many
+    /// pods' interfaces share a name such as `eth0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_ino: Option<u64>,
     pub mode: AttachMode,
     /// The agent added the clsact qdisc (netlink mode) and removes it with its filters.
     #[serde(default)]
     pub clsact_created: bool,
+    /// Netlink mode: whether the agent added the clsact qdisc is not known (a record written
+    /// before the attach, see [`intent`], or adopted from one): it is removed if no filter is
+    /// left on it once ours are gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clsact_maybe: bool,
+}
+
+/// The record of an attach about to be made, written before it (so that a crash in between
+/// leaves nothing nobody knows of): everything of ours that may be there is removed by it,
+/// and nothing else. `netns`: the interface's namespace (a pod's), `None` for the agent's.
+pub fn intent(
+    pins: &Pins,
+    mode: AttachMode,
+    ifname: &str,
+    ifindex: u32,
+    kind: AttachKind,
+    netns: Option<&Path>,
+) -> AttachRecord {
+    AttachRecord {
+        ifname: ifname.into(),
+        ifindex,
+        kind,
+        netns: netns.map(Path::to_owned),
+        netns_ino: netns.and_then(|ns| pins.netns_ino(ns).ok()),
+        mode,
+        clsact_created: false,
+        clsact_maybe: mode == AttachMode::Netlink,
+    }
 }
 
 enum Held {
@@ -134,8 +167,10 @@ pub fn attach(
         ifindex,
         kind,
         netns: None,
+        netns_ino: None,
         mode,
         clsact_created: false,
+        clsact_maybe: false,
     };
     let mut held = Vec::new();
     if mode == AttachMode::Netlink {
@@ -155,7 +190,12 @@ pub fn attach(
                 hook,
                 hook_name,
             )?),
-            AttachMode::Netlink => Held::Netlink(attach_netlink(prog, ifname, hook)?),
+            AttachMode::Netlink => {
+                let (link, replaced) = attach_netlink(prog, ifname, hook)?;
+                // A filter of ours was there: an earlier agent may have added the clsact too.
+                record.clsact_maybe |= replaced && !record.clsact_created;
+                Held::Netlink(link)
+            }
         };
         held.push(h);
     }
@@ -188,8 +228,9 @@ pub fn attach_pod_egress(
     ifindex: u32,
 ) -> Result<Attached> {
     let prog = program(ebpf, PROG_POD_EGRESS)?;
-    let pin = pins.pod_link(netns, ifname)?;
-    let (held, clsact_created) = in_netns(netns, || -> Result<(Held, bool)> {
+    let ino = pins.netns_ino(netns)?;
+    let pin = pins.pod_link_of(ino, ifname);
+    let (held, clsact_created, clsact_maybe) = in_netns(netns, || -> Result<(Held, bool, bool)> {
         match mode {
             AttachMode::Tcx => Ok((
                 Held::Tcx(attach_tcx(
@@ -200,6 +241,7 @@ pub fn attach_pod_egress(
                     "egress",
                 )?),
                 false,
+                false,
             )),
             AttachMode::Netlink => {
                 let created = match tc::qdisc_add_clsact(ifname) {
@@ -207,10 +249,8 @@ pub fn attach_pod_egress(
                     Err(e) if is_errno(&e, libc::EEXIST) => false,
                     Err(e) => return Err(e).with_context(|| format!("adding clsact to {ifname}")),
                 };
-                Ok((
-                    Held::Netlink(attach_netlink(prog, ifname, TcAttachType::Egress)?),
-                    created,
-                ))
+                let (link, replaced) = attach_netlink(prog, ifname, TcAttachType::Egress)?;
+                Ok((Held::Netlink(link), created, replaced && !created))
             }
         }
     })?;
@@ -219,8 +259,10 @@ pub fn attach_pod_egress(
         ifindex,
         kind: AttachKind::Pod,
         netns: Some(netns.to_owned()),
+        netns_ino: Some(ino),
         mode,
         clsact_created,
+        clsact_maybe,
     };
     Ok(Attached {
         record,
@@ -272,16 +314,19 @@ fn attach_tcx(
     Ok(FdLink::from(pinned))
 }
 
+/// Attaches our cls_bpf filter; returns it and whether one of ours was already there (an
+/// earlier agent's, whose program is replaced in place).
 fn attach_netlink(
     prog: &mut SchedClassifier,
     ifname: &str,
     hook: TcAttachType,
-) -> Result<SchedClassifierLink> {
+) -> Result<(SchedClassifierLink, bool)> {
     let options = || NlOptions {
         priority: NL_PRIORITY,
         handle: TcHandle::from(NL_HANDLE),
         classid: None,
     };
+    let mut replaced = false;
     let id = match prog.attach_with_options(ifname, hook, TcAttachOptions::Netlink(options())) {
         Ok(id) => id,
         Err(aya::programs::ProgramError::TcError(e)) if is_errno(&e, libc::EEXIST) => {
@@ -293,12 +338,13 @@ fn attach_netlink(
                 TcHandle::from(NL_HANDLE),
                 None,
             )?;
+            replaced = true;
             prog.attach_to_link(old)
                 .with_context(|| format!("replacing our filter on {ifname}"))?
         }
         Err(e) => return Err(e).with_context(|| format!("attaching to {ifname} (netlink)")),
     };
-    Ok(prog.take_link(id)?)
+    Ok((prog.take_link(id)?, replaced))
 }
 
 /// Leaves what [`attach`] or [`attach_pod_egress`] made in the kernel for the next agent to
@@ -341,7 +387,8 @@ pub fn detach(att: Attached, pins: &Pins) -> Result<()> {
 }
 
 /// Removes what a record says was made, without holding any handle (after a crash): TCX link
-/// pins, our netlink filters, the clsact qdisc we added. Tolerates what is already gone.
+/// pins, our netlink filters, the clsact qdisc we added (or, for [`AttachRecord::clsact_maybe`],
+/// may have added and nobody else uses). Tolerates what is already gone or was never made.
 pub fn detach_record(record: &AttachRecord, pins: &Pins) -> Result<()> {
     let hooks: Vec<(TcAttachType, &str)> = record
         .kind
@@ -350,19 +397,26 @@ pub fn detach_record(record: &AttachRecord, pins: &Pins) -> Result<()> {
         .map(|(_, h, n)| (*h, *n))
         .collect();
     let netns = record.netns.as_deref();
-    if netns.is_some_and(|p| !p.exists()) {
-        // The pod's namespace is gone, and everything in it; only our pin may remain.
-        if let Some(ns) = netns
-            && let Ok(pin) = pins.pod_link(ns, &record.ifname)
-        {
-            remove_file(&pin)?;
+    // The pin of a pod's link, by the namespace it was made in.
+    let pod_pin = |ns: &Path| -> Result<PathBuf> {
+        match record.netns_ino {
+            Some(ino) => Ok(pins.pod_link_of(ino, &record.ifname)),
+            None => pins.pod_link(ns, &record.ifname),
         }
-        return pins.remove_pod_links_of(&record.ifname);
+    };
+    if let Some(ns) = netns.filter(|p| !p.exists()) {
+        // The pod's namespace is gone, and everything in it; only our pin may remain. Without
+        // the namespace's inode (a record of an earlier version) the pin cannot be told apart
+        // from other pods' pins of the same interface name: it stays until uninstall.
+        if record.netns_ino.is_some() {
+            remove_file(&pod_pin(ns)?)?;
+        }
+        return Ok(());
     }
     for (hook, hook_name) in hooks {
         match record.mode {
             AttachMode::Tcx => match (record.kind, netns) {
-                (AttachKind::Pod, Some(ns)) => remove_file(&pins.pod_link(ns, &record.ifname)?)?,
+                (AttachKind::Pod, Some(ns)) => remove_file(&pod_pin(ns)?)?,
                 _ => remove_file(&pins.link(&record.ifname, hook_name))?,
             },
             AttachMode::Netlink => {
@@ -395,6 +449,68 @@ pub fn detach_record(record: &AttachRecord, pins: &Pins) -> Result<()> {
     }
     if record.clsact_created {
         super::qdisc::delete_clsact(netns, record.ifindex)?;
+    } else if record.clsact_maybe {
+        super::qdisc::delete_clsact_if_unused(netns, record.ifindex)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: when a pod's namespace was gone, every pod-link pin of its interface name
+    /// went (`eth0` for most pods), so the egress programs of live pods lost their pins (and
+    /// were detached with them). Only the pin of that namespace (by the inode it was made in)
+    /// goes.
+    #[test]
+    fn a_gone_namespace_removes_its_own_pod_link_pin_only() {
+        // The layout only (plain files stand for pins): no bpffs needed.
+        let tmp = tempfile::tempdir().unwrap();
+        let pins = Pins::new(tmp.path());
+        std::fs::create_dir_all(pins.pod_links_dir()).unwrap();
+        let gone = pins.pod_link_of(111, "eth0");
+        let live = pins.pod_link_of(222, "eth0");
+        for p in [&gone, &live] {
+            std::fs::write(p, b"").unwrap();
+        }
+        let record = AttachRecord {
+            ifname: "eth0".into(),
+            ifindex: 2,
+            kind: AttachKind::Pod,
+            netns: Some(tmp.path().join("gone-netns")),
+            netns_ino: Some(111),
+            mode: AttachMode::Tcx,
+            clsact_created: false,
+            clsact_maybe: false,
+        };
+        detach_record(&record, &pins).unwrap();
+        assert!(!gone.exists(), "its own pin goes");
+        assert!(live.exists(), "another pod's eth0 pin stays");
+        // A record of an earlier version (no inode) removes none it cannot tell apart.
+        let legacy = AttachRecord {
+            netns_ino: None,
+            ..record
+        };
+        detach_record(&legacy, &pins).unwrap();
+        assert!(live.exists());
+    }
+
+    #[test]
+    fn an_intent_record_names_the_namespace_inode_and_an_unknown_clsact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pins = Pins::new(tmp.path());
+        let r = intent(
+            &pins,
+            AttachMode::Netlink,
+            "eth0",
+            2,
+            AttachKind::Pod,
+            Some(tmp.path()),
+        );
+        assert!(r.clsact_maybe && !r.clsact_created);
+        assert_eq!(r.netns_ino, Some(pins.netns_ino(tmp.path()).unwrap()));
+        let r = intent(&pins, AttachMode::Tcx, "veth1", 7, AttachKind::Host, None);
+        assert!(!r.clsact_maybe && r.netns.is_none() && r.netns_ino.is_none());
+    }
 }

@@ -98,6 +98,7 @@ impl Maps {
                 .insert(&Key::new(*len, *key), value, 0)
                 .context("writing a rule")?;
         }
+        crate::failpoint::hit("maps.rules");
         for (i, bits) in &diff.widen_gates {
             self.gate
                 .set(*i as u32, bits, 0)
@@ -108,6 +109,7 @@ impl Maps {
                 .insert(key, value, 0)
                 .context("writing a target")?;
         }
+        crate::failpoint::hit("maps.targets");
         for key in &diff.del_targets {
             ignore_missing(self.targets.remove(key)).context("removing a target")?;
         }

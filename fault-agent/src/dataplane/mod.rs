@@ -150,6 +150,11 @@ impl Dataplane {
         &self.applied
     }
 
+    /// Reads what the kernel maps hold now (not what was last written).
+    pub fn read_kernel(&self) -> Result<Tables> {
+        self.maps.read()
+    }
+
     /// Makes the maps hold `desired`; returns the number of map writes. On a failed write the
     /// kernel state is read back, so the next call starts from the truth.
     pub fn write(&mut self, desired: &Tables) -> Result<usize> {
@@ -177,6 +182,61 @@ impl Dataplane {
         }
     }
 
+    /// The records of the attaches [`Dataplane::sync_attachments`] would make for `wanted`
+    /// ([`attach::intent`]), for the state dir before it runs.
+    pub fn attach_intents(
+        &self,
+        wanted: &BTreeMap<String, (u32, AttachKind)>,
+    ) -> Vec<AttachRecord> {
+        wanted
+            .iter()
+            .filter(|(name, (index, kind))| {
+                self.attached
+                    .get(*name)
+                    .is_none_or(|a| (a.record.ifindex, a.record.kind) != (*index, *kind))
+            })
+            .map(|(name, (index, kind))| {
+                attach::intent(&self.pins, self.mode, name, *index, *kind, None)
+            })
+            .collect()
+    }
+
+    /// The records of what [`Dataplane::sync_shaping`] would add for `pod_progs` and `fq`, for
+    /// the state dir before it runs: pod-side attaches ([`attach::intent`]) and fq qdiscs
+    /// (recorded as the agent's: removal checks the handle, see [`qdisc::delete_our_fq`]).
+    pub fn shaping_intents(
+        &self,
+        pod_progs: &BTreeSet<Iface>,
+        fq: &BTreeSet<Iface>,
+    ) -> (Vec<AttachRecord>, Vec<FqRecord>) {
+        let progs = pod_progs
+            .iter()
+            .filter(|i| !self.pod_attached.contains_key(*i))
+            .filter_map(|i| {
+                let ns = i.netns.as_deref()?;
+                Some(attach::intent(
+                    &self.pins,
+                    self.mode,
+                    &i.ifname,
+                    i.ifindex,
+                    AttachKind::Pod,
+                    Some(ns),
+                ))
+            })
+            .collect();
+        let fq = fq
+            .iter()
+            .filter(|i| {
+                !self.fq.contains_key(*i) && !self.fq_orphans.iter().any(|r| &r.iface == *i)
+            })
+            .map(|i| FqRecord {
+                iface: i.clone(),
+                created: true,
+            })
+            .collect();
+        (progs, fq)
+    }
+
     /// Attaches to every interface of `wanted` (name -> ifindex and kind: a pod's host veth or
     /// an uplink) not attached yet and detaches from the others. Returns the interfaces that
     /// failed, with why; the others are done.
@@ -193,10 +253,11 @@ impl Dataplane {
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
-            if let Some(a) = self.attached.remove(&name)
-                && let Err(e) = attach::detach(a, &self.pins)
-            {
-                failed.push((name, e));
+            if let Some(a) = self.attached.remove(&name) {
+                if let Err(e) = attach::detach(a, &self.pins) {
+                    failed.push((name, e));
+                }
+                crate::failpoint::hit("detach.one");
             }
         }
         for (name, (index, kind)) in wanted {
@@ -207,6 +268,7 @@ impl Dataplane {
                 Ok(a) => {
                     tracing::debug!(ifname = %name, mode = ?self.mode, "attached");
                     self.attached.insert(name.clone(), a);
+                    crate::failpoint::hit("attach.one");
                 }
                 Err(e) => failed.push((name.clone(), e)),
             }
@@ -219,15 +281,17 @@ impl Dataplane {
                 .get(&rec.ifname)
                 .is_some_and(|a| a.record.ifindex == rec.ifindex)
             {
-                // Adopted: keep the record's clsact ownership.
+                // Adopted: keep the record's clsact ownership (known or not).
                 if let Some(a) = self.attached.get_mut(&rec.ifname) {
                     a.record.clsact_created |= rec.clsact_created;
+                    a.record.clsact_maybe |= rec.clsact_maybe && !a.record.clsact_created;
                 }
                 continue;
             }
             if let Err(e) = attach::detach_record(&rec, &self.pins) {
                 failed.push((rec.ifname.clone(), e));
             }
+            crate::failpoint::hit("detach.one");
         }
         // TCX pins nobody accounts for (a crash between pinning and recording).
         if let Ok(pinned) = self.pins.pinned_links() {
@@ -269,6 +333,7 @@ impl Dataplane {
             ) {
                 Ok(a) => {
                     self.pod_attached.insert(i.clone(), a);
+                    crate::failpoint::hit("attach.one");
                 }
                 Err(e) => failed.push((i.clone(), e)),
             }
@@ -292,6 +357,7 @@ impl Dataplane {
                             created,
                         },
                     );
+                    crate::failpoint::hit("fq.installed");
                 }
                 Err(e) => failed.push((i.clone(), e)),
             }
@@ -306,10 +372,11 @@ impl Dataplane {
             .cloned()
             .collect();
         for i in stale {
-            if let Some(a) = self.pod_attached.remove(&i)
-                && let Err(e) = attach::detach(a, &self.pins)
-            {
-                failed.push((i, e));
+            if let Some(a) = self.pod_attached.remove(&i) {
+                if let Err(e) = attach::detach(a, &self.pins) {
+                    failed.push((i, e));
+                }
+                crate::failpoint::hit("detach.one");
             }
         }
         let stale: Vec<Iface> = self
@@ -380,6 +447,7 @@ impl Dataplane {
             if let Err(e) = attach::detach(a, &self.pins) {
                 first_err.get_or_insert(e);
             }
+            crate::failpoint::hit("detach.one");
         }
         let fq = std::mem::take(&mut self.fq)
             .into_values()
@@ -394,6 +462,7 @@ impl Dataplane {
                 first_err.get_or_insert(e);
             }
         }
+        crate::failpoint::hit("shutdown.detached");
         let pins = self.pins.clone();
         drop(self);
         if let Err(e) = pins.remove_all() {
@@ -415,22 +484,51 @@ impl Dataplane {
     }
 }
 
-/// Removes the fq root qdisc of a record if the agent made it.
+/// Removes the fq root qdisc of a record if the agent made it (and it is still our fq: see
+/// [`qdisc::delete_our_fq`]).
 fn remove_fq(r: &FqRecord) -> Result<()> {
     if r.created {
-        qdisc::delete_root(r.iface.netns.as_deref(), r.iface.ifindex)?;
+        qdisc::delete_our_fq(r.iface.netns.as_deref(), r.iface.ifindex)?;
     }
     Ok(())
 }
 
+/// What [`uninstall`] could not remove.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Attachment records whose removal failed, with why (kept for a retry).
+    pub records: Vec<(AttachRecord, anyhow::Error)>,
+    /// fq records whose removal failed, with why.
+    pub fq: Vec<(FqRecord, anyhow::Error)>,
+    /// Removing the pins failed, with why.
+    pub pins: Option<anyhow::Error>,
+}
+
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.fq.is_empty() && self.pins.is_none()
+    }
+}
+
 /// Removes what an agent instance left (after a crash), from its records and pins alone:
-/// `fault-agent uninstall`.
-pub fn uninstall(pins: &Pins, records: &[AttachRecord], fq: &[FqRecord]) -> Result<()> {
+/// `fault-agent uninstall`. Goes on past a failure (each record is independent); returns
+/// what failed. Records of things never made (written before an attach that did not
+/// happen) or already gone count as done.
+pub fn uninstall(pins: &Pins, records: &[AttachRecord], fq: &[FqRecord]) -> Leftovers {
+    let mut left = Leftovers::default();
     for rec in records {
-        attach::detach_record(rec, pins)?;
+        if let Err(e) = attach::detach_record(rec, pins) {
+            left.records.push((rec.clone(), e));
+        }
+        crate::failpoint::hit("uninstall.one");
     }
     for r in fq {
-        remove_fq(r)?;
+        if let Err(e) = remove_fq(r) {
+            left.fq.push((r.clone(), e));
+        }
     }
-    pins.remove_all()
+    if let Err(e) = pins.remove_all() {
+        left.pins = Some(e);
+    }
+    left
 }

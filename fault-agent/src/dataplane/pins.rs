@@ -53,32 +53,24 @@ impl Pins {
         self.root.join("podlinks")
     }
 
-    /// Pin of the egress link on the pod interface `ifname` of the namespace `netns`.
-    pub fn pod_link(&self, netns: &Path, ifname: &str) -> Result<PathBuf> {
+    /// Inode of the network namespace at `netns` (what names its pod-link pins).
+    pub fn netns_ino(&self, netns: &Path) -> Result<u64> {
         use std::os::unix::fs::MetadataExt as _;
-        let ino = fs::metadata(netns)
+        Ok(fs::metadata(netns)
             .with_context(|| format!("stat {}", netns.display()))?
-            .ino();
-        Ok(self
-            .pod_links_dir()
-            .join(format!("{ino}-{}", ifname.replace('.', "%2E"))))
+            .ino())
     }
 
-    /// Removes the pod-interface pins named after `ifname` whose namespace is gone.
-    pub fn remove_pod_links_of(&self, ifname: &str) -> Result<()> {
-        let Ok(dir) = fs::read_dir(self.pod_links_dir()) else {
-            return Ok(());
-        };
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name
-                .split_once('-')
-                .is_some_and(|(_, i)| i.replace("%2E", ".") == ifname)
-            {
-                remove_file(&e.path())?;
-            }
-        }
-        Ok(())
+    /// Pin of the egress link on the pod interface `ifname` of the namespace `netns`.
+    pub fn pod_link(&self, netns: &Path, ifname: &str) -> Result<PathBuf> {
+        Ok(self.pod_link_of(self.netns_ino(netns)?, ifname))
+    }
+
+    /// Pin of the egress link on the pod interface `ifname` of the namespace whose inode is
+    /// `ino` (which may be gone).
+    pub fn pod_link_of(&self, ino: u64, ifname: &str) -> PathBuf {
+        self.pod_links_dir()
+            .join(format!("{ino}-{}", ifname.replace('.', "%2E")))
     }
 
     /// Pin of the link of `hook` (`ingress`/`egress`) on `ifname`.

@@ -46,15 +46,31 @@ const TCA_FQ_PLIMIT: u16 = 1;
 const TCA_FQ_FLOW_PLIMIT: u16 = 2;
 const TCA_FQ_HORIZON: u16 = 14;
 
+/// Handle of the fq root qdiscs the agent makes (`fa17:`): how [`delete_our_fq`] tells its
+/// own from anyone else's fq.
+pub const FQ_HANDLE: u32 = 0xFA17_0000;
+
 /// The root qdisc of an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Root {
-    /// The device's default (`noqueue` on a veth): nothing of anyone's.
+    /// None, or `noqueue` (a veth's default): nothing queues there, nothing of anyone's.
     Default,
-    /// An `fq`.
-    Fq,
-    /// Someone else's qdisc, by kind.
+    /// An `fq`; `ours` when it has [`FQ_HANDLE`].
+    Fq { ours: bool },
+    /// Any other qdisc, by kind: someone's choice or the device's queueing default (`mq`,
+    /// `pfifo_fast` on devices with a transmit queue), which Faultline does not replace.
     Other(String),
+}
+
+/// What a root qdisc of `kind` (absent: `None`) and `handle` is to Faultline.
+pub fn classify_root(kind: Option<&str>, handle: u32) -> Root {
+    match kind {
+        None | Some("noqueue") => Root::Default,
+        Some("fq") => Root::Fq {
+            ours: handle == FQ_HANDLE,
+        },
+        Some(other) => Root::Other(other.to_owned()),
+    }
 }
 
 /// Reads the root qdisc of `ifindex` in `netns` (the agent's own for `None`).
@@ -68,31 +84,33 @@ pub fn root(netns: Option<&Path>, ifindex: u32) -> Result<Root> {
             .execute()
             .try_collect()
             .await?;
-        let kind = all
+        let root = all
             .iter()
             .filter(|m| m.header.index == ifindex as i32 && u32::from(m.header.parent) == TC_H_ROOT)
             .find_map(|m| {
                 m.attributes.iter().find_map(|a| match a {
-                    TcAttribute::Kind(k) => Some(k.clone()),
+                    TcAttribute::Kind(k) => Some((k.clone(), u32::from(m.header.handle))),
                     _ => None,
                 })
             });
-        Ok(match kind.as_deref() {
-            None | Some("noqueue") | Some("pfifo_fast") | Some("mq") => Root::Default,
-            Some("fq") => Root::Fq,
-            Some(other) => Root::Other(other.to_owned()),
+        Ok(match root {
+            Some((kind, handle)) => classify_root(Some(&kind), handle),
+            None => classify_root(None, 0),
         })
     })
 }
 
-/// Makes `fq` the root qdisc of `ifindex`, sized for EDT delays ([`FQ_LIMIT`],
-/// [`FQ_FLOW_LIMIT`], [`FQ_HORIZON_US`]). Returns whether the agent created it (false: an fq
-/// was already there and is used as it is). Refuses to replace another kind of qdisc.
+/// Makes `fq` (handle [`FQ_HANDLE`]) the root qdisc of `ifindex`, sized for EDT delays
+/// ([`FQ_LIMIT`], [`FQ_FLOW_LIMIT`], [`FQ_HORIZON_US`]). Returns whether it is the agent's
+/// (false: someone's fq was already there and is used as it is; true also for an fq of ours
+/// a crashed agent left). Replaces only `noqueue` (a veth's default); refuses any other
+/// qdisc, naming it (`mq`, `pfifo_fast`: the device queues, and replacing its qdisc would
+/// change its traffic for everyone).
 pub fn install_fq(netns: Option<&Path>, ifname: &str, ifindex: u32) -> Result<bool> {
     match root(netns, ifindex)? {
-        Root::Fq => return Ok(false),
+        Root::Fq { ours } => return Ok(ours),
         Root::Other(kind) => anyhow::bail!(
-            "interface {ifname} has a {kind} root qdisc; delay and rate need fq there, and Faultline does not replace another qdisc"
+            "interface {ifname} has a {kind} root qdisc; delay and rate need fq there, and Faultline replaces only noqueue (a veth's default), never another qdisc"
         ),
         Root::Default => {}
     }
@@ -108,6 +126,7 @@ pub fn install_fq(netns: Option<&Path>, ifname: &str, ifindex: u32) -> Result<bo
         };
         let mut msg = TcMessage::with_index(ifindex as i32);
         msg.header.parent = TcHandle::from(TC_H_ROOT);
+        msg.header.handle = TcHandle::from(FQ_HANDLE);
         msg.attributes.push(TcAttribute::Kind("fq".into()));
         msg.attributes.push(TcAttribute::Options(vec![
             TcOption::Other(DefaultNla::new(
@@ -124,6 +143,8 @@ pub fn install_fq(netns: Option<&Path>, ifname: &str, ifindex: u32) -> Result<bo
             )),
         ]));
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(msg));
+        // NLM_F_REPLACE replaces noqueue; a qdisc that appeared since the check is
+        // refused by the kernel unless it has our handle (then it is updated).
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         let mut resp = handle.request(req)?;
         while let Some(m) = resp.next().await {
@@ -139,19 +160,99 @@ pub fn install_fq(netns: Option<&Path>, ifname: &str, ifindex: u32) -> Result<bo
     Ok(true)
 }
 
-/// Deletes the root qdisc of `ifindex` (back to the device's default). Gone counts as done.
-pub fn delete_root(netns: Option<&Path>, ifindex: u32) -> Result<()> {
+/// Deletes the root qdisc of `ifindex` if it is the fq the agent made (kind `fq`, handle
+/// [`FQ_HANDLE`]; the kernel checks both in the same request), back to the device's default.
+/// Anything else stays (someone replaced ours, or it never was ours). Returns whether it
+/// deleted one; a gone interface or namespace counts as done.
+pub fn delete_our_fq(netns: Option<&Path>, ifindex: u32) -> Result<bool> {
     if netns.is_some_and(|p| !p.exists()) {
-        return Ok(());
+        return Ok(false);
+    }
+    match root(netns, ifindex) {
+        Ok(Root::Fq { ours: true }) => {}
+        Ok(other) => {
+            tracing::debug!(ifindex, root = ?other, "root qdisc is not our fq: left alone");
+            return Ok(false);
+        }
+        Err(e) => {
+            tracing::debug!(ifindex, error = %format!("{e:#}"), "no root qdisc to read (interface gone?)");
+            return Ok(false);
+        }
     }
     netlink::run(netns, move |handle| async move {
         let mut req = handle.qdisc().del(ifindex as i32);
-        req.message_mut().header.parent = TcHandle::from(TC_H_ROOT);
+        let msg = req.message_mut();
+        msg.header.parent = TcHandle::from(TC_H_ROOT);
+        msg.header.handle = TcHandle::from(FQ_HANDLE);
+        msg.attributes.push(TcAttribute::Kind("fq".into()));
         match req.execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if netlink::is_errno(&e, &[libc::ENODEV, libc::ENOENT, libc::EINVAL]) => Ok(()),
+            Ok(()) => Ok(true),
+            // EINVAL: the root is no longer our fq (kind or handle differ).
+            Err(e) if netlink::is_errno(&e, &[libc::ENODEV, libc::ENOENT, libc::EINVAL]) => {
+                Ok(false)
+            }
             Err(e) => Err(anyhow::Error::from(e)
-                .context(format!("deleting the root qdisc of ifindex {ifindex}"))),
+                .context(format!("deleting our fq root qdisc of ifindex {ifindex}"))),
         }
     })
+}
+
+/// Deletes the `clsact` qdisc of `ifindex` if no filter is left on either of its hooks (one
+/// the agent may have added, see `AttachRecord::clsact_maybe`). Gone counts as done.
+pub fn delete_clsact_if_unused(netns: Option<&Path>, ifindex: u32) -> Result<()> {
+    if netns.is_some_and(|p| !p.exists()) {
+        return Ok(());
+    }
+    let filters = netlink::run(netns, move |handle| async move {
+        use futures::TryStreamExt as _;
+        let mut n = 0;
+        for egress in [false, true] {
+            let mut tf = handle.traffic_filter(ifindex as i32);
+            let req = if egress {
+                tf.get().egress()
+            } else {
+                tf.get().ingress()
+            };
+            match req.execute().try_collect::<Vec<_>>().await {
+                Ok(v) => n += v.len(),
+                // No such device, or no clsact (nothing to delete).
+                Err(e) if netlink::is_errno(&e, &[libc::ENODEV, libc::ENOENT, libc::EINVAL]) => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(anyhow::Error::from(e).context("listing filters")),
+            }
+        }
+        Ok(Some(n))
+    })?;
+    match filters {
+        Some(0) => delete_clsact(netns, ifindex),
+        Some(n) => {
+            tracing::debug!(ifindex, filters = n, "clsact still has filters: left alone");
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_noqueue_is_replaceable_and_only_our_handle_is_ours() {
+        assert_eq!(classify_root(None, 0), Root::Default);
+        assert_eq!(classify_root(Some("noqueue"), 0), Root::Default);
+        // Devices with a transmit queue: their traffic would change for everyone.
+        for kind in ["mq", "pfifo_fast", "htb", "fq_codel"] {
+            assert_eq!(classify_root(Some(kind), 0x10000), Root::Other(kind.into()));
+        }
+        assert_eq!(
+            classify_root(Some("fq"), FQ_HANDLE),
+            Root::Fq { ours: true }
+        );
+        assert_eq!(
+            classify_root(Some("fq"), 0x8001_0000),
+            Root::Fq { ours: false }
+        );
+    }
 }

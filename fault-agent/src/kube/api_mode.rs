@@ -31,6 +31,8 @@ pub struct Config {
     pub insecure: bool,
     /// How long create/recover wait for the node agents.
     pub wait: Duration,
+    /// Request limits of the API.
+    pub api_limits: api::limits::ApiLimits,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -93,14 +95,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     let state = Arc::new(AppState {
         backend: Backend::Cluster(Arc::new(backend)),
         changed: Arc::new(Notify::new()),
-        ready: true.into(),
+        health: api::health::Health::ready_now(),
         inventory_error: Mutex::new(None),
     });
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "API listening (cluster mode)");
-    let served = axum::serve(listener, api::router(state, token))
+    let served = axum::serve(listener, api::router(state, token, cfg.api_limits))
         .with_graceful_shutdown(shutdown_signal())
         .await;
     for t in [w1, w2, ctl] {

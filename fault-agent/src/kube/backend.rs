@@ -62,41 +62,84 @@ impl KubeBackend {
             .collect()
     }
 
-    fn find(&self, id: &str) -> Option<std::sync::Arc<NetworkFault>> {
-        self.faults
-            .state()
-            .into_iter()
-            .find(|f| f.metadata.name.as_deref() == Some(id))
+    /// The one object an API id names (`namespace/name`, or a name alone when only one
+    /// namespace has an object of that name), from `objects`.
+    fn pick(id: &str, objects: Vec<NetworkFault>) -> Result<NetworkFault, AgentError> {
+        let mut objects = objects;
+        match objects.len() {
+            0 => Err(AgentError::NotFound(id.to_owned())),
+            1 => Ok(objects.remove(0)),
+            n => {
+                let namespaces: Vec<String> = objects
+                    .iter()
+                    .filter_map(|f| f.metadata.namespace.clone())
+                    .collect();
+                Err(AgentError::Conflict(format!(
+                    "{n} NetworkFaults are named {id} (in namespaces {}): name one as namespace/name ({}%2F{id} in a URL path)",
+                    namespaces.join(", "),
+                    namespaces.first().map_or("NAMESPACE", String::as_str),
+                )))
+            }
+        }
+    }
+
+    /// Splits an API id into (namespace, name); `None` if it cannot name an object.
+    fn parse_id(id: &str) -> Option<(Option<&str>, &str)> {
+        let (ns, name) = match id.split_once('/') {
+            Some((ns, name)) => (Some(ns), name),
+            None => (None, id),
+        };
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        (ok(name) && ns.is_none_or(ok)).then_some((ns, name))
     }
 
     async fn fetch(&self, id: &str) -> Result<NetworkFault, AgentError> {
-        if let Some(f) = self.find(id) {
-            return Ok((*f).clone());
+        let (ns, name) = Self::parse_id(id).ok_or_else(|| AgentError::NotFound(id.to_owned()))?;
+        let cached: Vec<NetworkFault> = self
+            .faults
+            .state()
+            .into_iter()
+            .filter(|f| f.metadata.name.as_deref() == Some(name))
+            .filter(|f| ns.is_none_or(|ns| f.metadata.namespace.as_deref() == Some(ns)))
+            .map(|f| (*f).clone())
+            .collect();
+        if !cached.is_empty() {
+            return Self::pick(id, cached);
+        }
+        let mut fields = format!("metadata.name={name}");
+        if let Some(ns) = ns {
+            fields.push_str(&format!(",metadata.namespace={ns}"));
         }
         let all: Api<NetworkFault> = Api::all(self.client.clone());
         let list = all
-            .list(&ListParams::default().fields(&format!("metadata.name={id}")))
+            .list(&ListParams::default().fields(&fields))
             .await
             .map_err(kube_error)?;
-        list.items
-            .into_iter()
-            .next()
-            .ok_or_else(|| AgentError::NotFound(id.to_owned()))
+        Self::pick(id, list.items)
     }
 
-    /// Nodes hosting the fault's target pods.
+    /// Nodes hosting the fault's target pods (only the Pods of its namespace are read).
     fn target_nodes(&self, nf: &NetworkFault) -> BTreeSet<String> {
         let Ok(spec) = nf.fault_spec() else {
             return BTreeSet::new();
         };
-        self.pods()
+        self.pods
+            .state()
             .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(spec.namespace.as_str()))
+            .filter_map(|p| from_kube(p))
             .filter(|p| resolve::is_target(&spec, p))
-            .filter_map(|p| p.node.clone())
+            .filter_map(|p| p.node)
             .collect()
     }
 
-    /// Polls the watched object until `done` or `self.wait`.
+    /// Polls the watched object until `done` or `self.wait`. `done` is evaluated (and the
+    /// target nodes computed) only when the object changed: a poll costs one cache lookup.
     async fn wait_until(
         &self,
         ns: &str,
@@ -105,18 +148,23 @@ impl KubeBackend {
     ) -> Option<NetworkFault> {
         let key = ObjectRef::<NetworkFault>::new(id).within(ns);
         let start = std::time::Instant::now();
-        let mut last = None;
+        let mut last: Option<std::sync::Arc<NetworkFault>> = None;
         while start.elapsed() < self.wait {
             if let Some(f) = self.faults.get(&key) {
-                let nodes = self.target_nodes(&f);
-                if done(&f, &nodes) {
-                    return Some((*f).clone());
+                let changed = last
+                    .as_ref()
+                    .is_none_or(|l| l.metadata.resource_version != f.metadata.resource_version);
+                if changed {
+                    let nodes = self.target_nodes(&f);
+                    if done(&f, &nodes) {
+                        return Some((*f).clone());
+                    }
+                    last = Some(f);
                 }
-                last = Some((*f).clone());
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        last
+        last.map(|f| (*f).clone())
     }
 
     pub async fn create(&self, spec: FaultSpec) -> Result<Fault, AgentError> {
@@ -143,11 +191,21 @@ impl KubeBackend {
             .create(&PostParams::default(), &nf)
             .await
             .map_err(kube_error)?;
+        // Until every node hosting a target applied it, or one of them said why it cannot, or
+        // there is no target yet (the status then says so).
         let settled = self
             .wait_until(&spec.namespace, &id, |f, nodes| {
                 let st = f.status.clone().unwrap_or_default();
+                let failing = nodes.iter().any(|n| {
+                    st.nodes
+                        .get(n)
+                        .is_some_and(|s| !s.applied && s.message.is_some())
+                });
                 match st.phase {
-                    None | Some(Phase::Pending) => false,
+                    None => false,
+                    Some(Phase::Pending) => {
+                        st.expires_at.is_some() && (nodes.is_empty() || failing)
+                    }
                     Some(Phase::Active) => nodes
                         .iter()
                         .all(|n| st.nodes.get(n).is_some_and(|s| s.applied)),
@@ -170,7 +228,9 @@ impl KubeBackend {
             .filter(|f| namespace.is_none_or(|ns| f.metadata.namespace.as_deref() == Some(ns)))
             .collect();
         v.sort_by_key(|f| std::cmp::Reverse(f.metadata.creation_timestamp.clone().map(|t| t.0)));
-        Ok(v.iter().map(|f| self.view(f)).collect())
+        // The Pods converted once for the whole list, not once per fault.
+        let pods = self.pods();
+        Ok(v.iter().map(|f| self.view_with(f, &pods)).collect())
     }
 
     async fn mark_recovered(&self, nf: &NetworkFault) -> Result<(), AgentError> {
@@ -224,6 +284,11 @@ impl KubeBackend {
 
     /// The API's view of an object.
     pub fn view(&self, nf: &NetworkFault) -> Fault {
+        self.view_with(nf, &self.pods())
+    }
+
+    /// The API's view of an object, resolved against `pods`.
+    fn view_with(&self, nf: &NetworkFault, pods: &[Pod]) -> Fault {
         let ns = nf.metadata.namespace.clone().unwrap_or_default();
         let st = nf.status.clone().unwrap_or_default();
         let created = nf
@@ -242,7 +307,7 @@ impl KubeBackend {
                 .checked_add(SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO))
                 .unwrap_or(created)
         });
-        let res = resolve::resolve(&spec, &self.pods());
+        let res = resolve::resolve(&spec, pods);
         let mut counters = Counters::default();
         for n in st.nodes.values() {
             counters += n.counters;

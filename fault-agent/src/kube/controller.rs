@@ -157,6 +157,12 @@ pub fn desired_status(
             .collect::<Vec<_>>()
             .join(",")
     });
+    let target_nodes: BTreeSet<&str> = res
+        .targets
+        .iter()
+        .filter_map(|t| t.node.as_deref())
+        .collect();
+    let applied_here = |n: &str| old.nodes.get(n).is_some_and(|s| s.applied);
     let (phase, ended, msg) = if let Some(at) = nf.recovered_at() {
         (
             Phase::Recovered,
@@ -169,18 +175,32 @@ pub fn desired_status(
             Some(expires),
             "reached its deadline".to_owned(),
         )
-    } else {
+    } else if target_nodes.iter().any(|n| applied_here(n)) {
+        // Active only once a node hosting its targets has it in its datapath.
         let warning = res.warnings.first().cloned().unwrap_or_default();
         (Phase::Active, None, warning)
+    } else {
+        let why = old
+            .nodes
+            .iter()
+            .filter(|(n, s)| target_nodes.contains(n.as_str()) && !s.applied)
+            .filter_map(|(n, s)| s.message.as_ref().map(|m| format!("{n}: {m}")))
+            .collect::<Vec<_>>();
+        let msg = if !why.is_empty() {
+            format!("not applied: {}", why.join("; "))
+        } else if let Some(w) = res.warnings.first() {
+            w.clone()
+        } else {
+            format!(
+                "waiting for {} to apply it",
+                target_nodes.iter().copied().collect::<Vec<_>>().join(", ")
+            )
+        };
+        (Phase::Pending, None, msg)
     };
     st.phase = Some(phase);
     st.ended_at = ended;
     st.message = (!msg.is_empty()).then_some(msg);
-    let target_nodes: BTreeSet<&str> = res
-        .targets
-        .iter()
-        .filter_map(|t| t.node.as_deref())
-        .collect();
     let waiting: Vec<&str> = target_nodes
         .iter()
         .copied()
@@ -197,7 +217,7 @@ pub fn desired_status(
         })
         .collect();
     let applied_cond = match phase {
-        Phase::Active if !failing.is_empty() => condition(
+        Phase::Active | Phase::Pending if !failing.is_empty() => condition(
             &old.conditions,
             "Applied",
             false,
@@ -205,7 +225,7 @@ pub fn desired_status(
             failing.join("; "),
             generation,
         ),
-        Phase::Active if res.targets.is_empty() => condition(
+        Phase::Active | Phase::Pending if res.targets.is_empty() => condition(
             &old.conditions,
             "Applied",
             false,
@@ -213,7 +233,7 @@ pub fn desired_status(
             "no pod matches the targets yet".into(),
             generation,
         ),
-        Phase::Active if !waiting.is_empty() => condition(
+        Phase::Active | Phase::Pending if !waiting.is_empty() => condition(
             &old.conditions,
             "Applied",
             false,
@@ -279,7 +299,7 @@ async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, E
         .await?;
     }
     match (st.phase, st.ended_at, st.expires_at) {
-        (Some(Phase::Active), _, Some(exp)) => {
+        (Some(Phase::Active | Phase::Pending), _, Some(exp)) => {
             let left = exp.duration_since(now).as_secs_f64().max(0.0);
             // Pods come and go: refresh the counts every few seconds too.
             Ok(Action::requeue(

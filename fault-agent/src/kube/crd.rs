@@ -286,9 +286,21 @@ impl NetworkFault {
         Ok(f)
     }
 
-    /// The fault's id: the object's name.
+    /// The fault's id in the API: the object's name (the API names the objects it creates
+    /// with unique random ids; objects written by hand may share a name across namespaces:
+    /// the API then takes `namespace/name`).
     pub fn id(&self) -> String {
         self.metadata.name.clone().unwrap_or_default()
+    }
+
+    /// What identifies the object everywhere a fault is kept or matched (node agents' faults,
+    /// status reports): `namespace/name`.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
     }
 
     /// Whether the API (or a user) asked to recover it.

@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -60,6 +60,10 @@ pub struct Config {
     pub daemonset: Option<(String, String)>,
     /// How often counters are written to the status (changes of state are written at once).
     pub status_interval: Duration,
+    /// Request limits of the read-only API.
+    pub api_limits: api::limits::ApiLimits,
+    /// `/healthz` fails once syncs have kept failing this long.
+    pub liveness_threshold: Duration,
 }
 
 /// Local pods' discovery, cached by (namespace/name, addresses).
@@ -118,24 +122,33 @@ impl Discovery {
     }
 }
 
-/// A `NetworkFault` as the core mirrors it; `None` while the controller has not set its expiry
-/// or when it failed validation (the controller reports that).
-fn external(nf: &NetworkFault) -> Option<ExternalFault> {
+/// A `NetworkFault` as the core mirrors it, keyed by `namespace/name`; `None` while the
+/// controller has not set its expiry or when it failed validation (the controller reports
+/// that). The kernel deadline is the status's `expiresAt`, but never later than the creation
+/// plus the fault's duration and plus `max` (a status written by hand or by a controller with
+/// a longer `--max-duration` cannot make a fault outlive what this node allows).
+fn external(nf: &NetworkFault, max: Duration) -> Option<ExternalFault> {
     let st = nf.status.as_ref()?;
-    let expires_at = st.expires_at?;
     if st.phase == Some(Phase::Failed) {
         return None;
     }
     let spec = nf.fault_spec().ok()?;
+    let created_at = nf
+        .metadata
+        .creation_timestamp
+        .clone()
+        .map(|t| t.0)
+        .unwrap_or_else(Timestamp::now);
+    let longest = spec.duration.map_or(max, |d| d.get().min(max));
+    let latest = jiff::SignedDuration::try_from(longest)
+        .ok()
+        .and_then(|d| created_at.checked_add(d).ok())
+        .unwrap_or(created_at);
+    let expires_at = st.expires_at?.min(latest);
     Some(ExternalFault {
-        id: nf.id(),
+        id: nf.key(),
         spec,
-        created_at: nf
-            .metadata
-            .creation_timestamp
-            .clone()
-            .map(|t| t.0)
-            .unwrap_or_else(Timestamp::now),
+        created_at,
         expires_at,
         recovered: nf.recovered_at().is_some() || st.phase == Some(Phase::Recovered),
     })
@@ -189,7 +202,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             read_only: true,
         },
         changed: changed.clone(),
-        ready: false.into(),
+        health: api::health::Health::new(cfg.liveness_threshold),
         inventory_error: Mutex::new(None),
     });
     let sync = tokio::spawn(sync_loop(
@@ -203,7 +216,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "node agent API listening");
-    let served = axum::serve(listener, api::router(state.clone(), None))
+    let served = axum::serve(listener, api::router(state.clone(), None, cfg.api_limits))
         .with_graceful_shutdown(shutdown_signal())
         .await;
     for t in tasks.into_iter().chain([sync]) {
@@ -334,6 +347,10 @@ impl Watches {
     }
 }
 
+/// What a sync gives the status writer: this node's reports, the nearest deadline, and why
+/// the datapath is not attached (if it is not).
+type SyncOutcome = (Vec<NodeReport>, Option<Duration>, Option<String>);
+
 /// Level-triggered: at every change of pods, faults, Services or Nodes (and at each deadline),
 /// mirror the whole picture into the core, then write what changed in this node's status
 /// entries.
@@ -354,43 +371,55 @@ async fn sync_loop(
             .iter()
             .filter_map(|p| from_kube(p))
             .collect();
-        let faults: Vec<ExternalFault> = objects.iter().filter_map(|f| external(f)).collect();
-        let virtuals = virtual_nets(
+        let max = cfg.core.max_duration;
+        let faults: Vec<ExternalFault> = objects.iter().filter_map(|f| external(f, max)).collect();
+        let mut virtuals = virtual_nets(
             &watches.services.state(),
             &watches.nodes.state(),
             &cfg.service_cidrs,
         );
         let (c, d, node) = (core.clone(), discovery.clone(), cfg.node.clone());
         let choice = cfg.uplinks.clone();
-        let res =
-            tokio::task::spawn_blocking(move || -> Result<(Vec<NodeReport>, Option<Duration>)> {
-                d.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .fill(&mut pods, &node);
-                let uplinks = crate::uplinks::of_pods(&choice, &pods);
-                let mut core = lock(&c);
-                core.set_pods(pods)?;
-                core.set_virtual_nets(virtuals)?;
-                core.set_uplinks(uplinks)?;
-                core.sync_external(&faults)?;
-                let out = (core.node_reports(&node), core.next_deadline());
-                drop(core);
-                // Each pass converts every Pod of the cluster: give that back.
-                crate::memory::trim();
-                Ok(out)
-            })
-            .await;
+        let res = tokio::task::spawn_blocking(move || -> Result<SyncOutcome> {
+            d.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .fill(&mut pods, &node);
+            let uplinks = crate::uplinks::of_pods(&choice, &pods);
+            virtuals.extend(crate::uplinks::own_addresses());
+            let mut core = lock(&c);
+            core.set_pods(pods)?;
+            core.set_virtual_nets(virtuals)?;
+            core.set_uplinks(uplinks)?;
+            core.sync_external(&faults)?;
+            let out = (
+                core.node_reports(&node),
+                core.next_deadline(),
+                core.datapath_problem(),
+            );
+            drop(core);
+            // Each pass converts every Pod of the cluster: give that back.
+            crate::memory::trim();
+            Ok(out)
+        })
+        .await;
         let mut next = Duration::from_secs(5);
         match res {
-            Ok(Ok((reports, deadline))) => {
-                state.ready.store(true, Ordering::Release);
+            Ok(Ok((reports, deadline, detached))) => {
+                state.health.sync_ok(detached);
                 if let Some(d) = deadline {
                     next = next.min(d + Duration::from_millis(1));
                 }
                 write_status(&client, &cfg, &objects, &reports, &mut written).await;
             }
-            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "sync failed"),
-            Err(e) => tracing::error!(error = %e, "sync task failed"),
+            Ok(Err(e)) => {
+                let e = format!("{e:#}");
+                tracing::error!(error = %e, "sync failed");
+                state.health.sync_failed(&e);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sync task failed");
+                state.health.sync_failed(&e.to_string());
+            }
         }
         tokio::select! {
             _ = state.changed.notified() => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -409,20 +438,25 @@ async fn write_status(
     written: &mut BTreeMap<(String, String), (NodeFaultStatus, Instant)>,
 ) {
     let manager = format!("faultline-node-{}", cfg.node);
+    let by_key: BTreeMap<&str, &NodeReport> = reports.iter().map(|r| (r.id.as_str(), r)).collect();
     for nf in objects {
         let ns = nf.metadata.namespace.clone().unwrap_or_default();
         let key = (ns.clone(), nf.id());
-        let Some(r) = reports.iter().find(|r| r.id == key.1) else {
-            continue;
-        };
-        let mut status = NodeFaultStatus {
-            targets: r.local_targets,
-            applied: r.applied,
-            message: r.message.clone(),
-            counters: r.counters,
-            updated_at: None,
-        };
         let in_object = nf.status.as_ref().and_then(|s| s.nodes.get(&cfg.node));
+        let mut status = match by_key.get(nf.key().as_str()) {
+            Some(r) => NodeFaultStatus {
+                targets: r.local_targets,
+                applied: r.applied,
+                message: r.message.clone(),
+                counters: r.counters,
+                updated_at: None,
+            },
+            // Nothing of it on this node (any more): say so where it was said otherwise.
+            None if in_object.is_some_and(|o| o.applied) || written.contains_key(&key) => {
+                NodeFaultStatus::default()
+            }
+            None => continue,
+        };
         let due = match written.get(&key) {
             Some((last, at)) => {
                 let same = |a: &NodeFaultStatus, b: &NodeFaultStatus| {
@@ -467,4 +501,72 @@ async fn write_status(
             .iter()
             .any(|o| o.metadata.namespace.as_deref() == Some(k.0.as_str()) && o.id() == k.1)
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::crd::{NetworkFaultSpec, NetworkFaultStatus};
+
+    fn object(ns: &str, name: &str, duration: Option<&str>, expires_in_s: i64) -> NetworkFault {
+        let mut spec = NetworkFaultSpec::from_fault_spec(&fault_api::FaultSpec::new(ns));
+        spec.pod_prefix = Some("vllm".into());
+        spec.partition = Some(fault_api::PartitionMode::Packets);
+        spec.duration = duration.map(str::to_owned);
+        let mut nf = NetworkFault::new(name, spec);
+        nf.metadata.namespace = Some(ns.into());
+        let created = Timestamp::now();
+        nf.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created),
+        );
+        nf.status = Some(NetworkFaultStatus {
+            phase: Some(Phase::Active),
+            expires_at: Some(created + jiff::SignedDuration::from_secs(expires_in_s)),
+            ..Default::default()
+        });
+        nf
+    }
+
+    #[test]
+    fn the_kernel_deadline_is_clamped_to_creation_plus_the_duration_and_the_maximum() {
+        let hour = Duration::from_secs(3600);
+        // A status that says a year: the node's --max-duration (1 h) wins.
+        let nf = object("dynamo", "cut", None, 365 * 24 * 3600);
+        let f = external(&nf, hour).unwrap();
+        let created = f.created_at;
+        assert_eq!(
+            f.expires_at,
+            created + jiff::SignedDuration::from_secs(3600)
+        );
+        // The spec's own duration is shorter: it wins.
+        let nf = object("dynamo", "cut", Some("30s"), 3000);
+        let f = external(&nf, hour).unwrap();
+        assert_eq!(
+            f.expires_at,
+            f.created_at + jiff::SignedDuration::from_secs(30)
+        );
+        // A status expiring earlier than both is kept as it is.
+        let nf = object("dynamo", "cut", Some("10m"), 20);
+        let f = external(&nf, hour).unwrap();
+        assert_eq!(
+            f.expires_at,
+            f.created_at + jiff::SignedDuration::from_secs(20)
+        );
+    }
+
+    #[test]
+    fn faults_of_the_same_name_in_two_namespaces_have_two_keys() {
+        let a = external(
+            &object("dynamo", "cut", None, 60),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let b = external(
+            &object("storage", "cut", None, 60),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert_eq!(a.id, "dynamo/cut");
+        assert_eq!(b.id, "storage/cut");
+    }
 }

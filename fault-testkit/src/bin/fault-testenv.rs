@@ -6,6 +6,8 @@
 //!   `F` (JSON: `api_url`, `pods: {name: {namespace, netns, ipv4, ipv6}}`) and runs until
 //!   SIGTERM/SIGINT, then removes everything.
 //! - `fault-testenv probe tcp|tcp-echo|udp-echo|udp-stream ...`: one measurement, printed as JSON.
+//! - `fault-testenv serve [--tcp PORT].. [--udp PORT]..`: echo servers in the current network
+//!   namespace (IPv4 and IPv6) until SIGTERM/SIGINT; what the node suite's workload pods run.
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
@@ -34,6 +36,16 @@ enum Cmd {
         /// Extra agent arguments.
         #[arg(last = true)]
         agent_args: Vec<String>,
+    },
+    /// Echo servers in this process's network namespace until SIGTERM/SIGINT (default: TCP
+    /// 8000, UDP 9100).
+    Serve {
+        /// TCP echo ports.
+        #[arg(long, default_values_t = [8000])]
+        tcp: Vec<u16>,
+        /// UDP echo ports.
+        #[arg(long, default_values_t = [9100])]
+        udp: Vec<u16>,
     },
     /// One probe from the pod in network namespace `--from` to address `--to`.
     Probe {
@@ -76,6 +88,7 @@ fn main() -> Result<()> {
             ready_file,
             agent_args,
         } => up(&ready_file, &agent_args),
+        Cmd::Serve { tcp, udp } => serve(&tcp, &udp),
         Cmd::Probe {
             kind,
             from,
@@ -117,6 +130,44 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Whether IPv6 is enabled here (then the servers also listen on `::`).
+fn has_ipv6() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+}
+
+fn serve(tcp: &[u16], udp: &[u16]) -> Result<()> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGTERM);
+    set.add(nix::sys::signal::Signal::SIGINT);
+    set.thread_block()?;
+    let here = Pod::existing(
+        "",
+        "self",
+        "/proc/self/ns/net",
+        std::net::Ipv4Addr::UNSPECIFIED,
+        std::net::Ipv6Addr::UNSPECIFIED,
+    );
+    let families: &[Family] = if has_ipv6() {
+        &[Family::V4, Family::V6]
+    } else {
+        &[Family::V4]
+    };
+    let mut tcp_servers = Vec::new();
+    let mut udp_servers = Vec::new();
+    for &fam in families {
+        for &port in tcp {
+            tcp_servers.push(TcpEchoServer::start(&here, fam, port)?);
+        }
+        for &port in udp {
+            udp_servers.push(UdpEchoServer::start(&here, fam, port)?);
+        }
+    }
+    eprintln!("fault-testenv: echo on TCP {tcp:?}, UDP {udp:?} ({families:?})");
+    let sig = set.wait()?;
+    eprintln!("fault-testenv: {sig:?}, stopping");
+    Ok(())
 }
 
 fn up(ready_file: &std::path::Path, agent_args: &[String]) -> Result<()> {

@@ -8,6 +8,8 @@ mod apply;
 mod cluster;
 mod expiry;
 mod floor;
+mod load;
+mod node;
 mod overhead;
 mod scale;
 mod services;
@@ -242,6 +244,8 @@ pub fn run(bin_dir: &Path, file: &Path, opts: &Options) -> Result<()> {
             }),
         ),
         ("expiry", Box::new(expiry::run)),
+        ("load", Box::new(load::run)),
+        ("node", Box::new(node::run)),
     ];
     let mut report = Report::default();
     let write = |report: &Report, tail: &str| -> Result<()> {
@@ -254,7 +258,7 @@ pub fn run(bin_dir: &Path, file: &Path, opts: &Options) -> Result<()> {
         .find(|o| !sections.iter().any(|(n, _)| n == o))
     {
         anyhow::bail!(
-            "--only: no section {unknown:?} (overhead, services, apply, accuracy, scale, cluster, expiry)"
+            "--only: no section {unknown:?} (overhead, services, apply, accuracy, scale, cluster, expiry, load, node)"
         );
     }
     for (name, section) in sections {

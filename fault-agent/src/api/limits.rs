@@ -1,0 +1,181 @@
+//! Limits of the HTTP API, so that no client (or a hundred) can make the agent stall, swell or
+//! queue without bound. Each refusal is the API's JSON error body with a documented status,
+//! and each comes **before** the handler runs, so a refused request changed nothing:
+//!
+//! | limit | flag (default) | status, `error.code` |
+//! | --- | --- | --- |
+//! | request body size | `--max-body-bytes` (1 MiB) | 413 `too_large` |
+//! | requests per second, all clients together (token bucket) | `--rate-limit` (500/s), `--rate-burst` (1000) | 429 `rate_limited`, `Retry-After` |
+//! | requests being served at once | `--max-concurrent-requests` (512) | 503 `overloaded`, `Retry-After` |
+//! | time to answer | `--request-timeout` (30 s) | 504 `timeout` |
+//!
+//! Health endpoints (`/healthz`, `/readyz`, `/health`) are outside every limit: probes must
+//! answer under load. A request that times out while the core was writing is finished in the
+//! background (the write is not cut halfway): list the faults to see the outcome.
+use std::{convert::Infallible, num::NonZeroU32, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    error_handling::HandleErrorLayer,
+    extract::{DefaultBodyLimit, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use fault_api::{ApiError, ErrorBody};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock as _};
+use tower::ServiceBuilder;
+
+/// The API's limits (see the module docs). `rate_per_sec` 0 turns the rate limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    pub max_body_bytes: usize,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    pub max_concurrent: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            rate_per_sec: 500,
+            rate_burst: 1000,
+            max_concurrent: 512,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The JSON error response of a limit.
+fn refuse(status: StatusCode, code: &str, message: String, retry_after: Option<u64>) -> Response {
+    let mut res = (
+        status,
+        Json(ErrorBody {
+            error: ApiError::new(code, message),
+        }),
+    )
+        .into_response();
+    if let Some(s) = retry_after
+        && let Ok(v) = HeaderValue::from_str(&s.max(1).to_string())
+    {
+        res.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    res
+}
+
+/// Answers 429 when the token bucket is empty.
+async fn rate_limit(
+    State(limiter): State<Arc<DefaultDirectRateLimiter>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match limiter.check() {
+        Ok(()) => next.run(req).await,
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "more requests than the agent's --rate-limit allows; retry in {} ms",
+                    wait.as_millis().max(1)
+                ),
+                Some(wait.as_secs_f64().ceil() as u64),
+            )
+        }
+    }
+}
+
+/// Gives the plain-text answers of axum's and tower's layers (body too large, timeout) the
+/// API's JSON error body, with the limit named.
+async fn json_errors(State(limits): State<ApiLimits>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return res;
+    }
+    match res.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the request body is larger than the agent's --max-body-bytes ({} bytes)",
+                limits.max_body_bytes
+            ),
+            None,
+        ),
+        StatusCode::GATEWAY_TIMEOUT => refuse(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "no answer within the agent's --request-timeout ({}); a write that had begun is finished in the background: list the faults to see it",
+                humantime::format_duration(limits.request_timeout)
+            ),
+            None,
+        ),
+        _ => res,
+    }
+}
+
+/// What the load-shedding layer says when `max_concurrent` requests are in flight.
+async fn overloaded(limits: ApiLimits, e: tower::BoxError) -> Result<Response, Infallible> {
+    if e.is::<tower::load_shed::error::Overloaded>() {
+        return Ok(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "{} requests are being served (the agent's --max-concurrent-requests); retry shortly",
+                limits.max_concurrent
+            ),
+            Some(1),
+        ));
+    }
+    Ok(refuse(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("request failed: {e}"),
+        None,
+    ))
+}
+
+/// Puts the limits around `api` (every route but health).
+pub fn apply<S: Clone + Send + Sync + 'static>(api: Router<S>, limits: ApiLimits) -> Router<S> {
+    // The announced length is refused before the body is read (tower-http); a body without
+    // one is cut where it passes the limit (axum's extractor).
+    let api = api
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            limits.max_body_bytes,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            limits.request_timeout,
+        ))
+        // One semaphore for every route (`Router::layer` wraps each route on its own).
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(move |e| overloaded(limits, e)))
+                .load_shed()
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    limits.max_concurrent.max(1),
+                )),
+        );
+    let api = match (
+        NonZeroU32::new(limits.rate_per_sec),
+        NonZeroU32::new(limits.rate_burst.max(1)),
+    ) {
+        (Some(rate), Some(burst)) => {
+            let limiter = Arc::new(RateLimiter::direct(
+                Quota::per_second(rate).allow_burst(burst),
+            ));
+            api.layer(middleware::from_fn_with_state(limiter, rate_limit))
+        }
+        _ => api,
+    };
+    api.layer(middleware::from_fn_with_state(limits, json_errors))
+}
