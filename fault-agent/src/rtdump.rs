@@ -61,11 +61,7 @@ impl Socket {
 /// bytes): appends the route messages of request `seq` to `out`, skips other requests'
 /// messages. `Ok(true)` once `NLMSG_DONE` of `seq` is reached (what follows it is ignored).
 /// Errors: a kernel `NLMSG_ERROR` for `seq`, or bytes that are not netlink messages.
-pub fn parse_dump_part(
-    data: &[u8],
-    seq: u32,
-    out: &mut Vec<RouteNetlinkMessage>,
-) -> Result<bool> {
+pub fn parse_dump_part(data: &[u8], seq: u32, out: &mut Vec<RouteNetlinkMessage>) -> Result<bool> {
     let mut off = 0;
     while off < data.len() {
         let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])

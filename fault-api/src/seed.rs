@@ -150,7 +150,9 @@ fn percent(name: &str, v: Option<f64>) -> Result<Option<Percent>, FieldError> {
         Some(x) => Percent::new(x).map(Some).map_err(|_| {
             FieldError::new(
                 field(name),
-                format!("must be a percentage in [0, 100] (0 = off), at least 0.0001 when on, got {x}"),
+                format!(
+                    "must be a percentage in [0, 100] (0 = off), at least 0.0001 when on, got {x}"
+                ),
             )
         }),
     }

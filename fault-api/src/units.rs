@@ -16,10 +16,13 @@ impl Percent {
     /// The smallest percentage: 1 ppm.
     pub const MIN: f64 = 0.0001;
 
-    /// `Err` with the accepted range unless `MIN <= value <= 100`.
+    /// `Err` with the accepted range unless `MIN <= value <= 100`. The value is kept at the
+    /// datapath's resolution (rounded to 1 ppm, 0.0001%): what the fault does, and a number
+    /// that every JSON parser reads back exactly (`1.8446764073701538` did not survive
+    /// serde_json's default float parsing, 0.0001% steps do).
     pub fn new(value: f64) -> Result<Self, String> {
-        if value.is_finite() && value >= Self::MIN && value <= 100.0 {
-            Ok(Self(value))
+        if value.is_finite() && (Self::MIN..=100.0).contains(&value) {
+            Ok(Self((value * 10_000.0).round() / 10_000.0))
         } else {
             Err(format!(
                 "must be a percentage in (0, 100], at least 0.0001 (1 ppm), got {value}"
@@ -364,6 +367,23 @@ mod tests {
         assert_eq!(Percent::new(Percent::MIN).unwrap().ppm(), 1);
     }
 
+    /// Found by fuzzing (`units`): `1.8446764073701537965770956516` became
+    /// 1.8446764073701538, which serde_json (without `float_roundtrip`) read back as
+    /// 1.8446764073701536: a percent changed through the API's JSON. Percents are kept at
+    /// 1 ppm, which survives JSON exactly.
+    #[test]
+    fn percent_survives_json_and_is_kept_at_one_ppm() {
+        let p: Percent = "1.8446764073701537965770956516".parse().unwrap();
+        assert_eq!(p.value(), 1.8447);
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, "1.8447");
+        assert_eq!(serde_json::from_str::<Percent>(&json).unwrap(), p);
+        assert_eq!(p.to_string().parse::<Percent>().unwrap(), p);
+        assert_eq!(Percent::new(33.333333).unwrap().value(), 33.3333);
+        assert_eq!(Percent::new(99.99999).unwrap().value(), 100.0);
+        assert_eq!(Percent::new(0.5).unwrap().ppm(), 5000);
+    }
+
     #[test]
     fn duration_forms_and_range() {
         assert_eq!("500ms".parse::<FaultDuration>().unwrap().as_millis(), 500);
@@ -374,9 +394,18 @@ mod tests {
         assert!("0s".parse::<FaultDuration>().is_err());
         assert!("8d".parse::<FaultDuration>().is_err());
         assert!("soon".parse::<FaultDuration>().is_err());
-        assert_eq!("1h 30m 5s".parse::<FaultDuration>().unwrap().as_millis(), 5_405_000);
-        assert_eq!("2 hours 5min".parse::<FaultDuration>().unwrap().as_millis(), 7_500_000);
-        assert_eq!("1.25ms".parse::<FaultDuration>().unwrap().get(), Duration::from_micros(1250));
+        assert_eq!(
+            "1h 30m 5s".parse::<FaultDuration>().unwrap().as_millis(),
+            5_405_000
+        );
+        assert_eq!(
+            "2 hours 5min".parse::<FaultDuration>().unwrap().as_millis(),
+            7_500_000
+        );
+        assert_eq!(
+            "1.25ms".parse::<FaultDuration>().unwrap().get(),
+            Duration::from_micros(1250)
+        );
         for bad in ["", "5", "1.s", "1x", "1.0000000001s", "0.5ns", "1 0s", "s"] {
             assert!(bad.parse::<FaultDuration>().is_err(), "{bad:?}");
         }
@@ -392,7 +421,12 @@ mod tests {
     fn durations_in_the_schemas_form_parse_exactly_and_overflow_is_an_error() {
         let d: FaultDuration = "0.6161h".parse().unwrap();
         assert_eq!(d.get(), Duration::from_millis(2_217_960));
-        assert_eq!("36d0.6161h".parse::<FaultDuration>().unwrap_err().contains("7 days"), true);
+        assert!(
+            "36d0.6161h"
+                .parse::<FaultDuration>()
+                .unwrap_err()
+                .contains("7 days")
+        );
         for huge in [
             "18446744073709551615s 1000000000ns",
             "18446744073709551615s 999999999ns 1ns",
@@ -400,9 +434,15 @@ mod tests {
             "340282366920938463463374607431768211455ns 1ns",
         ] {
             let e = huge.parse::<FaultDuration>().unwrap_err();
-            assert!(e.contains("too large") || e.contains("7 days"), "{huge}: {e}");
+            assert!(
+                e.contains("too large") || e.contains("7 days"),
+                "{huge}: {e}"
+            );
         }
-        assert!(serde_json::from_str::<FaultDuration>(r#""18446744073709551615s 1000000000ns""#).is_err());
+        assert!(
+            serde_json::from_str::<FaultDuration>(r#""18446744073709551615s 1000000000ns""#)
+                .is_err()
+        );
     }
 
     #[test]

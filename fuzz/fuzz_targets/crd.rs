@@ -33,7 +33,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(Some(&s.namespace), nf.metadata.namespace.as_ref());
             let mut back = nf.clone();
             back.spec = NetworkFaultSpec::from_fault_spec(&s);
-            let again = back.fault_spec().expect("an accepted spec, written back, is refused");
+            let again = back
+                .fault_spec()
+                .expect("an accepted spec, written back, is refused");
             assert_eq!(again, s, "the spec changed through its object");
         }
         Err(e) => {
@@ -42,7 +44,8 @@ fuzz_target!(|data: &[u8]| {
             });
             // `namespace` is the object's (metadata), `labels` its labels.
             assert!(
-                FIELDS.iter().any(|f| f == head(rest)) || ["namespace", "labels"].contains(&head(rest)),
+                FIELDS.iter().any(|f| f == head(rest))
+                    || ["namespace", "labels"].contains(&head(rest)),
                 "error names {:?}, not a field of the CRD: {}",
                 e.field,
                 e.message

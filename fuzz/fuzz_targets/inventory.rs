@@ -15,9 +15,18 @@ use libfuzzer_sys::fuzz_target;
 fn check(inv: &Inventory) {
     let mut seen = BTreeSet::new();
     for p in &inv.pods {
-        assert!(seen.insert((&p.namespace, &p.name)), "{}/{} twice", p.namespace, p.name);
+        assert!(
+            seen.insert((&p.namespace, &p.name)),
+            "{}/{} twice",
+            p.namespace,
+            p.name
+        );
         fault_api::spec::check_namespace("namespace", &p.namespace).expect("namespace accepted");
-        assert!(!p.name.is_empty() && p.name.len() <= 253, "name {:?}", p.name);
+        assert!(
+            !p.name.is_empty() && p.name.len() <= 253,
+            "name {:?}",
+            p.name
+        );
         Selector::from_labels(p.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .expect("labels accepted");
         match (&p.netns, &p.node) {
@@ -31,7 +40,10 @@ fn check(inv: &Inventory) {
                 assert!(!p.ips.is_empty() && !node.is_empty());
                 assert!(p.netns_path().is_none());
             }
-            _ => panic!("pod {}/{} accepted with netns {:?} and node {:?}", p.namespace, p.name, p.netns, p.node),
+            _ => panic!(
+                "pod {}/{} accepted with netns {:?} and node {:?}",
+                p.namespace, p.name, p.netns, p.node
+            ),
         }
     }
     let yaml = serde_yaml::to_string(inv).expect("an inventory serializes");
@@ -44,6 +56,11 @@ fuzz_target!(|data: &[u8]| {
     let t = text(data);
     match Inventory::parse(&t) {
         Ok(inv) => check(&inv),
-        Err(e) => assert!(e.field.starts_with("pods"), "error names {:?}: {}", e.field, e.message),
+        Err(e) => assert!(
+            e.field.starts_with("pods"),
+            "error names {:?}: {}",
+            e.field,
+            e.message
+        ),
     }
 });

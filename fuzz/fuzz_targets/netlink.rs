@@ -32,13 +32,18 @@ fn interpret(msgs: &[RouteNetlinkMessage]) {
         assert!(on_a_veth, "{ip} is on no veth");
     }
     let host = discover::host_veths_from(msgs);
-    if let Ok(net) = discover::pod_net_from((veths.clone(), ips.clone()), Path::new("/fuzz"), &host) {
+    if let Ok(net) = discover::pod_net_from((veths.clone(), ips.clone()), Path::new("/fuzz"), &host)
+    {
         assert_eq!(net.ips, ips);
         assert!(!net.host_ifs.is_empty());
         for h in &net.host_ifs {
             let (name, peer) = &host[&h.index];
             assert_eq!(name, &h.name);
-            assert!(veths.iter().any(|v| v.index == *peer && v.peer_index == h.index));
+            assert!(
+                veths
+                    .iter()
+                    .any(|v| v.index == *peer && v.peer_index == h.index)
+            );
         }
     }
     let links: Vec<LinkMessage> = msgs
@@ -51,7 +56,10 @@ fn interpret(msgs: &[RouteNetlinkMessage]) {
     let defaults = uplinks::default_route_ifs_from(msgs);
     let pod_host_ifs: BTreeSet<String> = host.values().map(|(n, _)| n.clone()).collect();
     for (name, index) in uplinks::auto_from(&links, &defaults, &pod_host_ifs) {
-        assert!(!pod_host_ifs.contains(&name), "pod veth {name} taken as an uplink");
+        assert!(
+            !pod_host_ifs.contains(&name),
+            "pod veth {name} taken as an uplink"
+        );
         assert!(
             links.iter().any(|l| l.header.index == index
                 && l.header.flags.contains(LinkFlags::Up)

@@ -15,7 +15,14 @@ use fault_api::{
 use fault_fuzz::{check_spec_ranges, head};
 use libfuzzer_sys::fuzz_target;
 
-const TOP: &[&str] = &["partition_type", "source", "target", "mode", "duration", "parameters"];
+const TOP: &[&str] = &[
+    "partition_type",
+    "source",
+    "target",
+    "mode",
+    "duration",
+    "parameters",
+];
 const PARAMETERS: &[&str] = &[
     "namespace",
     "target_pod_prefix",
@@ -41,15 +48,25 @@ fn check_error(field: &str, message: &str) {
             Some(p) => PARAMETERS.contains(&head(p)),
             None => TOP.contains(&head(field)),
         };
-    assert!(known, "error names {field:?}, not a field of the seed request: {message}");
+    assert!(
+        known,
+        "error names {field:?}, not a field of the seed request: {message}"
+    );
 }
 
 fn check_spec(req: &InjectRequest, s: &FaultSpec) {
-    s.validate().expect("to_spec returned a spec that does not validate");
+    s.validate()
+        .expect("to_spec returned a spec that does not validate");
     check_spec_ranges(s);
     assert_eq!(s.labels.get(LABEL_API).map(String::as_str), Some("seed"));
-    assert_eq!(s.labels.get(LABEL_PARTITION_TYPE).map(String::as_str), Some(req.partition_type.as_str()));
-    assert_eq!(s.labels.get(LABEL_MODE).map(String::as_str), Some(req.mode.as_str()));
+    assert_eq!(
+        s.labels.get(LABEL_PARTITION_TYPE).map(String::as_str),
+        Some(req.partition_type.as_str())
+    );
+    assert_eq!(
+        s.labels.get(LABEL_MODE).map(String::as_str),
+        Some(req.mode.as_str())
+    );
     let p = &req.parameters;
     assert_eq!(s.pod_prefix.as_deref(), Some(p.target_pod_prefix.as_str()));
     match req.mode {
@@ -72,8 +89,15 @@ fn check_spec(req: &InjectRequest, s: &FaultSpec) {
         }
     }
     if let Some(d) = req.duration {
-        let got = s.duration.expect("a duration was dropped").get().as_secs_f64();
-        assert!((got - d).abs() <= 1e-6 * d.max(1.0), "duration {d} became {got}");
+        let got = s
+            .duration
+            .expect("a duration was dropped")
+            .get()
+            .as_secs_f64();
+        assert!(
+            (got - d).abs() <= 1e-6 * d.max(1.0),
+            "duration {d} became {got}"
+        );
     }
 }
 

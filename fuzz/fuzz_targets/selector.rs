@@ -46,7 +46,8 @@ fn check_label(key: &str, value: Option<&str>) {
     let ok_name = |n: &str| {
         !n.is_empty()
             && n.len() <= 63
-            && n.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            && n.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
             && n.starts_with(|c: char| c.is_ascii_alphanumeric())
             && n.ends_with(|c: char| c.is_ascii_alphanumeric())
     };

@@ -54,12 +54,13 @@ pub fn known_field(field: &str, message: &str, names: &[&str]) -> bool {
 }
 
 /// serde's "unknown field `x`, expected ..." and a field path ending with `x` (a key may hold
-/// dots itself, so the path cannot be split).
+/// dots itself, so the path cannot be split; it may hold backticks, so the message cannot
+/// be split at the first one: any backtick may end the name).
 pub fn unknown_field_named(field: &str, message: &str) -> bool {
-    message
-        .strip_prefix("unknown field `")
-        .and_then(|m| m.split_once('`'))
-        .is_some_and(|(name, _)| field.ends_with(name))
+    message.strip_prefix("unknown field `").is_some_and(|rest| {
+        rest.match_indices('`')
+            .any(|(i, _)| field.ends_with(&rest[..i]))
+    })
 }
 
 /// The JSON names of [`FaultSpec`]'s fields, from its schema (so a new field is known here

@@ -124,10 +124,12 @@ fn libfuzzer(cmd: &mut Command) -> Result<(std::process::ExitStatus, Stats)> {
         } else if let Some(n) = stat("stat::peak_rss_mb:") {
             stats.peak_rss_mb = n;
         }
+        // `#1234<TAB>NEW    cov: ...`
         let progress = line.starts_with('#')
-            && [" NEW ", " REDUCE ", " pulse ", " RELOAD "]
-                .iter()
-                .any(|w| line.contains(w));
+            && line
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|w| ["NEW", "REDUCE", "pulse", "RELOAD"].contains(&w));
         if !progress {
             eprintln!("{line}");
         }
