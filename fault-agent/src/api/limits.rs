@@ -88,6 +88,36 @@ async fn rate_limit(
     }
 }
 
+/// axum's answer to a method a route does not have is empty; the API's errors are JSON (found
+/// by fuzzing, `api`: `PUT /v1/faults`, then `GET`'s typo on `/healthz`). `Allow` is kept.
+fn method_not_allowed(res: &Response) -> Response {
+    let allow = res.headers().get(header::ALLOW).cloned();
+    let mut out = refuse(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        match allow.as_ref().and_then(|a| a.to_str().ok()) {
+            Some(a) => format!("this path does not take this method; it takes {a}"),
+            None => "this path does not take this method".to_owned(),
+        },
+        None,
+    );
+    if let Some(a) = allow {
+        out.headers_mut().insert(header::ALLOW, a);
+    }
+    out
+}
+
+/// The health and document routes' layer (they are outside the limits): a 405 gets the
+/// API's JSON error body like every other route's.
+pub async fn json_method_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    if res.status() == StatusCode::METHOD_NOT_ALLOWED {
+        method_not_allowed(&res)
+    } else {
+        res
+    }
+}
+
 /// Gives the plain-text answers of axum's and tower's layers (body too large, timeout) the
 /// API's JSON error body, with the limit named.
 async fn json_errors(State(limits): State<ApiLimits>, req: Request, next: Next) -> Response {
@@ -118,24 +148,7 @@ async fn json_errors(State(limits): State<ApiLimits>, req: Request, next: Next) 
             ),
             None,
         ),
-        // axum's answer to a method a route does not have is empty; the API's errors are
-        // JSON (found by fuzzing, `api`: `PUT /v1/faults`). `Allow` is kept.
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allow = res.headers().get(header::ALLOW).cloned();
-            let mut out = refuse(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                match allow.as_ref().and_then(|a| a.to_str().ok()) {
-                    Some(a) => format!("this path does not take this method; it takes {a}"),
-                    None => "this path does not take this method".to_owned(),
-                },
-                None,
-            );
-            if let Some(a) = allow {
-                out.headers_mut().insert(header::ALLOW, a);
-            }
-            out
-        }
+        StatusCode::METHOD_NOT_ALLOWED => method_not_allowed(&res),
         // axum's extractors refuse in plain text (`Failed to deserialize query string:
         // duplicate field`, found by fuzzing, `api`); the API's 400 and 422 are JSON naming
         // the field: `query` or `body`.
@@ -250,6 +263,37 @@ mod tests {
         assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
         let allow = res.headers().get(header::ALLOW).unwrap().to_str().unwrap();
         assert!(allow.contains("GET"), "{allow}");
+        let body = rt
+            .block_on(axum::body::to_bytes(res.into_body(), 1 << 16))
+            .unwrap();
+        let e: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(e.error.code, "method_not_allowed");
+    }
+
+    /// Found by fuzzing (`api`): an unknown method on a health path (`GfaultsET /healthz`),
+    /// outside the limits' layers, was answered 405 with an empty body.
+    #[test]
+    fn a_method_a_health_route_lacks_is_a_json_error_too() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let health = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .layer(middleware::from_fn(json_method_errors));
+        let res = rt
+            .block_on(
+                health.oneshot(
+                    Request::builder()
+                        .method("GfaultsET")
+                        .uri("/healthz")
+                        .body(Body::empty())
+                        .unwrap(),
+                ),
+            )
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(res.headers().get(header::ALLOW).is_some());
         let body = rt
             .block_on(axum::body::to_bytes(res.into_body(), 1 << 16))
             .unwrap();
