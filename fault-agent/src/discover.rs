@@ -35,14 +35,16 @@ pub struct PodNet {
     pub pod_ifs: Vec<HostIf>,
 }
 
-#[derive(Debug)]
-struct Veth {
-    index: u32,
-    peer_index: u32,
-    name: String,
+/// A veth of a link dump: its index, its peer's index (`IFLA_LINK`, never 0), its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Veth {
+    pub index: u32,
+    pub peer_index: u32,
+    pub name: String,
 }
 
-fn veth_of(msg: &LinkMessage) -> Option<Veth> {
+/// The veth a link message describes, if it is one with a peer.
+pub fn veth_of(msg: &LinkMessage) -> Option<Veth> {
     let is_veth = msg.attributes.iter().any(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos
             .iter()
@@ -82,25 +84,29 @@ fn get_links() -> RouteNetlinkMessage {
 /// The veths of the current thread's network namespace and their usable addresses.
 fn pod_side_here() -> Result<(Vec<Veth>, Vec<IpAddr>)> {
     let sock = rtdump::Socket::open()?;
-    let links: Vec<LinkMessage> = sock
-        .dump(get_links())?
-        .into_iter()
+    let links = sock.dump(get_links())?;
+    let addrs = sock.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
+    Ok(pod_side_from(&links, &addrs))
+}
+
+/// From a namespace's link and address dumps: its veths, and the global-scope addresses on
+/// them that are usable (neither tentative nor failed DAD), sorted, without duplicates.
+pub fn pod_side_from(
+    links: &[RouteNetlinkMessage],
+    addrs: &[RouteNetlinkMessage],
+) -> (Vec<Veth>, Vec<IpAddr>) {
+    let veths: Vec<Veth> = links
+        .iter()
         .filter_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(l),
-            _ => None,
-        })
-        .collect();
-    let veths: Vec<Veth> = links.iter().filter_map(veth_of).collect();
-    let addrs: Vec<AddressMessage> = sock
-        .dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?
-        .into_iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewAddress(a) => Some(a),
+            RouteNetlinkMessage::NewLink(l) => veth_of(l),
             _ => None,
         })
         .collect();
     let mut ips = Vec::new();
-    for a in addrs {
+    for a in addrs.iter().filter_map(|m| match m {
+        RouteNetlinkMessage::NewAddress(a) => Some(a),
+        _ => None,
+    }) {
         if !veths.iter().any(|v| v.index == a.header.index)
             || a.header.scope != AddressScope::Universe
         {
@@ -122,7 +128,7 @@ fn pod_side_here() -> Result<(Vec<Veth>, Vec<IpAddr>)> {
     }
     ips.sort();
     ips.dedup();
-    Ok((veths, ips))
+    (veths, ips)
 }
 
 /// Threads that read namespaces (each enters one namespace after another; a thread is
@@ -184,8 +190,12 @@ pub type HostVeths = std::collections::HashMap<u32, (String, u32)>;
 
 /// Dumps the agent namespace's veths once (for many pods).
 pub fn host_veths() -> Result<HostVeths> {
-    let links = rtdump::Socket::open()?.dump(get_links())?;
-    Ok(links
+    Ok(host_veths_from(&rtdump::Socket::open()?.dump(get_links())?))
+}
+
+/// The named veths of a link dump of the agent's namespace.
+pub fn host_veths_from(links: &[RouteNetlinkMessage]) -> HostVeths {
+    links
         .iter()
         .filter_map(|m| match m {
             RouteNetlinkMessage::NewLink(l) => Some(l),
@@ -193,7 +203,7 @@ pub fn host_veths() -> Result<HostVeths> {
         })
         .filter_map(|m| Some((veth_of(m)?, name_of(m)?)))
         .map(|(v, name)| (v.index, (name, v.peer_index)))
-        .collect())
+        .collect()
 }
 
 /// Reads each pod's veths and addresses from its network namespace (`paths`), and finds their
@@ -206,7 +216,10 @@ pub fn pod_nets(paths: &[PathBuf], host: &HostVeths) -> Vec<Result<PodNet>> {
         .collect()
 }
 
-fn pod_net_from(
+/// A pod's [`PodNet`] from what its namespace holds ([`pod_side_from`]) and the agent's
+/// veths: only host-side veths whose peer is the pod's veth, both ways. Errors: no veth in
+/// the namespace, or none of its peers in the agent's namespace.
+pub fn pod_net_from(
     (veths, ips): (Vec<Veth>, Vec<IpAddr>),
     netns: &Path,
     host: &HostVeths,

@@ -50,24 +50,35 @@ impl Socket {
                 .sock
                 .recv_from_full()
                 .context("reading a netlink dump")?;
-            let mut off = 0;
-            while off < data.len() {
-                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
-                    .context("parsing a netlink message")?;
-                let len = m.header.length as usize;
-                if m.header.sequence_number == seq {
-                    match m.payload {
-                        NetlinkPayload::Done(_) => return Ok(out),
-                        NetlinkPayload::Error(e) => bail!("netlink dump refused: {e}"),
-                        NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                        _ => {}
-                    }
-                }
-                if len == 0 {
-                    bail!("netlink message of length 0");
-                }
-                off += len.next_multiple_of(4);
+            if parse_dump_part(&data, seq, &mut out)? {
+                return Ok(out);
             }
         }
     }
+}
+
+/// Parses one datagram of a dump's answer (a run of netlink messages, each padded to 4
+/// bytes): appends the route messages of request `seq` to `out`, skips other requests'
+/// messages. `Ok(true)` once `NLMSG_DONE` of `seq` is reached (what follows it is ignored).
+/// Errors: a kernel `NLMSG_ERROR` for `seq`, or bytes that are not netlink messages.
+pub fn parse_dump_part(data: &[u8], seq: u32, out: &mut Vec<RouteNetlinkMessage>) -> Result<bool> {
+    let mut off = 0;
+    while off < data.len() {
+        let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+            .context("parsing a netlink message")?;
+        let len = m.header.length as usize;
+        if m.header.sequence_number == seq {
+            match m.payload {
+                NetlinkPayload::Done(_) => return Ok(true),
+                NetlinkPayload::Error(e) => bail!("netlink dump refused: {e}"),
+                NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                _ => {}
+            }
+        }
+        if len == 0 {
+            bail!("netlink message of length 0");
+        }
+        off += len.next_multiple_of(4);
+    }
+    Ok(false)
 }

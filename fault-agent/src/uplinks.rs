@@ -160,37 +160,56 @@ fn is_overlay(kind: &InfoKind) -> bool {
 /// Interfaces of the default routes of the main table, both families.
 fn default_route_ifs() -> Result<BTreeSet<u32>> {
     let sock = rtdump::Socket::open()?;
-    let mut out = BTreeSet::new();
+    let mut routes = Vec::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut req = RouteMessage::default();
         req.header.address_family = family;
-        for m in sock
-            .dump(RouteNetlinkMessage::GetRoute(req))
-            .context("listing routes")?
-        {
-            let RouteNetlinkMessage::NewRoute(r) = m else {
-                continue;
-            };
-            let main = r.header.table == RouteHeader::RT_TABLE_MAIN
-                || r.attributes
-                    .iter()
-                    .any(|a| matches!(a, RouteAttribute::Table(254)));
-            if r.header.destination_prefix_length != 0 || !main {
-                continue;
-            }
-            out.extend(r.attributes.iter().filter_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            }));
-        }
+        routes.extend(
+            sock.dump(RouteNetlinkMessage::GetRoute(req))
+                .context("listing routes")?,
+        );
     }
-    Ok(out)
+    Ok(default_route_ifs_from(&routes))
+}
+
+/// The output interfaces (`RTA_OIF`) of the default routes (prefix length 0) of the main
+/// table in a route dump.
+pub fn default_route_ifs_from(routes: &[RouteNetlinkMessage]) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for m in routes {
+        let RouteNetlinkMessage::NewRoute(r) = m else {
+            continue;
+        };
+        let main = r.header.table == RouteHeader::RT_TABLE_MAIN
+            || r.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Table(254)));
+        if r.header.destination_prefix_length != 0 || !main {
+            continue;
+        }
+        out.extend(r.attributes.iter().filter_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        }));
+    }
+    out
 }
 
 /// The uplinks found automatically (see the module docs), name -> ifindex.
 pub fn auto(pod_host_ifs: &BTreeSet<String>) -> Result<BTreeMap<String, u32>> {
     let default_ifs = default_route_ifs()?;
-    Ok(links()?
+    Ok(auto_from(&links()?, &default_ifs, pod_host_ifs))
+}
+
+/// [`auto`]'s choice among `links` (a link dump), given the default routes' interfaces: up,
+/// not loopback, not a bridge, a default route's interface or an overlay, named, not a pod's
+/// host veth.
+pub fn auto_from(
+    links: &[LinkMessage],
+    default_ifs: &BTreeSet<u32>,
+    pod_host_ifs: &BTreeSet<String>,
+) -> BTreeMap<String, u32> {
+    links
         .iter()
         .filter(|l| l.header.flags.contains(LinkFlags::Up))
         .filter(|l| !l.header.flags.contains(LinkFlags::Loopback))
@@ -198,7 +217,7 @@ pub fn auto(pod_host_ifs: &BTreeSet<String>) -> Result<BTreeMap<String, u32>> {
         .filter(|l| default_ifs.contains(&l.header.index) || kind_of(l).is_some_and(is_overlay))
         .filter_map(|l| Some((name_of(l)?, l.header.index)))
         .filter(|(n, _)| !pod_host_ifs.contains(n))
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

@@ -75,9 +75,18 @@ impl From<FieldError> for ApiError {
     }
 }
 
-/// Parses a JSON body into `T`; an error names the field (`parameters.target_pod_prefix`,
-/// `to_selectors[1]`), or `body` when the text is not JSON at all.
+/// Parses a JSON body (an object: every body of the API is one) into `T`; an error names the
+/// field (`parameters.target_pod_prefix`, `to_selectors[1]`), or `body` when the text is not
+/// JSON at all, or not an object.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
+    // serde's derived structs also take an array of the fields in order (`["dynamo", "w"]`),
+    // whose errors then name `[0]` (found by fuzzing, `spec_json` and `seed_inject`).
+    if body.trim_ascii_start().first() == Some(&b'[') {
+        return Err(FieldError::new(
+            "body",
+            "must be a JSON object, got an array".to_owned(),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -111,4 +120,24 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Fiel
     de.end()
         .map_err(|e| FieldError::new("body", format!("malformed JSON: {e}")))?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod parse_json_tests {
+    /// Found by fuzzing (`spec_json`, `seed_inject`): an array was read as the struct's
+    /// fields in order, and its errors named `[0]`.
+    #[test]
+    fn an_array_body_is_refused_naming_the_body() {
+        for body in [
+            &br#"["dynamo", "frontend"]"#[..],
+            br#" [{"namespace": "a"}]"#,
+            b"[]",
+        ] {
+            let e = crate::FaultSpec::from_json(body).unwrap_err();
+            assert_eq!(e.field, "body", "{e}");
+            assert!(e.message.contains("object"), "{e}");
+            let e = crate::seed::InjectRequest::from_json(body).unwrap_err();
+            assert_eq!(e.field, "body", "{e}");
+        }
+    }
 }

@@ -150,7 +150,9 @@ fn percent(name: &str, v: Option<f64>) -> Result<Option<Percent>, FieldError> {
         Some(x) => Percent::new(x).map(Some).map_err(|_| {
             FieldError::new(
                 field(name),
-                format!("must be a percentage in [0, 100] (0 = off), got {x}"),
+                format!(
+                    "must be a percentage in [0, 100] (0 = off), at least 0.0001 when on, got {x}"
+                ),
             )
         }),
     }
@@ -245,14 +247,26 @@ impl InjectRequest {
             Mode::Networkpolicy => self.networkpolicy(&mut spec)?,
             Mode::ChaosMesh => self.chaos_mesh(&mut spec)?,
         }
-        spec.validate().map_err(|e| match e.field.as_str() {
-            "namespace" => FieldError::new(field("namespace"), e.message),
-            "pod_prefix" => FieldError::new(field("target_pod_prefix"), e.message),
-            "to_namespace" => FieldError::new("target", e.message),
-            f if f.starts_with("allow_namespaces") => FieldError::new(field(f), e.message),
-            _ => e,
-        })?;
+        spec.validate()
+            .map_err(|e| FieldError::new(self.seed_field(&e.field), e.message))?;
         Ok(spec)
+    }
+
+    /// The request's name for a field of the spec it maps to (what an error must name).
+    pub fn seed_field(&self, native: &str) -> String {
+        match native {
+            "namespace" if self.parameters.namespace.is_none() => "source".into(),
+            "namespace" => field("namespace"),
+            "pod_prefix" => field("target_pod_prefix"),
+            "to_namespace" => "target".into(),
+            "loss_percent" => field("packet_loss_percent"),
+            "delay" => field("delay_ms"),
+            "jitter" => field("delay_jitter_ms"),
+            "rate" => field("bandwidth_limit"),
+            "corrupt_percent" | "duplicate_percent" => field(native),
+            f if f.starts_with("allow_namespaces") => field(f),
+            other => other.into(),
+        }
     }
 
     fn networkpolicy(&self, spec: &mut FaultSpec) -> Result<(), FieldError> {
@@ -507,6 +521,35 @@ mod tests {
             (
                 json!({"partition_type": "custom", "parameters": {"target_pod_prefix": "w"}}),
                 "parameters.namespace",
+            ),
+        ];
+        for (body, f) in cases {
+            let e = req(body.clone()).unwrap_err();
+            assert_eq!(e.field, f, "{body}: {e}");
+        }
+    }
+
+    /// Found by fuzzing (`seed_inject`): errors of the shared validation named the native
+    /// fields (`jitter`, `delay`), and `parameters.namespace` for a bad `source`.
+    #[test]
+    fn validation_errors_name_the_seed_fields() {
+        let chaos = |params: serde_json::Value| json!({"partition_type": "custom", "source": "d", "mode": "chaos_mesh", "parameters": params});
+        let cases = [
+            (
+                chaos(json!({"target_pod_prefix": "w", "delay_ms": 10, "delay_jitter_ms": 20})),
+                "parameters.delay_jitter_ms",
+            ),
+            (
+                chaos(json!({"target_pod_prefix": "w", "delay_ms": 9000, "delay_jitter_ms": 2000})),
+                "parameters.delay_ms",
+            ),
+            (
+                json!({"partition_type": "custom", "source": "Bad_NS", "parameters": {"target_pod_prefix": "w"}}),
+                "source",
+            ),
+            (
+                json!({"partition_type": "custom", "source": "d", "target": "-x", "parameters": {"target_pod_prefix": "w"}}),
+                "target",
             ),
         ];
         for (body, f) in cases {

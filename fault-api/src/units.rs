@@ -6,17 +6,27 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// A probability in percent, `0 < p <= 100`, e.g. `30`, `30%`, `0.5`.
 ///
-/// The datapath works in parts per million ([`Percent::ppm`]), so the resolution is 0.0001%.
+/// The datapath works in parts per million ([`Percent::ppm`]), so the resolution is 0.0001%
+/// and the smallest value is [`Percent::MIN`] (as the CRD's schema says): a smaller one would
+/// be a fault that never acts.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Percent(f64);
 
 impl Percent {
-    /// `Err` with the accepted range unless `0 < value <= 100`.
+    /// The smallest percentage: 1 ppm.
+    pub const MIN: f64 = 0.0001;
+
+    /// `Err` with the accepted range unless `MIN <= value <= 100`. The value is kept at the
+    /// datapath's resolution (rounded to 1 ppm, 0.0001%): what the fault does, and a number
+    /// that every JSON parser reads back exactly (`1.8446764073701538` did not survive
+    /// serde_json's default float parsing, 0.0001% steps do).
     pub fn new(value: f64) -> Result<Self, String> {
-        if value.is_finite() && value > 0.0 && value <= 100.0 {
-            Ok(Self(value))
+        if value.is_finite() && (Self::MIN..=100.0).contains(&value) {
+            Ok(Self((value * 10_000.0).round() / 10_000.0))
         } else {
-            Err(format!("must be a percentage in (0, 100], got {value}"))
+            Err(format!(
+                "must be a percentage in (0, 100], at least 0.0001 (1 ppm), got {value}"
+            ))
         }
     }
 
@@ -71,8 +81,9 @@ enum NumOrStr {
     Str(String),
 }
 
-/// A positive duration written `500ms`, `30s`, `5m`, `1h30m` (humantime syntax), or in JSON a
-/// number of seconds. Millisecond resolution; at most [`FaultDuration::MAX`].
+/// A positive duration written `500ms`, `30s`, `5m`, `1h30m`, `1.5h`, `2 hours 5min`
+/// (humantime's units), or in JSON a number of seconds. Nanosecond resolution; at most
+/// [`FaultDuration::MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FaultDuration(Duration);
 
@@ -117,10 +128,98 @@ impl FromStr for FaultDuration {
                 "must be a positive duration like 500ms, 30s or 5m, got {s:?}"
             ));
         }
-        let d = humantime::parse_duration(t)
+        let d = parse_duration(t)
             .map_err(|e| format!("must be a duration like 500ms, 30s or 5m, got {s:?} ({e})"))?;
         FaultDuration::new(d)
     }
+}
+
+/// Nanoseconds in a unit of humantime's (what `format_duration` writes, and its aliases).
+fn unit_ns(unit: &str) -> Option<u128> {
+    const S: u128 = 1_000_000_000;
+    Some(match unit {
+        "nanos" | "nsec" | "ns" => 1,
+        "usec" | "us" | "\u{b5}s" => 1_000,
+        "millis" | "msec" | "ms" => 1_000_000,
+        "seconds" | "second" | "secs" | "sec" | "s" => S,
+        "minutes" | "minute" | "min" | "mins" | "m" => 60 * S,
+        "hours" | "hour" | "hr" | "hrs" | "h" => 3_600 * S,
+        "days" | "day" | "d" => 86_400 * S,
+        "weeks" | "week" | "wk" | "wks" | "w" => 604_800 * S,
+        "months" | "month" | "M" => 2_630_016 * S,
+        "years" | "year" | "yr" | "yrs" | "y" => 31_557_600 * S,
+        _ => return None,
+    })
+}
+
+/// Splits `digits` off the front of `t`.
+fn digits(t: &str) -> (&str, &str) {
+    t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()))
+}
+
+/// One `<number>[.<fraction>] <unit>` term in nanoseconds, exactly (a fraction finer than 1ns
+/// is an error); the rest of the text.
+fn term(t: &str) -> Result<(u128, &str), String> {
+    let too_large = || "the number is too large".to_owned();
+    let (int, rest) = digits(t);
+    if int.is_empty() {
+        return Err("expected a number".into());
+    }
+    let (frac, rest) = match rest.strip_prefix('.') {
+        Some(r) => match digits(r) {
+            ("", _) => return Err("expected digits after '.'".into()),
+            (f, r) => (f.trim_end_matches('0'), r),
+        },
+        None => ("", rest),
+    };
+    let rest = rest.trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphabetic() || c == '\u{b5}'))
+        .unwrap_or(rest.len());
+    let (unit, rest) = rest.split_at(end);
+    let per = match unit_ns(unit) {
+        Some(n) => n,
+        None if unit.is_empty() => return Err("a unit is missing (ns, us, ms, s, m, h, d)".into()),
+        None => return Err(format!("unknown unit {unit:?}")),
+    };
+    let whole = int
+        .parse::<u128>()
+        .ok()
+        .and_then(|n| n.checked_mul(per))
+        .ok_or_else(too_large)?;
+    let part = if frac.is_empty() {
+        0
+    } else {
+        let scale = u32::try_from(frac.len())
+            .ok()
+            .and_then(|l| 10u128.checked_pow(l))
+            .filter(|_| frac.len() <= 18)
+            .ok_or("finer than 1ns")?;
+        let n = frac.parse::<u128>().map_err(|_| too_large())? * per;
+        if n % scale != 0 {
+            return Err("finer than 1ns".into());
+        }
+        n / scale
+    };
+    Ok((whole.checked_add(part).ok_or_else(too_large)?, rest))
+}
+
+/// Parses a sum of terms (`1h30m`, `1.5s`, `2 hours 5min`) exactly, with checked arithmetic:
+/// `humantime::parse_duration` panics on some overflows (`18446744073709551615s
+/// 1000000000ns`) and refuses fractions of hours that are not whole seconds (`0.6161h`).
+fn parse_duration(t: &str) -> Result<Duration, String> {
+    let mut rest = t.trim();
+    if rest.is_empty() {
+        return Err("empty".into());
+    }
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let (ns, r) = term(rest)?;
+        total = total.checked_add(ns).ok_or("the number is too large")?;
+        rest = r.trim_start();
+    }
+    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| "the number is too large")?;
+    Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
 
 impl fmt::Display for FaultDuration {
@@ -255,6 +354,36 @@ mod tests {
         assert!("NaN".parse::<Percent>().is_err());
     }
 
+    /// Found by fuzzing (`units`): `1e-9` was accepted and became 0 ppm, a fault that never
+    /// acts (the CRD's schema already refused it: minimum 0.0001).
+    #[test]
+    fn percent_below_one_ppm_is_refused() {
+        for tiny in ["1e-9", "0.00004", "0.00009999"] {
+            let e = tiny.parse::<Percent>().unwrap_err();
+            assert!(e.contains("0.0001"), "{tiny}: {e}");
+        }
+        assert!(serde_json::from_str::<Percent>("1e-9").is_err());
+        assert_eq!("0.0001".parse::<Percent>().unwrap().ppm(), 1);
+        assert_eq!(Percent::new(Percent::MIN).unwrap().ppm(), 1);
+    }
+
+    /// Found by fuzzing (`units`): `1.8446764073701537965770956516` became
+    /// 1.8446764073701538, which serde_json (without `float_roundtrip`) read back as
+    /// 1.8446764073701536: a percent changed through the API's JSON. Percents are kept at
+    /// 1 ppm, which survives JSON exactly.
+    #[test]
+    fn percent_survives_json_and_is_kept_at_one_ppm() {
+        let p: Percent = "1.8446764073701537965770956516".parse().unwrap();
+        assert_eq!(p.value(), 1.8447);
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, "1.8447");
+        assert_eq!(serde_json::from_str::<Percent>(&json).unwrap(), p);
+        assert_eq!(p.to_string().parse::<Percent>().unwrap(), p);
+        assert_eq!(Percent::new(33.333333).unwrap().value(), 33.3333);
+        assert_eq!(Percent::new(99.99999).unwrap().value(), 100.0);
+        assert_eq!(Percent::new(0.5).unwrap().ppm(), 5000);
+    }
+
     #[test]
     fn duration_forms_and_range() {
         assert_eq!("500ms".parse::<FaultDuration>().unwrap().as_millis(), 500);
@@ -265,10 +394,55 @@ mod tests {
         assert!("0s".parse::<FaultDuration>().is_err());
         assert!("8d".parse::<FaultDuration>().is_err());
         assert!("soon".parse::<FaultDuration>().is_err());
+        assert_eq!(
+            "1h 30m 5s".parse::<FaultDuration>().unwrap().as_millis(),
+            5_405_000
+        );
+        assert_eq!(
+            "2 hours 5min".parse::<FaultDuration>().unwrap().as_millis(),
+            7_500_000
+        );
+        assert_eq!(
+            "1.25ms".parse::<FaultDuration>().unwrap().get(),
+            Duration::from_micros(1250)
+        );
+        for bad in ["", "5", "1.s", "1x", "1.0000000001s", "0.5ns", "1 0s", "s"] {
+            assert!(bad.parse::<FaultDuration>().is_err(), "{bad:?}");
+        }
         let d: FaultDuration = serde_json::from_str("60").unwrap();
         assert_eq!(d.as_millis(), 60_000);
         assert!(serde_json::from_str::<FaultDuration>("-3").is_err());
         assert_eq!(serde_json::to_string(&d).unwrap(), "\"1m\"");
+    }
+
+    /// Found by fuzzing (`units`): humantime refused `0.6161h`, which the CRD's schema admits
+    /// (fractions of hours had to be whole seconds), and panicked on an overflow.
+    #[test]
+    fn durations_in_the_schemas_form_parse_exactly_and_overflow_is_an_error() {
+        let d: FaultDuration = "0.6161h".parse().unwrap();
+        assert_eq!(d.get(), Duration::from_millis(2_217_960));
+        assert!(
+            "36d0.6161h"
+                .parse::<FaultDuration>()
+                .unwrap_err()
+                .contains("7 days")
+        );
+        for huge in [
+            "18446744073709551615s 1000000000ns",
+            "18446744073709551615s 999999999ns 1ns",
+            "99999999999999999999999999999999999999999y",
+            "340282366920938463463374607431768211455ns 1ns",
+        ] {
+            let e = huge.parse::<FaultDuration>().unwrap_err();
+            assert!(
+                e.contains("too large") || e.contains("7 days"),
+                "{huge}: {e}"
+            );
+        }
+        assert!(
+            serde_json::from_str::<FaultDuration>(r#""18446744073709551615s 1000000000ns""#)
+                .is_err()
+        );
     }
 
     #[test]

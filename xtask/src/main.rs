@@ -6,12 +6,14 @@
 //! - `test`: every test suite;
 //! - `cluster up|down|status`: a one-machine Kubernetes cluster (see [`cluster`]);
 //! - `image`: Faultline's container image from `deploy/Containerfile`;
-//! - `crash`: the agent killed at every step, 200 runs.
+//! - `crash`: the agent killed at every step, 200 runs;
+//! - `fuzz`: the fuzz targets of `fuzz/`, each for a while.
 mod bench;
 mod cargo;
 mod cluster;
 mod crash;
 mod demo;
+mod fuzz;
 mod image;
 mod kube;
 mod node;
@@ -43,9 +45,22 @@ enum Task {
     Demo,
     /// Run every test suite (what CI runs).
     Test {
-        /// Run only these suites (unit, cluster, node, vm, pytest).
+        /// Run only these suites (unit, cluster, node, vm, fuzz, pytest).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+    /// Fuzz every input surface (cargo-fuzz): each target for a while; see DEVELOPERS.md.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Run only these targets (units, selector, cidr, spec_json, seed_inject, crd,
+        /// kube_objects, inventory, netlink, api).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Seconds one input may run before it counts as a hang.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
     },
     /// Kill the agent at every step (failpoints), 200 runs, checking after each restart that
     /// the maps match the faults and nothing leaks (~15 minutes).
@@ -106,7 +121,7 @@ enum ClusterAction {
 
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Setup => setup::core(),
+        Task::Setup => setup::core().and_then(|()| setup::cargo_fuzz()),
         Task::Build { release } => {
             setup::core()?;
             cargo::build(release).map(|_| ())
@@ -117,6 +132,15 @@ fn main() -> Result<()> {
             demo::run(&bin)
         }
         Task::Test { only } => test::run(&only),
+        Task::Fuzz {
+            seconds,
+            only,
+            timeout,
+        } => fuzz::run_all(&fuzz::Options {
+            seconds,
+            only,
+            timeout,
+        }),
         Task::Crash { runs, seed, rules } => crash::run_all(&crash::Options { runs, seed, rules }),
         Task::KubeBuild => kube::build(),
         Task::Cluster { action } => match action {

@@ -145,6 +145,25 @@ fn bpffs() -> Result<()> {
     run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }
 
+/// cargo-fuzz (the fuzz targets' driver, `cargo xtask fuzz`), from crates.io when `cargo fuzz`
+/// does not run. It drives nightly (`cargo +nightly fuzz`), which [`core`] checks for.
+pub fn cargo_fuzz() -> Result<()> {
+    let path = path_with_cargo_bin();
+    if output(
+        Command::new("cargo")
+            .args(["fuzz", "--version"])
+            .env("PATH", &path),
+    )
+    .is_some()
+    {
+        eprintln!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    run(Command::new("cargo")
+        .args(["install", "cargo-fuzz", "--locked"])
+        .env("PATH", &path))
+}
+
 /// What building, the demo and the datapath tests need.
 pub fn core() -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {

@@ -7,7 +7,7 @@ use std::{
 use anyhow::{Result, bail};
 
 use crate::{
-    cargo, kube, setup,
+    cargo, fuzz, kube, setup,
     util::{path_with_cargo_bin, root, run as run_cmd},
     vm,
 };
@@ -55,6 +55,9 @@ impl std::fmt::Display for Skipped {
 
 impl std::error::Error for Skipped {}
 
+/// Seconds per fuzz target in the test run (`cargo xtask fuzz` runs 60 s each by default).
+const FUZZ_SECONDS: u64 = 10;
+
 struct Outcome {
     name: &'static str,
     took: Duration,
@@ -87,7 +90,7 @@ fn suite(name: &'static str, f: impl FnOnce() -> Result<()>) -> Outcome {
 }
 
 /// The suites' short names, in run order (for `--only`).
-pub const SUITES: &[&str] = &["unit", "cluster", "node", "vm", "pytest"];
+pub const SUITES: &[&str] = &["unit", "cluster", "node", "vm", "fuzz", "pytest"];
 
 /// Runs every suite (or those named in `only`); fails when one fails.
 pub fn run(only: &[String]) -> Result<()> {
@@ -154,6 +157,18 @@ pub fn run(only: &[String]) -> Result<()> {
             || {
                 let exe = test_executable("fault-agent", "vm")?;
                 vm::run_tests(&exe, &bin)
+            },
+        ));
+    }
+    if wanted("fuzz") {
+        outcomes.push(suite(
+            "fuzz: corpora replayed, then 10 s per target (10 targets)",
+            || {
+                fuzz::run_all(&fuzz::Options {
+                    seconds: FUZZ_SECONDS,
+                    only: vec![],
+                    timeout: 10,
+                })
             },
         ));
     }

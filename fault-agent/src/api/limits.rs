@@ -88,6 +88,36 @@ async fn rate_limit(
     }
 }
 
+/// axum's answer to a method a route does not have is empty; the API's errors are JSON (found
+/// by fuzzing, `api`: `PUT /v1/faults`, then `GET`'s typo on `/healthz`). `Allow` is kept.
+fn method_not_allowed(res: &Response) -> Response {
+    let allow = res.headers().get(header::ALLOW).cloned();
+    let mut out = refuse(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        match allow.as_ref().and_then(|a| a.to_str().ok()) {
+            Some(a) => format!("this path does not take this method; it takes {a}"),
+            None => "this path does not take this method".to_owned(),
+        },
+        None,
+    );
+    if let Some(a) = allow {
+        out.headers_mut().insert(header::ALLOW, a);
+    }
+    out
+}
+
+/// The health and document routes' layer (they are outside the limits): a 405 gets the
+/// API's JSON error body like every other route's.
+pub async fn json_method_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    if res.status() == StatusCode::METHOD_NOT_ALLOWED {
+        method_not_allowed(&res)
+    } else {
+        res
+    }
+}
+
 /// Gives the plain-text answers of axum's and tower's layers (body too large, timeout) the
 /// API's JSON error body, with the limit named.
 async fn json_errors(State(limits): State<ApiLimits>, req: Request, next: Next) -> Response {
@@ -118,6 +148,26 @@ async fn json_errors(State(limits): State<ApiLimits>, req: Request, next: Next) 
             ),
             None,
         ),
+        StatusCode::METHOD_NOT_ALLOWED => method_not_allowed(&res),
+        // axum's extractors refuse in plain text (`Failed to deserialize query string:
+        // duplicate field`, found by fuzzing, `api`); the API's 400 and 422 are JSON naming
+        // the field: `query` or `body`.
+        s @ (StatusCode::BAD_REQUEST
+        | StatusCode::UNPROCESSABLE_ENTITY
+        | StatusCode::UNSUPPORTED_MEDIA_TYPE) => {
+            let text = match axum::body::to_bytes(res.into_body(), 64 << 10).await {
+                Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            let field = if text.contains("query string") {
+                "query"
+            } else {
+                "body"
+            };
+            let mut error = ApiError::new("invalid_field", text);
+            error.field = Some(field.to_owned());
+            (s, Json(ErrorBody { error })).into_response()
+        }
         _ => res,
     }
 }
@@ -178,4 +228,116 @@ pub fn apply<S: Clone + Send + Sync + 'static>(api: Router<S>, limits: ApiLimits
         _ => api,
     };
     api.layer(middleware::from_fn_with_state(limits, json_errors))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, routing::get};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// Found by fuzzing (`api`): `PUT /v1/faults` was answered 405 with an empty body, not
+    /// the API's JSON error.
+    #[test]
+    fn a_method_a_route_lacks_is_a_json_error_with_allow() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let api = apply(
+            Router::new().route("/v1/faults", get(|| async { "[]" })),
+            ApiLimits::default(),
+        );
+        let res = rt
+            .block_on(
+                api.oneshot(
+                    Request::builder()
+                        .method("PUT")
+                        .uri("/v1/faults")
+                        .body(Body::empty())
+                        .unwrap(),
+                ),
+            )
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let allow = res.headers().get(header::ALLOW).unwrap().to_str().unwrap();
+        assert!(allow.contains("GET"), "{allow}");
+        let body = rt
+            .block_on(axum::body::to_bytes(res.into_body(), 1 << 16))
+            .unwrap();
+        let e: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(e.error.code, "method_not_allowed");
+    }
+
+    /// Found by fuzzing (`api`): an unknown method on a health path (`GfaultsET /healthz`),
+    /// outside the limits' layers, was answered 405 with an empty body.
+    #[test]
+    fn a_method_a_health_route_lacks_is_a_json_error_too() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let health = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .layer(middleware::from_fn(json_method_errors));
+        let res = rt
+            .block_on(
+                health.oneshot(
+                    Request::builder()
+                        .method("GfaultsET")
+                        .uri("/healthz")
+                        .body(Body::empty())
+                        .unwrap(),
+                ),
+            )
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(res.headers().get(header::ALLOW).is_some());
+        let body = rt
+            .block_on(axum::body::to_bytes(res.into_body(), 1 << 16))
+            .unwrap();
+        let e: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(e.error.code, "method_not_allowed");
+    }
+
+    /// Found by fuzzing (`api`): `?namespace=a&namespace=b` was refused by axum's `Query`
+    /// in plain text, not the API's JSON error naming the field.
+    #[test]
+    fn an_extractor_refusal_is_a_json_error_naming_the_query() {
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Q {
+            namespace: String,
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let api = apply(
+            Router::new().route(
+                "/c",
+                axum::routing::post(|_: axum::extract::Query<Q>| async { "ok" }),
+            ),
+            ApiLimits::default(),
+        );
+        let res = rt
+            .block_on(
+                api.oneshot(
+                    Request::builder()
+                        .method("POST")
+                        .uri("/c?namespace=a&namespace=b")
+                        .body(Body::empty())
+                        .unwrap(),
+                ),
+            )
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        let body = rt
+            .block_on(axum::body::to_bytes(res.into_body(), 1 << 16))
+            .unwrap();
+        let e: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(e.error.field.as_deref(), Some("query"), "{e:?}");
+        assert!(e.error.message.contains("duplicate field"), "{e:?}");
+    }
 }

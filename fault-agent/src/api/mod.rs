@@ -81,6 +81,7 @@ pub fn router(
             get(|| async { Json(serde_json::json!({"status": "healthy"})) }),
         )
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .layer(axum::middleware::from_fn(limits::json_method_errors))
         .merge(api)
         .with_state(state)
 }
