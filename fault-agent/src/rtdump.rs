@@ -57,6 +57,19 @@ impl Socket {
     }
 }
 
+/// The text of a kernel `NLMSG_ERROR`, from its code alone: the crate's own `Display` negates
+/// the code, which overflows (a panic with debug assertions) for `i32::MIN` (found by fuzzing,
+/// `netlink`).
+fn errno_text(e: &netlink_packet_core::ErrorMessage) -> String {
+    match e.code {
+        None => "an acknowledgement where the dump was expected".to_owned(),
+        Some(c) => match i32::try_from(c.get().unsigned_abs()) {
+            Ok(errno) => std::io::Error::from_raw_os_error(errno).to_string(),
+            Err(_) => format!("error code {}", c.get()),
+        },
+    }
+}
+
 /// Parses one datagram of a dump's answer (a run of netlink messages, each padded to 4
 /// bytes): appends the route messages of request `seq` to `out`, skips other requests'
 /// messages. `Ok(true)` once `NLMSG_DONE` of `seq` is reached (what follows it is ignored).
@@ -70,7 +83,7 @@ pub fn parse_dump_part(data: &[u8], seq: u32, out: &mut Vec<RouteNetlinkMessage>
         if m.header.sequence_number == seq {
             match m.payload {
                 NetlinkPayload::Done(_) => return Ok(true),
-                NetlinkPayload::Error(e) => bail!("netlink dump refused: {e}"),
+                NetlinkPayload::Error(e) => bail!("netlink dump refused: {}", errno_text(&e)),
                 NetlinkPayload::InnerMessage(inner) => out.push(inner),
                 _ => {}
             }
@@ -81,4 +94,33 @@ pub fn parse_dump_part(data: &[u8], seq: u32, out: &mut Vec<RouteNetlinkMessage>
         off += len.next_multiple_of(4);
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_dump_part;
+
+    /// An `NLMSG_ERROR` message (type 2) of request `seq` with error code `code`.
+    fn nlmsg_error(seq: u32, code: i32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&36u32.to_ne_bytes()); // length: header 16 + code 4 + request header 16
+        m.extend_from_slice(&2u16.to_ne_bytes()); // NLMSG_ERROR
+        m.extend_from_slice(&0u16.to_ne_bytes()); // flags
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes()); // port
+        m.extend_from_slice(&code.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 16]);
+        m
+    }
+
+    /// Found by fuzzing (`netlink`): an error code of `i32::MIN` made the netlink crate's own
+    /// `Display` negate it and overflow (a panic with debug assertions).
+    #[test]
+    fn an_error_code_of_i32_min_is_an_error_not_a_panic() {
+        let mut out = Vec::new();
+        let e = parse_dump_part(&nlmsg_error(1, i32::MIN), 1, &mut out).unwrap_err();
+        assert!(format!("{e:#}").contains("netlink dump refused"), "{e:#}");
+        let e = parse_dump_part(&nlmsg_error(1, -1), 1, &mut out).unwrap_err();
+        assert!(format!("{e:#}").contains("not permitted"), "{e:#}");
+    }
 }

@@ -47,6 +47,10 @@ pub struct Options {
     pub only: Vec<String>,
     /// Seconds one input may take before it counts as a hang.
     pub timeout: u64,
+    /// libFuzzer's random seed: fixed in `cargo xtask test`, so that a run of a given build
+    /// explores the same inputs each time (a new find there is a change's, not luck's);
+    /// random in `cargo xtask fuzz`.
+    pub seed: Option<u64>,
 }
 
 fn fuzz_dir() -> PathBuf {
@@ -155,6 +159,7 @@ fn run_target(bin: &Path, name: &str, opts: &Options) -> Result<Stats> {
             .arg("-rss_limit_mb=2048")
             .arg("-max_len=16384")
             .arg("-print_final_stats=1")
+            .args(opts.seed.map(|s| format!("-seed={s}")))
             .arg(format!("-artifact_prefix={}/", found.display()))
             .arg(&work)
             .arg(&seeds)

@@ -140,6 +140,7 @@ fn main() -> Result<()> {
             seconds,
             only,
             timeout,
+            seed: None,
         }),
         Task::Crash { runs, seed, rules } => crash::run_all(&crash::Options { runs, seed, rules }),
         Task::KubeBuild => kube::build(),

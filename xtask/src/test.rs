@@ -168,6 +168,7 @@ pub fn run(only: &[String]) -> Result<()> {
                     seconds: FUZZ_SECONDS,
                     only: vec![],
                     timeout: 10,
+                    seed: Some(1),
                 })
             },
         ));
