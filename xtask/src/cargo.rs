@@ -7,20 +7,23 @@ use crate::util::{path_with_cargo_bin, root, run};
 
 /// Builds fault-agent (its build.rs compiles the eBPF programs with nightly and bpf-linker),
 /// faultctl and the testkit's `fault-testenv`. Returns the folder holding the binaries.
+/// The packages whose binaries the tests, the demo and the image use, as `cargo build` args.
+pub const BINARIES: &[&str] = &[
+    "-p",
+    "fault-agent",
+    "-p",
+    "faultctl",
+    "-p",
+    "fault-testkit",
+    "--bins",
+];
+
 pub fn build(release: bool) -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
-    cmd.args([
-        "build",
-        "-p",
-        "fault-agent",
-        "-p",
-        "faultctl",
-        "-p",
-        "fault-testkit",
-        "--bins",
-    ])
-    .current_dir(root())
-    .env("PATH", path_with_cargo_bin());
+    cmd.arg("build")
+        .args(BINARIES)
+        .current_dir(root())
+        .env("PATH", path_with_cargo_bin());
     if release {
         cmd.arg("--release");
     }

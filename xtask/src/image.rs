@@ -149,15 +149,7 @@ pub fn musl_binaries() -> Result<PathBuf> {
     }
     run(Command::new("cargo")
         .args(["build", "--release", "--target", MUSL])
-        .args([
-            "-p",
-            "fault-agent",
-            "-p",
-            "faultctl",
-            "-p",
-            "fault-testkit",
-            "--bins",
-        ])
+        .args(cargo::BINARIES)
         .current_dir(root())
         .env("PATH", path_with_cargo_bin()))?;
     Ok(cargo::target_dir().join(MUSL).join("release"))

@@ -232,41 +232,43 @@ pub fn apply<S: Clone + Send + Sync + 'static>(api: Router<S>, limits: ApiLimits
 
 #[cfg(test)]
 mod tests {
-    use axum::{body::Body, routing::get};
+    use axum::{body::Body, http::HeaderMap, routing::get};
     use tower::ServiceExt as _;
 
     use super::*;
+
+    /// Sends `method uri` (no body) through `router`; the answer's status, headers and JSON
+    /// error body.
+    fn send(router: Router, method: &str, uri: &str) -> (StatusCode, HeaderMap, ErrorBody) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let res = rt.block_on(router.oneshot(req)).unwrap();
+        let (status, headers) = (res.status(), res.headers().clone());
+        let body = rt
+            .block_on(axum::body::to_bytes(res.into_body(), 1 << 16))
+            .unwrap();
+        (status, headers, serde_json::from_slice(&body).unwrap())
+    }
 
     /// Found by fuzzing (`api`): `PUT /v1/faults` was answered 405 with an empty body, not
     /// the API's JSON error.
     #[test]
     fn a_method_a_route_lacks_is_a_json_error_with_allow() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let api = apply(
             Router::new().route("/v1/faults", get(|| async { "[]" })),
             ApiLimits::default(),
         );
-        let res = rt
-            .block_on(
-                api.oneshot(
-                    Request::builder()
-                        .method("PUT")
-                        .uri("/v1/faults")
-                        .body(Body::empty())
-                        .unwrap(),
-                ),
-            )
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
-        let allow = res.headers().get(header::ALLOW).unwrap().to_str().unwrap();
+        let (status, headers, e) = send(api, "PUT", "/v1/faults");
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        let allow = headers.get(header::ALLOW).unwrap().to_str().unwrap();
         assert!(allow.contains("GET"), "{allow}");
-        let body = rt
-            .block_on(axum::body::to_bytes(res.into_body(), 1 << 16))
-            .unwrap();
-        let e: ErrorBody = serde_json::from_slice(&body).unwrap();
         assert_eq!(e.error.code, "method_not_allowed");
     }
 
@@ -274,30 +276,12 @@ mod tests {
     /// outside the limits' layers, was answered 405 with an empty body.
     #[test]
     fn a_method_a_health_route_lacks_is_a_json_error_too() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let health = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .layer(middleware::from_fn(json_method_errors));
-        let res = rt
-            .block_on(
-                health.oneshot(
-                    Request::builder()
-                        .method("GfaultsET")
-                        .uri("/healthz")
-                        .body(Body::empty())
-                        .unwrap(),
-                ),
-            )
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert!(res.headers().get(header::ALLOW).is_some());
-        let body = rt
-            .block_on(axum::body::to_bytes(res.into_body(), 1 << 16))
-            .unwrap();
-        let e: ErrorBody = serde_json::from_slice(&body).unwrap();
+        let (status, headers, e) = send(health, "GfaultsET", "/healthz");
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(headers.get(header::ALLOW).is_some());
         assert_eq!(e.error.code, "method_not_allowed");
     }
 
@@ -310,10 +294,6 @@ mod tests {
         struct Q {
             namespace: String,
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let api = apply(
             Router::new().route(
                 "/c",
@@ -321,22 +301,8 @@ mod tests {
             ),
             ApiLimits::default(),
         );
-        let res = rt
-            .block_on(
-                api.oneshot(
-                    Request::builder()
-                        .method("POST")
-                        .uri("/c?namespace=a&namespace=b")
-                        .body(Body::empty())
-                        .unwrap(),
-                ),
-            )
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
-        let body = rt
-            .block_on(axum::body::to_bytes(res.into_body(), 1 << 16))
-            .unwrap();
-        let e: ErrorBody = serde_json::from_slice(&body).unwrap();
+        let (status, _, e) = send(api, "POST", "/c?namespace=a&namespace=b");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(e.error.field.as_deref(), Some("query"), "{e:?}");
         assert!(e.error.message.contains("duplicate field"), "{e:?}");
     }
