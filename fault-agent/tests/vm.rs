@@ -197,7 +197,7 @@ fn delay_50ms_each_direction_leaves_other_paths_alone() {
 
 #[test]
 #[ignore = "needs a kernel with sch_fq: run by `cargo xtask test` inside the 6.1 VM"]
-fn jitter_is_uniform_and_never_reorders() {
+fn jitter_is_uniform_and_keeps_packets_in_order() {
     let _s = serial();
     let env = DynamoEnv::start().unwrap();
     needs_fq(&env);
@@ -226,9 +226,47 @@ fn jitter_is_uniform_and_never_reorders() {
         ..Default::default()
     };
     let r = udp_stream(&p.decode0, &p.prefill, Family::V4, &opts).unwrap();
+    // 5 ms apart, well within the 40 ms spread: fq alone (Linux >= 5.5) would send many of
+    // these out of order; the program gives no packet an earlier time than its predecessor's.
+    let dense = StreamOpts {
+        count: 400,
+        rate_pps: 200,
+        port: 42_012,
+        drain: Duration::from_millis(1500),
+        ..Default::default()
+    };
+    let d = udp_stream(&p.decode0, &p.prefill, Family::V4, &dense).unwrap();
     ctl(&env.agent, &["recover", &id]);
     assert_eq!(r.received, r.sent, "{r}");
-    let in_order = r.arrivals.windows(2).all(|w| w[0].seq < w[1].seq);
+    assert_eq!(d.received, d.sent, "{d}");
+    let out_of_order = d
+        .arrivals
+        .windows(2)
+        .filter(|w| w[0].seq > w[1].seq)
+        .count();
+    let dense_min = d
+        .arrivals
+        .iter()
+        .map(|a| a.latency_ns() as f64 / 1e6 - pct(&base, 0.5))
+        .fold(f64::INFINITY, f64::min);
+    eprintln!(
+        "delay 50ms jitter 20ms at 200/s: {out_of_order} of {} datagrams arrived before their predecessor; min added {dense_min:.1} ms",
+        d.received
+    );
+    // Before the program kept departures in order, 147 of 400 arrived before their
+    // predecessor here; after, 0 or 1: past fq, two packets released by fq's timer on two CPUs
+    // within microseconds can still swap in the CPUs' backlog queues (veth), rarely.
+    assert!(
+        out_of_order <= 4,
+        "{out_of_order} of 400 reordered at 200/s (at most 1% allowed)"
+    );
+    assert!(dense_min >= 28.0, "min {dense_min:.1} ms at 200/s");
+    let in_order = r
+        .arrivals
+        .windows(2)
+        .filter(|w| w[0].seq > w[1].seq)
+        .count()
+        <= 1;
     let offset = pct(&base, 0.5);
     let mut lat: Vec<f64> = r
         .arrivals
@@ -248,7 +286,10 @@ fn jitter_is_uniform_and_never_reorders() {
         q(0.95),
         q(1.0)
     );
-    assert!(in_order, "no reordering");
+    assert!(
+        in_order,
+        "no reordering (one swap past fq allowed, as above)"
+    );
     // Uniform on [30, 70]: quartiles at 40, 50, 60; nothing outside (emulation adds a little:
     // on a quiet machine p95 69.7 and max 78.3 ms, where uniform gives 68 and 70; CI's busier
     // machine once went past the tighter bounds of an earlier version of this test).

@@ -119,7 +119,7 @@ pub const MAP_REMOTE: &str = "FL_REMOTE";
 /// Capacity of [`MAP_REMOTE`]: pod addresses on other nodes.
 pub const MAX_REMOTE: u32 = 131_072;
 
-/// Pin and map name of the rate limiters' state (LRU hash, [`RateKey`] -> [`RateState`]).
+/// Pin and map name of the rate limiters' and jitter's state (LRU hash, [`RateKey`] -> [`RateState`]).
 pub const MAP_RATE: &str = "FL_RATE";
 /// Capacity of [`MAP_RATE`].
 pub const MAX_RATE: u32 = 65_536;
@@ -143,7 +143,8 @@ pub const EVALUATED_MARK_GLOBAL: &str = "FL_EVALUATED_MARK";
 /// theirs); the program resets the copy's mark to 0 after recognizing it.
 pub const DUPLICATE_MARK: u32 = 0xfa17_d0b1;
 
-/// Key of [`MAP_RATE`]: one token bucket (as an EDT horizon) per fault, target and direction.
+/// Key of [`MAP_RATE`]: one token bucket (as an EDT horizon) and one last departure time
+/// (jitter) per fault, target and direction.
 /// 24 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -157,12 +158,16 @@ pub struct RateKey {
     pub _pad: [u8; 5],
 }
 
-/// Value of [`MAP_RATE`]. 8 bytes.
+/// Value of [`MAP_RATE`]. 16 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RateState {
-    /// Earliest departure of the next packet, `CLOCK_MONOTONIC` ns (the clock of EDT).
+    /// Rate limit: earliest departure of the next packet, `CLOCK_MONOTONIC` ns (the clock of
+    /// EDT); 0 without a rate.
     pub next_ns: u64,
+    /// Jitter: departure time given to the last packet, `CLOCK_MONOTONIC` ns; a later packet
+    /// never gets an earlier one (no reordering); 0 without jitter.
+    pub last_ns: u64,
 }
 
 /// TC verdicts (`include/uapi/linux/pkt_cls.h`). With TCX (Linux >= 6.6) the same values mean
@@ -371,7 +376,7 @@ const _: () = {
     assert!(core::mem::size_of::<FaultStats>() == 40);
     assert!(RULE_FIXED_BITS + 128 == RULE_FULL_BITS);
     assert!(core::mem::size_of::<RateKey>() == 24);
-    assert!(core::mem::size_of::<RateState>() == 8);
+    assert!(core::mem::size_of::<RateState>() == 16);
 };
 
 #[cfg(feature = "user")]

@@ -7,6 +7,7 @@
 //! - `cluster up|down|status`: a one-machine Kubernetes cluster (see [`cluster`]);
 //! - `image`: Faultline's container image from `deploy/Containerfile`;
 //! - `crash`: the agent killed at every step, 200 runs;
+//! - `vm [--kernel 6.1|5.10] CMD`: a shell command as root in Debian's 6.1 or 5.10 kernel (VM);
 //! - `fuzz`: the fuzz targets of `fuzz/`, each for a while.
 mod bench;
 mod cargo;
@@ -45,7 +46,7 @@ enum Task {
     Demo,
     /// Run every test suite (what CI runs).
     Test {
-        /// Run only these suites (unit, cluster, node, vm, fuzz, pytest).
+        /// Run only these suites (unit, cluster, node, vm, vm510, fuzz, pytest).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -86,8 +87,11 @@ enum Task {
     /// Build Faultline's image (deploy/Containerfile over static release binaries, with
     /// buildah); import it into the cluster when it runs.
     Image,
-    /// Run a shell command as root in Debian's 6.1 kernel (VM, software emulation).
+    /// Run a shell command as root in Debian's 6.1 or 5.10 kernel (VM, software emulation).
     Vm {
+        /// The kernel to boot (5.10 is downloaded once, into ~/.cache/faultline/kernel-5.10).
+        #[arg(long, default_value = "6.1")]
+        kernel: vm::Kernel,
         /// The command line.
         command: String,
     },
@@ -170,7 +174,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Task::Vm { command } => vm::run_inside(&command),
+        Task::Vm { kernel, command } => vm::run_inside(kernel, &command),
         Task::Bench {
             out,
             quick,

@@ -90,7 +90,7 @@ fn suite(name: &'static str, f: impl FnOnce() -> Result<()>) -> Outcome {
 }
 
 /// The suites' short names, in run order (for `--only`).
-pub const SUITES: &[&str] = &["unit", "cluster", "node", "vm", "fuzz", "pytest"];
+pub const SUITES: &[&str] = &["unit", "cluster", "node", "vm", "vm510", "fuzz", "pytest"];
 
 /// Runs every suite (or those named in `only`); fails when one fails.
 pub fn run(only: &[String]) -> Result<()> {
@@ -156,7 +156,31 @@ pub fn run(only: &[String]) -> Result<()> {
             "kernel 6.1 VM: delay, jitter, duplication, rate, netlink attach",
             || {
                 let exe = test_executable("fault-agent", "vm")?;
-                vm::run_tests(&exe, &bin)
+                let runs = [vm::TestRun {
+                    binary: &exe,
+                    ignored: true,
+                }];
+                vm::run_tests(vm::Kernel::Debian61, &runs, &bin)
+            },
+        ));
+    }
+    if wanted("vm510") {
+        outcomes.push(suite(
+            "kernel 5.10 VM: the datapath suite, then the 6.1 VM's suite",
+            || {
+                let datapath = test_executable("fault-agent", "datapath")?;
+                let vm_suite = test_executable("fault-agent", "vm")?;
+                let runs = [
+                    vm::TestRun {
+                        binary: &datapath,
+                        ignored: false,
+                    },
+                    vm::TestRun {
+                        binary: &vm_suite,
+                        ignored: true,
+                    },
+                ];
+                vm::run_tests(vm::Kernel::Debian510, &runs, &bin)
             },
         ));
     }

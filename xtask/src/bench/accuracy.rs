@@ -118,7 +118,7 @@ fn delay_in_vm(out: &mut String) -> Result<()> {
         bin.display(),
         exe.display()
     );
-    let log = crate::vm::capture_inside(&inside)?;
+    let log = crate::vm::capture_inside(crate::vm::Kernel::Debian61, &inside)?;
     writeln!(
         out,
         "Delay error on Debian's 6.1 kernel (VM under software emulation, netlink attach, fq): 60 datagrams at 30/s, median one-way latency minus the median without the fault:\n"

@@ -1,49 +1,34 @@
-//! A second kernel for the tests that need what this machine's kernel lacks (`sch_fq`, and the
-//! netlink attach path of kernels without TCX): Debian's 6.1 kernel in a VM under software
-//! emulation, through virtme-ng. The VM shares this machine's filesystem, so binaries built
-//! here run inside as they are.
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+//! Other kernels for the tests that need what this machine's kernel lacks (`sch_fq`, and the
+//! netlink attach path of kernels without TCX), and for the kernels nodes run: Debian's 6.1
+//! and 5.10 ([`Kernel`]) in a VM under software emulation, through virtme-ng. The VM shares
+//! this machine's filesystem, so binaries built here run inside as they are.
+mod kernels;
+
+pub use kernels::Kernel;
+use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::setup;
 
-/// The 6.1 kernel image Debian's `linux-image-amd64` installs.
-fn kernel() -> Result<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-6.1."))
-        })
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .context("no /boot/vmlinuz-6.1.* (apt package linux-image-amd64)")
-}
-
-/// Modules the suites need that Debian's 6.1 kernel builds as modules: sch_fq (delay and
+/// Modules the suites need that Debian's kernels build as modules: sch_fq (delay and
 /// rate), and br_netfilter (Service DNAT between pods of one bridge; absent on kernels that
 /// build it in, hence optional).
 const MODULES: &str = "modprobe sch_fq && (modprobe br_netfilter || true)";
 
-/// Runs `command` (a shell command line) as root inside the VM, after loading [`MODULES`] and
-/// mounting bpffs; fails if it fails. Boot takes ~30 s; everything inside is ~10x slower.
-pub fn run_inside(command: &str) -> Result<()> {
+/// Runs `command` (a shell command line) as root inside the VM booted with `kernel`, after
+/// loading [`MODULES`] and mounting bpffs; fails if it fails. Boot takes ~30 s; everything
+/// inside is ~10x slower.
+pub fn run_inside(kernel: Kernel, command: &str) -> Result<()> {
     setup::apt(setup::VM_PACKAGES)?;
     let venv = setup::virtme_venv()?;
-    let kernel = kernel()?;
+    let kernel = kernel.image()?;
     let path = format!(
         "{}:{}",
         venv.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let script = format!("{MODULES} && mount -t bpf bpf /sys/fs/bpf && {command}");
+    let script = format!("{MODULES} && mount -t bpf bpf /sys/fs/bpf && ({command})");
     let mut cmd = Command::new(venv.join("vng"));
     cmd.arg("--disable-kvm")
         .arg("--run")
@@ -78,30 +63,45 @@ fn run_piped(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs a test executable inside the VM with `--ignored` (the VM-only tests are ignored
-/// elsewhere).
-pub fn run_tests(test_binary: &Path, bin_dir: &Path) -> Result<()> {
-    if !test_binary.exists() {
-        bail!("{} missing", test_binary.display());
+/// A test executable to run in the VM, and whether to run its ignored tests (the VM-only
+/// suites are ignored elsewhere) or its normal ones.
+pub struct TestRun<'a> {
+    pub binary: &'a Path,
+    pub ignored: bool,
+}
+
+/// Runs test executables one after the other in one boot of `kernel`; fails if one fails
+/// (the others still run).
+pub fn run_tests(kernel: Kernel, runs: &[TestRun<'_>], bin_dir: &Path) -> Result<()> {
+    let mut lines = Vec::new();
+    for r in runs {
+        if !r.binary.exists() {
+            bail!("{} missing", r.binary.display());
+        }
+        let ignored = if r.ignored { "--ignored " } else { "" };
+        lines.push(format!(
+            "FAULTLINE_BIN_DIR={} {} {ignored}--test-threads=1 --nocapture || failed=1",
+            bin_dir.display(),
+            r.binary.display()
+        ));
     }
-    run_inside(&format!(
-        "FAULTLINE_BIN_DIR={} {} --ignored --test-threads=1 --nocapture",
-        bin_dir.display(),
-        test_binary.display()
-    ))
+    run_inside(
+        kernel,
+        &format!("failed=0; {}; exit $failed", lines.join("; ")),
+    )
 }
 
 /// Like [`run_inside`], and returns what the command printed (stdout and stderr).
-pub fn capture_inside(command: &str) -> Result<String> {
+pub fn capture_inside(kernel: Kernel, command: &str) -> Result<String> {
     setup::apt(setup::VM_PACKAGES)?;
     let venv = setup::virtme_venv()?;
-    let kernel = kernel()?;
+    let kernel = kernel.image()?;
     let path = format!(
         "{}:{}",
         venv.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let script = format!("{MODULES} && mount -t bpf bpf /sys/fs/bpf && {command} 2>&1");
+    let script = format!("{MODULES} && mount -t bpf bpf /sys/fs/bpf && ({command}) 2>&1");
     let out = Command::new(venv.join("vng"))
         .arg("--disable-kvm")
         .arg("--run")
