@@ -30,6 +30,9 @@ pub enum Source {
         faults: Store<NetworkFault>,
         pods: Store<KubePod>,
     },
+    /// A fixed snapshot (unit tests of the encoding).
+    #[cfg(test)]
+    Fixed(Snapshot),
 }
 
 impl std::fmt::Debug for Source {
@@ -37,6 +40,8 @@ impl std::fmt::Debug for Source {
         f.write_str(match self {
             Self::Local { .. } => "Source::Local",
             Self::Cluster { .. } => "Source::Cluster",
+            #[cfg(test)]
+            Self::Fixed(_) => "Source::Fixed",
         })
     }
 }
@@ -50,12 +55,17 @@ impl Source {
             Self::Cluster { faults, pods } => {
                 Snapshot::cluster(&faults.state(), pods.state().len())
             }
+            #[cfg(test)]
+            Self::Fixed(s) => s.clone(),
         }
     }
 }
 
-/// The per-fault counter families: name (without `_total`), help, and which counter.
-const FAULT_COUNTERS: [(&str, &str, fn(&Counters) -> u64); 5] = [
+/// A per-fault counter family: name (without `_total`), help, and which counter.
+type CounterFamily = (&'static str, &'static str, fn(&Counters) -> u64);
+
+/// The per-fault counter families.
+const FAULT_COUNTERS: [CounterFamily; 5] = [
     (
         "faultline_fault_matched_packets",
         "Packets a live fault's rules matched (protected traffic excluded), from the kernel's per-CPU counters",
@@ -115,99 +125,115 @@ fn count(n: u64) -> i64 {
 impl Collector for StateCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self.source.snapshot();
-        for (name, help, get) in FAULT_COUNTERS {
-            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for f in &snap.counters {
-                let set = [
-                    ("fault_id", f.fault_id.as_str()),
-                    ("namespace", f.namespace.as_str()),
-                    ("kind", f.kind.as_str()),
-                    ("direction", f.direction),
-                    ("node", f.node.as_str()),
-                ];
-                ConstCounter::new(get(&f.counters)).encode(m.encode_family(&set)?)?;
-            }
-        }
-        // Every phase (and type) is written, 0 included: a dashboard's series never vanish.
-        let mut by_phase: BTreeMap<&str, u64> = labels::PHASES
-            .iter()
-            .map(|p| (labels::phase(*p), 0))
-            .collect();
-        let mut by_type: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        for t in ["network_partition", "network_degradation"] {
-            for p in labels::PHASES {
-                by_type.insert((t, labels::phase(p)), 0);
-            }
-        }
-        for f in &snap.phases {
-            *by_phase.entry(labels::phase(f.state)).or_default() += 1;
-            *by_type
-                .entry((f.experiment_type, labels::phase(f.state)))
-                .or_default() += 1;
-        }
-        let phases: Vec<_> = by_phase
-            .iter()
-            .map(|(p, n)| (vec![("phase", *p)], count(*n)))
-            .collect();
-        gauge(
-            &mut enc,
-            "faultline_faults",
-            "Faults on record by phase (ended ones stay for --retention)",
-            &phases,
-        )?;
-        let status: Vec<_> = by_type
-            .iter()
-            .map(|((t, p), n)| (vec![("experiment_type", *t), ("status", *p)], count(*n)))
-            .collect();
-        gauge(
-            &mut enc,
-            "chaos_experiment_status",
-            "Faults on record by experiment type and phase (seed framework name)",
-            &status,
-        )?;
-        let entries: Vec<_> = snap
-            .maps
-            .iter()
-            .map(|m| (vec![("map", m.map)], count(m.entries)))
-            .collect();
-        let capacity: Vec<_> = snap
-            .maps
-            .iter()
-            .map(|m| (vec![("map", m.map)], count(m.capacity)))
-            .collect();
-        if !snap.maps.is_empty() {
-            gauge(
-                &mut enc,
-                "faultline_map_entries",
-                "Entries the agent holds in each kernel map",
-                &entries,
-            )?;
-            gauge(
-                &mut enc,
-                "faultline_map_capacity_entries",
-                "Size of each kernel map, in entries (the agent budgets half of it: DEVELOPERS.md, Capacity)",
-                &capacity,
-            )?;
-        }
-        let pods: Vec<_> = snap
-            .pods
-            .iter()
-            .map(|(scope, n)| (vec![("scope", *scope)], count(*n)))
-            .collect();
-        gauge(
-            &mut enc,
-            "faultline_pods",
-            "Pods the agent knows: local (veth found), remote (another node's), unresolved (namespace or veth not found); cluster on the cluster API",
-            &pods,
-        )?;
-        if let Some(n) = snap.unattached {
-            gauge(
-                &mut enc,
-                "faultline_interfaces_unattached",
-                "Interfaces the agent could not attach its programs to, at the last sync",
-                &[(vec![], count(n))],
-            )?;
-        }
-        Ok(())
+        fault_counters(&mut enc, &snap)?;
+        phases(&mut enc, &snap)?;
+        datapath(&mut enc, &snap)
     }
+}
+
+/// The kernel's counters of each live fault.
+fn fault_counters(enc: &mut DescriptorEncoder, snap: &Snapshot) -> Result<(), std::fmt::Error> {
+    for (name, help, get) in FAULT_COUNTERS {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for f in &snap.counters {
+            let set = [
+                ("fault_id", f.fault_id.as_str()),
+                ("namespace", f.namespace.as_str()),
+                ("kind", f.kind.as_str()),
+                ("direction", f.direction),
+                ("node", f.node.as_str()),
+            ];
+            ConstCounter::new(get(&f.counters)).encode(m.encode_family(&set)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Faults by phase, under our name and the seed's.
+fn phases(enc: &mut DescriptorEncoder, snap: &Snapshot) -> Result<(), std::fmt::Error> {
+    // Every phase (and type) is written, 0 included: a dashboard's series never vanish.
+    let mut by_phase: BTreeMap<&str, u64> = labels::PHASES
+        .iter()
+        .map(|p| (labels::phase(*p), 0))
+        .collect();
+    let mut by_type: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for t in ["network_partition", "network_degradation"] {
+        for p in labels::PHASES {
+            by_type.insert((t, labels::phase(p)), 0);
+        }
+    }
+    for f in &snap.phases {
+        *by_phase.entry(labels::phase(f.state)).or_default() += 1;
+        *by_type
+            .entry((f.experiment_type, labels::phase(f.state)))
+            .or_default() += 1;
+    }
+    let phases: Vec<_> = by_phase
+        .iter()
+        .map(|(p, n)| (vec![("phase", *p)], count(*n)))
+        .collect();
+    gauge(
+        enc,
+        "faultline_faults",
+        "Faults on record by phase (ended ones stay for --retention)",
+        &phases,
+    )?;
+    let status: Vec<_> = by_type
+        .iter()
+        .map(|((t, p), n)| (vec![("experiment_type", *t), ("status", *p)], count(*n)))
+        .collect();
+    gauge(
+        enc,
+        "chaos_experiment_status",
+        "Faults on record by experiment type and phase (seed framework name)",
+        &status,
+    )
+}
+
+/// Map fill, pods, interfaces left unattached.
+fn datapath(enc: &mut DescriptorEncoder, snap: &Snapshot) -> Result<(), std::fmt::Error> {
+    let entries: Vec<_> = snap
+        .maps
+        .iter()
+        .map(|m| (vec![("map", m.map)], count(m.entries)))
+        .collect();
+    let capacity: Vec<_> = snap
+        .maps
+        .iter()
+        .map(|m| (vec![("map", m.map)], count(m.capacity)))
+        .collect();
+    if !snap.maps.is_empty() {
+        gauge(
+            enc,
+            "faultline_map_entries",
+            "Entries the agent holds in each kernel map",
+            &entries,
+        )?;
+        gauge(
+            enc,
+            "faultline_map_capacity_entries",
+            "Size of each kernel map, in entries (the agent budgets half of it: DEVELOPERS.md, Capacity)",
+            &capacity,
+        )?;
+    }
+    let pods: Vec<_> = snap
+        .pods
+        .iter()
+        .map(|(scope, n)| (vec![("scope", *scope)], count(*n)))
+        .collect();
+    gauge(
+        enc,
+        "faultline_pods",
+        "Pods the agent knows: local (veth found), remote (another node's), unresolved (namespace or veth not found); cluster on the cluster API",
+        &pods,
+    )?;
+    if let Some(n) = snap.unattached {
+        gauge(
+            enc,
+            "faultline_interfaces_unattached",
+            "Interfaces the agent could not attach its programs to, at the last sync",
+            &[(vec![], count(n))],
+        )?;
+    }
+    Ok(())
 }

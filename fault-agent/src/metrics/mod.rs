@@ -8,25 +8,8 @@
 //! gone from the next scrape after it ends. Labels are bounded: fault id, namespace, kind,
 //! direction, node, phase, map; never an address, port or anything per packet.
 //!
-//! | series | type | labels | modes |
-//! | --- | --- | --- | --- |
-//! | `faultline_fault_matched_packets_total` | counter | fault_id, namespace, kind, direction, node | all (api: per node, as reported in status) |
-//! | `faultline_fault_dropped_packets_total` | counter | same | all |
-//! | `faultline_fault_corrupted_packets_total` | counter | same | all |
-//! | `faultline_fault_duplicated_packets_total` | counter | same | all |
-//! | `faultline_fault_delayed_packets_total` | counter | same | all |
-//! | `faultline_faults` | gauge | phase | all |
-//! | `faultline_map_entries`, `faultline_map_capacity_entries` | gauge | map | standalone, node |
-//! | `faultline_pods` | gauge | scope | all |
-//! | `faultline_interfaces_unattached` | gauge | | standalone, node |
-//! | `faultline_attach_failures_total` | counter | | standalone, node |
-//! | `faultline_reconcile_duration_seconds` | histogram | | standalone, node |
-//! | `faultline_fault_apply_duration_seconds` | histogram | | standalone, api |
-//! | `faultline_fault_lift_duration_seconds` | histogram | | standalone, api |
-//! | `faultline_fault_expiry_lateness_seconds` | histogram | | standalone, node |
-//! | `chaos_network_partitions_created_total` | counter | scenario, partition_type | standalone, api |
-//! | `chaos_experiment_status` | gauge | experiment_type, status | all |
-//! | `chaos_experiment_duration_seconds` | histogram | experiment_type | standalone, node (recover, cleanup, expiry); api (recover, cleanup) |
+//! Every series, its type, labels, modes and meaning: the table in `DEVELOPERS.md` ("Metrics"),
+//! which a unit test ([`tests`]) holds to what is served.
 //!
 //! `direction` is the fault's own (egress, ingress, both): the kernel counts per fault, not
 //! per direction.
@@ -34,6 +17,8 @@ pub mod collector;
 pub mod labels;
 pub mod recorder;
 pub mod snapshot;
+#[cfg(test)]
+mod tests;
 
 use prometheus_client::registry::Registry;
 
