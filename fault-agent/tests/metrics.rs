@@ -4,6 +4,8 @@
 mod common;
 mod prometheus;
 
+use common::scrape_metrics;
+
 use std::time::{Duration, Instant};
 
 use fault_api::{FaultSpec, client::Client};
@@ -15,21 +17,6 @@ use fault_testkit::{
 use prometheus::Prometheus;
 
 const TOKEN: &str = "metrics-test-token";
-
-/// `/metrics` with the token (status, body).
-fn scrape(url: &str, token: Option<&str>) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut req = agent.get(format!("{url}/metrics"));
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    let mut res = req.call().expect("the agent answers");
-    let status = res.status().as_u16();
-    (status, res.body_mut().read_to_string().unwrap_or_default())
-}
 
 /// Polls `query` until `done` holds for its result, or `within` passes.
 fn wait_query(
@@ -70,8 +57,8 @@ fn prometheus_sees_the_dropped_share_of_a_loss_fault_and_its_series_go_after_rec
     );
 
     // Same auth as the rest of the API.
-    assert_eq!(scrape(&url, None).0, 401);
-    assert_eq!(scrape(&url, Some("wrong")).0, 403);
+    assert_eq!(scrape_metrics(&url, None).0, 401);
+    assert_eq!(scrape_metrics(&url, Some("wrong")).0, 403);
     let prom = Prometheus::start(env.agent.listen_addr(), &token_file).unwrap();
 
     let mut spec = FaultSpec::new("dynamo");
@@ -82,7 +69,7 @@ fn prometheus_sees_the_dropped_share_of_a_loss_fault_and_its_series_go_after_rec
     let fault = client.create(&spec).unwrap();
     let id = fault.id.clone();
 
-    let (code, text) = scrape(&url, Some(TOKEN));
+    let (code, text) = scrape_metrics(&url, Some(TOKEN));
     assert_eq!(code, 200, "{text}");
     let series = format!("fault_id=\"{id}\"");
     assert!(
@@ -147,7 +134,7 @@ fn prometheus_sees_the_dropped_share_of_a_loss_fault_and_its_series_go_after_rec
     );
 
     client.recover(&id).unwrap();
-    let (_, text) = scrape(&url, Some(TOKEN));
+    let (_, text) = scrape_metrics(&url, Some(TOKEN));
     assert!(
         !text.contains(&series),
         "a recovered fault's series are gone from /metrics:\n{text}"

@@ -25,6 +25,15 @@ pub fn kind(spec: &FaultSpec) -> String {
     }
 }
 
+/// The `fault_id` label: the id the API answers with. A node agent keeps cluster faults as
+/// `namespace/name`; the API's id is the object's name (the `namespace` label has the rest),
+/// so every mode labels one fault alike.
+pub fn fault_id<'a>(id: &'a str, namespace: &str) -> &'a str {
+    id.strip_prefix(namespace)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(id)
+}
+
 /// `egress`, `ingress` or `both`: the fault's direction relative to its targets.
 pub fn direction(d: Direction) -> &'static str {
     match d {
@@ -97,5 +106,8 @@ mod tests {
         p.labels
             .insert(LABEL_PARTITION_TYPE.into(), "anything-else".into());
         assert_eq!(partition_type(&p), "custom");
+        assert_eq!(fault_id("dynamo/cut", "dynamo"), "cut");
+        assert_eq!(fault_id("f-1a2b3c", "dynamo"), "f-1a2b3c");
+        assert_eq!(fault_id("dynamox/cut", "dynamo"), "dynamox/cut");
     }
 }

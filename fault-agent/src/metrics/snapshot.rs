@@ -69,7 +69,7 @@ impl Snapshot {
             .iter()
             .filter(|f| f.state.is_live())
             .map(|f| FaultCounters {
-                fault_id: f.id.clone(),
+                fault_id: labels::fault_id(&f.id, &f.spec.namespace).to_owned(),
                 namespace: f.spec.namespace.clone(),
                 kind: labels::kind(&f.spec),
                 direction: labels::direction(f.spec.direction),
@@ -135,7 +135,7 @@ impl Snapshot {
             }
             for (node, st) in &status.nodes {
                 snap.counters.push(FaultCounters {
-                    fault_id: nf.key(),
+                    fault_id: nf.id(),
                     namespace: spec.namespace.clone(),
                     kind: labels::kind(&spec),
                     direction: labels::direction(spec.direction),
