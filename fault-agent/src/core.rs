@@ -113,6 +113,9 @@ pub struct Core {
     /// Cluster mode: the faults wanted without work on this node (no slot), by id, to say
     /// why when one of their target pods is scheduled here but was not found.
     elsewhere: BTreeMap<String, FaultSpec>,
+    /// Where reconcile durations, expiry lateness, attach failures and fault durations are
+    /// recorded (served at `/metrics`).
+    recorder: crate::metrics::Recorder,
 }
 
 /// Whether a fault has anything to do on this node: a local target, or a local peer of a
@@ -178,7 +181,13 @@ impl Core {
             uplinks: BTreeMap::new(),
             problems: BTreeMap::new(),
             elsewhere: BTreeMap::new(),
+            recorder: crate::metrics::Recorder::default(),
         }
+    }
+
+    /// The instruments this core records into (clones share them).
+    pub fn recorder(&self) -> &crate::metrics::Recorder {
+        &self.recorder
     }
 
     pub fn capabilities(&self) -> &Capabilities {
@@ -273,6 +282,7 @@ impl Core {
         /// back (see [`crate::memory`]); smaller ones skip the trim, which would only add to
         /// the time until a fault acts.
         const TRIM_AFTER_WRITES: usize = 1024;
+        let started = std::time::Instant::now();
         let now = Timestamp::now();
         let now_boot = kernel::boottime_ns()?;
         let mut report = ReconcileReport::default();
@@ -287,6 +297,11 @@ impl Core {
                 f.state = FaultState::Expired;
                 f.ended_at = Some(f.expires_at);
                 f.message = Some("reached its deadline".into());
+                self.recorder.expired_late(Duration::from_nanos(
+                    now_boot.saturating_sub(f.deadline_boot_ns),
+                ));
+                let lasted = f.expires_at.duration_since(f.created_at).unsigned_abs();
+                self.recorder.ended(&f.spec, lasted);
             }
         }
         report.expired = ending.len();
@@ -320,6 +335,7 @@ impl Core {
         if report.writes >= TRIM_AFTER_WRITES {
             crate::memory::trim();
         }
+        self.recorder.reconcile_took(started.elapsed());
         Ok(report)
     }
 
@@ -345,6 +361,7 @@ impl Core {
             failpoint::hit("attach.intent");
         }
         let failed = self.dataplane.sync_attachments(&wanted);
+        self.recorder.attach_failed(failed.len());
         self.attach_errors.clear();
         for (ifname, e) in failed {
             tracing::warn!(%ifname, error = %format!("{e:#}"), "attach failed");
@@ -605,6 +622,8 @@ impl Core {
                     f.state = FaultState::Recovered;
                     f.ended_at = Some(now);
                     f.message = Some("recovered".into());
+                    let lasted = now.duration_since(f.created_at).unsigned_abs();
+                    self.recorder.ended(&f.spec, lasted);
                     dirty = true;
                 }
             } else if wanted.contains_key(id.as_str()) && !local.contains_key(id.as_str()) {
@@ -927,6 +946,10 @@ impl Core {
             ));
         }
         failpoint::hit("end.saved");
+        for f in &before {
+            let lasted = now.duration_since(f.created_at).unsigned_abs();
+            self.recorder.ended(&f.spec, lasted);
+        }
         let result = self
             .desired()
             .map_err(|e| anyhow::anyhow!("{e}"))

@@ -13,6 +13,7 @@ pub mod failpoint;
 pub mod inventory;
 pub mod kube;
 pub mod memory;
+pub mod metrics;
 pub mod netlink;
 pub mod pods;
 pub mod prefixes;

@@ -176,14 +176,21 @@ pub async fn run(cfg: Config) -> Result<()> {
         caps,
         cfg.core.clone(),
     )));
+    let recorder = lock(&core).recorder().clone();
+    let source = crate::metrics::Source::Local {
+        core: core.clone(),
+        node: crate::metrics::host_name(),
+    };
     let state = Arc::new(AppState {
         backend: api::backend::Backend::Local {
             core: core.clone(),
             read_only: false,
+            recorder: recorder.clone(),
         },
         changed: Arc::new(Notify::new()),
         health: api::health::Health::new(cfg.liveness_threshold),
         inventory_error: Mutex::new(None),
+        metrics: Arc::new(crate::metrics::Metrics::new(recorder, Some(source))),
     });
 
     let t = std::time::Instant::now();

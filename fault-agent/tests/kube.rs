@@ -1058,3 +1058,102 @@ fn a_recreated_name_is_a_new_fault_and_an_unenforceable_one_is_refused() {
         "{caps:?}"
     );
 }
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn metrics_of_node_agents_and_the_api_show_each_nodes_counters_until_recover() {
+    let _s = serial();
+    let c = Cluster::start_with(&["--status-interval", "1s"]);
+    let p = &c.pods;
+    let id = inject(
+        &c.api,
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+            "--duration",
+            "2m",
+        ],
+    );
+    c.wait_phase(&id, Phase::Active, Duration::from_secs(5));
+    // Each node drops what its decode pod sends (and counts it).
+    wait_until("both nodes apply it", Duration::from_secs(5), || {
+        blocked(&p.decode0, &p.prefill, Family::V4) && blocked(&p.decode1, &p.prefill, Family::V4)
+    });
+    let fault = [("fault_id", id.as_str()), ("kind", "partition")];
+    for (agent, node) in c.nodes.iter().zip(["node-a", "node-b"]) {
+        let (code, text) = scrape_metrics(&agent.api_url(), None);
+        assert_eq!(code, 200, "{text}");
+        let dropped = metric_sample(
+            &text,
+            "faultline_fault_dropped_packets_total",
+            &[fault[0], fault[1], ("node", node), ("namespace", NS)],
+        );
+        assert!(dropped.is_some_and(|d| d > 0.0), "{node}:\n{text}");
+        assert!(
+            metric_sample(&text, "faultline_map_entries", &[("map", "FL_TARGETS")])
+                .is_some_and(|n| n > 0.0),
+            "{text}"
+        );
+        assert!(
+            metric_sample(&text, "faultline_pods", &[("scope", "local")]).is_some_and(|n| n > 0.0),
+            "{text}"
+        );
+    }
+    // The API shows each node's counters as the nodes report them (every second here).
+    let start = Instant::now();
+    let api_text = loop {
+        let (_, text) = scrape_metrics(&c.api.api_url(), None);
+        let reported = ["node-a", "node-b"].iter().all(|n| {
+            metric_sample(
+                &text,
+                "faultline_fault_dropped_packets_total",
+                &[fault[0], ("node", n)],
+            )
+            .is_some_and(|d| d > 0.0)
+        });
+        if reported || start.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for node in ["node-a", "node-b"] {
+        assert!(
+            metric_sample(
+                &api_text,
+                "faultline_fault_dropped_packets_total",
+                &[fault[0], ("node", node)]
+            )
+            .is_some_and(|d| d > 0.0),
+            "{node} on the API:\n{api_text}"
+        );
+    }
+    assert_eq!(
+        metric_sample(&api_text, "faultline_faults", &[("phase", "active")]),
+        Some(1.0),
+        "{api_text}"
+    );
+    assert_eq!(
+        metric_sample(
+            &api_text,
+            "chaos_network_partitions_created_total",
+            &[("scenario", "partition"), ("partition_type", "custom")]
+        ),
+        Some(1.0),
+        "{api_text}"
+    );
+
+    ctl(&c.api, &["recover", &id]);
+    c.wait_phase(&id, Phase::Recovered, Duration::from_secs(3));
+    let series = format!("fault_id=\"{id}\"");
+    wait_until("series gone everywhere", Duration::from_secs(5), || {
+        c.nodes
+            .iter()
+            .chain([&c.api])
+            .all(|a| !scrape_metrics(&a.api_url(), None).1.contains(&series))
+    });
+}

@@ -303,14 +303,21 @@ impl Harness {
                 c.attach_errors()
             );
         }
+        let recorder = fault_agent::api::lock(&core).recorder().clone();
+        let source = fault_agent::metrics::Source::Local {
+            core: core.clone(),
+            node: "fuzz".into(),
+        };
         let state_arc = Arc::new(AppState {
             backend: Backend::Local {
                 core: core.clone(),
                 read_only: false,
+                recorder: recorder.clone(),
             },
             changed: Arc::new(tokio::sync::Notify::new()),
             health: fault_agent::api::health::Health::ready_now(),
             inventory_error: Mutex::new(None),
+            metrics: Arc::new(fault_agent::metrics::Metrics::new(recorder, Some(source))),
         });
         // The agent's limits, but no rate limit: the fuzzer sends thousands of requests a
         // second, and a 429 would hide what the request does.

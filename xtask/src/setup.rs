@@ -18,6 +18,10 @@ pub const CORE_PACKAGES: &[&str] = &[
     "ipset",
 ];
 
+/// What `cargo test` needs beyond [`CORE_PACKAGES`]: a real Prometheus for the metrics test
+/// (`fault-agent/tests/metrics.rs`; it runs the binary itself, the package's service is not used).
+pub const TEST_PACKAGES: &[&str] = &["prometheus"];
+
 /// What building and running the Kubernetes test environment needs.
 pub const KUBE_PACKAGES: &[&str] = &[
     "etcd-server",

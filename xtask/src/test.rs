@@ -102,6 +102,7 @@ pub fn run(only: &[String]) -> Result<()> {
     let bin = cargo::build(false)?;
     let mut outcomes = Vec::new();
     if wanted("unit") {
+        setup::apt(setup::TEST_PACKAGES)?;
         outcomes.push(suite(
             "cargo test: unit tests and datapath tests on real packets",
             || {

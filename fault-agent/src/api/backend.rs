@@ -1,11 +1,16 @@
 //! Where the API's faults live: the local core (single host; read-only on a node agent), or
 //! `NetworkFault` objects in the cluster. The handlers do not care which.
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use fault_api::{Fault, FaultSpec, FieldError};
 
 use super::lock;
-use crate::{core::Core, error::AgentError, kube::backend::KubeBackend, pods::Pod};
+use crate::{
+    core::Core, error::AgentError, kube::backend::KubeBackend, metrics::Recorder, pods::Pod,
+};
 
 /// See the module docs.
 #[derive(Clone)]
@@ -15,6 +20,8 @@ pub enum Backend {
     Local {
         core: Arc<Mutex<Core>>,
         read_only: bool,
+        /// The core's own instruments ([`Core::recorder`]), reached without its lock.
+        recorder: Recorder,
     },
     /// `NetworkFault` objects (the API deployment).
     Cluster(Arc<KubeBackend>),
@@ -45,13 +52,38 @@ impl Backend {
         }
     }
 
-    pub async fn create(&self, spec: FaultSpec) -> Result<Fault, AgentError> {
+    /// Where requests' durations and created faults are recorded.
+    pub fn recorder(&self) -> &Recorder {
         match self {
+            Backend::Local { recorder, .. } => recorder,
+            Backend::Cluster(k) => &k.recorder,
+        }
+    }
+
+    /// Creates a fault; returns when it is in the datapath (cluster: when the nodes report
+    /// it, or after `--wait`). Records the time taken and the fault created.
+    pub async fn create(&self, spec: FaultSpec) -> Result<Fault, AgentError> {
+        let started = Instant::now();
+        let created = match self {
             Backend::Local {
                 read_only: true, ..
             } => Err(read_only()),
             Backend::Local { core, .. } => Self::local(core, move |c| c.create(spec)).await,
             Backend::Cluster(k) => k.create(spec).await,
+        };
+        if let Ok(f) = &created {
+            self.recorder().applied(started.elapsed());
+            self.recorder().created(&f.spec);
+        }
+        created
+    }
+
+    /// After a recover or cleanup that took since `started`: records it, and on the cluster
+    /// API (where no core sees the end) how long each ended fault lasted.
+    fn record_lift(&self, started: Instant, ended: &[Fault]) {
+        self.recorder().lifted(started.elapsed());
+        if let Backend::Cluster(_) = self {
+            ended.iter().for_each(|f| self.recorder().ended_fault(f));
         }
     }
 
@@ -71,19 +103,29 @@ impl Backend {
         }
     }
 
+    /// Recovers a fault; returns when it is out of the datapath. Records the time taken
+    /// when this call ended it (not for a fault that had ended before).
     pub async fn recover(&self, id: String) -> Result<Fault, AgentError> {
-        match self {
+        let (started, since) = (Instant::now(), jiff::Timestamp::now());
+        let recovered = match self {
             Backend::Local {
                 read_only: true, ..
             } => Err(read_only()),
             Backend::Local { core, .. } => Self::local(core, move |c| c.recover(&id)).await,
             Backend::Cluster(k) => k.recover(&id).await,
+        };
+        if let Ok(f) = &recovered
+            && f.ended_at.is_some_and(|t| t >= since)
+        {
+            self.record_lift(started, std::slice::from_ref(f));
         }
+        recovered
     }
 
     /// Recovers every live fault of `namespace` (all for `None`); returns their ids.
     pub async fn cleanup(&self, namespace: Option<String>) -> Result<Vec<String>, AgentError> {
-        match self {
+        let started = Instant::now();
+        let cleaned = match self {
             Backend::Local {
                 read_only: true, ..
             } => Err(read_only()),
@@ -91,7 +133,13 @@ impl Backend {
                 Self::local(core, move |c| c.cleanup(namespace.as_deref())).await
             }
             Backend::Cluster(k) => k.cleanup(namespace.as_deref()).await,
+        };
+        if let Ok(ids) = &cleaned
+            && !ids.is_empty()
+        {
+            self.record_lift(started, &[]);
         }
+        cleaned
     }
 
     /// The pods known, and interfaces that could not be attached.

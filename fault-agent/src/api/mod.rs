@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backend;
 pub mod health;
 pub mod limits;
+pub mod metrics;
 pub mod native;
 pub mod openapi;
 pub mod seed;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub health: health::Health,
     /// Why the last inventory reload failed, if it did.
     pub inventory_error: Mutex<Option<String>>,
+    /// What `/metrics` serves.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Locks the core; a panic while it was held does not make it unusable.
@@ -57,8 +60,8 @@ impl IntoResponse for AgentError {
     }
 }
 
-/// The whole API: health, native, seed, behind the auth layer when a token is configured and
-/// the request limits ([`limits`]; health endpoints are outside both).
+/// The whole API: health, native, seed, metrics, behind the auth layer when a token is
+/// configured and the request limits ([`limits`]; health endpoints are outside both).
 pub fn router(
     state: Arc<AppState>,
     token: Option<Arc<str>>,
@@ -67,6 +70,7 @@ pub fn router(
     let api = Router::new()
         .merge(native::router())
         .merge(seed::router())
+        .merge(metrics::router())
         .fallback(|| async { AgentError::NotFound("(no such route)".into()) });
     let api = match token {
         Some(t) => api.layer(axum::middleware::from_fn_with_state(t, auth::require_token)),

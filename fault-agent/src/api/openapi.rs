@@ -131,6 +131,8 @@ pub fn document() -> Value {
             "/health": {"get": {"summary": "Health (Fault Injection API)", "security": [], "responses": {"200": {"description": "{\"status\": \"healthy\"}"}}}},
             "/healthz": {"get": {"summary": "Liveness: syncs have not kept failing past --liveness-threshold (outside the request limits)", "security": [], "responses": {"200": {"description": "ok"}, "503": {"description": "unhealthy, and why"}}}},
             "/readyz": {"get": {"summary": "Readiness: a sync succeeded, the last one too, and the datapath is attached (outside the request limits)", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "not ready, and why"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text): per-fault kernel counters of live faults, faults by phase, map fill, latencies; every series is listed in DEVELOPERS.md, Metrics",
+                                 "responses": with(json!({"200": {"description": "OpenMetrics text", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}}), errors(&[]))}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.0 document"}}}}
         },
         "components": {

@@ -85,18 +85,25 @@ pub async fn run(cfg: Config) -> Result<()> {
         retention: cfg.retention,
     });
     let ctl = tokio::spawn(controller::run(ctx));
+    let recorder = crate::metrics::Recorder::default();
+    let source = crate::metrics::Source::Cluster {
+        faults: faults_r.clone(),
+        pods: pods_r.clone(),
+    };
     let backend = KubeBackend {
         client,
         pods: pods_r,
         faults: faults_r,
         max_duration: cfg.max_duration,
         wait: cfg.wait,
+        recorder: recorder.clone(),
     };
     let state = Arc::new(AppState {
         backend: Backend::Cluster(Arc::new(backend)),
         changed: Arc::new(Notify::new()),
         health: api::health::Health::ready_now(),
         inventory_error: Mutex::new(None),
+        metrics: Arc::new(crate::metrics::Metrics::new(recorder, Some(source))),
     });
     let listener = TcpListener::bind(cfg.listen)
         .await

@@ -28,6 +28,8 @@ pub struct KubeBackend {
     pub max_duration: Duration,
     /// How long create and recover wait for the node agents.
     pub wait: Duration,
+    /// Where the API's requests are recorded (`/metrics`).
+    pub recorder: crate::metrics::Recorder,
 }
 
 /// Maps a Kubernetes API error to ours; admission (schema) errors keep their message.
@@ -55,7 +57,8 @@ fn unsupported_on(st: &NetworkFaultStatus) -> Option<FieldError> {
     })
 }
 
-fn state_of(nf: &NetworkFault) -> FaultState {
+/// The phase of a `NetworkFault` as the API reports it (no status yet: pending).
+pub(crate) fn state_of(nf: &NetworkFault) -> FaultState {
     match nf.status.as_ref().and_then(|s| s.phase) {
         None | Some(Phase::Pending) => FaultState::Pending,
         Some(Phase::Active) => FaultState::Active,

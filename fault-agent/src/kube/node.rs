@@ -197,14 +197,21 @@ pub async fn run(cfg: Config) -> Result<()> {
     let (watches, tasks) = Watches::start(&client, &changed);
     watches.ready().await?;
 
+    let recorder = lock(&core).recorder().clone();
+    let source = crate::metrics::Source::Local {
+        core: core.clone(),
+        node: cfg.node.clone(),
+    };
     let state = Arc::new(AppState {
         backend: Backend::Local {
             core: core.clone(),
             read_only: true,
+            recorder: recorder.clone(),
         },
         changed: changed.clone(),
         health: api::health::Health::new(cfg.liveness_threshold),
         inventory_error: Mutex::new(None),
+        metrics: Arc::new(crate::metrics::Metrics::new(recorder, Some(source))),
     });
     let sync = tokio::spawn(sync_loop(
         cfg.clone(),

@@ -49,3 +49,34 @@ pub fn deadline_boot_ns(f: &Fault) -> u64 {
     let left = f.expires_at.duration_since(wall).as_nanos();
     (boot as i128 + left) as u64
 }
+
+/// `GET /metrics` of the agent at `url` (with a bearer token if given): (status, body).
+pub fn scrape_metrics(url: &str, token: Option<&str>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.get(format!("{url}/metrics"));
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut res = req.call().expect("the agent answers");
+    let status = res.status().as_u16();
+    (status, res.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// The value of the first sample of `name` whose labels hold every `key="value"` of `labels`.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
