@@ -8,6 +8,7 @@
 //! - `image`: Faultline's container image from `deploy/Containerfile`;
 //! - `crash`: the agent killed at every step, 200 runs;
 //! - `vm [--kernel 6.1|5.10] CMD`: a shell command as root in Debian's 6.1 or 5.10 kernel (VM);
+//! - `kernels [--kernel 5.10|6.1]`: the datapath and VM suites whole on that kernel;
 //! - `fuzz`: the fuzz targets of `fuzz/`, each for a while.
 mod bench;
 mod cargo;
@@ -87,6 +88,13 @@ enum Task {
     /// Build Faultline's image (deploy/Containerfile over static release binaries, with
     /// buildah); import it into the cluster when it runs.
     Image,
+    /// Run the whole datapath suite and VM suite on another kernel (VM, software emulation;
+    /// about 25 minutes): what a node running that kernel gets.
+    Kernels {
+        /// The kernel to boot.
+        #[arg(long, default_value = "5.10")]
+        kernel: vm::Kernel,
+    },
     /// Run a shell command as root in Debian's 6.1 or 5.10 kernel (VM, software emulation).
     Vm {
         /// The kernel to boot (5.10 is downloaded once, into ~/.cache/faultline/kernel-5.10).
@@ -175,6 +183,11 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Vm { kernel, command } => vm::run_inside(kernel, &command),
+        Task::Kernels { kernel } => {
+            setup::core()?;
+            let bin = cargo::build(false)?;
+            vm::kernel_suites(kernel, &bin, false)
+        }
         Task::Bench {
             out,
             quick,

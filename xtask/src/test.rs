@@ -160,6 +160,7 @@ pub fn run(only: &[String]) -> Result<()> {
                 let runs = [vm::TestRun {
                     binary: &exe,
                     ignored: true,
+                    only: &[],
                 }];
                 vm::run_tests(vm::Kernel::Debian61, &runs, &bin)
             },
@@ -167,22 +168,8 @@ pub fn run(only: &[String]) -> Result<()> {
     }
     if wanted("vm510") {
         outcomes.push(suite(
-            "kernel 5.10 VM: the datapath suite, then the 6.1 VM's suite",
-            || {
-                let datapath = test_executable("fault-agent", "datapath")?;
-                let vm_suite = test_executable("fault-agent", "vm")?;
-                let runs = [
-                    vm::TestRun {
-                        binary: &datapath,
-                        ignored: false,
-                    },
-                    vm::TestRun {
-                        binary: &vm_suite,
-                        ignored: true,
-                    },
-                ];
-                vm::run_tests(vm::Kernel::Debian510, &runs, &bin)
-            },
+            "kernel 5.10 VM: partition, kernel deadline, delay (cargo xtask kernels: all)",
+            || vm::kernel_suites(vm::Kernel::Debian510, &bin, true),
         ));
     }
     if wanted("fuzz") {

@@ -63,15 +63,48 @@ fn run_piped(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// A test executable to run in the VM, and whether to run its ignored tests (the VM-only
-/// suites are ignored elsewhere) or its normal ones.
+/// A test executable to run in the VM, whether to run its ignored tests (the VM-only suites
+/// are ignored elsewhere) or its normal ones, and which of them (exact names; all if empty).
 pub struct TestRun<'a> {
     pub binary: &'a Path,
     pub ignored: bool,
+    pub only: &'a [&'a str],
 }
 
 /// Runs test executables one after the other in one boot of `kernel`; fails if one fails
 /// (the others still run).
+///
+/// The datapath suite and the VM suite on `kernel`, whole ([`SMOKE`] picks a few of them):
+/// about 25 minutes under emulation.
+pub fn kernel_suites(kernel: Kernel, bin_dir: &Path, smoke: bool) -> Result<()> {
+    let datapath = crate::test::test_executable("fault-agent", "datapath")?;
+    let vm_suite = crate::test::test_executable("fault-agent", "vm")?;
+    let (d, v): (&[&str], &[&str]) = if smoke { (SMOKE.0, SMOKE.1) } else { (&[], &[]) };
+    let runs = [
+        TestRun {
+            binary: &datapath,
+            ignored: false,
+            only: d,
+        },
+        TestRun {
+            binary: &vm_suite,
+            ignored: true,
+            only: v,
+        },
+    ];
+    run_tests(kernel, &runs, bin_dir)
+}
+
+/// What `cargo xtask test` runs on the 5.10 kernel (about 6 minutes): attach and a partition
+/// in both directions, the kernel's own deadline with the agent killed (datapath suite), and
+/// a delay through fq in each direction (VM suite).
+pub const SMOKE: (&[&str], &[&str]) = (
+    &[
+        "partition_decode_to_prefill_one_way_then_both",
+        "expiry_within_100ms_of_deadline_with_agent_killed",
+    ],
+    &["delay_50ms_each_direction_leaves_other_paths_alone"],
+);
 pub fn run_tests(kernel: Kernel, runs: &[TestRun<'_>], bin_dir: &Path) -> Result<()> {
     let mut lines = Vec::new();
     for r in runs {
@@ -79,8 +112,13 @@ pub fn run_tests(kernel: Kernel, runs: &[TestRun<'_>], bin_dir: &Path) -> Result
             bail!("{} missing", r.binary.display());
         }
         let ignored = if r.ignored { "--ignored " } else { "" };
+        let only = if r.only.is_empty() {
+            String::new()
+        } else {
+            format!(" --exact {}", r.only.join(" "))
+        };
         lines.push(format!(
-            "FAULTLINE_BIN_DIR={} {} {ignored}--test-threads=1 --nocapture || failed=1",
+            "FAULTLINE_BIN_DIR={} {} {ignored}--test-threads=1 --nocapture{only} || failed=1",
             bin_dir.display(),
             r.binary.display()
         ));
