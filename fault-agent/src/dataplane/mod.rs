@@ -199,16 +199,29 @@ impl Dataplane {
     /// counters are saved ([`crate::core::Core`] calls it after each write that can end
     /// faults):
     /// - the counters (`FL_STATS`) of slots freed since the last call go back to zero (a new
-    ///   fault taking a slot zeroes it anyway; this makes an idle kernel hold nothing);
+    ///   fault taking a slot zeroes it anyway; this makes an idle kernel hold nothing); at the
+    ///   first call, every free slot's;
     /// - when faults ended or the addresses that are targets of live connection partitions
     ///   (`flow_targets`, IPv6 or IPv4-mapped) changed since the last call (or at the first),
     ///   the flows recorded in `FL_CT` whose target is not among them are removed: nothing
     ///   else empties that LRU map (it only evicts when full).
     pub fn tidy(&mut self, flow_targets: &BTreeSet<[u8; 16]>) -> Result<()> {
-        let freed = std::mem::take(&mut self.freed_slots);
+        let mut freed = std::mem::take(&mut self.freed_slots);
+        if self.flow_targets.is_none() {
+            // The first call: a previous agent may have stopped before zeroing its ended
+            // faults' slots (their counters were saved with them before the lift).
+            freed.extend(
+                (0..fault_common::MAX_FAULTS as u16)
+                    .filter(|s| !self.applied.faults.contains_key(s)),
+            );
+        }
         for &slot in &freed {
-            if !self.applied.faults.contains_key(&slot) {
-                self.maps.reset_stats(slot)?;
+            if !self.applied.faults.contains_key(&slot)
+                && let Err(e) = self.maps.reset_stats(slot)
+            {
+                // Tried again at the next call.
+                self.freed_slots.extend(freed.iter().copied());
+                return Err(e);
             }
         }
         // Faults ended, or the targets changed (pods came or went) since the last sweep.
