@@ -3,7 +3,7 @@
 //! everything the agent holds must be back at its idle baseline.
 //!
 //! One body ([`soak`]) parameterised by the number of cycles:
-//! - `soak_shortened_100_cycles` runs in `cargo test` (about 35 s on 2 cores);
+//! - `soak_shortened_100_cycles` runs in `cargo test` (30-50 s on 2 busy cores);
 //! - `soak_full` (ignored) is `cargo xtask soak`: 1,000 cycles by default
 //!   (`FAULTLINE_SOAK_CYCLES`), its figures written as Markdown to `FAULTLINE_SOAK_OUT` if set.
 //!
