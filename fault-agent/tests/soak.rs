@@ -466,8 +466,9 @@ fn stream(from: &Pod, to: &Pod, fam: Family, port: u16) -> Stream {
 /// A fault created by the run, until it ends.
 struct Live {
     id: String,
-    /// `None`: recovered explicitly after `recover_after` more cycles.
+    /// It has a duration and ends on its own; otherwise it is recovered explicitly.
     expires: bool,
+    /// Cycles until its explicit recover.
     recover_after: u64,
 }
 
