@@ -1,4 +1,6 @@
 //! Typed handles on the pinned maps: read their whole content, apply a [`Diff`], read counters.
+use std::collections::BTreeSet;
+
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
@@ -8,8 +10,6 @@ use aya::{
     },
     util::nr_cpus,
 };
-use std::collections::BTreeSet;
-
 use fault_common::{
     FaultParams, FaultStats, GATE_ENTRIES, MAP_FAULTS, MAP_GATE, MAP_REMOTE, MAP_RULES, MAP_STATS,
     MAP_TARGETS, MAX_FAULTS, RuleKey, RuleValue, TargetKey, TargetValue,

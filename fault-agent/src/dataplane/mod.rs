@@ -201,10 +201,10 @@ impl Dataplane {
     /// - the counters (`FL_STATS`) of slots freed since the last call go back to zero (a new
     ///   fault taking a slot zeroes it anyway; this makes an idle kernel hold nothing); at the
     ///   first call, every free slot's;
-    /// - when faults ended or the addresses that are targets of live connection partitions
-    ///   (`flow_targets`, IPv6 or IPv4-mapped) changed since the last call (or at the first),
-    ///   the flows recorded in `FL_CT` whose target is not among them are removed: nothing
-    ///   else empties that LRU map (it only evicts when full).
+    /// - when the addresses that are targets of live connection partitions (`flow_targets`,
+    ///   IPv6 or IPv4-mapped) changed since the last call (or at the first), the flows
+    ///   recorded in `FL_CT` whose target is not among them are removed: nothing else empties
+    ///   that LRU map (it only evicts when full).
     pub fn tidy(&mut self, flow_targets: &BTreeSet<[u8; 16]>) -> Result<()> {
         let mut freed = std::mem::take(&mut self.freed_slots);
         if self.flow_targets.is_none() {
@@ -224,9 +224,9 @@ impl Dataplane {
                 return Err(e);
             }
         }
-        // Faults ended, or the targets changed (pods came or went) since the last sweep.
-        let changed = !freed.is_empty() || self.flow_targets.as_ref() != Some(flow_targets);
-        if changed {
+        // Only when the targets changed (a connection partition ended, pods came or went): a
+        // sweep walks the whole table, which a busy partition fills.
+        if self.flow_targets.as_ref() != Some(flow_targets) {
             let n = self.maps.sweep_flows(flow_targets)?;
             if n > 0 {
                 tracing::debug!(
