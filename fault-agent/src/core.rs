@@ -87,6 +87,8 @@ pub struct TablesCheck {
     pub kernel_slots: Vec<u16>,
     /// Slots of the live faults on record, ascending.
     pub live_slots: BTreeSet<u16>,
+    /// Flows recorded for connection partitions (`FL_CT`): none once no such fault acts.
+    pub kernel_flows: usize,
 }
 
 /// See the module docs.
@@ -322,6 +324,7 @@ impl Core {
         failpoint::hit("reconcile.saved");
         self.sync_shaping(false)?;
         report.writes = self.dataplane.write(&tables)?;
+        self.tidy();
         failpoint::hit("reconcile.written");
         self.sync_shaping(true)?;
         saved?;
@@ -543,6 +546,23 @@ impl Core {
     /// not written (it forgot the ids of tables that are still in the kernel).
     fn forget_unwritten(&mut self) {
         self.interner = Interner::from_tables(self.dataplane.applied());
+    }
+
+    /// After a write that can end faults, once their counters are saved: zeroes their
+    /// slots' counters and removes the flows only ended connection partitions needed
+    /// ([`Dataplane::tidy`]). A failure is logged: it leaves state no fault acts on, and the
+    /// next call retries.
+    fn tidy(&mut self) {
+        let flow_targets: BTreeSet<[u8; 16]> = self
+            .store
+            .live()
+            .filter(|f| f.spec.partition == Some(fault_api::PartitionMode::Connections))
+            .flat_map(|f| f.resolution.all_target_ips())
+            .map(compile::addr16)
+            .collect();
+        if let Err(e) = self.dataplane.tidy(&flow_targets) {
+            tracing::warn!(error = %format!("{e:#}"), "clearing what ended faults left in the maps failed; the next write retries");
+        }
     }
 
     fn snapshot_counters(&mut self, ids: &[String]) {
@@ -808,6 +828,7 @@ impl Core {
             desired: desired.sizes(),
             kernel_slots: kernel.faults.keys().copied().collect(),
             live_slots: self.store.live().map(|f| f.slot).collect(),
+            kernel_flows: self.dataplane.flow_count()?,
         })
     }
 
@@ -968,6 +989,7 @@ impl Core {
         }
         // Counters up to the lift.
         self.snapshot_counters(&ids);
+        self.tidy();
         if let Err(e) = self.store.save() {
             tracing::warn!(error = %format!("{e:#}"), "saving final counters failed; the next save retries");
         }

@@ -9,6 +9,7 @@
 //! - `crash`: the agent killed at every step, 200 runs;
 //! - `vm [--kernel 6.1|5.10] CMD`: a shell command as root in Debian's 6.1 or 5.10 kernel (VM);
 //! - `kernels [--kernel 5.10|6.1]`: the datapath and VM suites whole on that kernel;
+//! - `soak`: 1,000 inject/recover cycles under traffic and pod churn, then back to baseline;
 //! - `fuzz`: the fuzz targets of `fuzz/`, each for a while.
 mod bench;
 mod cargo;
@@ -20,6 +21,7 @@ mod image;
 mod kube;
 mod node;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -77,6 +79,20 @@ enum Task {
         /// (`netlink:` first: that attach mode for all).
         #[arg(long)]
         rules: Option<String>,
+    },
+    /// Soak: inject/recover cycles of mixed kinds on 20 pods under continuous traffic, pods
+    /// added and removed meanwhile; then every map, link, pin, qdisc, the agent's RSS and fds
+    /// must be back at the idle baseline, and the unaffected pair must have lost nothing.
+    Soak {
+        /// Inject/recover cycles.
+        #[arg(long, default_value_t = 1000)]
+        cycles: usize,
+        /// The RNG's seed (printed by a run, to replay it).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the figures there, as Markdown (a section of BENCHMARKS.md).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Build (once, cached) the kube-apiserver of the cluster tests.
     KubeBuild,
@@ -155,6 +171,7 @@ fn main() -> Result<()> {
             seed: None,
         }),
         Task::Crash { runs, seed, rules } => crash::run_all(&crash::Options { runs, seed, rules }),
+        Task::Soak { cycles, seed, out } => soak::run_all(&soak::Options { cycles, seed, out }),
         Task::KubeBuild => kube::build(),
         Task::Cluster { action } => match action {
             ClusterAction::Up => cluster::up().map(|_| ()),

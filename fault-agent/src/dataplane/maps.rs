@@ -1,4 +1,6 @@
 //! Typed handles on the pinned maps: read their whole content, apply a [`Diff`], read counters.
+use std::collections::BTreeSet;
+
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
@@ -11,6 +13,7 @@ use aya::{
 use fault_common::{
     FaultParams, FaultStats, GATE_ENTRIES, MAP_FAULTS, MAP_GATE, MAP_REMOTE, MAP_RULES, MAP_STATS,
     MAP_TARGETS, MAX_FAULTS, RuleKey, RuleValue, TargetKey, TargetValue,
+    ct::{CtKey, CtValue, MAP_CT},
 };
 
 use super::tables::{Diff, Tables};
@@ -23,6 +26,9 @@ pub struct Maps {
     faults: Array<MapData, FaultParams>,
     stats: PerCpuArray<MapData, FaultStats>,
     remote: HashMap<MapData, [u8; 16], u8>,
+    /// The flows connection partitions record (an LRU hash the programs write); the agent
+    /// only removes what no connection partition needs any more ([`Maps::sweep_flows`]).
+    ct: HashMap<MapData, CtKey, CtValue>,
     cpus: usize,
 }
 
@@ -47,6 +53,7 @@ impl Maps {
             faults: take(ebpf, MAP_FAULTS)?,
             stats: take(ebpf, MAP_STATS)?,
             remote: take(ebpf, MAP_REMOTE)?,
+            ct: take(ebpf, MAP_CT)?,
             cpus,
         })
     }
@@ -149,7 +156,34 @@ impl Maps {
         Ok(sum)
     }
 
-    /// Zeroes the counters of `slot` (before a new fault takes it).
+    /// Removes the recorded flows (`FL_CT`) whose target (the fault's side of the flow) is not
+    /// in `targets`; with `targets` empty the table is emptied. Returns how many went.
+    pub fn sweep_flows(&mut self, targets: &BTreeSet<[u8; 16]>) -> Result<usize> {
+        // Keys first: deleting while walking a hash restarts the walk.
+        let mut stale = Vec::new();
+        for k in self.ct.keys() {
+            let k = k.context("reading FL_CT")?;
+            if !targets.contains(&k.target) {
+                stale.push(k);
+            }
+        }
+        for k in &stale {
+            ignore_missing(self.ct.remove(k)).context("removing a flow from FL_CT")?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Entries of `FL_CT` (for tests and checks).
+    pub fn flow_count(&self) -> Result<usize> {
+        let mut n = 0;
+        for k in self.ct.keys() {
+            k.context("reading FL_CT")?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Zeroes the counters of `slot` (once its fault ended and before a new fault takes it).
     pub fn reset_stats(&mut self, slot: u16) -> Result<()> {
         let zeros = PerCpuValues::try_from(vec![FaultStats::default(); self.cpus])
             .map_err(|e| anyhow!("building per-CPU zeros: {e}"))?;

@@ -80,6 +80,11 @@ pub struct Dataplane {
     /// Interfaces a previous agent attached to, not yet re-adopted or removed.
     orphans: Vec<AttachRecord>,
     applied: Tables,
+    /// Targets of connection partitions at the last sweep of `FL_CT` ([`Dataplane::tidy`]);
+    /// `None` before the first (the maps may hold a previous agent's flows).
+    flow_targets: Option<BTreeSet<[u8; 16]>>,
+    /// Fault slots cleared since the last [`Dataplane::tidy`], whose counters remain.
+    freed_slots: BTreeSet<u16>,
 }
 
 impl Dataplane {
@@ -134,6 +139,8 @@ impl Dataplane {
             fq_orphans: previous_fq,
             orphans: previous,
             applied,
+            flow_targets: None,
+            freed_slots: BTreeSet::new(),
         })
     }
 
@@ -170,6 +177,12 @@ impl Dataplane {
         match self.maps.apply(&diff) {
             Ok(()) => {
                 self.applied = desired.clone();
+                for slot in &diff.set_faults {
+                    self.freed_slots.remove(&slot.0);
+                }
+                self.freed_slots.extend(
+                    (diff.clear_faults.iter()).filter(|s| !desired.faults.contains_key(*s)),
+                );
                 Ok(diff.len())
             }
             Err(e) => {
@@ -180,6 +193,55 @@ impl Dataplane {
                 Err(e)
             }
         }
+    }
+
+    /// What ended faults leave in maps the agent does not otherwise write, once their final
+    /// counters are saved ([`crate::core::Core`] calls it after each write that can end
+    /// faults):
+    /// - the counters (`FL_STATS`) of slots freed since the last call go back to zero (a new
+    ///   fault taking a slot zeroes it anyway; this makes an idle kernel hold nothing); at the
+    ///   first call, every free slot's;
+    /// - when the addresses that are targets of live connection partitions (`flow_targets`,
+    ///   IPv6 or IPv4-mapped) changed since the last call (or at the first), the flows
+    ///   recorded in `FL_CT` whose target is not among them are removed: nothing else empties
+    ///   that LRU map (it only evicts when full).
+    pub fn tidy(&mut self, flow_targets: &BTreeSet<[u8; 16]>) -> Result<()> {
+        let mut freed = std::mem::take(&mut self.freed_slots);
+        if self.flow_targets.is_none() {
+            // The first call: a previous agent may have stopped before zeroing its ended
+            // faults' slots (their counters were saved with them before the lift).
+            freed.extend(
+                (0..fault_common::MAX_FAULTS as u16)
+                    .filter(|s| !self.applied.faults.contains_key(s)),
+            );
+        }
+        for &slot in &freed {
+            if !self.applied.faults.contains_key(&slot)
+                && let Err(e) = self.maps.reset_stats(slot)
+            {
+                // Tried again at the next call.
+                self.freed_slots.extend(freed.iter().copied());
+                return Err(e);
+            }
+        }
+        // Only when the targets changed (a connection partition ended, pods came or went): a
+        // sweep walks the whole table, which a busy partition fills.
+        if self.flow_targets.as_ref() != Some(flow_targets) {
+            let n = self.maps.sweep_flows(flow_targets)?;
+            if n > 0 {
+                tracing::debug!(
+                    flows = n,
+                    "removed the recorded flows of ended connection partitions"
+                );
+            }
+        }
+        self.flow_targets = Some(flow_targets.clone());
+        Ok(())
+    }
+
+    /// Entries of the connection table `FL_CT`.
+    pub fn flow_count(&self) -> Result<usize> {
+        self.maps.flow_count()
     }
 
     /// The records of the attaches [`Dataplane::sync_attachments`] would make for `wanted`
