@@ -79,7 +79,11 @@ pub struct TestRun<'a> {
 pub fn kernel_suites(kernel: Kernel, bin_dir: &Path, smoke: bool) -> Result<()> {
     let datapath = crate::test::test_executable("fault-agent", "datapath")?;
     let vm_suite = crate::test::test_executable("fault-agent", "vm")?;
-    let (d, v): (&[&str], &[&str]) = if smoke { (SMOKE.0, SMOKE.1) } else { (&[], &[]) };
+    let (d, v): (&[&str], &[&str]) = if smoke {
+        (SMOKE.0, SMOKE.1)
+    } else {
+        (&[], &[])
+    };
     let runs = [
         TestRun {
             binary: &datapath,
