@@ -21,7 +21,6 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -316,13 +315,13 @@ impl Crash {
         let maps = self.env.agent.bpffs().join("maps");
         // Arrays have every entry: count the set ones.
         let counted = [
-            ("FL_TARGETS", "targets", false),
-            ("FL_RULES", "rules", false),
-            ("FL_FAULTS", "faults", true),
-            ("FL_REMOTE", "remote", false),
+            ("FL_TARGETS", "targets"),
+            ("FL_RULES", "rules"),
+            ("FL_FAULTS", "faults"),
+            ("FL_REMOTE", "remote"),
         ];
-        for (map, field, array) in counted {
-            let n = bpftool_entries(&maps.join(map), array);
+        for (map, field) in counted {
+            let n = pinned_map_entries(&maps.join(map));
             assert_eq!(
                 n as u64,
                 c["kernel"][field].as_u64().unwrap(),
@@ -838,50 +837,6 @@ fn uninstall(agent: &fault_testkit::AgentProcess, rule: Option<&str>) -> std::pr
         cmd.env(FAILPOINTS, rule);
     }
     cmd.output().unwrap()
-}
-
-/// Entries of a pinned map per `bpftool map dump`; with `nonzero_only`, those whose value is
-/// not all zero (for arrays).
-fn bpftool_entries(map: &Path, nonzero_only: bool) -> usize {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(map)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bpftool map dump {}: {}",
-        map.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| {
-            if !nonzero_only {
-                return true;
-            }
-            // Raw bytes as "0x.." strings; formatted values as numbers.
-            let value = e
-                .get("value")
-                .or_else(|| e.get("formatted").map(|f| &f["value"]));
-            value.is_some_and(nonzero)
-        })
-        .count()
-}
-
-fn nonzero(v: &Value) -> bool {
-    match v {
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => s
-            .strip_prefix("0x")
-            .is_none_or(|h| u64::from_str_radix(h, 16).map_or(true, |x| x != 0)),
-        Value::Array(a) => a.iter().any(nonzero),
-        Value::Object(o) => o.values().any(nonzero),
-        Value::Bool(b) => *b,
-        Value::Null => false,
-    }
 }
 
 fn tc(args: &[&str]) -> String {

@@ -39,6 +39,8 @@
 //! What the soak found is kept as a named test
 //! (`ended_faults_leave_no_recorded_flows_and_no_counters`).
 
+mod common;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
@@ -210,7 +212,7 @@ impl Footprint {
         let mut maps = BTreeMap::new();
         for e in std::fs::read_dir(&maps_dir).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            maps.insert(name, map_entries(&e.path()));
+            maps.insert(name, common::pinned_map_entries(&e.path()));
         }
         let ours = our_programs(env);
         let mut ifaces = BTreeMap::new();
@@ -319,60 +321,6 @@ fn qdisc_kinds(out: &str) -> String {
         .collect();
     kinds.sort_unstable();
     kinds.join(",")
-}
-
-/// Entries of a pinned map: set entries of an array (all-zero values are its empty slots),
-/// every entry of anything else.
-fn map_entries(map: &Path) -> usize {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(map)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bpftool map dump {}: {}",
-        map.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let info = Command::new("bpftool")
-        .args(["-j", "map", "show", "pinned"])
-        .arg(map)
-        .output()
-        .unwrap();
-    let info: Value = serde_json::from_slice(&info.stdout).unwrap_or(Value::Null);
-    let array = info["type"].as_str().is_some_and(|t| t.contains("array"));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| {
-            // Raw bytes (`value`, per CPU `values`), else what BTF formats.
-            let value = e
-                .get("value")
-                .or_else(|| e.get("values"))
-                .or_else(|| e.get("formatted").and_then(|f| f.get("value")))
-                .or_else(|| e.get("formatted").and_then(|f| f.get("values")));
-            !array || value.is_some_and(nonzero)
-        })
-        .count()
-}
-
-fn nonzero(v: &Value) -> bool {
-    match v {
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => s
-            .strip_prefix("0x")
-            .is_none_or(|h| u64::from_str_radix(h, 16) != Ok(0)),
-        Value::Array(a) => a.iter().any(nonzero),
-        // Per-CPU values name their CPU: only the value counts.
-        Value::Object(o) => o
-            .iter()
-            .filter(|(k, _)| k.as_str() != "cpu")
-            .any(|(_, v)| nonzero(v)),
-        Value::Bool(b) => *b,
-        Value::Null => false,
-    }
 }
 
 /// Files under `dir`, relative, recursively.
@@ -1057,7 +1005,7 @@ fn ended_faults_leave_no_recorded_flows_and_no_counters() {
         "its counters were kept: {:?}",
         f.counters
     );
-    let stats = map_entries(&env.agent.bpffs().join("maps/FL_STATS"));
+    let stats = common::pinned_map_entries(&env.agent.bpffs().join("maps/FL_STATS"));
     assert_eq!(stats, 0, "counters left in FL_STATS");
     let c = client.get_json("/v1/tables/check").unwrap();
     assert_eq!(c["kernel_flows"], 0, "{c}");

@@ -37,3 +37,16 @@ pub fn target_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))
 }
+
+/// `cargo test -p fault-agent --test <test> -- --ignored --nocapture --exact <name>`: one
+/// long ignored test, with the binaries of `bin` (`FAULTLINE_BIN_DIR`), run from the
+/// workspace root; the caller adds the test's own environment and runs it.
+pub fn long_test(test: &str, name: &str, bin: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.args(["test", "-p", "fault-agent", "--test", test, "--"])
+        .args(["--ignored", "--nocapture", "--exact", name])
+        .current_dir(crate::util::root())
+        .env("PATH", crate::util::path_with_cargo_bin())
+        .env("FAULTLINE_BIN_DIR", bin);
+    cmd
+}

@@ -1,14 +1,10 @@
 //! `cargo xtask crash`: the agent killed at every step, 200 runs (`fault-agent/tests/crash.rs`,
 //! `killed_at_every_step_200_runs`): every (step, failpoint, hit) case once, then random ones,
 //! in both attach modes. About 15 minutes on a quiet 2-core machine.
-use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{
-    cargo, setup,
-    util::{path_with_cargo_bin, root, run},
-};
+use crate::{cargo, setup, util::run};
 
 /// What to run.
 pub struct Options {
@@ -24,23 +20,8 @@ pub struct Options {
 pub fn run_all(o: &Options) -> Result<()> {
     setup::core()?;
     let bin = cargo::build(false)?;
-    let mut cmd = Command::new("cargo");
-    cmd.args([
-        "test",
-        "-p",
-        "fault-agent",
-        "--test",
-        "crash",
-        "--",
-        "--ignored",
-        "--nocapture",
-        "--exact",
-        "killed_at_every_step_200_runs",
-    ])
-    .current_dir(root())
-    .env("PATH", path_with_cargo_bin())
-    .env("FAULTLINE_BIN_DIR", &bin)
-    .env("FAULTLINE_CRASH_RUNS", o.runs.to_string());
+    let mut cmd = cargo::long_test("crash", "killed_at_every_step_200_runs", &bin);
+    cmd.env("FAULTLINE_CRASH_RUNS", o.runs.to_string());
     if let Some(seed) = o.seed {
         cmd.env("FAULTLINE_CRASH_SEED", seed.to_string());
     }

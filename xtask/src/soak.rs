@@ -3,14 +3,11 @@
 //! it, map entries, links, pins, qdiscs, the agent's RSS and fds must be back at the idle
 //! baseline and the unaffected pair must have lost nothing. `--out FILE` writes the figures
 //! as Markdown (for `BENCHMARKS.md`).
-use std::{path::PathBuf, process::Command};
+use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::{
-    cargo, setup,
-    util::{path_with_cargo_bin, root, run},
-};
+use crate::{cargo, setup, util::run};
 
 /// What to run.
 pub struct Options {
@@ -26,23 +23,8 @@ pub struct Options {
 pub fn run_all(o: &Options) -> Result<()> {
     setup::core()?;
     let bin = cargo::build(false)?;
-    let mut cmd = Command::new("cargo");
-    cmd.args([
-        "test",
-        "-p",
-        "fault-agent",
-        "--test",
-        "soak",
-        "--",
-        "--ignored",
-        "--nocapture",
-        "--exact",
-        "soak_full",
-    ])
-    .current_dir(root())
-    .env("PATH", path_with_cargo_bin())
-    .env("FAULTLINE_BIN_DIR", &bin)
-    .env("FAULTLINE_SOAK_CYCLES", o.cycles.to_string());
+    let mut cmd = cargo::long_test("soak", "soak_full", &bin);
+    cmd.env("FAULTLINE_SOAK_CYCLES", o.cycles.to_string());
     if let Some(seed) = o.seed {
         cmd.env("FAULTLINE_SOAK_SEED", seed.to_string());
     }

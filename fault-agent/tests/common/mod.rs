@@ -1,10 +1,11 @@
 //! Helpers shared by the integration tests (included with `mod common;`).
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::{path::Path, process::Command, time::Duration};
 
 use fault_api::Fault;
 use fault_testkit::{AgentProcess, Family, Pod, probe};
+use serde_json::Value;
 
 pub const SHORT: Duration = Duration::from_millis(300);
 pub const LONG: Duration = Duration::from_secs(2);
@@ -79,4 +80,59 @@ pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<
         })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Entries of the pinned map at `map`, per `bpftool map dump`: the set entries of an array
+/// (all-zero values, per CPU too, are its empty slots), every entry of anything else. Panics
+/// when bpftool fails (a test helper).
+pub fn pinned_map_entries(map: &Path) -> usize {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(map)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool map dump {}: {}",
+        map.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(map)
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap_or(Value::Null);
+    let array = info["type"].as_str().is_some_and(|t| t.contains("array"));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            // Raw bytes (`value`, per CPU `values`), else what BTF formats.
+            let value = e
+                .get("value")
+                .or_else(|| e.get("values"))
+                .or_else(|| e.get("formatted").and_then(|f| f.get("value")))
+                .or_else(|| e.get("formatted").and_then(|f| f.get("values")));
+            !array || value.is_some_and(nonzero)
+        })
+        .count()
+}
+
+fn nonzero(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => s
+            .strip_prefix("0x")
+            .is_none_or(|h| u64::from_str_radix(h, 16) != Ok(0)),
+        Value::Array(a) => a.iter().any(nonzero),
+        // Per-CPU values name their CPU: only the value counts.
+        Value::Object(o) => o
+            .iter()
+            .filter(|(k, _)| k.as_str() != "cpu")
+            .any(|(_, v)| nonzero(v)),
+        Value::Bool(b) => *b,
+        Value::Null => false,
+    }
 }

@@ -16,10 +16,9 @@ use crate::setup;
 /// build it in, hence optional).
 const MODULES: &str = "modprobe sch_fq && (modprobe br_netfilter || true)";
 
-/// Runs `command` (a shell command line) as root inside the VM booted with `kernel`, after
-/// loading [`MODULES`] and mounting bpffs; fails if it fails. Boot takes ~30 s; everything
-/// inside is ~10x slower.
-pub fn run_inside(kernel: Kernel, command: &str) -> Result<()> {
+/// The `vng` command that boots `kernel` and runs `script` as root inside it, after loading
+/// [`MODULES`] and mounting bpffs (installs qemu and virtme-ng, and fetches the kernel, first).
+fn vng(kernel: Kernel, script: &str) -> Result<Command> {
     setup::apt(setup::VM_PACKAGES)?;
     let venv = setup::virtme_venv()?;
     let kernel = kernel.image()?;
@@ -28,15 +27,22 @@ pub fn run_inside(kernel: Kernel, command: &str) -> Result<()> {
         venv.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let script = format!("{MODULES} && mount -t bpf bpf /sys/fs/bpf && ({command})");
     let mut cmd = Command::new(venv.join("vng"));
     cmd.arg("--disable-kvm")
         .arg("--run")
         .arg(&kernel)
         .args(["--user", "root", "--memory", "2G", "--cpus", "2", "--"])
-        .arg(script)
+        .arg(format!(
+            "{MODULES} && mount -t bpf bpf /sys/fs/bpf && {script}"
+        ))
         .env("PATH", path);
-    run_piped(&mut cmd)
+    Ok(cmd)
+}
+
+/// Runs `command` (a shell command line) as root inside the VM booted with `kernel`; fails if
+/// it fails. Boot takes ~30 s; everything inside is ~10x slower.
+pub fn run_inside(kernel: Kernel, command: &str) -> Result<()> {
+    run_piped(&mut vng(kernel, &format!("({command})"))?)
 }
 
 /// Runs `cmd` with its stdout and stderr copied through pipes to ours. QEMU opens the
@@ -66,16 +72,16 @@ fn run_piped(cmd: &mut Command) -> Result<()> {
 /// A test executable to run in the VM, whether to run its ignored tests (the VM-only suites
 /// are ignored elsewhere) or its normal ones, and which of them (exact names; all if empty).
 pub struct TestRun<'a> {
+    /// The test executable (`cargo test --no-run`'s output, run as it is inside the VM).
     pub binary: &'a Path,
+    /// `--ignored`: the VM-only tests; otherwise the normal ones.
     pub ignored: bool,
+    /// Exact test names (`--exact`); every test when empty.
     pub only: &'a [&'a str],
 }
 
-/// Runs test executables one after the other in one boot of `kernel`; fails if one fails
-/// (the others still run).
-///
-/// The datapath suite and the VM suite on `kernel`, whole ([`SMOKE`] picks a few of them):
-/// about 25 minutes under emulation.
+/// Runs the datapath suite and the VM suite in one boot of `kernel`, whole (about 27 minutes
+/// for 5.10 under emulation) or, with `smoke`, only [`SMOKE`]'s tests (about 6.5 minutes).
 pub fn kernel_suites(kernel: Kernel, bin_dir: &Path, smoke: bool) -> Result<()> {
     let datapath = crate::test::test_executable("fault-agent", "datapath")?;
     let vm_suite = crate::test::test_executable("fault-agent", "vm")?;
@@ -99,9 +105,9 @@ pub fn kernel_suites(kernel: Kernel, bin_dir: &Path, smoke: bool) -> Result<()> 
     run_tests(kernel, &runs, bin_dir)
 }
 
-/// What `cargo xtask test` runs on the 5.10 kernel (about 6 minutes): attach and a partition
-/// in both directions, the kernel's own deadline with the agent killed (datapath suite), and
-/// a delay through fq in each direction (VM suite).
+/// What `cargo xtask test` runs on the 5.10 kernel (about 6.5 minutes), as (datapath suite,
+/// VM suite) test names: attach and a partition in both directions, the kernel's own deadline
+/// with the agent killed, and a delay through fq in each direction.
 pub const SMOKE: (&[&str], &[&str]) = (
     &[
         "partition_decode_to_prefill_one_way_then_both",
@@ -109,6 +115,9 @@ pub const SMOKE: (&[&str], &[&str]) = (
     ],
     &["delay_50ms_each_direction_leaves_other_paths_alone"],
 );
+
+/// Runs test executables one after the other in one boot of `kernel`; fails if one fails
+/// (the others still run).
 pub fn run_tests(kernel: Kernel, runs: &[TestRun<'_>], bin_dir: &Path) -> Result<()> {
     let mut lines = Vec::new();
     for r in runs {
@@ -135,22 +144,7 @@ pub fn run_tests(kernel: Kernel, runs: &[TestRun<'_>], bin_dir: &Path) -> Result
 
 /// Like [`run_inside`], and returns what the command printed (stdout and stderr).
 pub fn capture_inside(kernel: Kernel, command: &str) -> Result<String> {
-    setup::apt(setup::VM_PACKAGES)?;
-    let venv = setup::virtme_venv()?;
-    let kernel = kernel.image()?;
-    let path = format!(
-        "{}:{}",
-        venv.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let script = format!("{MODULES} && mount -t bpf bpf /sys/fs/bpf && ({command}) 2>&1");
-    let out = Command::new(venv.join("vng"))
-        .arg("--disable-kvm")
-        .arg("--run")
-        .arg(&kernel)
-        .args(["--user", "root", "--memory", "2G", "--cpus", "2", "--"])
-        .arg(script)
-        .env("PATH", path)
+    let out = vng(kernel, &format!("({command}) 2>&1"))?
         .output()
         .context("running vng")?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
