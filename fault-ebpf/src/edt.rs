@@ -56,9 +56,12 @@ pub fn schedule(
     };
     // The horizon (rate) and the last departure (jitter) of this fault, target and direction.
     let keeps_state = fault.rate_bytes_per_sec != 0 || fault.jitter_ns != 0;
-    let prev = match FL_RATE.get_ptr_mut(&key) {
-        Some(s) if keeps_state => unsafe { *s },
-        _ => RateState::default(),
+    let prev = if keeps_state {
+        FL_RATE
+            .get_ptr_mut(&key)
+            .map_or(RateState::default(), |s| unsafe { *s })
+    } else {
+        RateState::default()
     };
     let mut state = prev;
     if fault.rate_bytes_per_sec != 0 {
