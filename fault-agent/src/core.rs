@@ -118,6 +118,8 @@ pub struct Core {
     /// Where reconcile durations, expiry lateness, attach failures and fault durations are
     /// recorded (served at `/metrics`).
     recorder: crate::metrics::Recorder,
+    /// When the last reconcile finished writing the maps.
+    last_reconciled: Option<Timestamp>,
 }
 
 /// Whether a fault has anything to do on this node: a local target, or a local peer of a
@@ -184,6 +186,7 @@ impl Core {
             problems: BTreeMap::new(),
             elsewhere: BTreeMap::new(),
             recorder: crate::metrics::Recorder::default(),
+            last_reconciled: None,
         }
     }
 
@@ -198,6 +201,11 @@ impl Core {
 
     pub fn pods(&self) -> &[Pod] {
         &self.pods
+    }
+
+    /// When the last reconcile finished writing the maps (`None` before the first).
+    pub fn last_reconciled(&self) -> Option<Timestamp> {
+        self.last_reconciled
     }
 
     pub fn attach_errors(&self) -> &BTreeMap<String, String> {
@@ -339,6 +347,7 @@ impl Core {
             crate::memory::trim();
         }
         self.recorder.reconcile_took(started.elapsed());
+        self.last_reconciled = Some(now);
         Ok(report)
     }
 

@@ -112,6 +112,12 @@ fn gauge(
     series: &[(Vec<(&str, &str)>, i64)],
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    if let [(labels, value)] = series
+        && labels.is_empty()
+    {
+        // One sample without labels: `name 3`, not `name{} 3`.
+        return ConstGauge::new(*value).encode(m);
+    }
     for (labels, value) in series {
         ConstGauge::new(*value).encode(m.encode_family(labels)?)?;
     }
@@ -126,6 +132,7 @@ impl Collector for StateCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self.source.snapshot();
         fault_counters(&mut enc, &snap)?;
+        fault_deadlines(&mut enc, &snap)?;
         phases(&mut enc, &snap)?;
         datapath(&mut enc, &snap)
     }
@@ -147,6 +154,30 @@ fn fault_counters(enc: &mut DescriptorEncoder, snap: &Snapshot) -> Result<(), st
         }
     }
     Ok(())
+}
+
+/// Each live fault's deadline, so that an alert can see a fault still on record past it.
+fn fault_deadlines(enc: &mut DescriptorEncoder, snap: &Snapshot) -> Result<(), std::fmt::Error> {
+    let series: Vec<_> = snap
+        .counters
+        .iter()
+        .map(|f| {
+            let set = vec![
+                ("fault_id", f.fault_id.as_str()),
+                ("namespace", f.namespace.as_str()),
+                ("kind", f.kind.as_str()),
+                ("direction", f.direction),
+                ("node", f.node.as_str()),
+            ];
+            (set, f.expires_at)
+        })
+        .collect();
+    gauge(
+        enc,
+        "faultline_fault_expiry_timestamp_seconds",
+        "When each live fault's deadline is, Unix seconds",
+        &series,
+    )
 }
 
 /// Faults by phase, under our name and the seed's.
@@ -227,6 +258,14 @@ fn datapath(enc: &mut DescriptorEncoder, snap: &Snapshot) -> Result<(), std::fmt
         "Pods the agent knows: local (veth found), remote (another node's), unresolved (namespace or veth not found); cluster on the cluster API",
         &pods,
     )?;
+    if let Some(t) = snap.last_reconcile {
+        gauge(
+            enc,
+            "faultline_last_reconcile_timestamp_seconds",
+            "When the last reconcile wrote the maps, Unix seconds (at least every minute standalone, every 5 s on a node)",
+            &[(vec![], t)],
+        )?;
+    }
     if let Some(n) = snap.unattached {
         gauge(
             enc,

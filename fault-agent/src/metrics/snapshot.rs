@@ -21,6 +21,9 @@ pub struct FaultCounters {
     pub node: String,
     /// Packets, summed over CPUs.
     pub counters: Counters,
+    /// When the fault's deadline is, Unix seconds (`0` when a cluster object has no
+    /// `status.expiresAt` yet).
+    pub expires_at: i64,
 }
 
 /// A fault on record, for the counts by phase.
@@ -52,6 +55,9 @@ pub struct Snapshot {
     pub pods: Vec<(&'static str, u64)>,
     /// Interfaces that could not be attached now; `None` without a datapath.
     pub unattached: Option<u64>,
+    /// When the last reconcile wrote the maps, Unix seconds; `None` without a datapath or
+    /// before the first one.
+    pub last_reconcile: Option<i64>,
 }
 
 fn phase_of(f: &Fault) -> FaultPhase {
@@ -75,6 +81,7 @@ impl Snapshot {
                 direction: labels::direction(f.spec.direction),
                 node: node.to_owned(),
                 counters: f.counters,
+                expires_at: f.expires_at.as_second(),
             })
             .collect();
         let sizes = core.table_sizes();
@@ -106,6 +113,7 @@ impl Snapshot {
                 ("unresolved", unresolved),
             ],
             unattached: Some(core.attach_errors().len() as u64),
+            last_reconcile: core.last_reconciled().map(|t| t.as_second()),
         }
     }
 
@@ -133,6 +141,7 @@ impl Snapshot {
             if !state.is_live() {
                 continue;
             }
+            let expires_at = status.expires_at.map_or(0, |t| t.as_second());
             for (node, st) in &status.nodes {
                 snap.counters.push(FaultCounters {
                     fault_id: nf.id(),
@@ -141,6 +150,7 @@ impl Snapshot {
                     direction: labels::direction(spec.direction),
                     node: node.clone(),
                     counters: st.counters,
+                    expires_at,
                 });
             }
         }

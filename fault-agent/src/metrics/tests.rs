@@ -21,6 +21,7 @@ fn live_fault() -> FaultCounters {
             dropped: 300,
             ..Counters::default()
         },
+        expires_at: 1_700_000_000,
     }
 }
 
@@ -42,6 +43,7 @@ fn snapshot(live: bool) -> Snapshot {
         }],
         pods: vec![("local", 5), ("remote", 0), ("unresolved", 0)],
         unattached: Some(0),
+        last_reconcile: Some(1_700_000_000),
     }
 }
 
@@ -138,6 +140,7 @@ fn a_live_faults_counters_carry_its_labels_and_are_gone_once_it_ended() {
         ("faultline_fault_corrupted_packets_total", 0),
         ("faultline_fault_duplicated_packets_total", 0),
         ("faultline_fault_delayed_packets_total", 0),
+        ("faultline_fault_expiry_timestamp_seconds", 1_700_000_000),
     ] {
         let line = format!("{name}{labels} {value}");
         assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
@@ -154,6 +157,7 @@ fn a_live_faults_counters_carry_its_labels_and_are_gone_once_it_ended() {
         r#"faultline_pods{scope="local"} 5"#,
         "faultline_attach_failures_total 2",
         "faultline_fault_apply_duration_seconds_count 1",
+        "faultline_last_reconcile_timestamp_seconds 1700000000",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
     }

@@ -39,6 +39,15 @@ impl Prometheus {
     /// Starts Prometheus scraping `target` (`/metrics`) every second with the bearer token in
     /// `token_file`; returns once it answers `/-/ready`.
     pub fn start(target: SocketAddr, token_file: &Path) -> Result<Self> {
+        Self::start_with_rules(target, token_file, None)
+    }
+
+    /// [`Prometheus::start`], evaluating the rule file `rules` (`rule_files`) every second.
+    pub fn start_with_rules(
+        target: SocketAddr,
+        token_file: &Path,
+        rules: Option<&Path>,
+    ) -> Result<Self> {
         anyhow::ensure!(
             Path::new(BINARY).exists(),
             "{BINARY} is missing: apt-get install prometheus (cargo xtask setup does)"
@@ -54,7 +63,9 @@ impl Prometheus {
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
                  scrape_configs:\n  - job_name: faultline\n    authorization:\n      type: Bearer\n      credentials_file: {}\n    static_configs:\n      - targets: ['{target}']\n",
                 token_file.display()
-            ),
+            ) + &rules.map_or(String::new(), |r| {
+                format!("rule_files: ['{}']\n", r.display())
+            }),
         )?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
@@ -133,6 +144,20 @@ impl Prometheus {
                 Ok(Sample { labels, value })
             })
             .collect()
+    }
+
+    /// The `data` of a GET of the HTTP API's `path` (e.g. `/api/v1/rules`).
+    pub fn api(&self, path: &str) -> Result<serde_json::Value> {
+        let mut res = self
+            .http
+            .get(format!("http://{}{path}", self.addr))
+            .call()
+            .with_context(|| format!("GET {path}"))?;
+        let body: serde_json::Value = serde_json::from_str(&res.body_mut().read_to_string()?)?;
+        if body["status"] != "success" {
+            bail!("GET {path} failed: {body}");
+        }
+        Ok(body["data"].clone())
     }
 
     /// Whether the target's last scrape succeeded (`up == 1`).
