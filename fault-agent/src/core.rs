@@ -120,6 +120,8 @@ pub struct Core {
     recorder: crate::metrics::Recorder,
     /// When the last reconcile finished writing the maps.
     last_reconciled: Option<Timestamp>,
+    /// The kill switch as recorded (see [`kill_switch`]).
+    kill_switch: fault_api::kill_switch::KillSwitch,
 }
 
 /// Whether a fault has anything to do on this node: a local target, or a local peer of a
@@ -171,6 +173,7 @@ fn shape(
 impl Core {
     pub fn new(store: Store, dataplane: Dataplane, caps: Capabilities, config: CoreConfig) -> Self {
         let interner = Interner::from_tables(dataplane.applied());
+        let kill_switch = kill_switch::load(&store);
         Self {
             store,
             pods: Vec::new(),
@@ -187,6 +190,7 @@ impl Core {
             elsewhere: BTreeMap::new(),
             recorder: crate::metrics::Recorder::default(),
             last_reconciled: None,
+            kill_switch,
         }
     }
 
@@ -296,6 +300,7 @@ impl Core {
         let now = Timestamp::now();
         let now_boot = kernel::boottime_ns()?;
         let mut report = ReconcileReport::default();
+        self.sync_kill_switch()?;
         let ending: Vec<String> = self
             .store
             .live()
@@ -1154,5 +1159,6 @@ fn fail_newest(store: &mut Store, e: &TooManyFaults) -> Result<String> {
     Ok(id)
 }
 
+mod kill_switch;
 #[cfg(test)]
 mod tests;

@@ -224,9 +224,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "API listening");
     let inventory_task = tokio::spawn(watch_inventory(cfg.clone(), state.clone(), core.clone()));
     let expiry_task = tokio::spawn(expire_loop(core.clone(), state.clone()));
-    let served = axum::serve(listener, api::router(state.clone(), token, cfg.api_limits))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served = axum::serve(
+        listener,
+        api::router(state.clone(), token, cfg.api_limits)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await;
     inventory_task.abort();
     expiry_task.abort();
     let _ = inventory_task.await;

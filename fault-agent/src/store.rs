@@ -310,6 +310,22 @@ pub fn save_qdiscs(dir: &Path, records: &[FqRecord]) -> Result<()> {
     write_json(&dir.join("qdiscs.json"), &records)
 }
 
+/// Reads the kill switch's record of a state dir (lifted, with no history, when there is
+/// none; a damaged file is moved aside like [`load_attachments`]'s, and the switch reads as
+/// lifted: the pinned map's own flag still holds what the kernel does).
+pub fn load_kill_switch(dir: &Path) -> Result<fault_api::kill_switch::KillSwitch> {
+    Ok(read_json(
+        &dir.join("kill-switch.json"),
+        "who engaged or lifted the kill switch is unknown",
+    )?
+    .unwrap_or_default())
+}
+
+/// Replaces the kill switch's record of a state dir.
+pub fn save_kill_switch(dir: &Path, ks: &fault_api::kill_switch::KillSwitch) -> Result<()> {
+    write_json(&dir.join("kill-switch.json"), ks)
+}
+
 /// File name of a fault id: `[A-Za-z0-9_-]` as is, any other byte `%XX`, then `.json`.
 pub fn fault_file_name(id: &str) -> String {
     let mut s = String::with_capacity(id.len() + 5);

@@ -222,7 +222,7 @@ fn the_grafana_dashboard_and_the_alert_rules_use_served_metrics_and_run_in_prome
     exprs(&dashboard["panels"], &mut panel_exprs);
     exprs(&rules, &mut rule_exprs);
     assert!(panel_exprs.len() >= 20, "{panel_exprs:?}");
-    assert_eq!(rule_exprs.len(), 6, "{rule_exprs:?}");
+    assert_eq!(rule_exprs.len(), 7, "{rule_exprs:?}");
 
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
@@ -300,7 +300,7 @@ fn the_grafana_dashboard_and_the_alert_rules_use_served_metrics_and_run_in_prome
         .flatten()
         .flat_map(|g| g["rules"].as_array().into_iter().flatten())
         .collect();
-    assert_eq!(loaded.len(), 6, "{groups}");
+    assert_eq!(loaded.len(), 7, "{groups}");
     for r in &loaded {
         assert_eq!(
             r["health"], "ok",

@@ -6,7 +6,12 @@ use serde::de::DeserializeOwned;
 use crate::{
     ApiError, ErrorBody, Fault, FaultList, FaultSpec,
     fault::{CleanupRequest, CleanupResponse},
+    kill_switch::{KillSwitch, KillSwitchRequest},
 };
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ClientError> {
+    serde_json::to_value(v).map_err(|e| ClientError::Transport(e.to_string()))
+}
 
 /// What a call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +109,21 @@ impl Client {
             None => req.send_empty(),
         };
         self.decode(res)
+    }
+
+    /// `GET /v1/kill-switch`.
+    pub fn kill_switch(&self) -> Result<KillSwitch, ClientError> {
+        self.get("/v1/kill-switch")
+    }
+
+    /// `POST /v1/kill-switch`: every datapath passes all traffic until [`Client::lift_kill_switch`].
+    pub fn engage_kill_switch(&self, req: &KillSwitchRequest) -> Result<KillSwitch, ClientError> {
+        self.send("POST", "/v1/kill-switch", Some(&to_json(req)?))
+    }
+
+    /// `DELETE /v1/kill-switch`: faults act again (those not expired meanwhile).
+    pub fn lift_kill_switch(&self, req: &KillSwitchRequest) -> Result<KillSwitch, ClientError> {
+        self.send("DELETE", "/v1/kill-switch", Some(&to_json(req)?))
     }
 
     /// `POST /v1/faults`.

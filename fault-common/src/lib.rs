@@ -124,6 +124,16 @@ pub const MAP_RATE: &str = "FL_RATE";
 /// Capacity of [`MAP_RATE`].
 pub const MAX_RATE: u32 = 65_536;
 
+/// Pin and map name of the datapath's switches (array of [`CONTROL_ENTRIES`] `u32`, written
+/// by the agent only). Entry [`CONTROL_KILL_SWITCH`]: nonzero while the kill switch is
+/// engaged; the programs then pass every packet untouched before any fault can act, whatever
+/// the other maps hold.
+pub const MAP_CONTROL: &str = "FL_CONTROL";
+/// Entries of [`MAP_CONTROL`].
+pub const CONTROL_ENTRIES: u32 = 1;
+/// [`MAP_CONTROL`] index of the kill switch.
+pub const CONTROL_KILL_SWITCH: u32 = 0;
+
 /// Default `skb->mark` bit that the program on a sender's host veth sets on a packet whose
 /// faults it evaluated with the packet's real addresses, so that the program on the receiver's
 /// host veth (same node, same network namespace: the mark survives forwarding and bridging)

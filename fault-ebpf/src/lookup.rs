@@ -1,11 +1,17 @@
 //! Finding a packet's local pod and the rules that apply (see `fault_common` for the tables).
 use aya_ebpf::maps::lpm_trie::Key;
 use fault_common::{
-    RULE_FULL_BITS, RuleKey, RuleValue, TARGET_HAS_PORT_RULES, TARGET_HAS_PROTO_RULES, TargetKey,
-    TargetValue, proto,
+    CONTROL_KILL_SWITCH, RULE_FULL_BITS, RuleKey, RuleValue, TARGET_HAS_PORT_RULES,
+    TARGET_HAS_PROTO_RULES, TargetKey, TargetValue, proto,
 };
 
-use crate::maps::{FL_GATE, FL_REMOTE, FL_RULES, FL_TARGETS};
+use crate::maps::{FL_CONTROL, FL_GATE, FL_REMOTE, FL_RULES, FL_TARGETS};
+
+/// Whether the kill switch is engaged (`fault_common::MAP_CONTROL`): every packet passes.
+#[inline(always)]
+pub fn kill_switch_engaged() -> bool {
+    FL_CONTROL.get(CONTROL_KILL_SWITCH).is_some_and(|v| *v != 0)
+}
 
 /// The gate bits of an address with gate entry `index` (`gate_index`): one array lookup,
 /// which the verifier inlines. A zero bit is certain; a set bit only means [`target`] must

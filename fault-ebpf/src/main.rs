@@ -156,10 +156,14 @@ mod entry {
         verdict::NEXT
     }
 
-    /// This CPU's scratch space with the packet parsed, or `None` for what Faultline never
-    /// acts on (truncated headers).
+    /// This CPU's scratch space with the packet parsed, or `None` for what Faultline does not
+    /// act on: everything while the kill switch is engaged, truncated headers.
     #[inline(always)]
     fn prepare(ctx: &TcContext, hook: Hook) -> Option<&'static mut Scratch> {
+        // The kill switch: every packet passes, whatever the maps hold.
+        if lookup::kill_switch_engaged() {
+            return None;
+        }
         let s = FL_SCRATCH.get_ptr_mut(0)?;
         // SAFETY: this CPU's slot; nothing else uses it while this program runs.
         let s = unsafe { &mut *s };

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use fault_common::{
-    FaultParams, FaultStats, GATE_ENTRIES, MAX_FAULTS, MAX_RATE, MAX_REMOTE, MAX_RULES,
-    MAX_TARGETS, RateKey, RateState, RuleKey, RuleValue, TargetKey, TargetValue,
+    CONTROL_ENTRIES, FaultParams, FaultStats, GATE_ENTRIES, MAX_FAULTS, MAX_RATE, MAX_REMOTE,
+    MAX_RULES, MAX_TARGETS, RateKey, RateState, RuleKey, RuleValue, TargetKey, TargetValue,
     ct::{CtKey, CtValue, MAX_CT},
 };
 
@@ -44,6 +44,10 @@ pub static FL_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CT, 0);
 /// Rate limiters' next departure times. See `fault_common::MAP_RATE`.
 #[map(name = "FL_RATE")]
 pub static FL_RATE: LruHashMap<RateKey, RateState> = LruHashMap::pinned(MAX_RATE, 0);
+
+/// Switches the agent sets, e.g. the kill switch. See `fault_common::MAP_CONTROL`.
+#[map(name = "FL_CONTROL")]
+pub static FL_CONTROL: Array<u32> = Array::pinned(CONTROL_ENTRIES, 0);
 
 /// Per-CPU scratch space for the packet being classified (the BPF stack is 512 bytes, shared
 /// with the per-fault subprogram). See `crate::scratch`.

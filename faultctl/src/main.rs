@@ -5,6 +5,7 @@
 mod cleanup;
 mod inject;
 mod output;
+mod stop;
 
 use std::process::ExitCode;
 
@@ -54,6 +55,9 @@ enum Command {
     Recover { id: String },
     /// Recover every fault of a namespace, or all.
     Cleanup(cleanup::CleanupArgs),
+    /// The kill switch: `--all` makes every fault stop acting at once (the datapath passes
+    /// all traffic), `--lift` lets them act again, `--status` shows who pulled it.
+    Stop(stop::StopArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
             .map(|f| out.recovered(&f))
             .map_err(Into::into),
         Command::Cleanup(args) => cleanup::run(&client, out, args),
+        Command::Stop(args) => stop::run(&client, out, args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

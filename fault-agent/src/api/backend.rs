@@ -154,6 +154,36 @@ impl Backend {
         }
     }
 
+    /// The kill switch as recorded (501 on the cluster API, for now).
+    pub async fn kill_switch(&self) -> Result<fault_api::kill_switch::KillSwitch, AgentError> {
+        self.with_core(|c| Ok(c.kill_switch().clone())).await
+    }
+
+    /// Engages (`engage`) or lifts the kill switch, recording `req` and the caller's address
+    /// `from`. A node agent's read-only API refuses (405); the cluster API answers 501.
+    pub async fn set_kill_switch(
+        &self,
+        engage: bool,
+        req: fault_api::kill_switch::KillSwitchRequest,
+        from: Option<String>,
+    ) -> Result<fault_api::kill_switch::KillSwitch, AgentError> {
+        match self {
+            Backend::Local {
+                read_only: true, ..
+            } => Err(read_only()),
+            Backend::Local { core, .. } => {
+                Self::local(core, move |c| match engage {
+                    true => c.engage_kill_switch(&req, from),
+                    false => c.lift_kill_switch(&req, from),
+                })
+                .await
+            }
+            Backend::Cluster(_) => Err(AgentError::NotHere(
+                "the kill switch is not yet served by the cluster API: POST /v1/kill-switch to each single-host agent".into(),
+            )),
+        }
+    }
+
     /// Runs `f` on the local core (capabilities, tables); 501 on the cluster API.
     pub async fn with_core<T: Send + 'static>(
         &self,

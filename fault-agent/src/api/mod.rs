@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod backend;
 pub mod health;
+pub mod kill_switch;
 pub mod limits;
 pub mod metrics;
 pub mod native;
@@ -71,6 +72,7 @@ pub fn router(
         .merge(native::router())
         .merge(seed::router())
         .merge(metrics::router())
+        .merge(kill_switch::router())
         .fallback(|| async { AgentError::NotFound("(no such route)".into()) });
     let api = match token {
         Some(t) => api.layer(axum::middleware::from_fn_with_state(t, auth::require_token)),

@@ -11,8 +11,9 @@ use aya::{
     util::nr_cpus,
 };
 use fault_common::{
-    FaultParams, FaultStats, GATE_ENTRIES, MAP_FAULTS, MAP_GATE, MAP_REMOTE, MAP_RULES, MAP_STATS,
-    MAP_TARGETS, MAX_FAULTS, RuleKey, RuleValue, TargetKey, TargetValue,
+    CONTROL_KILL_SWITCH, FaultParams, FaultStats, GATE_ENTRIES, MAP_CONTROL, MAP_FAULTS, MAP_GATE,
+    MAP_REMOTE, MAP_RULES, MAP_STATS, MAP_TARGETS, MAX_FAULTS, RuleKey, RuleValue, TargetKey,
+    TargetValue,
     ct::{CtKey, CtValue, MAP_CT},
 };
 
@@ -29,6 +30,8 @@ pub struct Maps {
     /// The flows connection partitions record (an LRU hash the programs write); the agent
     /// only removes what no connection partition needs any more ([`Maps::sweep_flows`]).
     ct: HashMap<MapData, CtKey, CtValue>,
+    /// The datapath's switches (`fault_common::MAP_CONTROL`).
+    control: Array<MapData, u32>,
     cpus: usize,
 }
 
@@ -54,6 +57,7 @@ impl Maps {
             stats: take(ebpf, MAP_STATS)?,
             remote: take(ebpf, MAP_REMOTE)?,
             ct: take(ebpf, MAP_CT)?,
+            control: take(ebpf, MAP_CONTROL)?,
             cpus,
         })
     }
@@ -137,6 +141,23 @@ impl Maps {
             ignore_missing(self.remote.remove(addr)).context("removing a remote pod")?;
         }
         Ok(())
+    }
+
+    /// Whether the kernel's kill switch is engaged.
+    pub fn kill_switch(&self) -> Result<bool> {
+        let v = self
+            .control
+            .get(&CONTROL_KILL_SWITCH, 0)
+            .context("reading FL_CONTROL")?;
+        Ok(v != 0)
+    }
+
+    /// Engages (`true`) or lifts the kill switch: from the next packet on, the programs pass
+    /// everything (or act again).
+    pub fn set_kill_switch(&mut self, engaged: bool) -> Result<()> {
+        self.control
+            .set(CONTROL_KILL_SWITCH, u32::from(engaged), 0)
+            .context("writing FL_CONTROL")
     }
 
     /// The counters of `slot`, summed over CPUs.

@@ -481,6 +481,16 @@ impl Dataplane {
             .collect()
     }
 
+    /// Whether the kernel's kill switch is engaged (`fault_common::MAP_CONTROL`).
+    pub fn kill_switch(&self) -> Result<bool> {
+        self.maps.kill_switch()
+    }
+
+    /// Engages or lifts the kernel's kill switch.
+    pub fn set_kill_switch(&mut self, engaged: bool) -> Result<()> {
+        self.maps.set_kill_switch(engaged)
+    }
+
     /// Counters of a fault slot, summed over CPUs.
     pub fn stats(&self, slot: u16) -> Result<FaultStats> {
         self.maps.stats(slot)

@@ -109,9 +109,13 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "API listening (cluster mode)");
-    let served = axum::serve(listener, api::router(state, token, cfg.api_limits))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served = axum::serve(
+        listener,
+        api::router(state, token, cfg.api_limits)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await;
     for t in [w1, w2, ctl] {
         t.abort();
     }

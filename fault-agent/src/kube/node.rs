@@ -224,9 +224,13 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "node agent API listening");
-    let served = axum::serve(listener, api::router(state.clone(), None, cfg.api_limits))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served = axum::serve(
+        listener,
+        api::router(state.clone(), None, cfg.api_limits)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await;
     for t in tasks.into_iter().chain([sync]) {
         t.abort();
         let _ = t.await;

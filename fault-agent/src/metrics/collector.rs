@@ -258,6 +258,14 @@ fn datapath(enc: &mut DescriptorEncoder, snap: &Snapshot) -> Result<(), std::fmt
         "Pods the agent knows: local (veth found), remote (another node's), unresolved (namespace or veth not found); cluster on the cluster API",
         &pods,
     )?;
+    if let Some(on) = snap.kill_switch {
+        gauge(
+            enc,
+            "faultline_kill_switch_engaged",
+            "1 while the kill switch is engaged (the datapath passes every packet), else 0",
+            &[(vec![], i64::from(on))],
+        )?;
+    }
     if let Some(t) = snap.last_reconcile {
         gauge(
             enc,

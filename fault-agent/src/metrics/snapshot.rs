@@ -58,6 +58,8 @@ pub struct Snapshot {
     /// When the last reconcile wrote the maps, Unix seconds; `None` without a datapath or
     /// before the first one.
     pub last_reconcile: Option<i64>,
+    /// Whether the kill switch is engaged; `None` without a datapath.
+    pub kill_switch: Option<bool>,
 }
 
 fn phase_of(f: &Fault) -> FaultPhase {
@@ -114,6 +116,7 @@ impl Snapshot {
             ],
             unattached: Some(core.attach_errors().len() as u64),
             last_reconcile: core.last_reconciled().map(|t| t.as_second()),
+            kill_switch: Some(core.kill_switch().engaged),
         }
     }
 

@@ -44,6 +44,7 @@ fn snapshot(live: bool) -> Snapshot {
         pods: vec![("local", 5), ("remote", 0), ("unresolved", 0)],
         unattached: Some(0),
         last_reconcile: Some(1_700_000_000),
+        kill_switch: Some(false),
     }
 }
 
@@ -158,6 +159,7 @@ fn a_live_faults_counters_carry_its_labels_and_are_gone_once_it_ended() {
         "faultline_attach_failures_total 2",
         "faultline_fault_apply_duration_seconds_count 1",
         "faultline_last_reconcile_timestamp_seconds 1700000000",
+        "faultline_kill_switch_engaged 0",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
     }
