@@ -10,7 +10,7 @@ pub const MAX_TEXT: usize = 256;
 
 /// `POST /v1/kill-switch` (engage) and `DELETE /v1/kill-switch` (lift) body: who pulls it and
 /// why, recorded with the time and the caller's address.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KillSwitchRequest {
     /// Who acts (a person or a pipeline; 1 to 256 bytes).
@@ -46,7 +46,7 @@ fn text(field: &str, v: &str, min: usize) -> Result<(), FieldError> {
 }
 
 /// One pull or lift of the switch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct KillSwitchAction {
     pub by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,7 +58,7 @@ pub struct KillSwitchAction {
 }
 
 /// The kill switch's state (`GET /v1/kill-switch`, and the answer of engage and lift).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct KillSwitch {
     /// Whether the datapath passes all traffic now.
     pub engaged: bool,

@@ -4,6 +4,7 @@
 use fault_api::{
     ErrorBody, Fault, FaultList, FaultSpec,
     fault::{CleanupRequest, CleanupResponse},
+    kill_switch::{KillSwitch, KillSwitchRequest},
     seed::{CleanupResult, InjectRequest, SeedFault, SeedFaultList},
 };
 use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
@@ -30,6 +31,8 @@ pub fn document() -> Value {
     let cleanup_req = schema::<CleanupRequest>(&mut g);
     let cleanup_res = schema::<CleanupResponse>(&mut g);
     let error = schema::<ErrorBody>(&mut g);
+    let ks_req = schema::<KillSwitchRequest>(&mut g);
+    let ks = schema::<KillSwitch>(&mut g);
     let inject = schema::<InjectRequest>(&mut g);
     let seed_fault = schema::<SeedFault>(&mut g);
     let seed_list = schema::<SeedFaultList>(&mut g);
@@ -109,6 +112,13 @@ pub fn document() -> Value {
             "/v1/faults/cleanup": {
                 "post": {"summary": "Recover every fault of a namespace (or all)", "requestBody": body(cleanup_req),
                          "responses": with(json!({"200": ok("Recovered ids", cleanup_res)}), errors(&invalid[..2]))}
+            },
+            "/v1/kill-switch": {
+                "get": {"summary": "The kill switch: engaged or not, who last engaged and lifted it", "responses": with(json!({"200": ok("The switch", ks.clone())}), errors(&[]))},
+                "post": {"summary": "Engage the kill switch: the datapath passes every packet from now on, whatever faults are held (faults keep their deadlines); records who, why, when, from where",
+                         "requestBody": body(ks_req.clone()), "responses": with(json!({"200": ok("The switch, engaged", ks.clone())}), errors(&invalid[..2]))},
+                "delete": {"summary": "Lift the kill switch: faults that did not expire act again", "requestBody": body(ks_req),
+                           "responses": with(json!({"200": ok("The switch, lifted", ks)}), errors(&invalid[..2]))}
             },
             "/v1/pods": {"get": {"summary": "Pods the agent knows, their addresses and host veths", "responses": {"200": {"description": "Pods"}}}},
             "/v1/capabilities": {"get": {"summary": "Kernel capabilities and loaded programs (with run-time stats)", "responses": {"200": {"description": "Capabilities"}, "501": {"description": "The cluster API (`fault-agent api`): no datapath of its own; ask a node agent"}}}},
