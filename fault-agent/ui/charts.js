@@ -49,7 +49,10 @@ function newChart(canvas) {
         data: [],
         borderColor: COLORS[c],
         backgroundColor: COLORS[c],
-        borderWidth: 1.5,
+        borderWidth: c === "matched" ? 2 : 1.5,
+        // Matched under the others (a partition drops all it matches: same line), dashed.
+        borderDash: c === "matched" ? [4, 3] : [],
+        order: c === "matched" ? 1 : 0,
         pointRadius: 0,
         tension: 0.2,
       })),
