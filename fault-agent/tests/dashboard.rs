@@ -2,7 +2,7 @@
 //! `fantoccini`), against a standalone agent with a token: log in, a bad input shows the API's
 //! own message, a partition injected through the form is listed with rising counters and cuts
 //! its pairs while a UDP stream runs (which receives nothing), and recovered from the page the
-//! traffic flows again.
+//! traffic flows again; the verify button shows the API's answer.
 //!
 //! `FAULTLINE_SCREENSHOT=<file.png>` saves a screenshot of the page with the fault active.
 use std::{
@@ -377,6 +377,18 @@ fn dashboard_injects_a_partition_shows_its_counters_and_recovers_it() {
     assert_eq!(kernel.dropped, r.sent, "kernel {kernel:?} vs stream {r}");
     let again = udp_stream(&p.decode0, &p.prefill, Family::V4, &StreamOpts::default()).unwrap();
     assert_eq!(again.received, again.sent, "after recover: {again}");
+
+    // Verify: the page shows the API's answer, a report or its error (404 where the agent has
+    // no verify route), never a hang.
+    page.click(&format!("{row} button.verify"));
+    let verified = page.wait_text("#verify-result", Duration::from_secs(20), |t| {
+        !t.ends_with("verifying...")
+    });
+    assert!(
+        verified.starts_with(&format!("{id} verify:\n{{"))
+            || verified.starts_with(&format!("{id}: error (HTTP 404): ")),
+        "{verified}"
+    );
 
     let _ = page.rt.block_on(page.client.clone().close());
     eprintln!(
