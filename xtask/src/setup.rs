@@ -19,8 +19,9 @@ pub const CORE_PACKAGES: &[&str] = &[
 ];
 
 /// What `cargo test` needs beyond [`CORE_PACKAGES`]: a real Prometheus for the metrics test
-/// (`fault-agent/tests/metrics.rs`; it runs the binary itself, the package's service is not used).
-pub const TEST_PACKAGES: &[&str] = &["prometheus"];
+/// (`fault-agent/tests/metrics.rs`; it runs the binary itself, the package's service is not used),
+/// and a headless Chromium with its WebDriver for the dashboard test (`tests/dashboard.rs`).
+pub const TEST_PACKAGES: &[&str] = &["prometheus", "chromium", "chromium-driver"];
 
 /// What building and running the Kubernetes test environment needs.
 pub const KUBE_PACKAGES: &[&str] = &[

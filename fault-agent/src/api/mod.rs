@@ -1,5 +1,6 @@
 //! The agent's HTTP API, served by axum: the native API ([`native`], `/v1`), the seed-compatible
-//! Fault Injection API ([`seed`], `/api/v1`), health, and bearer-token auth ([`auth`]).
+//! Fault Injection API ([`seed`], `/api/v1`), health, bearer-token auth ([`auth`]) and the web
+//! dashboard's static files ([`ui`], `/ui`, outside auth: the page calls the API with the token).
 //! Handlers are thin: parse, call the core on a blocking thread, map the result. Every error is
 //! a JSON [`fault_api::ErrorBody`].
 pub mod auth;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod native;
 pub mod openapi;
 pub mod seed;
+pub mod ui;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -62,7 +64,8 @@ impl IntoResponse for AgentError {
 }
 
 /// The whole API: health, native, seed, metrics, behind the auth layer when a token is
-/// configured and the request limits ([`limits`]; health endpoints are outside both).
+/// configured and the request limits ([`limits`]; health endpoints and the dashboard's static
+/// files are outside both).
 pub fn router(
     state: Arc<AppState>,
     token: Option<Arc<str>>,
@@ -87,6 +90,7 @@ pub fn router(
             get(|| async { Json(serde_json::json!({"status": "healthy"})) }),
         )
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .merge(ui::router())
         .layer(axum::middleware::from_fn(limits::json_method_errors))
         .merge(api)
         .with_state(state)
