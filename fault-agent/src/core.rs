@@ -34,6 +34,8 @@ pub struct CoreConfig {
     pub retention: Duration,
     /// Live faults and rules per fault (see [`crate::capacity`]).
     pub limits: Limits,
+    /// What no fault may target or cut off ([`crate::protect`]).
+    pub protection: crate::protect::Protection,
 }
 
 /// What a reconcile did.
@@ -478,7 +480,7 @@ impl Core {
         let pods = &self.pods;
         let mut inputs = Vec::new();
         for f in self.store.live_mut() {
-            f.resolution = resolve::resolve(&f.spec, pods);
+            f.resolution = resolve::resolve(&f.spec, pods, &self.config.protection);
             let r = &f.resolution;
             inputs.push(CompileInput {
                 slot: f.slot,
@@ -629,7 +631,9 @@ impl Core {
         let pods = &self.pods;
         let local: BTreeMap<&str, &ExternalFault> = wanted
             .iter()
-            .filter(|(_, f)| has_local_work(&resolve::resolve(&f.spec, pods)))
+            .filter(|(_, f)| {
+                has_local_work(&resolve::resolve(&f.spec, pods, &self.config.protection))
+            })
             .map(|(id, f)| (*id, *f))
             .collect();
         self.elsewhere = wanted
@@ -811,7 +815,7 @@ impl Core {
             .pods
             .iter()
             .filter(|p| p.node.as_deref() == Some(node) && !p.is_local())
-            .filter(|p| resolve::is_target(spec, p))
+            .filter(|p| resolve::matches_target(spec, p))
             .map(|p| {
                 let problem = p.problem.as_deref().unwrap_or("not found on this node yet");
                 format!("target pod {}/{}: {problem}", p.namespace, p.name)
@@ -850,6 +854,10 @@ impl Core {
     pub fn create(&mut self, spec: FaultSpec) -> Result<Fault, AgentError> {
         let _phase = failpoint::phase(Phase::Create);
         spec.validate().map_err(AgentError::Invalid)?;
+        self.config
+            .protection
+            .check_targets(&spec, &self.pods)
+            .map_err(AgentError::Invalid)?;
         self.check_supported(&spec)?;
         let max = self.config.max_duration;
         let duration = match spec.duration {

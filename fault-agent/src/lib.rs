@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod pods;
 pub mod prefixes;
+pub mod protect;
 pub mod resolve;
 pub mod rtdump;
 pub mod standalone;

@@ -118,6 +118,43 @@ impl ApiArgs {
     }
 }
 
+/// What no fault may target or cut off (every mode; see `fault_agent::protect`). Always
+/// protected: `kube-system`, `monitoring/prometheus*`, `monitoring/grafana*`, and the agent's own
+/// namespace (env `POD_NAMESPACE`, set in the manifests).
+#[derive(clap::Args)]
+struct ProtectionArgs {
+    /// A namespace no fault may target, and whose pods are carved out of every fault's peers
+    /// (repeatable).
+    #[arg(long = "protected-namespace", value_parser = namespace_arg)]
+    namespaces: Vec<String>,
+    /// Pods no fault may target or cut off, as `namespace/name-prefix` (repeatable).
+    #[arg(long = "protected-pod")]
+    pods: Vec<fault_agent::protect::ProtectedPod>,
+    /// Addresses (CIDR) no fault may target or cut off (repeatable): e.g. the API server's,
+    /// the nodes'.
+    #[arg(long = "protected-cidr")]
+    cidrs: Vec<ipnet::IpNet>,
+}
+
+impl ProtectionArgs {
+    fn protection(&self) -> fault_agent::protect::Protection {
+        let own = std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|n| !n.is_empty());
+        fault_agent::protect::Protection::with_defaults(
+            own.as_deref(),
+            &self.namespaces,
+            &self.pods,
+            &self.cidrs,
+        )
+    }
+}
+
+fn namespace_arg(s: &str) -> Result<String, String> {
+    fault_api::spec::check_namespace("--protected-namespace", s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
+
 fn max_faults(s: &str) -> Result<usize, String> {
     let n: usize = s
         .parse()
@@ -189,6 +226,8 @@ enum Command {
         liveness_threshold: Duration,
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        protect: ProtectionArgs,
     },
     /// Print the API's OpenAPI document (JSON).
     Openapi,
@@ -229,6 +268,8 @@ enum Command {
         liveness_threshold: Duration,
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        protect: ProtectionArgs,
     },
     /// Serve the API in a cluster (Deployment): faults are NetworkFault objects; also runs the
     /// controller that owns their status, expiry and garbage collection.
@@ -250,6 +291,8 @@ enum Command {
         wait: Duration,
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        protect: ProtectionArgs,
     },
     /// Remove every program, link, qdisc and pin an agent instance left (e.g. after a crash).
     Uninstall {
@@ -299,6 +342,7 @@ fn run() -> Result<()> {
             max_rules_per_fault,
             liveness_threshold,
             api,
+            protect,
         } => {
             let cfg = standalone::Config {
                 inventory,
@@ -312,6 +356,7 @@ fn run() -> Result<()> {
                         max_faults,
                         max_rules_per_fault,
                     },
+                    protection: protect.protection(),
                 },
                 rescan,
                 force_netlink: datapath.attach == "netlink",
@@ -340,6 +385,7 @@ fn run() -> Result<()> {
             max_duration,
             liveness_threshold,
             api,
+            protect,
         } => {
             let cfg = fault_agent::kube::node::Config {
                 node: node_name,
@@ -350,6 +396,7 @@ fn run() -> Result<()> {
                     max_duration,
                     retention,
                     limits: Limits::default(),
+                    protection: protect.protection(),
                 },
                 force_netlink: datapath.attach == "netlink",
                 evaluated_mark: datapath.evaluated_mark,
@@ -373,6 +420,7 @@ fn run() -> Result<()> {
             insecure_no_auth,
             wait,
             api,
+            protect,
         } => {
             let cfg = fault_agent::kube::api_mode::Config {
                 listen,
@@ -382,6 +430,7 @@ fn run() -> Result<()> {
                 insecure: insecure_no_auth,
                 wait,
                 api_limits: api.limits(),
+                protection: protect.protection(),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

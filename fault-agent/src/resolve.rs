@@ -9,6 +9,7 @@ use ipnet::{IpNet, Ipv4Net};
 use crate::{
     pods::Pod,
     prefixes::{PrefixSet, covers_addr},
+    protect::Protection,
 };
 
 /// What a fault means against the current pods.
@@ -61,8 +62,8 @@ pub fn ipv4_form(net: IpNet) -> IpNet {
     }
 }
 
-/// The pods a spec targets: its namespace, its name prefix and selector.
-pub fn is_target(spec: &FaultSpec, pod: &Pod) -> bool {
+/// The pods a spec's namespace, name prefix and selector match (protected ones included).
+pub fn matches_target(spec: &FaultSpec, pod: &Pod) -> bool {
     pod.namespace == spec.namespace
         && spec
             .pod_prefix
@@ -82,9 +83,16 @@ fn is_peer_pod(spec: &FaultSpec, pod: &Pod) -> bool {
 }
 
 /// Resolves `spec` against `pods`.
-pub fn resolve(spec: &FaultSpec, pods: &[Pod]) -> Resolution {
+pub fn resolve(spec: &FaultSpec, pods: &[Pod], protection: &Protection) -> Resolution {
     let mut r = Resolution::default();
-    for pod in pods.iter().filter(|p| is_target(spec, p)) {
+    for pod in pods.iter().filter(|p| matches_target(spec, p)) {
+        if let Some(why) = protection.reason(pod) {
+            r.warnings.push(format!(
+                "target pod {}/{} is protected ({why}): not faulted",
+                pod.namespace, pod.name
+            ));
+            continue;
+        }
         r.targets.push(pod.to_ref());
         if pod.is_local() {
             r.local_target_ips.extend(pod.ips.iter().copied());
@@ -108,6 +116,13 @@ pub fn resolve(spec: &FaultSpec, pods: &[Pod]) -> Resolution {
     } else {
         if spec.selects_peer_pods() {
             for pod in pods.iter().filter(|p| is_peer_pod(spec, p)) {
+                if let Some(why) = protection.reason(pod) {
+                    r.warnings.push(format!(
+                        "peer pod {}/{} is protected ({why}): excluded",
+                        pod.namespace, pod.name
+                    ));
+                    continue;
+                }
                 r.peers.push(pod.to_ref());
                 r.includes.extend(pod.ips.iter().map(|ip| host_net(*ip)));
             }
@@ -123,6 +138,11 @@ pub fn resolve(spec: &FaultSpec, pods: &[Pod]) -> Resolution {
             "nats".to_owned()
         } else if spec.allow_namespaces.contains(&pod.namespace) {
             format!("namespace:{}", pod.namespace)
+        } else if let Some(why) = protection
+            .reason(pod)
+            .filter(|_| covered_by(&r.includes, pod))
+        {
+            why
         } else {
             continue;
         };
@@ -132,12 +152,27 @@ pub fn resolve(spec: &FaultSpec, pods: &[Pod]) -> Resolution {
             .or_default()
             .extend(pod.ips.iter().copied());
     }
+    for cidr in protection.cidrs_within(&r.includes) {
+        r.excludes.push(cidr);
+        r.warnings.push(format!(
+            "peers exclude {cidr}: protected (--protected-cidr)"
+        ));
+    }
     r.includes.sort();
     r.includes.dedup();
     r.excludes.sort();
     r.excludes.dedup();
     r.local_peer_ips = local_peers(pods, &r.includes, &r.excludes);
     r
+}
+
+/// Whether one of `pod`'s addresses is in one of `includes` (a peer CIDR, or everything).
+fn covered_by(includes: &[IpNet], pod: &Pod) -> bool {
+    includes.iter().any(|n| {
+        pod.ips
+            .iter()
+            .any(|ip| n.contains(&ipv4_form(IpNet::from(*ip)).addr()))
+    })
 }
 
 /// Addresses of the local pods that `includes` cover and `excludes` do not.
@@ -220,7 +255,7 @@ mod tests {
     fn targets_by_prefix_peers_by_selector() {
         let mut s = spec();
         s.to_selectors = vec!["app=vllm-prefill".parse().unwrap()];
-        let r = resolve(&s, &pods());
+        let r = resolve(&s, &pods(), &Protection::default());
         assert_eq!(r.targets.len(), 2);
         assert_eq!(r.local_target_ips.len(), 2);
         assert_eq!(r.includes, vec!["198.18.0.12/32".parse::<IpNet>().unwrap()]);
@@ -235,7 +270,7 @@ mod tests {
     fn all_peers_protects_nats_and_allowed_namespaces() {
         let mut s = spec();
         s.allow_namespaces = vec!["kube-system".into()];
-        let r = resolve(&s, &pods());
+        let r = resolve(&s, &pods(), &Protection::default());
         assert_eq!(r.includes.len(), 2, "0.0.0.0/0 and ::/0");
         assert_eq!(r.excludes.len(), 2);
         assert_eq!(
@@ -247,7 +282,7 @@ mod tests {
             r.protected.contains_key("nats") && r.protected.contains_key("namespace:kube-system")
         );
         s.block_nats = true;
-        let r = resolve(&s, &pods());
+        let r = resolve(&s, &pods(), &Protection::default());
         assert!(!r.protected.contains_key("nats"));
     }
 
@@ -259,7 +294,7 @@ mod tests {
             "::ffff:0:0/96".parse().unwrap(),
             "fd00::/8".parse().unwrap(),
         ];
-        let r = resolve(&s, &pods());
+        let r = resolve(&s, &pods(), &Protection::default());
         let nets = |l: &[&str]| -> Vec<IpNet> { l.iter().map(|n| n.parse().unwrap()).collect() };
         assert_eq!(
             r.includes,
@@ -272,7 +307,7 @@ mod tests {
     fn no_match_is_a_warning_not_an_error() {
         let mut s = spec();
         s.namespace = "empty".into();
-        let r = resolve(&s, &pods());
+        let r = resolve(&s, &pods(), &Protection::default());
         assert!(r.targets.is_empty());
         assert!(r.warnings[0].contains("no pod in namespace empty"));
     }

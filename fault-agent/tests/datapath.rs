@@ -132,8 +132,12 @@ fn partition_from_everything_keeps_nats_dns_and_allowed_namespaces() {
         .topo
         .add_pod("kube-system", "coredns-0", &[("k8s-app", "kube-dns")])
         .unwrap();
+    let cache = env
+        .topo
+        .add_pod("shared", "cache-0", &[("app", "cache")])
+        .unwrap();
     env.write_inventory().unwrap();
-    wait_for_pods(&env, 6);
+    wait_for_pods(&env, 7);
     let p = env.pods.clone();
     let _nats = TcpEchoServer::start(&p.nats, Family::V4, 4222).unwrap();
     let _other = TcpEchoServer::start(&p.prefill, Family::V4, 4222).unwrap();
@@ -147,7 +151,7 @@ fn partition_from_everything_keeps_nats_dns_and_allowed_namespaces() {
             "vllm-decode-0",
             "--partition",
             "--allow-namespace",
-            "kube-system",
+            "shared",
         ],
     );
     for fam in FAMILIES {
@@ -158,8 +162,12 @@ fn partition_from_everything_keeps_nats_dns_and_allowed_namespaces() {
             "NATS pod stays reachable ({fam:?})"
         );
         assert!(
-            reaches(&p.decode0, &dns, fam),
+            reaches(&p.decode0, &cache, fam),
             "allowed namespace ({fam:?})"
+        );
+        assert!(
+            reaches(&p.decode0, &dns, fam),
+            "kube-system is protected by default ({fam:?})"
         );
         assert!(
             probe::udp_reachable(&p.decode0, &p.prefill, fam, 53, LONG).unwrap(),
@@ -187,8 +195,12 @@ fn partition_from_everything_keeps_nats_dns_and_allowed_namespaces() {
     );
     assert!(!probe::tcp_connect(&p.decode0, &p.nats, Family::V4, 4222, SHORT).unwrap());
     assert!(
-        blocked(&p.decode0, &dns, Family::V4),
+        blocked(&p.decode0, &cache, Family::V4),
         "no --allow-namespace this time"
+    );
+    assert!(
+        reaches(&p.decode0, &dns, Family::V4),
+        "kube-system stays protected with --block-nats"
     );
     ctl(&env.agent, &["recover", &id]);
 

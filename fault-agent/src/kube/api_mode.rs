@@ -33,6 +33,8 @@ pub struct Config {
     pub wait: Duration,
     /// Request limits of the API.
     pub api_limits: api::limits::ApiLimits,
+    /// What no fault may target or cut off.
+    pub protection: crate::protect::Protection,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -83,6 +85,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         pods: pods_r.clone(),
         max_duration: cfg.max_duration,
         retention: cfg.retention,
+        protection: cfg.protection.clone(),
     });
     let ctl = tokio::spawn(controller::run(ctx));
     let recorder = crate::metrics::Recorder::default();
@@ -97,6 +100,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         max_duration: cfg.max_duration,
         wait: cfg.wait,
         recorder: recorder.clone(),
+        protection: cfg.protection.clone(),
     };
     let state = Arc::new(AppState {
         backend: Backend::Cluster(Arc::new(backend)),

@@ -30,6 +30,8 @@ pub struct KubeBackend {
     pub wait: Duration,
     /// Where the API's requests are recorded (`/metrics`).
     pub recorder: crate::metrics::Recorder,
+    /// What no fault may target or cut off.
+    pub protection: crate::protect::Protection,
 }
 
 /// Maps a Kubernetes API error to ours; admission (schema) errors keep their message.
@@ -149,7 +151,7 @@ impl KubeBackend {
             .iter()
             .filter(|p| p.metadata.namespace.as_deref() == Some(spec.namespace.as_str()))
             .filter_map(|p| from_kube(p))
-            .filter(|p| resolve::is_target(&spec, p))
+            .filter(|p| resolve::matches_target(&spec, p))
             .filter_map(|p| p.node)
             .collect()
     }
@@ -185,6 +187,15 @@ impl KubeBackend {
 
     pub async fn create(&self, spec: FaultSpec) -> Result<Fault, AgentError> {
         spec.validate().map_err(AgentError::Invalid)?;
+        let pods: Vec<Pod> = self
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| from_kube(p))
+            .collect();
+        self.protection
+            .check_targets(&spec, &pods)
+            .map_err(AgentError::Invalid)?;
         if let Some(d) = spec.duration
             && d.get() > self.max_duration
         {
@@ -333,7 +344,7 @@ impl KubeBackend {
                 .checked_add(SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO))
                 .unwrap_or(created)
         });
-        let res = resolve::resolve(&spec, pods);
+        let res = resolve::resolve(&spec, pods, &self.protection);
         let mut counters = Counters::default();
         for n in st.nodes.values() {
             counters += n.counters;

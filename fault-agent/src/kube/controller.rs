@@ -31,6 +31,8 @@ pub struct Context {
     pub pods: Store<KubePod>,
     pub max_duration: Duration,
     pub retention: Duration,
+    /// What no fault may target or cut off.
+    pub protection: crate::protect::Protection,
 }
 
 /// Why a reconcile failed (retried with backoff).
@@ -77,6 +79,7 @@ pub fn desired_status(
     pods: &[Pod],
     now: Timestamp,
     max: Duration,
+    protection: &crate::protect::Protection,
 ) -> NetworkFaultStatus {
     let old = nf.status.clone().unwrap_or_default();
     let generation = nf.metadata.generation;
@@ -126,13 +129,29 @@ pub fn desired_status(
         )];
         return st;
     }
+    if let Err(e) = protection.check_spec(&spec) {
+        // Created with kubectl past the API: it never acts (node agents skip protected
+        // targets too), and says why.
+        st.phase = Some(Phase::Failed);
+        st.ended_at = Some(old.ended_at.unwrap_or(now));
+        st.message = Some(format!("spec.{e}"));
+        st.conditions = vec![condition(
+            &old.conditions,
+            "Valid",
+            false,
+            "Protected",
+            format!("spec.{e}"),
+            generation,
+        )];
+        return st;
+    }
     let expires = old.expires_at.unwrap_or_else(|| {
         created
             .checked_add(SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO))
             .unwrap_or(created)
     });
     st.expires_at = Some(expires);
-    let res = resolve::resolve(&spec, pods);
+    let res = resolve::resolve(&spec, pods, protection);
     st.target_count = Some(res.targets.len() as u32);
     st.peer_count = if spec.all_peers() {
         None
@@ -280,7 +299,7 @@ async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, E
         .iter()
         .filter_map(|p| from_kube(p))
         .collect();
-    let st = desired_status(&nf, &pods, now, ctx.max_duration);
+    let st = desired_status(&nf, &pods, now, ctx.max_duration, &ctx.protection);
     let ns = nf.namespace().unwrap_or_default();
     let api: Api<NetworkFault> = Api::namespaced(ctx.client.clone(), &ns);
     let old = nf.status.clone().unwrap_or_default();
