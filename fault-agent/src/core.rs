@@ -1060,6 +1060,7 @@ impl Core {
             peer_cidrs,
             protected: f.resolution.protected.clone(),
             counters,
+            nodes: Default::default(),
             warnings: if f.state.is_live() {
                 f.resolution.warnings.clone()
             } else {

@@ -207,6 +207,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             core: core.clone(),
             read_only: true,
             recorder: recorder.clone(),
+            node: cfg.node.clone(),
         },
         changed: changed.clone(),
         health: api::health::Health::new(cfg.liveness_threshold),
