@@ -1194,6 +1194,38 @@ fn wait_event(c: &Cluster, kind: &str, name: &str, reason: &str) -> Vec<(String,
     evs
 }
 
+/// `kubectl describe nf ID` shows node-a's counters and the `Applied` events (when kubectl
+/// is installed; the Debian package `kubernetes-client`).
+fn describe_tells(c: &Cluster, id: &str) {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(c.kube.kubeconfig())
+        .args(["describe", "networkfault", id, "-n", NS])
+        .output();
+    let Ok(out) = out else {
+        eprintln!("kubectl describe skipped: no kubectl on PATH");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("kubectl describe networkfault {id}:\n{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // kubectl splits map keys as it splits camelCase: node-a is "Node - A".
+    for want in [
+        "Node - A:",
+        "Counters:",
+        "Matched:",
+        "Dropped:",
+        "Normal  Applied",
+        "node node-a applied it to 1 target pod(s): dynamo/vllm-decode-0",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+}
+
 #[test]
 #[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
 fn events_tell_applied_recovered_expired_and_failed_and_status_counters_rise() {
@@ -1269,6 +1301,8 @@ fn events_tell_applied_recovered_expired_and_failed_and_status_counters_rise() {
         serde_json::from_slice(&c.api.faultctl(&["get", &id, "-o", "json"]).unwrap().stdout)
             .unwrap();
     assert!(got.nodes["node-a"].matched >= second.matched, "{got:?}");
+
+    describe_tells(&c, &id);
 
     ctl(&c.api, &["recover", &id]);
     c.wait_phase(&id, Phase::Recovered, Duration::from_secs(3));
