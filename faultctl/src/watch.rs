@@ -220,3 +220,52 @@ pub fn split(args: WatchArgs) -> (Subject, Refresh) {
         args.refresh,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(matched: u64, dropped: u64) -> Fault {
+        let now = jiff::Timestamp::now();
+        Fault {
+            id: "f-0123456789".into(),
+            spec: fault_api::FaultSpec::new("dynamo"),
+            state: fault_api::FaultState::Active,
+            message: None,
+            created_at: now,
+            expires_at: now + jiff::SignedDuration::from_secs(60),
+            ended_at: None,
+            targets: vec![],
+            peers: vec![],
+            peer_cidrs: vec![],
+            protected: Default::default(),
+            counters: Counters {
+                matched,
+                dropped,
+                ..Counters::default()
+            },
+            nodes: Default::default(),
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn rates_are_the_counters_difference_over_the_time_between_polls() {
+        let mut rates = Rates::default();
+        let t0 = Instant::now();
+        let first = rates.rows(&[fault(100, 30)], t0);
+        assert_eq!(first[0].matched_per_s, None, "no rate before a second poll");
+        let second = rates.rows(&[fault(4100, 1230)], t0 + Duration::from_secs(2));
+        assert_eq!(second[0].matched_per_s, Some(2000.0));
+        assert_eq!(second[0].dropped_per_s, Some(600.0));
+        assert!(second[0].left_s.is_some_and(|s| (0..=60).contains(&s)));
+    }
+
+    #[test]
+    fn an_interval_out_of_range_is_refused_with_the_range() {
+        assert_eq!(interval("500ms"), Ok(Duration::from_millis(500)));
+        let e = interval("10ms").unwrap_err();
+        assert!(e.contains("100ms") && e.contains("1h"), "{e}");
+        assert!(interval("soon").unwrap_err().contains("500ms or 2s"));
+    }
+}
