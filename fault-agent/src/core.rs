@@ -1082,6 +1082,7 @@ impl Core {
             peer_cidrs,
             protected: f.resolution.protected.clone(),
             counters,
+            nodes: Default::default(),
             warnings: if f.state.is_live() {
                 f.resolution.warnings.clone()
             } else {

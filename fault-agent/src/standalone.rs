@@ -186,6 +186,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             core: core.clone(),
             read_only: false,
             recorder: recorder.clone(),
+            node: crate::metrics::host_name(),
         },
         changed: Arc::new(Notify::new()),
         health: api::health::Health::new(cfg.liveness_threshold),

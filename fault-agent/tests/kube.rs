@@ -1157,3 +1157,253 @@ fn metrics_of_node_agents_and_the_api_show_each_nodes_counters_until_recover() {
             .all(|a| !scrape_metrics(&a.api_url(), None).1.contains(&series))
     });
 }
+
+/// The events (events.k8s.io/v1) about `name` of kind `kind` in `NS`, as `(reason, note,
+/// reporting instance)`, oldest first.
+fn events_of(c: &Cluster, kind: &str, name: &str) -> Vec<(String, String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), NS);
+    let mut list = c.rt.block_on(api.list(&Default::default())).unwrap().items;
+    list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    list.into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+        })
+        .map(|e| {
+            (
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+                e.reporting_instance.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until an event of `reason` about `kind/name` exists; returns all of them.
+fn wait_event(c: &Cluster, kind: &str, name: &str, reason: &str) -> Vec<(String, String, String)> {
+    let mut evs = vec![];
+    wait_until(
+        &format!("{reason} event on {kind}/{name}"),
+        Duration::from_secs(5),
+        || {
+            evs = events_of(c, kind, name);
+            evs.iter().any(|e| e.0 == reason)
+        },
+    );
+    evs
+}
+
+/// `kubectl describe nf ID` shows node-a's counters and the `Applied` events (when kubectl
+/// is installed; the Debian package `kubernetes-client`).
+fn describe_tells(c: &Cluster, id: &str) {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(c.kube.kubeconfig())
+        .args(["describe", "networkfault", id, "-n", NS])
+        .output();
+    let Ok(out) = out else {
+        eprintln!("kubectl describe skipped: no kubectl on PATH");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("kubectl describe networkfault {id}:\n{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // kubectl splits map keys as it splits camelCase: node-a is "Node - A".
+    for want in [
+        "Node - A:",
+        "Counters:",
+        "Matched:",
+        "Dropped:",
+        "Normal  Applied",
+        "node node-a applied it to 1 target pod(s): dynamo/vllm-decode-0",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+}
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn events_tell_applied_recovered_expired_and_failed_and_status_counters_rise() {
+    let _s = serial();
+    let c = Cluster::start_with(&["--status-interval", "1s"]);
+    let p = &c.pods;
+    let id = inject(
+        &c.api,
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode-0",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--protocol",
+            "udp",
+            "--loss",
+            "30",
+            "--duration",
+            "2m",
+        ],
+    );
+    c.wait_phase(&id, Phase::Active, Duration::from_secs(5));
+    // node-a holds the target; node-b the peer (vllm-prefill-0), whose ingress it judges.
+    wait_event(&c, "NetworkFault", &id, "Applied");
+    wait_until("both nodes' Applied", Duration::from_secs(5), || {
+        events_of(&c, "NetworkFault", &id).len() == 2
+    });
+    let evs = events_of(&c, "NetworkFault", &id);
+    let by = |node: &str| {
+        evs.iter()
+            .find(|e| e.0 == "Applied" && e.2 == node)
+            .cloned()
+    };
+    assert!(
+        by("node-a").is_some_and(|e| e
+            .1
+            .contains("node node-a applied it to 1 target pod(s): dynamo/vllm-decode-0")),
+        "{evs:?}"
+    );
+    assert!(
+        by("node-b").is_some_and(|e| e.1.contains("no target pod on this node")),
+        "{evs:?}"
+    );
+    let pod_evs = wait_event(&c, "Pod", "vllm-decode-0", "FaultApplied");
+    assert!(
+        pod_evs.iter().any(|e| e.1.contains(&format!("{NS}/{id}"))),
+        "{pod_evs:?}"
+    );
+
+    // The node's counters in status.nodes rise on real traffic (written every second here).
+    let opts = StreamOpts {
+        count: u64::MAX,
+        rate_pps: 1_000,
+        ..StreamOpts::default()
+    };
+    let stream = probe::udp_stream_background(&p.decode0, &p.prefill, Family::V4, &opts).unwrap();
+    let counters = || c.fault(&id).status.unwrap().nodes["node-a"].counters;
+    wait_until("counters in status", Duration::from_secs(5), || {
+        counters().dropped > 0
+    });
+    let first = counters();
+    wait_until("counters rise in status", Duration::from_secs(5), || {
+        counters().matched > first.matched
+    });
+    let second = counters();
+    let report = stream.stop().unwrap();
+    eprintln!("status.nodes.node-a.counters: {first:?} then {second:?}; stream: {report}");
+    assert!(second.dropped > first.dropped, "{first:?} {second:?}");
+    // ... and the API's view (what `faultctl get` prints per node) is the same.
+    let got: fault_api::Fault =
+        serde_json::from_slice(&c.api.faultctl(&["get", &id, "-o", "json"]).unwrap().stdout)
+            .unwrap();
+    assert!(got.nodes["node-a"].matched >= second.matched, "{got:?}");
+
+    describe_tells(&c, &id);
+
+    ctl(&c.api, &["recover", &id]);
+    c.wait_phase(&id, Phase::Recovered, Duration::from_secs(3));
+    let evs = wait_event(&c, "NetworkFault", &id, "Recovered");
+    eprintln!("events of {id}: {evs:?}");
+    let reasons: Vec<&str> = evs.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        reasons,
+        ["Applied", "Applied", "Recovered"],
+        "one per transition: {evs:?}"
+    );
+
+    // Expired.
+    let id = inject(
+        &c.api,
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode-1",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+            "--duration",
+            "2s",
+        ],
+    );
+    c.wait_phase(&id, Phase::Expired, Duration::from_secs(5));
+    let evs = wait_event(&c, "NetworkFault", &id, "Expired");
+    eprintln!("events of {id}: {evs:?}");
+    let reasons: Vec<&str> = evs.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        reasons,
+        ["Applied", "Expired"],
+        "node-b holds target and peer: {evs:?}"
+    );
+    assert_eq!(evs[0].2, "node-b", "{evs:?}");
+    assert!(evs[1].1.contains("reached its deadline"), "{evs:?}");
+
+    // Failed: a spec the schema lets through but the controller cannot use; and no pod.
+    let ar = kube::api::ApiResource::erase::<NetworkFault>(&());
+    let raw: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), NS, &ar);
+    let make = |name: &str, spec: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(
+            json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
+            "metadata": {"name": name, "namespace": NS}, "spec": spec}),
+        )
+        .unwrap()
+    };
+    c.rt.block_on(raw.create(
+        &PostParams::default(),
+        &make(
+            "bad-selector",
+            json!({"selector": "app in (x", "partition": "packets"}),
+        ),
+    ))
+    .unwrap();
+    let evs = wait_event(&c, "NetworkFault", "bad-selector", "Failed");
+    eprintln!("events of bad-selector: {evs:?}");
+    assert!(evs[0].1.contains("spec.selector"), "{evs:?}");
+    c.rt.block_on(raw.create(
+        &PostParams::default(),
+        &make(
+            "nobody",
+            json!({"podPrefix": "no-such-pod", "partition": "packets"}),
+        ),
+    ))
+    .unwrap();
+    let evs = wait_event(&c, "NetworkFault", "nobody", "NoTargets");
+    eprintln!("events of nobody: {evs:?}");
+    // A node that cannot enforce a field (this kernel has no sch_fq: see
+    // a_recreated_name_is_a_new_fault_and_an_unenforceable_one_is_refused) says so itself.
+    c.rt.block_on(raw.create(
+        &PostParams::default(),
+        &make(
+            "slow",
+            json!({"podPrefix": "vllm-decode-0", "toSelectors": ["app=vllm-prefill"], "delay": "100ms", "duration": "2m"}),
+        ),
+    ))
+    .unwrap();
+    let mut evs = vec![];
+    wait_until("node-a's Failed event", Duration::from_secs(5), || {
+        evs = events_of(&c, "NetworkFault", "slow");
+        evs.iter().any(|e| e.0 == "Failed" && e.2 == "node-a")
+    });
+    eprintln!("events of slow: {evs:?}");
+    assert!(
+        evs.iter().any(|e| e.2 == "node-a"
+            && e.1.starts_with("node node-a: ")
+            && e.1.contains("field delay")),
+        "{evs:?}"
+    );
+    // Reconciles go on (every 5 s at most): still one event per transition.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(events_of(&c, "NetworkFault", "bad-selector").len(), 1);
+    assert_eq!(events_of(&c, "NetworkFault", "nobody").len(), 1);
+    assert_eq!(
+        events_of(&c, "NetworkFault", "slow")
+            .iter()
+            .filter(|e| e.2 == "node-a")
+            .count(),
+        1
+    );
+}

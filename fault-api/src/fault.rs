@@ -110,6 +110,11 @@ pub struct Fault {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub protected: BTreeMap<String, Vec<IpAddr>>,
     pub counters: Counters,
+    /// The same counters per node, by node name (cluster mode: each node agent's
+    /// `status.nodes.<node>.counters`; single host: one entry named after the agent's host).
+    /// Empty from agents older than this field, and in the seed API's `details`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, Counters>,
     /// Things the user should know (no pod matched, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,

@@ -397,7 +397,9 @@ pub struct SeedFault {
 }
 
 impl From<Fault> for SeedFault {
-    fn from(f: Fault) -> Self {
+    /// Keeps the seed's JSON as it was: `details` without the per-node counters.
+    fn from(mut f: Fault) -> Self {
+        f.nodes.clear();
         let label = |k: &str| f.spec.labels.get(k).cloned();
         SeedFault {
             fault_id: f.id.clone(),

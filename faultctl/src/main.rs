@@ -6,6 +6,7 @@ mod cleanup;
 mod inject;
 mod output;
 mod stop;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -49,8 +50,18 @@ enum Command {
         #[arg(long)]
         namespace: Option<String>,
     },
-    /// Show one fault.
-    Get { id: String },
+    /// Show one fault, with its counters per node; `-w` refreshes them like `watch`.
+    Get {
+        id: String,
+        /// Keep refreshing a one-line table of this fault (see `watch`).
+        #[arg(short = 'w', long)]
+        watch: bool,
+        #[command(flatten)]
+        refresh: watch::Refresh,
+    },
+    /// A table of faults refreshed every --interval: phase, time left, matched and dropped
+    /// packets per second (like `kubectl get -w` and `top`).
+    Watch(watch::WatchArgs),
     /// Recover a fault now: its traffic is whole again when this returns.
     Recover { id: String },
     /// Recover every fault of a namespace, or all.
@@ -72,10 +83,19 @@ fn main() -> ExitCode {
             .list(namespace.as_deref())
             .map(|l| out.faults(&l.faults))
             .map_err(Into::into),
-        Command::Get { id } => client
+        Command::Get {
+            id,
+            watch: true,
+            refresh,
+        } => watch::run(&client, out, watch::Subject::One { id }, refresh),
+        Command::Get { id, .. } => client
             .get_fault(&id)
             .map(|f| out.fault(&f))
             .map_err(Into::into),
+        Command::Watch(args) => {
+            let (subject, refresh) = watch::split(args);
+            watch::run(&client, out, subject, refresh)
+        }
         Command::Recover { id } => client
             .recover(&id)
             .map(|f| out.recovered(&f))

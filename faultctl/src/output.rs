@@ -55,6 +55,13 @@ pub fn fail(out: Output, e: CliError) -> ExitCode {
     ExitCode::from(code)
 }
 
+fn counters(c: &fault_api::Counters) -> String {
+    format!(
+        "matched {} dropped {} corrupted {} duplicated {} delayed {}",
+        c.matched, c.dropped, c.corrupted, c.duplicated, c.delayed
+    )
+}
+
 fn ago_or_in(t: jiff::Timestamp) -> String {
     let secs = t.duration_since(jiff::Timestamp::now()).as_secs();
     if secs >= 0 {
@@ -64,7 +71,7 @@ fn ago_or_in(t: jiff::Timestamp) -> String {
     }
 }
 
-fn action(f: &Fault) -> String {
+pub fn action(f: &Fault) -> String {
     let s = &f.spec;
     let mut parts = Vec::new();
     if let Some(p) = s.partition {
@@ -88,7 +95,7 @@ fn action(f: &Fault) -> String {
     parts.join(",")
 }
 
-fn table(rows: Vec<Vec<String>>) {
+pub fn table(rows: Vec<Vec<String>>) {
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
@@ -199,11 +206,10 @@ impl Output {
                     .join(", ")
             );
         }
-        let c = &f.counters;
-        println!(
-            "counters:   matched {} dropped {} corrupted {}",
-            c.matched, c.dropped, c.corrupted
-        );
+        println!("counters:   {}", counters(&f.counters));
+        for (node, c) in &f.nodes {
+            println!("  {node}: {}", counters(c));
+        }
         for w in &f.warnings {
             println!("warning:    {w}");
         }

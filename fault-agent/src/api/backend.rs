@@ -22,6 +22,8 @@ pub enum Backend {
         read_only: bool,
         /// The core's own instruments ([`Core::recorder`]), reached without its lock.
         recorder: Recorder,
+        /// This agent's node (host) name: the one entry of each fault's per-node counters.
+        node: String,
     },
     /// `NetworkFault` objects (the API deployment).
     Cluster(Arc<KubeBackend>),
@@ -52,6 +54,15 @@ impl Backend {
         }
     }
 
+    /// A local fault with its counters as this node's one entry of [`Fault::nodes`] (the
+    /// cluster backend fills it from each node's status).
+    fn per_node(&self, mut f: Fault) -> Fault {
+        if let Backend::Local { node, .. } = self {
+            f.nodes = [(node.clone(), f.counters)].into();
+        }
+        f
+    }
+
     /// Where requests' durations and created faults are recorded.
     pub fn recorder(&self) -> &Recorder {
         match self {
@@ -70,7 +81,8 @@ impl Backend {
             } => Err(read_only()),
             Backend::Local { core, .. } => Self::local(core, move |c| c.create(spec)).await,
             Backend::Cluster(k) => k.create(spec).await,
-        };
+        }
+        .map(|f| self.per_node(f));
         if let Ok(f) = &created {
             self.recorder().applied(started.elapsed());
             self.recorder().created(&f.spec);
@@ -92,6 +104,7 @@ impl Backend {
             Backend::Local { core, .. } => Self::local(core, move |c| c.get(&id)).await,
             Backend::Cluster(k) => k.get(&id).await,
         }
+        .map(|f| self.per_node(f))
     }
 
     pub async fn list(&self, namespace: Option<String>) -> Result<Vec<Fault>, AgentError> {
@@ -101,6 +114,7 @@ impl Backend {
             }
             Backend::Cluster(k) => k.list(namespace.as_deref()).await,
         }
+        .map(|l| l.into_iter().map(|f| self.per_node(f)).collect())
     }
 
     /// Recovers a fault; returns when it is out of the datapath. Records the time taken
@@ -113,7 +127,8 @@ impl Backend {
             } => Err(read_only()),
             Backend::Local { core, .. } => Self::local(core, move |c| c.recover(&id)).await,
             Backend::Cluster(k) => k.recover(&id).await,
-        };
+        }
+        .map(|f| self.per_node(f));
         if let Ok(f) = &recovered
             && f.ended_at.is_some_and(|t| t >= since)
         {

@@ -15,7 +15,7 @@ use kube::{
 };
 use tokio::{net::TcpListener, sync::Notify};
 
-use super::{backend::KubeBackend, controller, crd::NetworkFault};
+use super::{backend::KubeBackend, controller, crd::NetworkFault, events::Events};
 use crate::{
     api::{self, AppState, backend::Backend},
     standalone::shutdown_signal,
@@ -80,15 +80,16 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await
         .context("networkfault watch")?;
 
+    let recorder = crate::metrics::Recorder::default();
     let ctx = Arc::new(controller::Context {
         client: client.clone(),
         pods: pods_r.clone(),
         max_duration: cfg.max_duration,
         retention: cfg.retention,
         protection: cfg.protection.clone(),
+        events: Events::new(client.clone(), controller::MANAGER, None, recorder.clone()),
     });
     let ctl = tokio::spawn(controller::run(ctx));
-    let recorder = crate::metrics::Recorder::default();
     let source = crate::metrics::Source::Cluster {
         faults: faults_r.clone(),
         pods: pods_r.clone(),

@@ -373,6 +373,11 @@ impl KubeBackend {
             peer_cidrs,
             protected: res.protected,
             counters,
+            nodes: st
+                .nodes
+                .iter()
+                .map(|(n, s)| (n.clone(), s.counters))
+                .collect(),
             warnings: if state.is_live() {
                 res.warnings
             } else {

@@ -18,6 +18,7 @@ use kube::{
 
 use super::{
     crd::{NetworkFault, NetworkFaultStatus, Phase},
+    events::{self, Events},
     pods::from_kube,
 };
 use crate::{pods::Pod, resolve};
@@ -33,6 +34,8 @@ pub struct Context {
     pub retention: Duration,
     /// What no fault may target or cut off.
     pub protection: crate::protect::Protection,
+    /// `Recovered`, `Expired`, `Failed` and `NoTargets` events ([`events`]).
+    pub events: Events,
 }
 
 /// Why a reconcile failed (retried with backoff).
@@ -316,6 +319,7 @@ async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, E
             &Patch::Apply(&patch),
         )
         .await?;
+        transition_events(&ctx.events, &nf, &old, &st);
     }
     match (st.phase, st.ended_at, st.expires_at) {
         (Some(Phase::Active | Phase::Pending), _, Some(exp)) => {
@@ -336,6 +340,66 @@ async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, E
             )))
         }
         _ => Ok(Action::requeue(Duration::from_secs(5))),
+    }
+}
+
+fn applied_reason(st: &NetworkFaultStatus) -> Option<&str> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == "Applied")
+        .map(|c| c.reason.as_str())
+}
+
+/// The events of a status change the controller just wrote (`old` to `new`): one per change
+/// of phase, and `NoTargets` when the targets stop matching any pod.
+fn transition_events(
+    ev: &Events,
+    nf: &NetworkFault,
+    old: &NetworkFaultStatus,
+    new: &NetworkFaultStatus,
+) {
+    let msg = new.message.clone().unwrap_or_default();
+    if new.phase != old.phase {
+        let mut counters = fault_api::Counters::default();
+        old.nodes.values().for_each(|n| counters += n.counters);
+        let counted = format!(
+            "{} packets matched, {} dropped (as last reported by the nodes)",
+            counters.matched, counters.dropped
+        );
+        let note = match new.phase {
+            Some(Phase::Recovered) => Some(events::normal(
+                "Recovered",
+                "Recover",
+                format!(
+                    "recovered at {}; {counted}",
+                    new.ended_at.map(|t| t.to_string()).unwrap_or_default()
+                ),
+            )),
+            Some(Phase::Expired) => Some(events::normal(
+                "Expired",
+                "Expire",
+                format!(
+                    "reached its deadline {}; {counted}",
+                    new.expires_at.map(|t| t.to_string()).unwrap_or_default()
+                ),
+            )),
+            Some(Phase::Failed) => Some(events::warning("Failed", "Validate", msg.clone())),
+            _ => None,
+        };
+        if let Some(note) = note {
+            ev.on_fault(nf, note);
+        }
+    }
+    let no_targets = |s| applied_reason(s) == Some("NoTargets");
+    if no_targets(new) && !no_targets(old) {
+        ev.on_fault(
+            nf,
+            events::warning(
+                "NoTargets",
+                "Resolve",
+                "no pod matches the targets (podPrefix, selector) yet: nothing is applied".into(),
+            ),
+        );
     }
 }
 

@@ -4,6 +4,7 @@ pub mod api_mode;
 pub mod backend;
 pub mod controller;
 pub mod crd;
+pub mod events;
 pub mod netns;
 pub mod node;
 pub mod pods;

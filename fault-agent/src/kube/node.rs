@@ -24,6 +24,7 @@ use tokio::{net::TcpListener, sync::Notify};
 
 use super::{
     crd::{NetworkFault, NodeFaultStatus, Phase},
+    events::{self, Events},
     netns::NetnsIndex,
     pods::from_kube,
     services::{slim_node, slim_service, virtual_nets},
@@ -207,14 +208,22 @@ pub async fn run(cfg: Config) -> Result<()> {
             core: core.clone(),
             read_only: true,
             recorder: recorder.clone(),
+            node: cfg.node.clone(),
         },
         changed: changed.clone(),
         health: api::health::Health::new(cfg.liveness_threshold),
         inventory_error: Mutex::new(None),
-        metrics: Arc::new(crate::metrics::Metrics::new(recorder, Some(source))),
+        metrics: Arc::new(crate::metrics::Metrics::new(recorder.clone(), Some(source))),
     });
+    let events = Events::new(
+        client.clone(),
+        "faultline-node",
+        Some(cfg.node.clone()),
+        recorder.clone(),
+    );
     let sync = tokio::spawn(sync_loop(
         cfg.clone(),
+        events,
         core.clone(),
         watches,
         client.clone(),
@@ -375,15 +384,53 @@ impl Watches {
     }
 }
 
-/// What a sync gives the status writer: this node's reports, the nearest deadline, and why
-/// the datapath is not attached (if it is not).
-type SyncOutcome = (Vec<NodeReport>, Option<Duration>, Option<String>);
+/// What a sync gives the status writer: this node's reports, the nearest deadline, why
+/// the datapath is not attached (if it is not), and what its events name.
+type SyncOutcome = (Vec<NodeReport>, Option<Duration>, Option<String>, Story);
+
+/// What this node's events say beyond its reports, by fault key.
+#[derive(Default)]
+struct Story {
+    /// `(namespace, name)` of this node's target pods of each applied fault.
+    local: BTreeMap<String, Vec<(String, String)>>,
+    /// Faults this node failed to apply (refused by the core, or failed in it); an ended
+    /// fault's message ("recovered", ...) is not a failure.
+    failing: std::collections::BTreeSet<String>,
+}
+
+impl Story {
+    fn of(core: &Core, reports: &[NodeReport], node: &str) -> Self {
+        let mut story = Story::default();
+        for r in reports {
+            let fault = core.get(&r.id).ok();
+            if r.applied
+                && let Some(f) = &fault
+            {
+                let pods = f
+                    .targets
+                    .iter()
+                    .filter(|t| t.node.as_deref() == Some(node))
+                    .map(|t| (t.namespace.clone(), t.name.clone()))
+                    .collect();
+                story.local.insert(r.id.clone(), pods);
+            }
+            let failed = fault
+                .as_ref()
+                .is_none_or(|f| f.state.is_live() || f.state == fault_api::FaultState::Failed);
+            if !r.applied && r.message.is_some() && failed {
+                story.failing.insert(r.id.clone());
+            }
+        }
+        story
+    }
+}
 
 /// Level-triggered: at every change of pods, faults, Services or Nodes (and at each deadline),
 /// mirror the whole picture into the core, then write what changed in this node's status
 /// entries.
 async fn sync_loop(
     cfg: Config,
+    events: Events,
     core: Arc<Mutex<Core>>,
     watches: Watches,
     client: Client,
@@ -419,10 +466,13 @@ async fn sync_loop(
             core.set_virtual_nets(virtuals)?;
             core.set_uplinks(uplinks)?;
             core.sync_external(&faults)?;
+            let reports = core.node_reports(&node);
+            let story = Story::of(&core, &reports, &node);
             let out = (
-                core.node_reports(&node),
+                reports,
                 core.next_deadline(),
                 core.datapath_problem(),
+                story,
             );
             drop(core);
             // Each pass converts every Pod of the cluster: give that back.
@@ -430,14 +480,20 @@ async fn sync_loop(
             Ok(out)
         })
         .await;
-        let mut next = Duration::from_secs(5);
+        // Counters change with no watch event: wake at least every --status-interval.
+        let mut next = Duration::from_secs(5).min(cfg.status_interval);
         match res {
-            Ok(Ok((reports, deadline, detached))) => {
+            Ok(Ok((reports, deadline, detached, story))) => {
                 state.health.sync_ok(detached);
                 if let Some(d) = deadline {
                     next = next.min(d + Duration::from_millis(1));
                 }
-                write_status(&client, &cfg, &objects, &reports, &mut written).await;
+                let told = Told {
+                    events: &events,
+                    pods: &watches.pods,
+                    story: &story,
+                };
+                write_status(&client, &cfg, &objects, &reports, &mut written, &told).await;
             }
             Ok(Err(e)) => {
                 let e = format!("{e:#}");
@@ -456,6 +512,74 @@ async fn sync_loop(
     }
 }
 
+/// What the status writer needs to publish events of this node's transitions.
+struct Told<'a> {
+    events: &'a Events,
+    pods: &'a reflector::Store<KubePod>,
+    story: &'a Story,
+}
+
+impl Told<'_> {
+    /// Events of this node's entry of `nf` changing from `before` to `now` (just written):
+    /// `Applied` (and `FaultApplied` on each local target pod) when it turns applied,
+    /// `Failed` when it reports a new reason it cannot apply the fault.
+    fn transition(
+        &self,
+        node: &str,
+        nf: &NetworkFault,
+        before: Option<&NodeFaultStatus>,
+        now: &NodeFaultStatus,
+    ) {
+        if now.applied && !before.is_some_and(|b| b.applied) {
+            let pods = self.story.local.get(&nf.key()).cloned().unwrap_or_default();
+            let names: Vec<String> = pods.iter().map(|(ns, n)| format!("{ns}/{n}")).collect();
+            let note = if names.is_empty() {
+                format!("node {node} applied it for its peer pods (no target pod on this node)")
+            } else {
+                format!(
+                    "node {node} applied it to {} target pod(s): {}",
+                    now.targets,
+                    names.join(", ")
+                )
+            };
+            self.events
+                .on_fault(nf, events::normal("Applied", "Apply", note));
+            for (ns, name) in &pods {
+                let key = reflector::ObjectRef::<KubePod>::new(name).within(ns);
+                if let Some(pod) = self.pods.get(&key) {
+                    self.events.publish(
+                        kube::Resource::object_ref(pod.as_ref(), &()),
+                        events::normal(
+                            "FaultApplied",
+                            "Apply",
+                            format!("NetworkFault {} applied by node {node}", nf.key()),
+                        ),
+                    );
+                }
+            }
+        }
+        let new_reason = now.message.is_some() && before.is_none_or(|b| b.message != now.message);
+        if !now.applied && new_reason && self.story.failing.contains(&nf.key()) {
+            let field = now
+                .unsupported
+                .as_ref()
+                .map(|f| format!(" (field {f} is not supported by this node's kernel)"))
+                .unwrap_or_default();
+            self.events.on_fault(
+                nf,
+                events::warning(
+                    "Failed",
+                    "Apply",
+                    format!(
+                        "node {node}: {}{field}",
+                        now.message.clone().unwrap_or_default()
+                    ),
+                ),
+            );
+        }
+    }
+}
+
 /// Server-side applies this node's entry of each fault's status when it changed (counters at
 /// most every `status_interval`). Only faults this node has (or had) a part in are written.
 async fn write_status(
@@ -464,6 +588,7 @@ async fn write_status(
     objects: &[Arc<NetworkFault>],
     reports: &[NodeReport],
     written: &mut BTreeMap<(String, String), (NodeFaultStatus, Instant)>,
+    told: &Told<'_>,
 ) {
     let manager = format!("faultline-node-{}", cfg.node);
     let by_key: BTreeMap<&str, &NodeReport> = reports.iter().map(|r| (r.id.as_str(), r)).collect();
@@ -503,6 +628,10 @@ async fn write_status(
             continue;
         }
         status.updated_at = Some(Timestamp::now());
+        let before = written
+            .get(&key)
+            .map(|(s, _)| s.clone())
+            .or_else(|| in_object.cloned());
         let api: Api<NetworkFault> = Api::namespaced(client.clone(), &ns);
         let patch = serde_json::json!({
             "apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
@@ -517,6 +646,7 @@ async fn write_status(
             .await
         {
             Ok(_) => {
+                told.transition(&cfg.node, nf, before.as_ref(), &status);
                 written.insert(key, (status, Instant::now()));
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {

@@ -57,6 +57,8 @@ pub struct Recorder {
     expiry_lateness: Histogram,
     /// `faultline_attach_failures_total`.
     attach_failures: Counter,
+    /// `faultline_kube_event_failures_total`.
+    event_failures: Counter,
     /// `chaos_network_partitions_created_total`.
     created: Family<CreatedLabels, Counter>,
     /// `chaos_experiment_duration_seconds`.
@@ -71,6 +73,7 @@ impl Default for Recorder {
             lift: latency_histogram(),
             expiry_lateness: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             attach_failures: Counter::default(),
+            event_failures: Counter::default(),
             created: Family::default(),
             experiment_duration: Family::new_with_constructor(fault_duration_histogram),
         }
@@ -104,6 +107,11 @@ impl Recorder {
             "faultline_attach_failures",
             "Attempts to attach a program to an interface that failed (each sync retries)",
             self.attach_failures.clone(),
+        );
+        reg.register(
+            "faultline_kube_event_failures",
+            "Kubernetes events this agent could not publish (refused, or no answer within 5 s); reconciling goes on without them",
+            self.event_failures.clone(),
         );
         reg.register(
             "chaos_network_partitions_created",
@@ -142,6 +150,11 @@ impl Recorder {
         if n > 0 {
             self.attach_failures.inc_by(n as u64);
         }
+    }
+
+    /// A Kubernetes event could not be published.
+    pub fn event_failed(&self) {
+        self.event_failures.inc();
     }
 
     /// A fault was created.
