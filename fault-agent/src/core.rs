@@ -1065,6 +1065,7 @@ impl Core {
             } else {
                 vec![]
             },
+            verification: None,
         }
     }
 

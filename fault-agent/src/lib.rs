@@ -22,3 +22,4 @@ pub mod rtdump;
 pub mod standalone;
 pub mod store;
 pub mod uplinks;
+pub mod verify;

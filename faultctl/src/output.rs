@@ -26,7 +26,7 @@ impl From<ClientError> for CliError {
     }
 }
 
-fn print_json(v: &impl serde::Serialize) {
+pub(crate) fn print_json(v: &impl serde::Serialize) {
     match serde_json::to_string_pretty(v) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("error: cannot render JSON: {e}"),
@@ -88,7 +88,7 @@ fn action(f: &Fault) -> String {
     parts.join(",")
 }
 
-fn table(rows: Vec<Vec<String>>) {
+pub(crate) fn table(rows: Vec<Vec<String>>) {
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))

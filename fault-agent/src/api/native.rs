@@ -26,6 +26,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1/faults/cleanup", post(cleanup))
         .route("/v1/faults/{id}", get(get_one).delete(recover))
         .route("/v1/faults/{id}/recover", post(recover))
+        .route("/v1/faults/{id}/verify", post(verify))
         .route("/v1/pods", get(pods))
         .route("/v1/capabilities", get(capabilities))
         .route("/v1/tables", get(tables))
@@ -46,11 +47,37 @@ async fn list(
     }))
 }
 
-async fn create(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, AgentError> {
+/// `POST /v1/faults?verify=true`: probe the fault once applied.
+#[derive(Deserialize)]
+struct CreateQuery {
+    #[serde(default)]
+    verify: bool,
+}
+
+async fn create(
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<CreateQuery>,
+    body: Bytes,
+) -> Result<Response, AgentError> {
     let spec = FaultSpec::from_json(&body).map_err(body_error)?;
-    let fault = s.backend.create(spec).await?;
+    let mut fault = s.backend.create(spec).await?;
     s.changed.notify_one();
+    if q.verify {
+        // The fault is in; a verify that cannot run is a warning, not a failed create.
+        match s.backend.verify(fault.id.clone()).await {
+            Ok(v) => fault.verification = Some(v),
+            Err(e) => fault.warnings.push(format!("verify: {e}")),
+        }
+    }
     Ok((StatusCode::CREATED, Json(fault)).into_response())
+}
+
+/// `POST /v1/faults/{id}/verify`: [`fault_api::Verification`].
+async fn verify(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<fault_api::Verification>, AgentError> {
+    Ok(Json(s.backend.verify(id).await?))
 }
 
 async fn get_one(

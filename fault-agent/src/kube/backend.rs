@@ -367,6 +367,7 @@ impl KubeBackend {
             } else {
                 vec![]
             },
+            verification: None,
             spec,
         }
     }
