@@ -24,7 +24,11 @@ fn verify(env: &DynamoEnv, id: &str) -> (Verification, bool) {
     });
     eprintln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     let ok = out.status.success();
-    assert_eq!(ok, v.outcome == Outcome::Verified, "exit code follows the outcome");
+    assert_eq!(
+        ok,
+        v.outcome == Outcome::Verified,
+        "exit code follows the outcome"
+    );
     assert!(ok || out.status.code() == Some(3), "{:?}", out.status);
     (v, ok)
 }
@@ -43,7 +47,10 @@ fn partitions_and_loss_that_act_are_verified() {
     let to_prefill = ["--to-selector", "app=vllm-prefill"];
 
     // Egress partition: both decode pods cannot reach prefill; the frontend is the control.
-    let id = inject(&env.agent, &[&target[..], &to_prefill, &["--partition"]].concat());
+    let id = inject(
+        &env.agent,
+        &[&target[..], &to_prefill, &["--partition"]].concat(),
+    );
     let (v, ok) = verify(&env, &id);
     assert!(ok, "{v:?}");
     assert_eq!(v.pairs.len(), 2, "decode-0 and decode-1 to prefill");
@@ -77,7 +84,31 @@ fn partitions_and_loss_that_act_are_verified() {
     );
     let (v, ok) = verify(&env, &id);
     assert!(ok, "{v:?}");
-    assert!(v.pairs.iter().all(|x| x.from.starts_with("dynamo/vllm-decode")));
+    assert!(
+        v.pairs
+            .iter()
+            .all(|x| x.from.starts_with("dynamo/vllm-decode"))
+    );
+    ctl(&env.agent, &["recover", &id]);
+
+    // A TCP-only partition: the SYN goes unanswered, echoes and the UDP datagram get through.
+    let id = inject(
+        &env.agent,
+        &[
+            &target[..],
+            &to_prefill,
+            &["--protocol", "tcp", "--partition"],
+        ]
+        .concat(),
+    );
+    let (v, ok) = verify(&env, &id);
+    assert!(ok, "{v:?}");
+    for pair in &v.pairs {
+        let m = &pair.measured;
+        assert_eq!(m.tcp_answered, Some(false), "{pair:?}");
+        assert_eq!(m.udp_answered, Some(true), "{pair:?}");
+        assert_eq!(m.echo_received, m.echo_sent, "{pair:?}");
+    }
     ctl(&env.agent, &["recover", &id]);
 
     // 40% loss, created with --verify: the report comes with the fault.
@@ -85,7 +116,10 @@ fn partitions_and_loss_that_act_are_verified() {
     args.extend([&target[..], &to_prefill, &["--loss", "40"]].concat());
     let created: fault_api::Fault = serde_json::from_str(&ctl(&env.agent, &args)).unwrap();
     let at_create = created.verification.expect("verification attached");
-    eprintln!("at creation: {}", serde_json::to_string(&at_create).unwrap());
+    eprintln!(
+        "at creation: {}",
+        serde_json::to_string(&at_create).unwrap()
+    );
     let (v, ok) = verify(&env, &created.id);
     assert!(ok, "{v:?}");
     for pair in v.pairs.iter().chain(&at_create.pairs) {
@@ -96,7 +130,10 @@ fn partitions_and_loss_that_act_are_verified() {
     // The probes are counted apart.
     let (_, text) = scrape_metrics(&env.agent.api_url(), None);
     let sent = metric_sample(&text, "faultline_verify_probes_total", &[]).expect("metric");
-    assert_eq!(sent as u64, 2 * 55 + v.probe_packets + at_create.probe_packets + 2 * 55);
+    assert_eq!(
+        sent as u64,
+        3 * 2 * 55 + v.probe_packets + at_create.probe_packets
+    );
 }
 
 #[test]

@@ -25,7 +25,15 @@ pub fn print(out: Output, v: &Verification) {
     }
     let mut rows = vec![
         [
-            "FROM", "TO", "CONTROL", "EXPECTED", "REACHABLE", "LOSS", "MIN-RTT", "RESULT", "REASON",
+            "FROM",
+            "TO",
+            "CONTROL",
+            "EXPECTED",
+            "REACHABLE",
+            "LOSS",
+            "MIN-RTT",
+            "RESULT",
+            "REASON",
         ]
         .map(String::from)
         .to_vec(),
@@ -40,7 +48,12 @@ pub fn print(out: Output, v: &Verification) {
             }),
             p.expected.clone(),
             if m.reachable { "yes" } else { "no" }.into(),
-            format!("{:.0}% ({}/{})", m.loss_percent, m.echo_sent - m.echo_received, m.echo_sent),
+            format!(
+                "{:.0}% ({}/{})",
+                m.loss_percent,
+                m.echo_sent - m.echo_received,
+                m.echo_sent
+            ),
             m.min_rtt_ms.map_or("-".into(), |r| format!("{r:.2}ms")),
             p.outcome.to_string(),
             p.reason.clone(),
@@ -51,7 +64,10 @@ pub fn print(out: Output, v: &Verification) {
         "{}: {}{} ({} probe packets, mark {:#x}, {} ms)",
         v.fault_id,
         v.outcome,
-        v.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default(),
+        v.reason
+            .as_ref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default(),
         v.probe_packets,
         v.probe_mark,
         v.took_ms

@@ -124,16 +124,28 @@ fn loss_check(p: f64, crossings: u32, c: expect::Covered, m: &Measured) -> (bool
         "echo loss {lost}/{} ({:.0}%) {} {:.0}% (binomial test, alpha {})",
         m.echo_sent,
         m.loss_percent,
-        if ok { "consistent with" } else { "inconsistent with" },
+        if ok {
+            "consistent with"
+        } else {
+            "inconsistent with"
+        },
         q * 100.0,
         expect::LOSS_ALPHA
     );
     (ok, why)
 }
 
-fn delay_check(min_ms: f64, c: expect::Covered, m: &Measured, caps: &Capabilities) -> (bool, String) {
+fn delay_check(
+    min_ms: f64,
+    c: expect::Covered,
+    m: &Measured,
+    caps: &Capabilities,
+) -> (bool, String) {
     if !caps.sch_fq {
-        return (false, "cannot verify: delay not enforced on this kernel".into());
+        return (
+            false,
+            "cannot verify: delay not enforced on this kernel".into(),
+        );
     }
     if !c.icmp {
         return (
@@ -171,7 +183,11 @@ pub fn pair(
             let checks = checks(spec, port, &m, caps);
             let ok = !checks.is_empty() && checks.iter().all(|(ok, _)| *ok);
             let why: Vec<String> = checks.into_iter().map(|(_, w)| w).collect();
-            let outcome = if ok { Outcome::Verified } else { Outcome::NotVerified };
+            let outcome = if ok {
+                Outcome::Verified
+            } else {
+                Outcome::NotVerified
+            };
             (m, outcome, why.join("; "))
         }
     };
@@ -290,6 +306,9 @@ mod tests {
         let c = checks(&s, 9, &m(50, 45, true, true, None), &caps(true));
         assert_eq!(c, vec![(false, "corrupt is not verified by probes".into())]);
         assert_eq!(packets(&m(50, 45, true, true, Some((3, 3)))), 55);
-        assert_eq!(linger(&spec(r#"{"namespace":"a","delay":"5s"}"#)), Duration::from_secs(2));
+        assert_eq!(
+            linger(&spec(r#"{"namespace":"a","delay":"5s"}"#)),
+            Duration::from_secs(2)
+        );
     }
 }

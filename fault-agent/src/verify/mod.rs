@@ -76,9 +76,12 @@ fn measure(
 ) -> anyhow::Result<Measured> {
     let ident = (std::process::id() as u16) ^ index.wrapping_mul(0x9e37);
     probe::in_netns(&p.netns, || -> anyhow::Result<Measured> {
-        let e = probe::echoes(p.to_ip, ident, ECHOES_PER_PAIR, linger)?;
-        let tcp = probe::tcp_answered(SocketAddrV4::new(p.to_ip, port))?;
+        // UDP first: the peer's kernel answers it with an ICMP error, which its global ICMP
+        // rate limit (`net.ipv4.icmp_msgs_burst`) may refuse once echo replies to every pair
+        // have used the burst.
         let udp = probe::udp_answered(SocketAddrV4::new(p.to_ip, port))?;
+        let tcp = probe::tcp_answered(SocketAddrV4::new(p.to_ip, port))?;
+        let e = probe::echoes(p.to_ip, ident, ECHOES_PER_PAIR, linger)?;
         let control = match p.control {
             Some(c) => Some(probe::echoes(
                 c,

@@ -90,13 +90,17 @@ pub fn plan(fault: &Fault, pods: &[Pod]) -> Result<Plan, AgentError> {
     let ingress = fault.spec.direction == Direction::Ingress;
     let (senders, receivers): (Vec<&Pod>, Vec<&Pod>) = if ingress {
         (
-            pods.iter().filter(|p| is_peer(p) && !is_target(p)).collect(),
+            pods.iter()
+                .filter(|p| is_peer(p) && !is_target(p))
+                .collect(),
             pods.iter().filter(|p| is_target(p)).collect(),
         )
     } else {
         (
             pods.iter().filter(|p| is_target(p)).collect(),
-            pods.iter().filter(|p| is_peer(p) && !is_target(p)).collect(),
+            pods.iter()
+                .filter(|p| is_peer(p) && !is_target(p))
+                .collect(),
         )
     };
     // A control address: a pod neither the fault's peers nor its targets cover.

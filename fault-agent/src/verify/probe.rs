@@ -56,7 +56,8 @@ pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T
 
 fn marked(domain: Domain, ty: Type, proto: Protocol) -> Result<Socket> {
     let s = Socket::new(domain, ty, Some(proto)).context("creating a probe socket")?;
-    s.set_mark(PROBE_MARK).context("SO_MARK on a probe socket")?;
+    s.set_mark(PROBE_MARK)
+        .context("SO_MARK on a probe socket")?;
     Ok(s)
 }
 
@@ -137,7 +138,10 @@ fn recv_one(
         return false;
     };
     // SAFETY: recv_from initialised the first n bytes.
-    let pkt: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+    let pkt: Vec<u8> = buf[..n]
+        .iter()
+        .map(|b| unsafe { b.assume_init() })
+        .collect();
     if let Some(seq) = parse_reply(&pkt, to, ident)
         && let Some(Some(t)) = sent_at.get(usize::from(seq))
     {
@@ -190,14 +194,19 @@ mod tests {
         let req = echo_request(0x1234, 7);
         assert_eq!(checksum(&req), 0);
         // A reply as the raw socket reads it: a 20-byte IPv4 header, then the ICMP reply.
-        let mut pkt = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 0, 2, 198, 18, 0, 1];
+        let mut pkt = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 0, 2, 198, 18, 0, 1,
+        ];
         let mut reply = req.clone();
         reply[0] = 0;
         pkt.extend_from_slice(&reply);
         let from = Ipv4Addr::new(198, 18, 0, 2);
         assert_eq!(parse_reply(&pkt, from, 0x1234), Some(7));
         assert_eq!(parse_reply(&pkt, from, 0x1235), None);
-        assert_eq!(parse_reply(&pkt, Ipv4Addr::new(198, 18, 0, 3), 0x1234), None);
+        assert_eq!(
+            parse_reply(&pkt, Ipv4Addr::new(198, 18, 0, 3), 0x1234),
+            None
+        );
         assert_eq!(parse_reply(&pkt[..24], from, 0x1234), None);
     }
 }
