@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, Query, RawQuery, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -47,22 +47,36 @@ async fn list(
     }))
 }
 
-/// `POST /v1/faults?verify=true`: probe the fault once applied.
-#[derive(Deserialize)]
-struct CreateQuery {
-    #[serde(default)]
-    verify: bool,
+/// The `verify` query parameter of `POST /v1/faults`: `true`/`1` probes the fault once
+/// applied. Errors (422, field `verify`) name the accepted values.
+fn verify_param(query: Option<&str>) -> Result<bool, AgentError> {
+    let Some(value) = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("verify="))
+    else {
+        return Ok(false);
+    };
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(AgentError::Invalid(FieldError::new(
+            "verify",
+            format!("must be true or false, got {other:?}"),
+        ))),
+    }
 }
 
 async fn create(
     State(s): State<Arc<AppState>>,
-    Query(q): Query<CreateQuery>,
+    RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, AgentError> {
+    let verify = verify_param(query.as_deref())?;
     let spec = FaultSpec::from_json(&body).map_err(body_error)?;
     let mut fault = s.backend.create(spec).await?;
     s.changed.notify_one();
-    if q.verify {
+    if verify {
         // The fault is in; a verify that cannot run is a warning, not a failed create.
         match s.backend.verify(fault.id.clone()).await {
             Ok(v) => fault.verification = Some(v),
@@ -197,4 +211,20 @@ async fn tables(
     State(s): State<Arc<AppState>>,
 ) -> Result<Json<crate::dataplane::TableSizes>, AgentError> {
     s.backend.with_core(|c| Ok(Json(c.table_sizes()))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verify_param;
+
+    #[test]
+    fn the_verify_parameter_takes_booleans_only() {
+        assert!(!verify_param(None).unwrap());
+        assert!(!verify_param(Some("namespace=a")).unwrap());
+        assert!(verify_param(Some("verify=true")).unwrap());
+        assert!(verify_param(Some("a=b&verify=1")).unwrap());
+        assert!(!verify_param(Some("verify=false")).unwrap());
+        let e = verify_param(Some("verify=yes")).unwrap_err();
+        assert_eq!(e.to_api().field.as_deref(), Some("verify"));
+    }
 }
