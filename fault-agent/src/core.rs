@@ -1088,6 +1088,7 @@ impl Core {
             } else {
                 vec![]
             },
+            verification: None,
         }
     }
 

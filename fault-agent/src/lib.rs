@@ -23,3 +23,4 @@ pub mod rtdump;
 pub mod standalone;
 pub mod store;
 pub mod uplinks;
+pub mod verify;

@@ -137,6 +137,18 @@ impl Client {
         self.send("POST", "/v1/faults", Some(body))
     }
 
+    /// `POST /v1/faults?verify=true`: create, then probe; the report is the fault's
+    /// `verification` (a verify that could not run is one of its `warnings`).
+    pub fn create_verified(&self, spec: &FaultSpec) -> Result<Fault, ClientError> {
+        let body = serde_json::to_value(spec).map_err(|e| ClientError::Transport(e.to_string()))?;
+        self.send("POST", "/v1/faults?verify=true", Some(&body))
+    }
+
+    /// `POST /v1/faults/{id}/verify`: probe an active fault (about a second).
+    pub fn verify(&self, id: &str) -> Result<crate::Verification, ClientError> {
+        self.send("POST", &format!("/v1/faults/{id}/verify"), None)
+    }
+
     /// `GET /v1/faults`, optionally for one namespace.
     pub fn list(&self, namespace: Option<&str>) -> Result<FaultList, ClientError> {
         match namespace {

@@ -118,6 +118,10 @@ pub struct Fault {
     /// Things the user should know (no pod matched, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The probes' report, when the fault was created with `?verify=true` (only in that
+    /// answer; `POST /v1/faults/{id}/verify` probes again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<crate::Verification>,
 }
 
 /// `GET /v1/faults`.

@@ -19,9 +19,11 @@ pub mod seed;
 pub mod selector;
 pub mod spec;
 pub mod units;
+pub mod verify;
 
 pub use error::{ApiError, ErrorBody, FieldError};
 pub use fault::{Counters, Fault, FaultList, FaultState, PodRef};
 pub use selector::Selector;
 pub use spec::{Direction, FaultSpec, PartitionMode, Protocol};
 pub use units::{FaultDuration, Percent, Rate};
+pub use verify::{Outcome, Verification};

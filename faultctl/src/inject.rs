@@ -13,6 +13,9 @@ use crate::output::{CliError, Output};
 #[command(group(clap::ArgGroup::new("targets").required(true).multiple(true).args(["pod_prefix", "selector"])))]
 #[command(group(clap::ArgGroup::new("action").required(true).multiple(true).args(["partition", "loss", "corrupt", "delay", "duplicate", "rate"])))]
 pub struct InjectArgs {
+    /// Probe the fault once applied and print the report after its id (as `faultctl verify`).
+    #[arg(long)]
+    pub verify: bool,
     /// Namespace of the target pods.
     #[arg(long, short = 'n')]
     namespace: String,
@@ -112,6 +115,7 @@ impl InjectArgs {
 }
 
 pub fn run(client: &Client, out: Output, args: InjectArgs) -> Result<(), CliError> {
+    let verify = args.verify;
     let spec = args.spec();
     if let Err(e) = spec.validate() {
         let flag = flag_of(&e.field);
@@ -120,8 +124,15 @@ pub fn run(client: &Client, out: Output, args: InjectArgs) -> Result<(), CliErro
                 .with_field(e.field),
         ));
     }
-    let fault = client.create(&spec)?;
+    if !verify {
+        out.created(&client.create(&spec)?);
+        return Ok(());
+    }
+    let fault = client.create_verified(&spec)?;
     out.created(&fault);
+    if let (Output::Table, Some(v)) = (out, &fault.verification) {
+        crate::verify::print(out, v);
+    }
     Ok(())
 }
 

@@ -1,11 +1,13 @@
 //! `faultctl`: Faultline's command line. Talks to an agent's native API (`--api`, env
 //! `FAULTLINE_API`, default `http://127.0.0.1:8080`); free of aya and kube.
 //!
-//! Exit codes: 0 success, 1 the agent refused or could not be reached, 2 bad usage.
+//! Exit codes: 0 success, 1 the agent refused or could not be reached, 2 bad usage, 3 a
+//! fault `verify` found not verified.
 mod cleanup;
 mod inject;
 mod output;
 mod stop;
+mod verify;
 mod watch;
 
 use std::process::ExitCode;
@@ -64,6 +66,9 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Recover a fault now: its traffic is whole again when this returns.
     Recover { id: String },
+    /// Probe an active fault from its pods and say per pair whether it does what it should
+    /// (exit 3 when not verified).
+    Verify { id: String },
     /// Recover every fault of a namespace, or all.
     Cleanup(cleanup::CleanupArgs),
     /// The kill switch: `--all` makes every fault stop acting at once (the datapath passes
@@ -102,6 +107,10 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Cleanup(args) => cleanup::run(&client, out, args),
         Command::Stop(args) => stop::run(&client, out, args),
+        Command::Verify { id } => match verify::run(&client, out, &id) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

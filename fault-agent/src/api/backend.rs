@@ -5,7 +5,7 @@ use std::{
     time::Instant,
 };
 
-use fault_api::{Fault, FaultSpec, FieldError};
+use fault_api::{Fault, FaultSpec, FieldError, Verification};
 
 use super::lock;
 use crate::{
@@ -197,6 +197,28 @@ impl Backend {
                 "the kill switch is not yet served by the cluster API: POST /v1/kill-switch to each single-host agent".into(),
             )),
         }
+    }
+
+    /// Probes an active fault from its pods' network namespaces ([`crate::verify`]); blocks a
+    /// blocking thread for about a second, never the core (its lock is held only to plan).
+    /// 409 for a fault that is not active; 501 on the cluster API (standalone for now).
+    pub async fn verify(&self, id: String) -> Result<Verification, AgentError> {
+        let Backend::Local { core, .. } = self else {
+            return Err(AgentError::NotHere(
+                "verify runs in standalone mode for now (`fault-agent standalone`): the cluster API does not forward probes to node agents yet".into(),
+            ));
+        };
+        let (fault, plan, caps) = Self::local(core, move |c| {
+            let fault = c.get(&id)?;
+            let plan = crate::verify::plan::plan(&fault, c.pods())?;
+            Ok((fault, plan, c.capabilities().clone()))
+        })
+        .await?;
+        let v = tokio::task::spawn_blocking(move || crate::verify::run(&fault, &plan, &caps))
+            .await
+            .map_err(|e| AgentError::Internal(anyhow::anyhow!("verify task: {e}")))?;
+        self.recorder().verify_probes(v.probe_packets);
+        Ok(v)
     }
 
     /// Runs `f` on the local core (capabilities, tables); 501 on the cluster API.

@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, Query, RawQuery, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -26,6 +26,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1/faults/cleanup", post(cleanup))
         .route("/v1/faults/{id}", get(get_one).delete(recover))
         .route("/v1/faults/{id}/recover", post(recover))
+        .route("/v1/faults/{id}/verify", post(verify))
         .route("/v1/pods", get(pods))
         .route("/v1/capabilities", get(capabilities))
         .route("/v1/tables", get(tables))
@@ -46,11 +47,51 @@ async fn list(
     }))
 }
 
-async fn create(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, AgentError> {
+/// The `verify` query parameter of `POST /v1/faults`: `true`/`1` probes the fault once
+/// applied. Errors (422, field `verify`) name the accepted values.
+fn verify_param(query: Option<&str>) -> Result<bool, AgentError> {
+    let Some(value) = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("verify="))
+    else {
+        return Ok(false);
+    };
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(AgentError::Invalid(FieldError::new(
+            "verify",
+            format!("must be true or false, got {other:?}"),
+        ))),
+    }
+}
+
+async fn create(
+    State(s): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, AgentError> {
+    let verify = verify_param(query.as_deref())?;
     let spec = FaultSpec::from_json(&body).map_err(body_error)?;
-    let fault = s.backend.create(spec).await?;
+    let mut fault = s.backend.create(spec).await?;
     s.changed.notify_one();
+    if verify {
+        // The fault is in; a verify that cannot run is a warning, not a failed create.
+        match s.backend.verify(fault.id.clone()).await {
+            Ok(v) => fault.verification = Some(v),
+            Err(e) => fault.warnings.push(format!("verify: {e}")),
+        }
+    }
     Ok((StatusCode::CREATED, Json(fault)).into_response())
+}
+
+/// `POST /v1/faults/{id}/verify`: [`fault_api::Verification`].
+async fn verify(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<fault_api::Verification>, AgentError> {
+    Ok(Json(s.backend.verify(id).await?))
 }
 
 async fn get_one(
@@ -170,4 +211,20 @@ async fn tables(
     State(s): State<Arc<AppState>>,
 ) -> Result<Json<crate::dataplane::TableSizes>, AgentError> {
     s.backend.with_core(|c| Ok(Json(c.table_sizes()))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verify_param;
+
+    #[test]
+    fn the_verify_parameter_takes_booleans_only() {
+        assert!(!verify_param(None).unwrap());
+        assert!(!verify_param(Some("namespace=a")).unwrap());
+        assert!(verify_param(Some("verify=true")).unwrap());
+        assert!(verify_param(Some("a=b&verify=1")).unwrap());
+        assert!(!verify_param(Some("verify=false")).unwrap());
+        let e = verify_param(Some("verify=yes")).unwrap_err();
+        assert_eq!(e.to_api().field.as_deref(), Some("verify"));
+    }
 }

@@ -37,6 +37,7 @@ pub fn document() -> Value {
     let seed_fault = schema::<SeedFault>(&mut g);
     let seed_list = schema::<SeedFaultList>(&mut g);
     let seed_cleanup = schema::<CleanupResult>(&mut g);
+    let verification = schema::<fault_api::Verification>(&mut g);
     // Every route but health: the request limits (src/api/limits.rs).
     let limited = [
         ("413", "Body over --max-body-bytes (`too_large`)"),
@@ -98,7 +99,8 @@ pub fn document() -> Value {
             "/v1/faults": {
                 "get": {"summary": "List faults, newest first", "parameters": [{"name": "namespace", "in": "query", "required": false, "schema": {"type": "string"}}],
                         "responses": with(json!({"200": ok("Faults", list)}), errors(&[]))},
-                "post": {"summary": "Create a fault", "requestBody": body(spec),
+                "post": {"summary": "Create a fault; with ?verify=true, probe it once applied (the report is the answer's `verification`; a verify that cannot run is a warning)", "requestBody": body(spec),
+                         "parameters": [{"name": "verify", "in": "query", "required": false, "schema": {"type": "boolean"}}],
                          "responses": with(json!({"201": ok("Created and in the datapath", fault.clone())}), errors(&invalid))}
             },
             "/v1/faults/{id}": {
@@ -108,6 +110,11 @@ pub fn document() -> Value {
             },
             "/v1/faults/{id}/recover": {
                 "post": {"summary": "Recover a fault now", "parameters": id_param("id"), "responses": with(json!({"200": ok("The fault, recovered", fault.clone())}), errors(&missing))}
+            },
+            "/v1/faults/{id}/verify": {
+                "post": {"summary": "Probe an active fault from its pods' network namespaces (ICMP echo, TCP SYN, UDP; at most 8 pairs, 50 echoes each, about a second) and say per pair whether it does what it should; standalone agents only for now",
+                         "parameters": id_param("id"),
+                         "responses": with(json!({"200": ok("The report (`outcome` verified or not_verified)", verification)}), errors(&[("404", "No such fault"), ("409", "The fault is not active"), ("422", "The fault's port is DNS or NATS, which is never probed"), ("501", "Cluster API: verify runs in standalone mode for now")]))}
             },
             "/v1/faults/cleanup": {
                 "post": {"summary": "Recover every fault of a namespace (or all)", "requestBody": body(cleanup_req),

@@ -383,6 +383,7 @@ impl KubeBackend {
             } else {
                 vec![]
             },
+            verification: None,
             spec,
         }
     }

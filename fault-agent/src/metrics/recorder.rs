@@ -63,6 +63,8 @@ pub struct Recorder {
     created: Family<CreatedLabels, Counter>,
     /// `chaos_experiment_duration_seconds`.
     experiment_duration: Family<ExperimentLabels, Histogram>,
+    /// `faultline_verify_probes_total`.
+    verify_probes: Counter,
 }
 
 impl Default for Recorder {
@@ -76,6 +78,7 @@ impl Default for Recorder {
             event_failures: Counter::default(),
             created: Family::default(),
             experiment_duration: Family::new_with_constructor(fault_duration_histogram),
+            verify_probes: Counter::default(),
         }
     }
 }
@@ -123,6 +126,16 @@ impl Recorder {
             "How long faults that ended here lasted, from creation to their end (seed framework name), seconds",
             self.experiment_duration.clone(),
         );
+        reg.register(
+            "faultline_verify_probes",
+            "Probe packets sent by fault verifications (ICMP echo, TCP SYN, UDP), SO_MARK 0xfa17005e",
+            self.verify_probes.clone(),
+        );
+    }
+
+    /// A verification sent `n` probe packets.
+    pub fn verify_probes(&self, n: u64) {
+        self.verify_probes.inc_by(n);
     }
 
     /// One reconcile took `d`.
