@@ -246,6 +246,7 @@ mod tests {
             },
             nodes: Default::default(),
             warnings: vec![],
+            verification: None,
         }
     }
 

@@ -285,6 +285,7 @@ impl Harness {
             max_duration: MAX_DURATION,
             retention: Duration::ZERO,
             limits: fault_agent::capacity::Limits::default(),
+            protection: fault_agent::protect::Protection::with_defaults(None, &[], &[], &[]),
         };
         let core = Arc::new(Mutex::new(Core::new(store, dataplane, caps, config)));
         let pods = pods(&topology)?;
@@ -313,6 +314,7 @@ impl Harness {
                 core: core.clone(),
                 read_only: false,
                 recorder: recorder.clone(),
+                node: "fuzz".into(),
             },
             changed: Arc::new(tokio::sync::Notify::new()),
             health: fault_agent::api::health::Health::ready_now(),
