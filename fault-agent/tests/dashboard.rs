@@ -378,17 +378,35 @@ fn dashboard_injects_a_partition_shows_its_counters_and_recovers_it() {
     let again = udp_stream(&p.decode0, &p.prefill, Family::V4, &StreamOpts::default()).unwrap();
     assert_eq!(again.received, again.sent, "after recover: {again}");
 
-    // Verify: the page shows the API's answer, a report or its error (404 where the agent has
-    // no verify route), never a hang.
+    // Verify: on the recovered fault the page shows the API's refusal; on a new active
+    // partition (made through the API) the agent's probes, shown on the page, verify it.
     page.click(&format!("{row} button.verify"));
+    let refused = page.wait_text("#verify-result", Duration::from_secs(20), |t| {
+        !t.ends_with("verifying...")
+    });
+    assert!(
+        refused.starts_with(&format!("{id}: error (HTTP 409): ")),
+        "{refused}"
+    );
+    let mut spec = fault_api::FaultSpec::new("dynamo");
+    spec.pod_prefix = Some("vllm-decode-0".into());
+    spec.to_selectors = vec!["app=vllm-prefill".parse().unwrap()];
+    spec.partition = Some(fault_api::PartitionMode::Packets);
+    let second = api.create(&spec).unwrap().id;
+    let row2 = format!("tr[data-fault-id=\"{second}\"]");
+    page.wait_text(&format!("{row2} td.phase"), Duration::from_secs(10), |t| {
+        t == "active"
+    });
+    page.click(&format!("{row2} button.verify"));
     let verified = page.wait_text("#verify-result", Duration::from_secs(20), |t| {
         !t.ends_with("verifying...")
     });
     assert!(
-        verified.starts_with(&format!("{id} verify:\n{{"))
-            || verified.starts_with(&format!("{id}: error (HTTP 404): ")),
+        verified.starts_with(&format!("{second} verify:\n{{"))
+            && verified.contains("\"outcome\": \"verified\""),
         "{verified}"
     );
+    api.recover(&second).unwrap();
 
     let _ = page.rt.block_on(page.client.clone().close());
     eprintln!(
