@@ -19,7 +19,9 @@ pub const DEFAULT_PODS: &[&str] = &["monitoring/prometheus", "monitoring/grafana
 /// A protected pod: every pod of `namespace` whose name starts with `prefix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtectedPod {
+    /// Kubernetes namespace (RFC 1123 label).
     pub namespace: String,
+    /// Pod name prefix, 1 to 253 bytes.
     pub prefix: String,
 }
 
@@ -51,8 +53,12 @@ impl fmt::Display for ProtectedPod {
 /// What is protected (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Protection {
+    /// Namespaces: no target there, their pods carved out of peers.
     pub namespaces: Vec<String>,
+    /// Pods by namespace and name prefix.
     pub pods: Vec<ProtectedPod>,
+    /// Address ranges (a pod with an address inside is protected; peer prefixes that
+    /// overlap get them excluded).
     pub cidrs: Vec<IpNet>,
 }
 

@@ -48,9 +48,12 @@ fn text(field: &str, v: &str, min: usize) -> Result<(), FieldError> {
 /// One pull or lift of the switch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct KillSwitchAction {
+    /// Who acted, as the request's `by` gave it (not authenticated: the token is shared).
     pub by: String,
+    /// Why, as the request gave it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When the agent acted (RFC 3339, UTC).
     pub at: Timestamp,
     /// The caller's address as the agent saw it (`ip:port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

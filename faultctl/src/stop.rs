@@ -9,6 +9,7 @@ use fault_api::{
 
 use crate::output::{CliError, Output};
 
+/// Flags of `faultctl stop`: exactly one of `--all`, `--lift`, `--status`.
 #[derive(Args)]
 #[group(skip)]
 #[command(group(clap::ArgGroup::new("action").required(true).args(["all", "lift", "status"])))]
@@ -36,6 +37,8 @@ fn who() -> String {
     format!("{user}@{}", host.trim())
 }
 
+/// Engages, lifts or reads the kill switch (`/v1/kill-switch`) and prints its state; errors
+/// are the API's (422 naming `by` or `reason`, 501 on the cluster API) or the transport's.
 pub fn run(client: &Client, out: Output, args: StopArgs) -> Result<(), CliError> {
     let req = KillSwitchRequest {
         by: args.by.unwrap_or_else(who),

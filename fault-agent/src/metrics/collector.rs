@@ -138,19 +138,23 @@ impl Collector for StateCollector {
     }
 }
 
+/// The labels of a live fault's series.
+fn fault_labels(f: &super::snapshot::FaultCounters) -> [(&'static str, &str); 5] {
+    [
+        ("fault_id", f.fault_id.as_str()),
+        ("namespace", f.namespace.as_str()),
+        ("kind", f.kind.as_str()),
+        ("direction", f.direction),
+        ("node", f.node.as_str()),
+    ]
+}
+
 /// The kernel's counters of each live fault.
 fn fault_counters(enc: &mut DescriptorEncoder, snap: &Snapshot) -> Result<(), std::fmt::Error> {
     for (name, help, get) in FAULT_COUNTERS {
         let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
         for f in &snap.counters {
-            let set = [
-                ("fault_id", f.fault_id.as_str()),
-                ("namespace", f.namespace.as_str()),
-                ("kind", f.kind.as_str()),
-                ("direction", f.direction),
-                ("node", f.node.as_str()),
-            ];
-            ConstCounter::new(get(&f.counters)).encode(m.encode_family(&set)?)?;
+            ConstCounter::new(get(&f.counters)).encode(m.encode_family(&fault_labels(f))?)?;
         }
     }
     Ok(())
@@ -161,16 +165,7 @@ fn fault_deadlines(enc: &mut DescriptorEncoder, snap: &Snapshot) -> Result<(), s
     let series: Vec<_> = snap
         .counters
         .iter()
-        .map(|f| {
-            let set = vec![
-                ("fault_id", f.fault_id.as_str()),
-                ("namespace", f.namespace.as_str()),
-                ("kind", f.kind.as_str()),
-                ("direction", f.direction),
-                ("node", f.node.as_str()),
-            ];
-            (set, f.expires_at)
-        })
+        .map(|f| (fault_labels(f).to_vec(), f.expires_at))
         .collect();
     gauge(
         enc,
