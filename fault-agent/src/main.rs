@@ -150,6 +150,29 @@ impl ProtectionArgs {
     }
 }
 
+/// Where the cluster's kill switch is (see `fault_agent::kube::kill_switch`).
+#[derive(clap::Args)]
+struct KillSwitchArgs {
+    /// The ConfigMap that engages the kill switch on every node (NAMESPACE/NAME). Default:
+    /// `faultline-kill-switch` in the agent's namespace (env `POD_NAMESPACE`, else
+    /// `faultline-system`).
+    #[arg(long = "kill-switch-configmap", value_parser = daemonset)]
+    configmap: Option<(String, String)>,
+}
+
+impl KillSwitchArgs {
+    fn location(&self) -> fault_agent::kube::kill_switch::Location {
+        use fault_agent::kube::kill_switch::Location;
+        match &self.configmap {
+            Some((namespace, name)) => Location {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            },
+            None => Location::in_namespace(std::env::var("POD_NAMESPACE").ok().as_deref()),
+        }
+    }
+}
+
 fn namespace_arg(s: &str) -> Result<String, String> {
     fault_api::spec::check_namespace("--protected-namespace", s).map_err(|e| e.to_string())?;
     Ok(s.to_owned())
@@ -270,6 +293,8 @@ enum Command {
         api: ApiArgs,
         #[command(flatten)]
         protect: ProtectionArgs,
+        #[command(flatten)]
+        kill_switch: KillSwitchArgs,
     },
     /// Serve the API in a cluster (Deployment): faults are NetworkFault objects; also runs the
     /// controller that owns their status, expiry and garbage collection.
@@ -293,6 +318,8 @@ enum Command {
         api: ApiArgs,
         #[command(flatten)]
         protect: ProtectionArgs,
+        #[command(flatten)]
+        kill_switch: KillSwitchArgs,
     },
     /// Remove every program, link, qdisc and pin an agent instance left (e.g. after a crash).
     Uninstall {
@@ -386,6 +413,7 @@ fn run() -> Result<()> {
             liveness_threshold,
             api,
             protect,
+            kill_switch,
         } => {
             let cfg = fault_agent::kube::node::Config {
                 node: node_name,
@@ -406,6 +434,7 @@ fn run() -> Result<()> {
                 daemonset,
                 api_limits: api.limits(),
                 liveness_threshold,
+                kill_switch: kill_switch.location(),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -421,6 +450,7 @@ fn run() -> Result<()> {
             wait,
             api,
             protect,
+            kill_switch,
         } => {
             let cfg = fault_agent::kube::api_mode::Config {
                 listen,
@@ -431,6 +461,7 @@ fn run() -> Result<()> {
                 wait,
                 api_limits: api.limits(),
                 protection: protect.protection(),
+                kill_switch: kill_switch.location(),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -2,7 +2,11 @@
 //! second of `faultctl stop --all`, even though the agent's maps still hold them; they act
 //! again after `faultctl stop --lift`; the switch outlives an agent restart; who pulled it is
 //! recorded.
+mod common;
+
 use std::time::Duration;
+
+use common::{whole_after, window};
 
 use fault_api::{FaultSpec, FaultState, Protocol, client::Client, kill_switch::KillSwitchRequest};
 use fault_testkit::{
@@ -23,38 +27,6 @@ fn partition(from: &Pod, to_app: &str, port: u16) -> FaultSpec {
     s.partition = Some(fault_api::PartitionMode::Packets);
     s.duration = Some("5m".parse().unwrap());
     s
-}
-
-/// Datagrams sent in `[from, to)` (boot ns) and how many of them arrived.
-fn window(r: &StreamReport, from: u64, to: u64) -> (u64, u64) {
-    let arrived = r.arrived();
-    let mut sent = 0;
-    let mut got = 0;
-    for (seq, t) in r.send_ns.iter().enumerate() {
-        if (from..to).contains(t) {
-            sent += 1;
-            got += u64::from(arrived.get(seq).copied().unwrap_or(false));
-        }
-    }
-    (sent, got)
-}
-
-/// After `from`, the send time from which every datagram until `to` arrived: how long the
-/// stream took to be whole, in ns (`None`: it never was).
-fn whole_after(r: &StreamReport, from: u64, to: u64) -> Option<u64> {
-    let arrived = r.arrived();
-    let last_lost = r
-        .send_ns
-        .iter()
-        .enumerate()
-        .filter(|(seq, t)| (from..to).contains(*t) && !arrived.get(*seq).copied().unwrap_or(false))
-        .map(|(_, t)| *t)
-        .max();
-    match last_lost {
-        None => Some(0),
-        Some(t) if t + 50_000_000 < to => Some(t - from),
-        Some(_) => None,
-    }
 }
 
 #[test]

@@ -1407,3 +1407,159 @@ fn events_tell_applied_recovered_expired_and_failed_and_status_counters_rise() {
         1
     );
 }
+
+/// Pairs of the cluster kill switch test: sender, receiver and the receiver's `app`, spread
+/// over both nodes.
+fn kill_switch_pairs(p: &Dynamo) -> [(&Pod, &Pod, &'static str); 10] {
+    [
+        (&p.decode0, &p.prefill, "vllm-prefill"),
+        (&p.decode1, &p.prefill, "vllm-prefill"),
+        (&p.frontend, &p.decode0, "vllm-decode"),
+        (&p.frontend, &p.prefill, "vllm-prefill"),
+        (&p.prefill, &p.decode1, "vllm-decode"),
+        (&p.decode0, &p.frontend, "frontend"),
+        (&p.decode1, &p.frontend, "frontend"),
+        (&p.prefill, &p.frontend, "frontend"),
+        (&p.frontend, &p.decode1, "vllm-decode"),
+        (&p.nats, &p.prefill, "vllm-prefill"),
+    ]
+}
+
+/// The kill switch's ConfigMap as `kubectl create configmap ... --from-literal` would make it.
+fn kubectl_kill_switch(c: &Cluster, data: serde_json::Value) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "faultline-system");
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "faultline-kill-switch", "namespace": "faultline-system"},
+        "data": data});
+    c.rt.block_on(api.patch(
+        "faultline-kill-switch",
+        &PatchParams::apply("kubectl").force(),
+        &Patch::Apply(&cm),
+    ))
+    .unwrap();
+}
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn the_cluster_kill_switch_makes_every_node_pass_within_a_second_through_the_api_or_kubectl() {
+    use fault_api::kill_switch::KillSwitchRequest;
+    use fault_testkit::{StreamReport, boottime_ns};
+    let _s = serial();
+    let c = Cluster::start();
+    create_namespace(&c, "faultline-system");
+    let client = c.api.client();
+    let pairs = kill_switch_pairs(&c.pods);
+    for (i, (from, _, app)) in pairs.iter().enumerate() {
+        let mut s = fault_api::FaultSpec::new(NS);
+        s.pod_prefix = Some(from.name().to_owned());
+        s.to_selectors = vec![format!("app={app}").parse().unwrap()];
+        s.protocol = Some(fault_api::Protocol::Udp);
+        s.port = Some(42_000 + i as u16);
+        s.partition = Some(fault_api::PartitionMode::Packets);
+        s.duration = Some("5m".parse().unwrap());
+        let f = client.create(&s).unwrap();
+        assert_eq!(f.state, fault_api::FaultState::Active, "{f:?}");
+    }
+    let streams: Vec<_> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (from, to, _))| {
+            let opts = StreamOpts {
+                count: u64::MAX,
+                rate_pps: 400,
+                port: 42_000 + i as u16,
+                ..StreamOpts::default()
+            };
+            probe::udp_stream_background(from, to, Family::V4, &opts).unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let req = KillSwitchRequest {
+        by: "cluster-test".into(),
+        reason: Some("checkout down".into()),
+    };
+    // Phases: [t0, t1) faults act; [t1, t2) engaged through the API; [t2, t3) lifted through
+    // the API; [t3, t4) engaged with kubectl (the ConfigMap); [t4, end) ConfigMap deleted.
+    let t1 = boottime_ns();
+    let ks = client.engage_kill_switch(&req).unwrap();
+    assert!(
+        ks.engaged && ks.engaged_by.as_ref().unwrap().by == "cluster-test",
+        "{ks:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2_500));
+    let read = client.kill_switch().unwrap();
+    assert_eq!(read.engaged_by, ks.engaged_by, "GET gives the record");
+    let t2 = boottime_ns();
+    let lifted = client.lift_kill_switch(&req).unwrap();
+    assert!(!lifted.engaged && lifted.lifted_by.is_some(), "{lifted:?}");
+    std::thread::sleep(Duration::from_millis(2_500));
+    let t3 = boottime_ns();
+    kubectl_kill_switch(
+        &c,
+        json!({"engaged": "true", "by": "alice", "reason": "pager"}),
+    );
+    std::thread::sleep(Duration::from_millis(2_500));
+    let read = client.kill_switch().unwrap();
+    assert!(read.engaged, "{read:?}");
+    assert_eq!(read.engaged_by.as_ref().unwrap().by, "alice", "{read:?}");
+    let t4 = boottime_ns();
+    {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "faultline-system");
+        c.rt.block_on(api.delete("faultline-kill-switch", &DeleteParams::default()))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(2_000));
+    let reports: Vec<StreamReport> = streams.into_iter().map(|s| s.stop().unwrap()).collect();
+
+    let second = 1_000_000_000;
+    let mut slowest = 0;
+    for (i, r) in reports.iter().enumerate() {
+        let acting = [
+            window(r, r.first_send_ns, t1),
+            window(r, t2 + second, t3),
+            window(r, t4 + second, u64::MAX),
+        ];
+        let passing = [window(r, t1 + second, t2), window(r, t3 + second, t4)];
+        eprintln!("stream {i}: acting {acting:?}, engaged {passing:?}");
+        for (sent, got) in acting {
+            assert!(
+                sent > 300 && got == 0,
+                "stream {i}: the fault acts: {acting:?}"
+            );
+        }
+        for (sent, got) in passing {
+            assert!(
+                sent > 500 && got == sent,
+                "stream {i}: whole while engaged: {passing:?}"
+            );
+        }
+        for (from, to) in [(t1, t2), (t3, t4)] {
+            let whole =
+                whole_after(r, from, to).unwrap_or_else(|| panic!("stream {i} never whole"));
+            assert!(
+                whole <= second,
+                "stream {i}: whole {whole} ns after the switch"
+            );
+            slowest = slowest.max(whole);
+        }
+    }
+    eprintln!(
+        "all ten streams on both nodes whole {:.1} ms after the switch at most",
+        slowest as f64 / 1e6
+    );
+    for n in &c.nodes {
+        assert!(
+            n.log().contains("kill switch engaged"),
+            "each node logs who engaged it:\n{}",
+            n.log()
+        );
+    }
+    client
+        .cleanup(&fault_api::fault::CleanupRequest {
+            namespace: None,
+            all: true,
+        })
+        .unwrap();
+}

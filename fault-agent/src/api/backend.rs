@@ -169,13 +169,17 @@ impl Backend {
         }
     }
 
-    /// The kill switch as recorded (501 on the cluster API, for now).
+    /// The kill switch as recorded (the cluster API: as its ConfigMap holds it).
     pub async fn kill_switch(&self) -> Result<fault_api::kill_switch::KillSwitch, AgentError> {
-        self.with_core(|c| Ok(c.kill_switch().clone())).await
+        match self {
+            Backend::Cluster(k) => crate::kube::kill_switch::read(&k.client, &k.kill_switch).await,
+            Backend::Local { .. } => self.with_core(|c| Ok(c.kill_switch().clone())).await,
+        }
     }
 
     /// Engages (`engage`) or lifts the kill switch, recording `req` and the caller's address
-    /// `from`. A node agent's read-only API refuses (405); the cluster API answers 501.
+    /// `from`. A node agent's read-only API refuses (405); the cluster API writes the
+    /// ConfigMap every node agent follows ([`crate::kube::kill_switch`]).
     pub async fn set_kill_switch(
         &self,
         engage: bool,
@@ -193,9 +197,9 @@ impl Backend {
                 })
                 .await
             }
-            Backend::Cluster(_) => Err(AgentError::NotHere(
-                "the kill switch is not yet served by the cluster API: POST /v1/kill-switch to each single-host agent".into(),
-            )),
+            Backend::Cluster(k) => {
+                crate::kube::kill_switch::set(&k.client, &k.kill_switch, engage, &req, from).await
+            }
         }
     }
 

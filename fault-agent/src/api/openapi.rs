@@ -122,7 +122,7 @@ pub fn document() -> Value {
             },
             "/v1/kill-switch": {
                 "get": {"summary": "The kill switch: engaged or not, who last engaged and lifted it", "responses": with(json!({"200": ok("The switch", ks.clone())}), errors(&[]))},
-                "post": {"summary": "Engage the kill switch: the datapath passes every packet from now on, whatever faults are held (faults keep their deadlines); records who, why, when, from where",
+                "post": {"summary": "Engage the kill switch: the datapath passes every packet from now on, whatever faults are held (faults keep their deadlines); records who, why, when, from where. On the cluster API: writes the ConfigMap every node agent follows (`faultline-kill-switch`)",
                          "requestBody": body(ks_req.clone()), "responses": with(json!({"200": ok("The switch, engaged", ks.clone())}), errors(&invalid[..2]))},
                 "delete": {"summary": "Lift the kill switch: faults that did not expire act again", "requestBody": body(ks_req),
                            "responses": with(json!({"200": ok("The switch, lifted", ks)}), errors(&invalid[..2]))}

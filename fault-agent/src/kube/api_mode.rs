@@ -35,6 +35,8 @@ pub struct Config {
     pub api_limits: api::limits::ApiLimits,
     /// What no fault may target or cut off.
     pub protection: crate::protect::Protection,
+    /// The kill switch's ConfigMap.
+    pub kill_switch: super::kill_switch::Location,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -102,6 +104,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         wait: cfg.wait,
         recorder: recorder.clone(),
         protection: cfg.protection.clone(),
+        kill_switch: cfg.kill_switch.clone(),
     };
     let state = Arc::new(AppState {
         backend: Backend::Cluster(Arc::new(backend)),

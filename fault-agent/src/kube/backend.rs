@@ -32,6 +32,8 @@ pub struct KubeBackend {
     pub recorder: crate::metrics::Recorder,
     /// What no fault may target or cut off.
     pub protection: crate::protect::Protection,
+    /// The ConfigMap every node agent follows for the kill switch.
+    pub kill_switch: super::kill_switch::Location,
 }
 
 /// Maps a Kubernetes API error to ours; admission (schema) errors keep their message.

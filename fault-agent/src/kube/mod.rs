@@ -5,6 +5,7 @@ pub mod backend;
 pub mod controller;
 pub mod crd;
 pub mod events;
+pub mod kill_switch;
 pub mod netns;
 pub mod node;
 pub mod pods;

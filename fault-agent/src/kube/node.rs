@@ -65,6 +65,8 @@ pub struct Config {
     pub api_limits: api::limits::ApiLimits,
     /// `/healthz` fails once syncs have kept failing this long.
     pub liveness_threshold: Duration,
+    /// The kill switch's ConfigMap, followed at every change ([`super::kill_switch`]).
+    pub kill_switch: super::kill_switch::Location,
 }
 
 /// Local pods' discovery, cached by (namespace/name, addresses).
@@ -195,7 +197,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     )));
 
     let changed = Arc::new(Notify::new());
-    let (watches, tasks) = Watches::start(&client, &changed);
+    let (watches, mut tasks) = Watches::start(&client, &changed);
+    // Not among the watches waited for: without permission on that ConfigMap the faults are
+    // still applied (the watch retries and logs).
+    tasks.push(tokio::spawn(super::kill_switch::follow(
+        client.clone(),
+        cfg.kill_switch.clone(),
+        core.clone(),
+    )));
     watches.ready().await?;
 
     let recorder = lock(&core).recorder().clone();

@@ -4,7 +4,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use fault_api::Fault;
-use fault_testkit::{AgentProcess, Family, Pod, probe};
+use fault_testkit::{AgentProcess, Family, Pod, StreamReport, probe};
 use serde_json::Value;
 
 pub const SHORT: Duration = Duration::from_millis(300);
@@ -134,5 +134,37 @@ fn nonzero(v: &Value) -> bool {
             .any(|(_, v)| nonzero(v)),
         Value::Bool(b) => *b,
         Value::Null => false,
+    }
+}
+
+/// Datagrams sent in `[from, to)` (boot ns) and how many of them arrived.
+pub fn window(r: &StreamReport, from: u64, to: u64) -> (u64, u64) {
+    let arrived = r.arrived();
+    let mut sent = 0;
+    let mut got = 0;
+    for (seq, t) in r.send_ns.iter().enumerate() {
+        if (from..to).contains(t) {
+            sent += 1;
+            got += u64::from(arrived.get(seq).copied().unwrap_or(false));
+        }
+    }
+    (sent, got)
+}
+
+/// After `from`, the send time from which every datagram until `to` arrived: how long the
+/// stream took to be whole, in ns (`None`: it never was).
+pub fn whole_after(r: &StreamReport, from: u64, to: u64) -> Option<u64> {
+    let arrived = r.arrived();
+    let last_lost = r
+        .send_ns
+        .iter()
+        .enumerate()
+        .filter(|(seq, t)| (from..to).contains(*t) && !arrived.get(*seq).copied().unwrap_or(false))
+        .map(|(_, t)| *t)
+        .max();
+    match last_lost {
+        None => Some(0),
+        Some(t) if t + 50_000_000 < to => Some(t - from),
+        Some(_) => None,
     }
 }

@@ -790,3 +790,89 @@ fn a_fault_on_every_peer_leaves_the_kubelets_probes_alone() {
         "the kubelet's readiness probe of {pod} (from the node's address) was cut: Ready {during:?}"
     );
 }
+
+/// Removes the kill switch's ConfigMap, also when the test fails.
+struct LiftKillSwitch<'a>(&'a Node);
+
+impl Drop for LiftKillSwitch<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.cluster.kubectl(&[
+            "-n",
+            SYSTEM_NS,
+            "delete",
+            "configmap",
+            "faultline-kill-switch",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+#[test]
+#[ignore = "needs the one-machine cluster: run through `cargo xtask test`"]
+fn the_kill_switch_configmap_from_kubectl_passes_traffic_and_its_deletion_restores_the_fault() {
+    let n = node();
+    n.delete_all_faults();
+    let _cleanup = Cleanup(&n);
+    let _lift = LiftKillSwitch(&n);
+    let t = n.topo();
+    let (d0, p) = (h(&t.decode[0]), h(&t.prefill[0]));
+    let name = unique("kill-switch-cut");
+    n.apply_fault(&name, partition("vllm-decode-0", "app=vllm-prefill", "2m"));
+    n.wait_phase(&name, "Active", Duration::from_secs(10));
+    std::thread::sleep(SHORT);
+    assert!(!tcp(&d0, &p, 8000, SHORT), "decode-0 -> prefill cut");
+    let s = measure::stream(&d0, &p, 2000, 44_210).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // The README's commands, with the deployed RBAC (the node agent's Role reads ConfigMaps).
+    let t0 = boottime_ns();
+    n.cluster
+        .kubectl(&[
+            "-n",
+            SYSTEM_NS,
+            "create",
+            "configmap",
+            "faultline-kill-switch",
+            "--from-literal=engaged=true",
+            "--from-literal=by=node-test",
+            "--from-literal=reason=checkout is down",
+        ])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let ks = n.api().kill_switch().unwrap();
+    assert!(ks.engaged, "the API reads the ConfigMap: {ks:?}");
+    assert_eq!(
+        ks.engaged_by.as_ref().map(|a| a.by.as_str()),
+        Some("node-test")
+    );
+    let t1 = boottime_ns();
+    n.cluster
+        .kubectl(&[
+            "-n",
+            SYSTEM_NS,
+            "delete",
+            "configmap",
+            "faultline-kill-switch",
+        ])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let r = s.stop().unwrap();
+    let passed = measure::first_arrived_after(&r, t0).expect("datagrams pass once engaged");
+    let (sent, through) = measure::counts_between(&r, t0 + 1_000_000_000, t1);
+    assert!(
+        sent > 500 && through == sent,
+        "whole while engaged: {through}/{sent}"
+    );
+    let cut = measure::first_lost_after(&r, t1).expect("the fault acts again after the deletion");
+    let (sent, through) = measure::counts_between(&r, t1 + 1_000_000_000, u64::MAX);
+    assert!(sent > 300 && through == 0, "cut again: {through}/{sent}");
+    eprintln!(
+        "node: kill switch ConfigMap: traffic passed {:.0} ms after `kubectl create`, cut again {:.0} ms after `kubectl delete`",
+        ms(passed as i128 - t0 as i128),
+        ms(cut as i128 - t1 as i128)
+    );
+    assert_eq!(
+        n.api().get_fault(&name).map(|f| f.state).ok(),
+        Some(fault_api::FaultState::Active),
+        "the switch does not end the fault"
+    );
+}
