@@ -1563,3 +1563,85 @@ fn the_cluster_kill_switch_makes_every_node_pass_within_a_second_through_the_api
         })
         .unwrap();
 }
+
+/// Node-a's view of pod `name` (its `/v1/pods` entry).
+fn node_pod(c: &Cluster, name: &str) -> serde_json::Value {
+    let pods = c.nodes[0].client().get_json("/v1/pods").unwrap();
+    let list = pods
+        .get("pods")
+        .and_then(|p| p.as_array())
+        .or_else(|| pods.as_array())
+        .cloned()
+        .unwrap_or_default();
+    list.into_iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn a_pod_holding_another_pods_address_captures_none_of_its_faults() {
+    let _s = serial();
+    let mut c = Cluster::start();
+    let thief = c.topo.add_pod(NS, "thief-0", &[("app", "thief")]).unwrap();
+    c.rt.block_on(play_kubelet(&c.client, &thief, "node-a"));
+    let victim = c
+        .topo
+        .add_pod(NS, "victim-0", &[("app", "victim")])
+        .unwrap();
+    // Before the node agent knows the victim, the thief adds the victim's address to itself.
+    let stolen = format!("{}/32", victim.ipv4());
+    let ip = |verb: &str| {
+        let out = std::process::Command::new("ip")
+            .args([
+                "-n",
+                thief.netns_name(),
+                "addr",
+                verb,
+                &stolen,
+                "dev",
+                "eth0",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip addr {verb}: {out:?}");
+    };
+    ip("add");
+    c.rt.block_on(play_kubelet(&c.client, &victim, "node-a"));
+    wait_until(
+        "node-a refuses to guess the victim's namespace",
+        LONG * 5,
+        || {
+            node_pod(&c, "victim-0")["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("ambiguous"))
+        },
+    );
+    let v = node_pod(&c, "victim-0");
+    assert!(
+        v["hostIfs"].as_array().is_none_or(|a| a.is_empty())
+            && v["host_ifs"].as_array().is_none_or(|a| a.is_empty()),
+        "no veth is taken for the victim: {v}"
+    );
+    let mut spec = fault_api::FaultSpec::new(NS);
+    spec.selector = Some("app=victim".parse().unwrap());
+    spec.to_selectors = vec!["app=vllm-prefill".parse().unwrap()];
+    spec.partition = Some(fault_api::PartitionMode::Packets);
+    spec.duration = Some("2m".parse().unwrap());
+    let f = c.api.client().create(&spec).unwrap();
+    std::thread::sleep(SHORT);
+    assert!(
+        reaches(&thief, &c.pods.prefill, Family::V4),
+        "the thief's own traffic is not cut by the victim's fault"
+    );
+    // The address back where it belongs: the victim is attached and its fault acts.
+    ip("del");
+    wait_until("node-a attaches the victim", LONG * 5, || {
+        node_pod(&c, "victim-0")["problem"].is_null()
+    });
+    wait_until("the victim's fault acts", LONG * 5, || {
+        blocked(&victim, &c.pods.prefill, Family::V4)
+    });
+    assert!(reaches(&thief, &c.pods.prefill, Family::V4));
+    c.api.client().recover(&f.id).unwrap();
+}

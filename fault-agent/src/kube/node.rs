@@ -25,7 +25,7 @@ use tokio::{net::TcpListener, sync::Notify};
 use super::{
     crd::{NetworkFault, NodeFaultStatus, Phase},
     events::{self, Events},
-    netns::NetnsIndex,
+    netns::{Netns, NetnsIndex},
     pods::from_kube,
     services::{slim_node, slim_service, virtual_nets},
 };
@@ -73,7 +73,7 @@ pub struct Config {
 #[derive(Default)]
 struct Discovery {
     index: NetnsIndex,
-    cache: HashMap<(String, Vec<std::net::IpAddr>), (std::path::PathBuf, discover::PodNet)>,
+    cache: HashMap<(String, Vec<std::net::IpAddr>), (Netns, discover::PodNet)>,
 }
 
 fn if_still_there(h: &HostIf) -> bool {
@@ -93,25 +93,28 @@ impl Discovery {
             if let Some((ns, net)) = self
                 .cache
                 .get(&key)
-                .filter(|(_, n)| n.host_ifs.iter().all(if_still_there))
+                .filter(|(ns, n)| ns.still_there() && n.host_ifs.iter().all(if_still_there))
             {
                 pod.host_ifs = net.host_ifs.clone();
                 pod.pod_ifs = net.pod_ifs.clone();
-                pod.netns = Some(ns.clone());
+                pod.netns = Some(ns.path.clone());
                 continue;
             }
-            let Some(ip) = pod.ips.first().copied() else {
+            if pod.ips.is_empty() {
                 continue;
+            }
+            let ns = match self.index.find(&pod.ips) {
+                Ok(ns) => ns,
+                Err(e) => {
+                    pod.problem = Some(e.to_string());
+                    continue;
+                }
             };
-            let Some(ns) = self.index.find(ip) else {
-                pod.problem = Some(format!("no network namespace of this node holds {ip}"));
-                continue;
-            };
-            match discover::pod_net(&ns) {
+            match discover::pod_net(&ns.path) {
                 Ok(net) => {
                     pod.host_ifs = net.host_ifs.clone();
                     pod.pod_ifs = net.pod_ifs.clone();
-                    pod.netns = Some(ns.clone());
+                    pod.netns = Some(ns.path.clone());
                     self.cache.insert(key, (ns, net));
                 }
                 Err(e) => pod.problem = Some(format!("{e:#}")),
