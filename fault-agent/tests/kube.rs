@@ -1645,3 +1645,82 @@ fn a_pod_holding_another_pods_address_captures_none_of_its_faults() {
     assert!(reaches(&thief, &c.pods.prefill, Family::V4));
     c.api.client().recover(&f.id).unwrap();
 }
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn verify_through_the_cluster_api_probes_from_each_node_with_senders() {
+    let _s = serial();
+    let c = Cluster::start();
+    let client = c.api.client();
+    // Targets on both nodes: decode-0 on node-a, decode-1 on node-b; the peer, prefill-0, on
+    // node-b.
+    let mut spec = fault_api::FaultSpec::new(NS);
+    spec.pod_prefix = Some("vllm-decode".into());
+    spec.to_selectors = vec!["app=vllm-prefill".parse().unwrap()];
+    spec.partition = Some(fault_api::PartitionMode::Packets);
+    spec.duration = Some("2m".parse().unwrap());
+    let f = client.create(&spec).unwrap();
+    let v = client.verify(&f.id).unwrap();
+    eprintln!(
+        "cluster verify: {} in {} ms, {} probe packets, pairs {:?}",
+        v.outcome,
+        v.took_ms,
+        v.probe_packets,
+        v.pairs
+            .iter()
+            .map(|p| (&p.from, p.to_ip, p.outcome))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(v.outcome, fault_api::Outcome::Verified, "{v:#?}");
+    assert_eq!(v.fault_id, f.id);
+    let from: std::collections::BTreeSet<&str> = v.pairs.iter().map(|p| p.from.as_str()).collect();
+    assert_eq!(
+        from,
+        [
+            format!("{NS}/vllm-decode-0").as_str(),
+            format!("{NS}/vllm-decode-1").as_str()
+        ]
+        .into(),
+        "each node probed from its own target: {v:#?}"
+    );
+    assert!(v.probe_packets > 0);
+    // Each node's answer stays in the status, under the request that asked for it.
+    let nf = c.fault(&f.id);
+    let st = nf.status.unwrap();
+    for node in ["node-a", "node-b"] {
+        assert!(
+            st.nodes[node].verification.is_some(),
+            "{node} answered: {:?}",
+            st.nodes[node]
+        );
+    }
+    // Not verified when the fault cannot act: node-b's target lost its host veth behind the
+    // agents' back, so decode-1 -> prefill is not cut and its control answers nothing.
+    let d1 = &c.pods.decode1;
+    let out = std::process::Command::new("ip")
+        .args(["link", "set", d1.host_ifname(), "down"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v = client.verify(&f.id).unwrap();
+    eprintln!(
+        "cluster verify with decode-1's veth down: {} ({:?})",
+        v.outcome, v.reason
+    );
+    assert_eq!(v.outcome, fault_api::Outcome::NotVerified, "{v:#?}");
+    assert!(
+        v.pairs
+            .iter()
+            .any(|p| p.from.ends_with("vllm-decode-1")
+                && p.outcome == fault_api::Outcome::NotVerified),
+        "{v:#?}"
+    );
+    let _ = std::process::Command::new("ip")
+        .args(["link", "set", d1.host_ifname(), "up"])
+        .output();
+    client.recover(&f.id).unwrap();
+    match client.verify(&f.id) {
+        Err(fault_api::client::ClientError::Api { status, .. }) => assert_eq!(status, 409),
+        other => panic!("a recovered fault cannot be verified: {other:?}"),
+    }
+}

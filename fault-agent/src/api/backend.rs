@@ -205,12 +205,12 @@ impl Backend {
 
     /// Probes an active fault from its pods' network namespaces ([`crate::verify`]); blocks a
     /// blocking thread for about a second, never the core (its lock is held only to plan).
-    /// 409 for a fault that is not active; 501 on the cluster API (standalone for now).
+    /// 409 for a fault that is not active. On the cluster API the node agents probe
+    /// ([`crate::kube::verify`]).
     pub async fn verify(&self, id: String) -> Result<Verification, AgentError> {
-        let Backend::Local { core, .. } = self else {
-            return Err(AgentError::NotHere(
-                "verify runs in standalone mode for now (`fault-agent standalone`): the cluster API does not forward probes to node agents yet".into(),
-            ));
+        let core = match self {
+            Backend::Local { core, .. } => core,
+            Backend::Cluster(k) => return k.verify(&id).await,
         };
         let (fault, plan, caps) = Self::local(core, move |c| {
             let fault = c.get(&id)?;

@@ -293,6 +293,19 @@ impl KubeBackend {
         .await
     }
 
+    /// Asks the node agents to probe an active fault and merges their reports
+    /// ([`super::verify`]). 409 for a fault that is not active.
+    pub async fn verify(&self, id: &str) -> Result<fault_api::Verification, AgentError> {
+        let nf = self.fetch(id).await?;
+        let state = state_of(&nf);
+        if state != FaultState::Active {
+            return Err(AgentError::Conflict(format!(
+                "fault {id} is {state}: only an active fault can be verified"
+            )));
+        }
+        super::verify::request(&self.client, &nf, id).await
+    }
+
     pub async fn recover(&self, id: &str) -> Result<Fault, AgentError> {
         let nf = self.fetch(id).await?;
         if !state_of(&nf).is_live() {

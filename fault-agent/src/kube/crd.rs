@@ -135,6 +135,25 @@ pub struct NodeFaultStatus {
     pub counters: Counters,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Timestamp>,
+    /// This node's answer to the last verify request ([`VERIFY_REQUEST`]); written by the
+    /// node under its own field manager, so the status writes above never remove it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<NodeVerification>,
+}
+
+/// Annotation by which the API asks the node agents to verify a fault: its value names the
+/// request, and each node agent that applied the fault answers once per value in
+/// `status.nodes.<node>.verification`.
+pub const VERIFY_REQUEST: &str = "faultline.dev/verify-request";
+
+/// A node agent's probes of a fault, sent from the senders on that node
+/// ([`crate::verify`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeVerification {
+    /// The request answered (the value of [`VERIFY_REQUEST`]).
+    pub request: String,
+    /// The pairs this node probed (none when no sender of the fault is on this node).
+    pub report: fault_api::Verification,
 }
 
 /// Status: the controller writes the phase, expiry, counts and conditions; each node agent

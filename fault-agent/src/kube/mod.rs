@@ -10,6 +10,7 @@ pub mod netns;
 pub mod node;
 pub mod pods;
 pub mod services;
+pub mod verify;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt as _;

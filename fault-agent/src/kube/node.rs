@@ -450,6 +450,7 @@ async fn sync_loop(
 ) {
     let discovery = Arc::new(Mutex::new(Discovery::default()));
     let mut written: BTreeMap<(String, String), (NodeFaultStatus, Instant)> = BTreeMap::new();
+    let mut answered = super::verify::Answered::default();
     loop {
         let objects = watches.faults.state();
         let mut pods: Vec<Pod> = watches
@@ -506,6 +507,7 @@ async fn sync_loop(
                     story: &story,
                 };
                 write_status(&client, &cfg, &objects, &reports, &mut written, &told).await;
+                super::verify::answer(&client, &cfg.node, &core, &objects, &reports, &mut answered);
             }
             Ok(Err(e)) => {
                 let e = format!("{e:#}");
@@ -616,6 +618,7 @@ async fn write_status(
                 unsupported: r.unsupported.clone(),
                 counters: r.counters,
                 updated_at: None,
+                verification: None,
             },
             // Nothing of it on this node (any more): say so where it was said otherwise.
             None if in_object.is_some_and(|o| o.applied) || written.contains_key(&key) => {
