@@ -19,7 +19,7 @@ pub mod route;
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    body::{Body, Bytes},
+    body::{Body, Bytes, HttpBody as _},
     extract::{ConnectInfo, Request, State},
     http::{Method, StatusCode, header, request::Parts},
     middleware::Next,
@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// Largest response body read back for the audit record (fault id, error message).
-const AUDIT_BODY_LIMIT: usize = 1 << 20;
+const AUDIT_BODY_LIMIT: u64 = 1 << 20;
 
 /// Who is calling, attached to each request as an extension.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,11 +284,31 @@ impl Recorder {
         if !self.change && !refused {
             return res;
         }
-        let (parts, body) = res.into_parts();
-        let bytes = axum::body::to_bytes(body, AUDIT_BODY_LIMIT)
-            .await
-            .unwrap_or_default();
-        let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        // Only a whole body already in memory and small is read back (a fault with 45,000
+        // peer CIDRs is not parsed twice); the answer passes on unchanged either way.
+        let small = res
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= AUDIT_BODY_LIMIT);
+        let (res, answer) = if small {
+            let (parts, body) = res.into_parts();
+            match axum::body::to_bytes(body, usize::MAX).await {
+                Ok(bytes) => {
+                    let answer = serde_json::from_slice(&bytes).unwrap_or_default();
+                    (Response::from_parts(parts, Body::from(bytes)), answer)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit: reading the answer back");
+                    (
+                        Response::from_parts(parts, Body::empty()),
+                        Default::default(),
+                    )
+                }
+            }
+        } else {
+            (res, serde_json::Value::Null)
+        };
         let r = &mut self.record;
         r.status = status.as_u16();
         r.verb = facts.verb;
@@ -298,7 +318,7 @@ impl Recorder {
             r.reason = answer["error"]["message"].as_str().map(str::to_owned);
         }
         audit::record(r);
-        Response::from_parts(parts, Body::from(bytes))
+        res
     }
 }
 
