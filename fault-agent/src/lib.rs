@@ -3,6 +3,7 @@
 //! their traffic passes), [`resolve`] and [`compile`] (from faults to map contents),
 //! [`core`] (the reconciler), [`api`] (HTTP), [`standalone`] (the single-host agent).
 pub mod api;
+pub mod audit;
 pub mod capacity;
 pub mod compile;
 pub mod core;

@@ -104,9 +104,20 @@ struct ApiArgs {
     /// Longest time to answer a request (504 after).
     #[arg(long, default_value = "30s", value_parser = duration)]
     request_timeout: Duration,
+    /// Append the audit log (JSON lines: who, what, when, result of every change and every
+    /// refused attempt) to this file; it always goes to the `audit` log target too.
+    #[arg(long, value_name = "PATH")]
+    audit_log: Option<PathBuf>,
 }
 
 impl ApiArgs {
+    /// Opens `--audit-log`, if given.
+    fn open_audit_log(&self) -> anyhow::Result<()> {
+        self.audit_log
+            .as_deref()
+            .map_or(Ok(()), fault_agent::audit::open)
+    }
+
     fn limits(&self) -> ApiLimits {
         ApiLimits {
             max_body_bytes: self.max_body_bytes,
@@ -371,6 +382,7 @@ fn run() -> Result<()> {
             api,
             protect,
         } => {
+            api.open_audit_log()?;
             let cfg = standalone::Config {
                 inventory,
                 listen,
@@ -415,6 +427,7 @@ fn run() -> Result<()> {
             protect,
             kill_switch,
         } => {
+            api.open_audit_log()?;
             let cfg = fault_agent::kube::node::Config {
                 node: node_name,
                 listen,
@@ -452,6 +465,7 @@ fn run() -> Result<()> {
             protect,
             kill_switch,
         } => {
+            api.open_audit_log()?;
             let cfg = fault_agent::kube::api_mode::Config {
                 listen,
                 max_duration,

@@ -1438,6 +1438,78 @@ fn kubectl_kill_switch(c: &Cluster, data: serde_json::Value) {
         &Patch::Apply(&cm),
     ))
     .unwrap();
+/// Applies every document of `file` (relative to the repository) for real.
+async fn apply_file(client: &Client, file: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let obj: DynamicObject = serde::Deserialize::deserialize(doc).unwrap();
+        let gvk = kube::api::GroupVersionKind::try_from(&obj.types.clone().unwrap()).unwrap();
+        let (ar, caps) = discovery::pinned_kind(client, &gvk).await.unwrap();
+        let api: Api<DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
+            (discovery::Scope::Namespaced, Some(ns)) => {
+                Api::namespaced_with(client.clone(), ns, &ar)
+            }
+            _ => Api::all_with(client.clone(), &ar),
+        };
+        let name = obj.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("faultline-test").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{file}: {} {name}: {e}", gvk.kind));
+    }
+}
+
+/// A token of the API's ServiceAccount (`deploy/rbac.yaml`), from the TokenRequest API.
+async fn api_service_account_token(client: &Client) -> String {
+    use k8s_openapi::api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::ServiceAccount,
+    };
+    let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), "faultline-system");
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = sa
+        .create_token_request("faultline-api", &PostParams::default(), &req)
+        .await
+        .unwrap();
+    answer.status.unwrap().token
+}
+
+/// One call to the API as `token`: (status, JSON body).
+fn call(
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = format!("Bearer {token}");
+    let res = match (method, body) {
+        ("GET", _) => agent.get(url).header("Authorization", &auth).call(),
+        ("DELETE", _) => agent.delete(url).header("Authorization", &auth).call(),
+        (_, Some(b)) => agent.post(url).header("Authorization", &auth).send_json(&b),
+        (_, None) => agent.post(url).header("Authorization", &auth).send_empty(),
+    };
+    let mut res = res.expect("the API answers");
+    let status = res.status().as_u16();
+    let text = res.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[test]
@@ -1723,4 +1795,281 @@ fn verify_through_the_cluster_api_probes_from_each_node_with_senders() {
         Err(fault_api::client::ClientError::Api { status, .. }) => assert_eq!(status, 409),
         other => panic!("a recovered fault cannot be verified: {other:?}"),
     }
+fn a_team_token_may_fault_its_namespace_only_and_the_audit_log_says_who_did_what() {
+    let kube = KubeEnv::start().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(async {
+        let cfg = kube::Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(kube.kubeconfig()).unwrap(),
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        Client::try_from(cfg).unwrap()
+    });
+    // The shipped RBAC (the API's ServiceAccount may review tokens and accesses) and the
+    // example team Role (group team-a-devs may edit NetworkFaults in team-a).
+    let sa_token = rt.block_on(async {
+        install_crd(&client).await;
+        let ns: Api<Namespace> = Api::all(client.clone());
+        for name in ["team-a", "team-b"] {
+            ns.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        }
+        for f in [
+            "deploy/namespace.yaml",
+            "deploy/rbac.yaml",
+            "deploy/examples/team-role.yaml",
+        ] {
+            apply_file(&client, f).await;
+        }
+        api_service_account_token(&client).await
+    });
+    // The API runs as its ServiceAccount, not as the test server's admin.
+    let dir = tempfile::tempdir().unwrap();
+    let admin_cfg = std::fs::read_to_string(kube.kubeconfig()).unwrap();
+    let sa_cfg = dir.path().join("kubeconfig");
+    std::fs::write(
+        &sa_cfg,
+        admin_cfg.replace(fault_testkit::kube::ADMIN_TOKEN, &sa_token),
+    )
+    .unwrap();
+    let (static_token, token_file) = ("static-admin-token", dir.path().join("token"));
+    std::fs::write(&token_file, static_token).unwrap();
+    let audit_path = dir.path().join("audit.jsonl");
+    let api = AgentProcess::start_api(
+        &sa_cfg,
+        &[
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--audit-log",
+            audit_path.to_str().unwrap(),
+            "--wait",
+            "1s",
+        ],
+    )
+    .unwrap();
+    let url = |p: &str| format!("{}{p}", api.api_url());
+    let alice = fault_testkit::kube::ALICE_TOKEN;
+    let spec = |ns: &str, extra: serde_json::Value| {
+        let mut s =
+            json!({"namespace": ns, "pod_prefix": "web", "partition": true, "duration": "5m"});
+        s.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        s
+    };
+    let message = |v: &serde_json::Value| v["error"]["message"].as_str().unwrap_or("").to_owned();
+
+    // The static token (admin) may fault team-b.
+    let (code, b_fault) = call(
+        "POST",
+        &url("/v1/faults"),
+        static_token,
+        Some(spec("team-b", json!({}))),
+    );
+    assert_eq!(code, 201, "{b_fault}\n{}", api.log());
+    let b_id = b_fault["id"].as_str().unwrap().to_owned();
+
+    // Alice injects in team-a: the first call costs a TokenReview and a SubjectAccessReview.
+    let started = Instant::now();
+    let (code, a_fault) = call(
+        "POST",
+        &url("/v1/faults"),
+        alice,
+        Some(spec("team-a", json!({}))),
+    );
+    eprintln!(
+        "first create as alice: {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(code, 201, "{a_fault}\n{}", api.log());
+    let a_id = a_fault["id"].as_str().unwrap().to_owned();
+
+    // ... but not in team-b, nor in team-a with peers chosen in team-b.
+    let (code, body) = call(
+        "POST",
+        &url("/v1/faults"),
+        alice,
+        Some(spec("team-b", json!({}))),
+    );
+    assert_eq!(code, 403, "{body}");
+    let m = message(&body);
+    for word in [
+        "alice",
+        "create",
+        "networkfaults.faultline.dev",
+        "namespace team-b",
+    ] {
+        assert!(m.contains(word), "{word:?} in {m}");
+    }
+    let (code, body) = call(
+        "POST",
+        &url("/v1/faults"),
+        alice,
+        Some(spec("team-a", json!({"to_namespace": "team-b"}))),
+    );
+    assert_eq!(code, 403, "{body}");
+    let m = message(&body);
+    assert!(
+        m.contains("namespace team-b") && m.contains("to_namespace"),
+        "{m}"
+    );
+    // Through the seed API too: its `target` namespace holds the peers.
+    let seed = json!({"partition_type": "worker_worker", "source": "team-a", "target": "team-b",
+        "mode": "networkpolicy", "duration": 60,
+        "parameters": {"namespace": "team-a", "target_pod_prefix": "web"}});
+    let (code, body) = call(
+        "POST",
+        &url("/api/v1/faults/network/inject"),
+        alice,
+        Some(seed),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(message(&body).contains("to_namespace"), "{body}");
+
+    // She cannot recover team-b's fault, nor list or clean up every namespace; she may list,
+    // read and recover in team-a.
+    let b_path = format!("/v1/faults/{}", b_id.replace('/', "%2F"));
+    let (code, body) = call("POST", &url(&format!("{b_path}/recover")), alice, None);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        message(&body).contains("delete networkfaults.faultline.dev"),
+        "{body}"
+    );
+    let (code, body) = call("GET", &url("/v1/faults"), alice, None);
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = call(
+        "POST",
+        &url("/v1/faults/cleanup"),
+        alice,
+        Some(json!({"all": true})),
+    );
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = call("GET", &url("/v1/faults?namespace=team-a"), alice, None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["faults"].as_array().unwrap().len(), 1, "{body}");
+    let (code, body) = call(
+        "POST",
+        &url("/v1/kill-switch"),
+        alice,
+        Some(json!({"by": "alice"})),
+    );
+    assert_eq!(code, 403, "{body}");
+    let started = Instant::now();
+    let a_path = format!("/v1/faults/{}", a_id.replace('/', "%2F"));
+    let (code, body) = call("DELETE", &url(&a_path), alice, None);
+    eprintln!(
+        "recover as alice (token cached): {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["state"], "recovered", "{body}");
+
+    // An unknown token is refused, and says why.
+    let (code, body) = call(
+        "POST",
+        &url("/v1/faults"),
+        "no-such-token",
+        Some(spec("team-a", json!({}))),
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(message(&body).contains("TokenReview"), "{body}");
+
+    // Nothing alice was refused exists; team-b's fault is still live.
+    let faults: Api<NetworkFault> = Api::namespaced(client.clone(), "team-b");
+    let in_b = rt.block_on(faults.list(&Default::default())).unwrap().items;
+    assert_eq!(in_b.len(), 1, "only the admin's fault in team-b");
+    assert!(
+        in_b[0].recovered_at().is_none(),
+        "team-b's fault was not recovered"
+    );
+
+    // The audit log has each attempt: who, verb, namespace, result.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for l in &lines {
+        eprintln!("audit: {l}");
+    }
+    let find = |user: &str, verb: &str, ns: &str, status: u64| {
+        lines
+            .iter()
+            .find(|l| {
+                l["user"] == user
+                    && l["verb"] == verb
+                    && l["namespace"] == ns
+                    && l["status"] == status
+            })
+            .unwrap_or_else(|| panic!("no audit record of {user} {verb} in {ns} -> {status}"))
+    };
+    let r = find("static-token", "create", "team-b", 201);
+    assert_eq!(r["fault_id"], b_id.as_str());
+    let r = find("alice", "create", "team-a", 201);
+    assert_eq!(r["fault_id"], a_id.as_str());
+    assert_eq!(r["auth"], "token-review");
+    assert!(
+        r["groups"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("team-a-devs"))
+    );
+    assert!(
+        r["source"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{r}"
+    );
+    r["time"]
+        .as_str()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+    let r = find("alice", "create", "team-b", 403);
+    assert!(
+        r["reason"].as_str().unwrap().contains("namespace team-b"),
+        "{r}"
+    );
+    let refused_peers: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("to_namespace"))
+        })
+        .collect();
+    assert_eq!(
+        refused_peers.len(),
+        2,
+        "native and seed API: {refused_peers:?}"
+    );
+    for r in refused_peers {
+        assert_eq!(
+            (&r["user"], &r["verb"], &r["namespace"], &r["status"]),
+            (
+                &json!("alice"),
+                &json!("create"),
+                &json!("team-b"),
+                &json!(403)
+            ),
+            "the refused peers' namespace is recorded: {r}"
+        );
+    }
+    find("alice", "delete", "team-b", 403);
+    find("alice", "delete", "team-a", 200);
+    let unknown = lines
+        .iter()
+        .find(|l| l["status"] == 401)
+        .expect("the unknown token's attempt");
+    assert_eq!(unknown["user"], "anonymous");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["method"] == "GET" && l["status"] == 200),
+        "reads that succeed are not changes"
+    );
 }

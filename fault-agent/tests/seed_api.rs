@@ -368,7 +368,14 @@ fn a_token_guards_the_api_and_401_403_say_why() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    let env = DynamoEnv::start_with(&["--token-file", token_file.to_str().unwrap()]).unwrap();
+    let audit_log = dir.path().join("audit.jsonl");
+    let env = DynamoEnv::start_with(&[
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--audit-log",
+        audit_log.to_str().unwrap(),
+    ])
+    .unwrap();
     let url = inject_url(&env);
     let (code, body) = curl_post(&url, Some(LOSS_50), &[]);
     assert_eq!(code, 401, "{body}");
@@ -404,6 +411,35 @@ fn a_token_guards_the_api_and_401_403_say_why() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The audit log has the two refused attempts and the inject, in order.
+    let audit: Vec<Value> = std::fs::read_to_string(&audit_log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<(&str, &str, u64)> = audit
+        .iter()
+        .map(|r| {
+            (
+                r["user"].as_str().unwrap(),
+                r["path"].as_str().unwrap(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let inject = "/api/v1/faults/network/inject";
+    assert_eq!(
+        seen,
+        [
+            ("anonymous", inject, 401),
+            ("anonymous", inject, 403),
+            ("static-token", inject, 200)
+        ],
+        "{audit:?}"
+    );
+    assert_eq!(audit[2]["namespace"], "dynamo", "{audit:?}");
+    assert!(audit[2]["fault_id"].is_string(), "{audit:?}");
 
     // Without a token the agent refuses a non-loopback address.
     let out = Command::new(fault_testkit::bin_path("fault-agent").unwrap())

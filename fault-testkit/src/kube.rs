@@ -19,6 +19,10 @@ use anyhow::{Context as _, Result, bail};
 /// The admin token of the test API server (group `system:masters`).
 pub const ADMIN_TOKEN: &str = "faultline-testenv-admin";
 
+/// A user of the test API server (`alice`, group `team-a-devs`) with no permission until a
+/// test binds a role to her.
+pub const ALICE_TOKEN: &str = "faultline-testenv-alice";
+
 /// Where the kube binaries are cached.
 pub fn kube_bin_dir() -> PathBuf {
     std::env::var_os("FAULTLINE_KUBE_BIN")
@@ -128,7 +132,9 @@ impl KubeEnv {
         ssl(&["rsa", "-in", &p("sa.key"), "-pubout", "-out", &p("sa.pub")])?;
         std::fs::write(
             pki.join("tokens.csv"),
-            format!("{ADMIN_TOKEN},admin,uid-admin,\"system:masters\"\n"),
+            format!(
+                "{ADMIN_TOKEN},admin,uid-admin,\"system:masters\"\n{ALICE_TOKEN},alice,uid-alice,\"team-a-devs\"\n"
+            ),
         )?;
 
         let mut env = Self {

@@ -1,17 +1,18 @@
-//! Bearer-token auth for the API (`--token-file`). Health endpoints stay open (probes).
-//! 401: no token sent; 403: a token that is not the configured one. Bodies say which.
+//! The static bearer token of the API (`--token-file`): reading it, comparing it, and the
+//! JSON refusals. The checks themselves are in [`super::access`]. Health endpoints stay open
+//! (probes). 401: no token sent; 403: a token that is not the configured one (in cluster mode,
+//! 401 for a token the Kubernetes API does not authenticate either). Bodies say which.
 use std::sync::Arc;
 
 use axum::{
     Json,
-    extract::{Request, State},
     http::{StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use fault_api::{ApiError, ErrorBody};
 
-fn deny(status: StatusCode, code: &str, message: &str) -> Response {
+/// A JSON error answer; a 401 also asks for a bearer token (`WWW-Authenticate`).
+pub(crate) fn deny(status: StatusCode, code: &str, message: &str) -> Response {
     let mut res = (
         status,
         Json(ErrorBody {
@@ -29,29 +30,8 @@ fn deny(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// Compares without stopping at the first difference (no timing hint of the prefix).
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Middleware: requires `Authorization: Bearer <token>`.
-pub async fn require_token(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
-    let sent = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match sent.and_then(|v| v.strip_prefix("Bearer ")) {
-        None => deny(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this API needs a bearer token: send `Authorization: Bearer <token>`",
-        ),
-        Some(t) if same(t.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
-        Some(_) => deny(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the bearer token sent is not the one this agent accepts",
-        ),
-    }
 }
 
 /// Reads a token file: its first line, trimmed; empty is an error.

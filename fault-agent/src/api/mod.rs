@@ -1,8 +1,10 @@
 //! The agent's HTTP API, served by axum: the native API ([`native`], `/v1`), the seed-compatible
-//! Fault Injection API ([`seed`], `/api/v1`), health, bearer-token auth ([`auth`]) and the web
+//! Fault Injection API ([`seed`], `/api/v1`), health, bearer-token auth ([`auth`]), who may do
+//! what and the audit of each change ([`access`]) and the web
 //! dashboard's static files ([`ui`], `/ui`, outside auth: the page calls the API with the token).
 //! Handlers are thin: parse, call the core on a blocking thread, map the result. Every error is
 //! a JSON [`fault_api::ErrorBody`].
+pub mod access;
 pub mod auth;
 pub mod backend;
 pub mod health;
@@ -63,24 +65,36 @@ impl IntoResponse for AgentError {
     }
 }
 
-/// The whole API: health, native, seed, metrics, behind the auth layer when a token is
-/// configured and the request limits ([`limits`]; health endpoints and the dashboard's static
-/// files are outside both).
+/// The whole API: health, native, seed, metrics, behind the access guard ([`access`]: the
+/// token when one is configured, and the audit) and the request limits ([`limits`]; health
+/// endpoints and the dashboard's static files are outside both).
 pub fn router(
     state: Arc<AppState>,
     token: Option<Arc<str>>,
     api_limits: limits::ApiLimits,
 ) -> Router {
+    router_reviewed(state, token, None, api_limits)
+}
+
+/// [`router`], with Kubernetes tokens and permissions checked by `reviewer` (cluster mode).
+pub fn router_reviewed(
+    state: Arc<AppState>,
+    token: Option<Arc<str>>,
+    reviewer: Option<access::review::Reviewer>,
+    api_limits: limits::ApiLimits,
+) -> Router {
+    let guard = Arc::new(access::Guard {
+        token,
+        reviewer,
+        state: state.clone(),
+    });
     let api = Router::new()
         .merge(native::router())
         .merge(seed::router())
         .merge(metrics::router())
         .merge(kill_switch::router())
         .fallback(|| async { AgentError::NotFound("(no such route)".into()) });
-    let api = match token {
-        Some(t) => api.layer(axum::middleware::from_fn_with_state(t, auth::require_token)),
-        None => api,
-    };
+    let api = api.layer(axum::middleware::from_fn_with_state(guard, access::guard));
     let api = limits::apply(api, api_limits);
     Router::new()
         .route("/healthz", get(healthz))

@@ -97,7 +97,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         pods: pods_r.clone(),
     };
     let backend = KubeBackend {
-        client,
+        client: client.clone(),
         pods: pods_r,
         faults: faults_r,
         max_duration: cfg.max_duration,
@@ -106,6 +106,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         protection: cfg.protection.clone(),
         kill_switch: cfg.kill_switch.clone(),
     };
+    // With a static token, other bearer tokens are Kubernetes users (TokenReview) whose
+    // every request is checked against RBAC (SubjectAccessReview).
+    let reviewer = token
+        .is_some()
+        .then(|| api::access::review::Reviewer::new(client.clone()));
     let state = Arc::new(AppState {
         backend: Backend::Cluster(Arc::new(backend)),
         changed: Arc::new(Notify::new()),
@@ -119,7 +124,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "API listening (cluster mode)");
     let served = axum::serve(
         listener,
-        api::router(state, token, cfg.api_limits)
+        api::router_reviewed(state, token, reviewer, cfg.api_limits)
             .into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal())
