@@ -150,6 +150,31 @@ impl ProtectionArgs {
     }
 }
 
+/// Limits and the protection override (every mode; see `fault_agent::guards`).
+#[derive(clap::Args)]
+struct GuardArgs {
+    /// Longest fault in one namespace, as NAMESPACE=DURATION (repeatable; e.g. team-a=10m).
+    /// Only tightens --max-duration; faults there without a duration are capped at it.
+    #[arg(long = "max-duration-for", value_name = "NS=DUR", value_parser = fault_agent::guards::parse_namespace_duration)]
+    max_duration_for: Vec<(String, Duration)>,
+    /// The most target pods one fault may act on (its blast radius's largest count).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_targets: Option<u32>,
+    /// Honour a fault's `override_protection` (each use is logged under the `audit` target).
+    #[arg(long)]
+    allow_protection_override: bool,
+}
+
+impl GuardArgs {
+    fn guards(&self) -> fault_agent::guards::Guards {
+        fault_agent::guards::Guards {
+            max_duration_for: self.max_duration_for.iter().cloned().collect(),
+            max_targets: self.max_targets.map(|n| n as usize),
+            allow_protection_override: self.allow_protection_override,
+        }
+    }
+}
+
 fn namespace_arg(s: &str) -> Result<String, String> {
     fault_api::spec::check_namespace("--protected-namespace", s).map_err(|e| e.to_string())?;
     Ok(s.to_owned())
@@ -228,6 +253,8 @@ enum Command {
         api: ApiArgs,
         #[command(flatten)]
         protect: ProtectionArgs,
+        #[command(flatten)]
+        guards: GuardArgs,
     },
     /// Print the API's OpenAPI document (JSON).
     Openapi,
@@ -270,6 +297,8 @@ enum Command {
         api: ApiArgs,
         #[command(flatten)]
         protect: ProtectionArgs,
+        #[command(flatten)]
+        guards: GuardArgs,
     },
     /// Serve the API in a cluster (Deployment): faults are NetworkFault objects; also runs the
     /// controller that owns their status, expiry and garbage collection.
@@ -293,6 +322,8 @@ enum Command {
         api: ApiArgs,
         #[command(flatten)]
         protect: ProtectionArgs,
+        #[command(flatten)]
+        guards: GuardArgs,
     },
     /// Remove every program, link, qdisc and pin an agent instance left (e.g. after a crash).
     Uninstall {
@@ -343,6 +374,7 @@ fn run() -> Result<()> {
             liveness_threshold,
             api,
             protect,
+            guards,
         } => {
             let cfg = standalone::Config {
                 inventory,
@@ -357,6 +389,7 @@ fn run() -> Result<()> {
                         max_rules_per_fault,
                     },
                     protection: protect.protection(),
+                    guards: guards.guards(),
                 },
                 rescan,
                 force_netlink: datapath.attach == "netlink",
@@ -386,6 +419,7 @@ fn run() -> Result<()> {
             liveness_threshold,
             api,
             protect,
+            guards,
         } => {
             let cfg = fault_agent::kube::node::Config {
                 node: node_name,
@@ -397,6 +431,7 @@ fn run() -> Result<()> {
                     retention,
                     limits: Limits::default(),
                     protection: protect.protection(),
+                    guards: guards.guards(),
                 },
                 force_netlink: datapath.attach == "netlink",
                 evaluated_mark: datapath.evaluated_mark,
@@ -421,6 +456,7 @@ fn run() -> Result<()> {
             wait,
             api,
             protect,
+            guards,
         } => {
             let cfg = fault_agent::kube::api_mode::Config {
                 listen,
@@ -431,6 +467,7 @@ fn run() -> Result<()> {
                 wait,
                 api_limits: api.limits(),
                 protection: protect.protection(),
+                guards: guards.guards(),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

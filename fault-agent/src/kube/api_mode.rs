@@ -35,6 +35,8 @@ pub struct Config {
     pub api_limits: api::limits::ApiLimits,
     /// What no fault may target or cut off.
     pub protection: crate::protect::Protection,
+    /// Limits and the protection override ([`crate::guards`]).
+    pub guards: crate::guards::Guards,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -87,6 +89,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         max_duration: cfg.max_duration,
         retention: cfg.retention,
         protection: cfg.protection.clone(),
+        guards: cfg.guards.clone(),
         events: Events::new(client.clone(), controller::MANAGER, None, recorder.clone()),
     });
     let ctl = tokio::spawn(controller::run(ctx));
@@ -102,6 +105,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         wait: cfg.wait,
         recorder: recorder.clone(),
         protection: cfg.protection.clone(),
+        guards: cfg.guards.clone(),
     };
     let state = Arc::new(AppState {
         backend: Backend::Cluster(Arc::new(backend)),
