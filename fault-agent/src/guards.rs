@@ -71,8 +71,8 @@ impl Guards {
         }
     }
 
-    /// Judges `spec` against `pods` (`who` names the limit's owner in messages, e.g. "the
-    /// agent's"). Never fails: what it trips is in [`Verdict::refusals`].
+    /// Judges `spec` against `pods`, `protection` and the cluster-wide longest fault `max`.
+    /// Never fails: what it trips is in [`Verdict::refusals`].
     pub fn judge(
         &self,
         spec: &FaultSpec,

@@ -205,6 +205,12 @@ fn blast_radius_modes_pick_their_count_keep_it_and_cut_only_the_chosen() {
     let f = fault(&env.agent, &id);
     let chosen = f.blast_radius.clone().expect("a choice").chosen;
     assert_eq!(chosen.len(), 2);
+    let shown = common::ctl(&env.agent, &["get", &id]);
+    eprintln!("faultctl get {id}\n{shown}");
+    assert!(
+        shown.contains("blast:      mode fixed 2: 2 of 6 matching"),
+        "{shown}"
+    );
     let is_chosen = |p: &Pod| chosen.contains(&format!("dynamo/{}", p.name()));
     for p in &w {
         let cut = blocked(p, &env.pods.frontend, Family::V4);
@@ -424,6 +430,7 @@ fn an_override_is_refused_without_the_flag_and_audited_with_it() {
         .lines()
         .find(|l| l.contains("protection overridden"))
         .unwrap_or_else(|| panic!("no audit line in:\n{log}"));
+    eprintln!("{line}");
     assert!(
         line.contains("audit")
             && line.contains("failover drill 4711")

@@ -486,6 +486,29 @@ mod tests {
     }
 
     #[test]
+    fn blast_radius_and_override_errors_name_the_field() {
+        let e = FaultSpec::from_json(br#"{"namespace":"a","pod_prefix":"p","mode":"half"}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "mode");
+        assert!(e.message.contains("fixed-percent"), "{}", e.message);
+        let mut s = base();
+        s.mode = TargetMode::FixedPercent;
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.field, "value");
+        assert!(e.message.contains("[1, 100]"), "{}", e.message);
+        s.value = Some(30);
+        s.validate().unwrap();
+        s.override_protection = Some(ProtectionOverride { reason: "".into() });
+        assert_eq!(
+            s.validate().unwrap_err().field,
+            "override_protection.reason"
+        );
+        // Absent fields keep the JSON of existing clients as it was.
+        let json = serde_json::to_value(base()).unwrap();
+        assert!(json.get("mode").is_none() && json.get("value").is_none());
+    }
+
+    #[test]
     fn partition_accepts_bool_or_mode() {
         let s = FaultSpec::from_json(br#"{"namespace":"a","pod_prefix":"p","partition":true}"#)
             .unwrap();
