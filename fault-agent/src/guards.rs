@@ -4,8 +4,9 @@
 //! (`--max-targets`, against the most pods the fault's blast radius can pick), and whether a
 //! fault's `override_protection` is honoured (`--allow-protection-override`).
 //!
-//! A fault without a duration is capped at the limit that applies to its namespace and says
-//! so (a note in its warnings), as it always was with `--max-duration`.
+//! A fault without a duration is capped at the limit that applies to its namespace, as it
+//! always was with `--max-duration`; when that is a `--max-duration-for` limit, its warnings
+//! say so.
 use std::{borrow::Cow, collections::BTreeMap, time::Duration};
 
 use fault_api::{FaultSpec, FieldError};
@@ -110,10 +111,14 @@ impl Guards {
             }
             Some(d) => d.get(),
             None => {
-                v.notes.push(format!(
-                    "no duration given: capped at {} ({source})",
-                    humantime::format_duration(limit)
-                ));
+                // The cluster-wide cap is the long-standing default (`expires_at` shows it);
+                // a namespace's own limit is said.
+                if self.max_duration_for.contains_key(&spec.namespace) && limit < max {
+                    v.notes.push(format!(
+                        "no duration given: capped at {} ({source})",
+                        humantime::format_duration(limit)
+                    ));
+                }
                 limit
             }
         };
