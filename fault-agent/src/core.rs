@@ -36,6 +36,8 @@ pub struct CoreConfig {
     pub limits: Limits,
     /// What no fault may target or cut off ([`crate::protect`]).
     pub protection: crate::protect::Protection,
+    /// Per-namespace durations, the most targets, the protection override ([`crate::guards`]).
+    pub guards: crate::guards::Guards,
 }
 
 /// What a reconcile did.
@@ -58,6 +60,8 @@ pub struct ExternalFault {
     pub recovered: bool,
     /// The object's `metadata.uid`: a new object under an old name is a new fault.
     pub uid: Option<String>,
+    /// The blast-radius choice the controller recorded in the status (`mode` other than all).
+    pub blast_radius: Option<fault_api::BlastRadius>,
 }
 
 /// What this node did with one fault, for its status entry.
@@ -124,6 +128,18 @@ pub struct Core {
     last_reconciled: Option<Timestamp>,
     /// The kill switch as recorded (see [`kill_switch`]).
     kill_switch: fault_api::kill_switch::KillSwitch,
+}
+
+/// A fault's resolution: against the protection its override allows, among its blast-radius
+/// choice.
+fn resolve_record(
+    config: &CoreConfig,
+    spec: &FaultSpec,
+    pods: &[Pod],
+    blast: Option<&fault_api::BlastRadius>,
+) -> resolve::Resolution {
+    let protection = config.guards.protection_for(spec, &config.protection);
+    resolve::resolve_among(spec, pods, &protection, blast.map(|b| b.chosen.as_slice()))
 }
 
 /// Whether a fault has anything to do on this node: a local target, or a local peer of a
@@ -480,7 +496,7 @@ impl Core {
         let pods = &self.pods;
         let mut inputs = Vec::new();
         for f in self.store.live_mut() {
-            f.resolution = resolve::resolve(&f.spec, pods, &self.config.protection);
+            f.resolution = resolve_record(&self.config, &f.spec, pods, f.blast_radius.as_ref());
             let r = &f.resolution;
             inputs.push(CompileInput {
                 slot: f.slot,
@@ -632,7 +648,12 @@ impl Core {
         let local: BTreeMap<&str, &ExternalFault> = wanted
             .iter()
             .filter(|(_, f)| {
-                has_local_work(&resolve::resolve(&f.spec, pods, &self.config.protection))
+                has_local_work(&resolve_record(
+                    &self.config,
+                    &f.spec,
+                    pods,
+                    f.blast_radius.as_ref(),
+                ))
             })
             .map(|(id, f)| (*id, *f))
             .collect();
@@ -682,9 +703,14 @@ impl Core {
             let left = ext.expires_at.duration_since(now).as_nanos().max(0) as u64;
             let deadline = now_boot + left;
             if let Some(f) = self.store.get_mut(&ext.id) {
-                if f.state.is_live() && (f.spec != ext.spec || f.expires_at != ext.expires_at) {
+                if f.state.is_live()
+                    && (f.spec != ext.spec
+                        || f.expires_at != ext.expires_at
+                        || f.blast_radius != ext.blast_radius)
+                {
                     f.spec = ext.spec.clone();
                     f.expires_at = ext.expires_at;
+                    f.blast_radius = ext.blast_radius.clone();
                     f.deadline_boot_ns = deadline;
                     dirty = true;
                 }
@@ -729,6 +755,8 @@ impl Core {
                 final_counters: Counters::default(),
                 resolution: Default::default(),
                 source_uid: ext.uid.clone(),
+                blast_radius: ext.blast_radius.clone(),
+                notes: vec![],
             });
             dirty = true;
         }
@@ -852,27 +880,29 @@ impl Core {
 
     /// Creates a fault: validated, written to the kernel and to the state dir, or nothing at all.
     pub fn create(&mut self, spec: FaultSpec) -> Result<Fault, AgentError> {
+        self.create_by(spec, None)
+    }
+
+    /// [`Core::create`] for the caller at address `from` (recorded when the fault overrides
+    /// protection). Refused (422) when a guard trips ([`crate::guards`]).
+    pub fn create_by(&mut self, spec: FaultSpec, from: Option<&str>) -> Result<Fault, AgentError> {
         let _phase = failpoint::phase(Phase::Create);
         spec.validate().map_err(AgentError::Invalid)?;
-        self.config
-            .protection
-            .check_targets(&spec, &self.pods)
-            .map_err(AgentError::Invalid)?;
+        let verdict = self.config.guards.judge(
+            &spec,
+            &self.pods,
+            &self.config.protection,
+            self.config.max_duration,
+        );
+        if let Some(e) = verdict.refusals.into_iter().next() {
+            return Err(AgentError::Invalid(e));
+        }
         self.check_supported(&spec)?;
-        let max = self.config.max_duration;
-        let duration = match spec.duration {
-            Some(d) if d.get() > max => {
-                return Err(AgentError::Invalid(FieldError::new(
-                    "duration",
-                    format!(
-                        "must be at most {} (the agent's --max-duration), got {d}",
-                        humantime::format_duration(max)
-                    ),
-                )));
-            }
-            Some(d) => d.get(),
-            None => max,
-        };
+        let duration = verdict.duration;
+        let blast_radius =
+            crate::blast::choose(&spec, &verdict.candidates, &mut crate::blast::os_draw);
+        let override_used = verdict.override_used;
+        let notes = verdict.notes;
         let now = Timestamp::now();
         let now_boot = kernel::boottime_ns()?;
         capacity::check_live(self.store.live().count(), &self.config.limits)?;
@@ -896,6 +926,8 @@ impl Core {
             final_counters: Counters::default(),
             resolution: Default::default(),
             source_uid: None,
+            blast_radius,
+            notes,
         };
         let id = record.id.clone();
         let spec_needs_delay = record.spec.delay.is_some();
@@ -952,6 +984,10 @@ impl Core {
             tracing::warn!(error = %format!("{e:#}"), "removing unused qdiscs failed; the next reconcile retries");
         }
         tracing::info!(fault = %id, slot, "fault created");
+        if override_used {
+            let spec = self.store.get(&id).map(|f| f.spec.clone());
+            spec.inspect(|s| crate::guards::audit_override(s, from, &id));
+        }
         self.get(&id)
     }
 
@@ -1084,11 +1120,14 @@ impl Core {
             counters,
             nodes: Default::default(),
             warnings: if f.state.is_live() {
-                f.resolution.warnings.clone()
+                let mut w = f.notes.clone();
+                w.extend(f.resolution.warnings.iter().cloned());
+                w
             } else {
                 vec![]
             },
             verification: None,
+            blast_radius: f.blast_radius.clone(),
         }
     }
 
@@ -1170,5 +1209,6 @@ fn fail_newest(store: &mut Store, e: &TooManyFaults) -> Result<String> {
 }
 
 mod kill_switch;
+mod plan;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 //! [`core`] (the reconciler), [`api`] (HTTP), [`standalone`] (the single-host agent).
 pub mod api;
 pub mod audit;
+pub mod blast;
 pub mod capacity;
 pub mod compile;
 pub mod core;
@@ -11,11 +12,13 @@ pub mod dataplane;
 pub mod discover;
 pub mod error;
 pub mod failpoint;
+pub mod guards;
 pub mod inventory;
 pub mod kube;
 pub mod memory;
 pub mod metrics;
 pub mod netlink;
+pub mod plan;
 pub mod pods;
 pub mod prefixes;
 pub mod protect;

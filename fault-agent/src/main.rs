@@ -184,6 +184,31 @@ impl KillSwitchArgs {
     }
 }
 
+/// Limits and the protection override (every mode; see `fault_agent::guards`).
+#[derive(clap::Args)]
+struct GuardArgs {
+    /// Longest fault in one namespace, as NAMESPACE=DURATION (repeatable; e.g. team-a=10m).
+    /// Only tightens --max-duration; faults there without a duration are capped at it.
+    #[arg(long = "max-duration-for", value_name = "NS=DUR", value_parser = fault_agent::guards::parse_namespace_duration)]
+    max_duration_for: Vec<(String, Duration)>,
+    /// The most target pods one fault may act on (its blast radius's largest count).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_targets: Option<u32>,
+    /// Honour a fault's `override_protection` (each use is logged under the `audit` target).
+    #[arg(long)]
+    allow_protection_override: bool,
+}
+
+impl GuardArgs {
+    fn guards(&self) -> fault_agent::guards::Guards {
+        fault_agent::guards::Guards {
+            max_duration_for: self.max_duration_for.iter().cloned().collect(),
+            max_targets: self.max_targets.map(|n| n as usize),
+            allow_protection_override: self.allow_protection_override,
+        }
+    }
+}
+
 fn namespace_arg(s: &str) -> Result<String, String> {
     fault_api::spec::check_namespace("--protected-namespace", s).map_err(|e| e.to_string())?;
     Ok(s.to_owned())
@@ -262,6 +287,8 @@ enum Command {
         api: ApiArgs,
         #[command(flatten)]
         protect: ProtectionArgs,
+        #[command(flatten)]
+        guards: GuardArgs,
     },
     /// Print the API's OpenAPI document (JSON).
     Openapi,
@@ -306,6 +333,8 @@ enum Command {
         protect: ProtectionArgs,
         #[command(flatten)]
         kill_switch: KillSwitchArgs,
+        #[command(flatten)]
+        guards: GuardArgs,
     },
     /// Serve the API in a cluster (Deployment): faults are NetworkFault objects; also runs the
     /// controller that owns their status, expiry and garbage collection.
@@ -331,6 +360,8 @@ enum Command {
         protect: ProtectionArgs,
         #[command(flatten)]
         kill_switch: KillSwitchArgs,
+        #[command(flatten)]
+        guards: GuardArgs,
     },
     /// Remove every program, link, qdisc and pin an agent instance left (e.g. after a crash).
     Uninstall {
@@ -381,6 +412,7 @@ fn run() -> Result<()> {
             liveness_threshold,
             api,
             protect,
+            guards,
         } => {
             api.open_audit_log()?;
             let cfg = standalone::Config {
@@ -396,6 +428,7 @@ fn run() -> Result<()> {
                         max_rules_per_fault,
                     },
                     protection: protect.protection(),
+                    guards: guards.guards(),
                 },
                 rescan,
                 force_netlink: datapath.attach == "netlink",
@@ -426,6 +459,7 @@ fn run() -> Result<()> {
             api,
             protect,
             kill_switch,
+            guards,
         } => {
             api.open_audit_log()?;
             let cfg = fault_agent::kube::node::Config {
@@ -438,6 +472,7 @@ fn run() -> Result<()> {
                     retention,
                     limits: Limits::default(),
                     protection: protect.protection(),
+                    guards: guards.guards(),
                 },
                 force_netlink: datapath.attach == "netlink",
                 evaluated_mark: datapath.evaluated_mark,
@@ -464,6 +499,7 @@ fn run() -> Result<()> {
             api,
             protect,
             kill_switch,
+            guards,
         } => {
             api.open_audit_log()?;
             let cfg = fault_agent::kube::api_mode::Config {
@@ -476,6 +512,7 @@ fn run() -> Result<()> {
                 api_limits: api.limits(),
                 protection: protect.protection(),
                 kill_switch: kill_switch.location(),
+                guards: guards.guards(),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -84,8 +84,29 @@ fn is_peer_pod(spec: &FaultSpec, pod: &Pod) -> bool {
 
 /// Resolves `spec` against `pods`.
 pub fn resolve(spec: &FaultSpec, pods: &[Pod], protection: &Protection) -> Resolution {
+    resolve_among(spec, pods, protection, None)
+}
+
+/// Like [`resolve`], with the targets limited to `chosen` (`namespace/name`, a fault's
+/// blast-radius choice) when given: other matching pods are left alone, and a chosen pod that
+/// is gone is named in a warning (it is not replaced).
+pub fn resolve_among(
+    spec: &FaultSpec,
+    pods: &[Pod],
+    protection: &Protection,
+    chosen: Option<&[String]>,
+) -> Resolution {
     let mut r = Resolution::default();
-    for pod in pods.iter().filter(|p| matches_target(spec, p)) {
+    let is_chosen = |p: &Pod| {
+        chosen.is_none_or(|c| {
+            c.iter()
+                .any(|n| n.split_once('/') == Some((&p.namespace, &p.name)))
+        })
+    };
+    for pod in pods
+        .iter()
+        .filter(|p| matches_target(spec, p) && is_chosen(p))
+    {
         if let Some(why) = protection.reason(pod) {
             r.warnings.push(format!(
                 "target pod {}/{} is protected ({why}): not faulted",
@@ -104,7 +125,17 @@ pub fn resolve(spec: &FaultSpec, pods: &[Pod], protection: &Protection) -> Resol
             ));
         }
     }
-    if r.targets.is_empty() {
+    for gone in chosen.unwrap_or_default().iter().filter(|n| {
+        !r.targets
+            .iter()
+            .any(|t| n.split_once('/') == Some((&t.namespace, &t.name)))
+    }) {
+        r.warnings.push(format!(
+            "chosen pod {gone} is gone or no longer matches: not replaced (mode {} chose at creation)",
+            spec.mode
+        ));
+    }
+    if r.targets.is_empty() && chosen.is_none() {
         r.warnings.push(format!(
             "no pod in namespace {} matches the targets yet; the fault applies to matching pods as they appear",
             spec.namespace

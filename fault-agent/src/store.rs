@@ -76,6 +76,13 @@ pub struct FaultRecord {
     /// an object deleted and created again under the same name is not the new object's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_uid: Option<String>,
+    /// The blast-radius choice made at creation (kept: the same pods after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blast_radius: Option<fault_api::BlastRadius>,
+    /// What the fault says about itself for good (a duration cap), before its resolution's
+    /// warnings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Name of the lock file in the state dir.

@@ -56,6 +56,11 @@ impl Cluster {
 
     /// With extra arguments for both node agents.
     fn start_with(node_args: &[&str]) -> Self {
+        Self::start_full(node_args, &[])
+    }
+
+    /// With extra arguments for both node agents and for the API.
+    fn start_full(node_args: &[&str], api_args: &[&str]) -> Self {
         let kube = KubeEnv::start().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let client = rt.block_on(async {
@@ -87,7 +92,9 @@ impl Cluster {
             .iter()
             .map(|n| AgentProcess::start_node(&cfg, n, node_args).unwrap())
             .collect();
-        let api = AgentProcess::start_api(&cfg, &["--wait", "5s", "--retention", "3s"]).unwrap();
+        let mut args = vec!["--wait", "5s", "--retention", "3s"];
+        args.extend_from_slice(api_args);
+        let api = AgentProcess::start_api(&cfg, &args).unwrap();
         Cluster {
             nodes,
             api,
@@ -2072,4 +2079,104 @@ fn a_team_token_may_fault_its_namespace_only_and_the_audit_log_says_who_did_what
             .any(|l| l["method"] == "GET" && l["status"] == 200),
         "reads that succeed are not changes"
     );
+}
+/// Limits and blast radius in the cluster: the API refuses a fault over a limit naming it; a
+/// NetworkFault created with kubectl over a limit ends Failed with the reason; a `mode: one`
+/// fault's status lists exactly one chosen pod, and only that pod's traffic is cut.
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn limits_refuse_or_fail_and_mode_one_chooses_one_pod() {
+    let _s = serial();
+    let c = Cluster::start_full(
+        &[],
+        &["--max-targets", "1", "--max-duration-for", "dynamo=1m"],
+    );
+    let out = c
+        .api
+        .faultctl(&[
+            "inject",
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode",
+            "--partition",
+        ])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--max-targets 1"), "{err}");
+    let api: Api<NetworkFault> = Api::namespaced(c.client.clone(), NS);
+    for (name, spec, reason, says) in [
+        (
+            "too-long",
+            json!({"podPrefix": "vllm-decode-0", "partition": "packets", "duration": "5m"}),
+            "DurationTooLong",
+            "--max-duration-for dynamo=1m",
+        ),
+        (
+            "too-many",
+            json!({"podPrefix": "vllm-decode", "partition": "packets", "duration": "30s"}),
+            "TooManyTargets",
+            "--max-targets 1",
+        ),
+    ] {
+        let nf: NetworkFault = serde_json::from_value(json!({
+            "apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
+            "metadata": {"name": name, "namespace": NS}, "spec": spec
+        }))
+        .unwrap();
+        c.rt.block_on(api.create(&PostParams::default(), &nf))
+            .unwrap();
+        let st = c
+            .wait_phase(name, Phase::Failed, Duration::from_secs(5))
+            .status
+            .unwrap();
+        let msg = st.message.unwrap_or_default();
+        assert!(msg.contains(says), "{name}: {msg}");
+        assert!(
+            st.conditions.iter().any(|k| k.reason == reason),
+            "{name}: {:?}",
+            st.conditions
+        );
+        assert!(
+            st.nodes.values().all(|n| !n.applied),
+            "{name}: {:?}",
+            st.nodes
+        );
+    }
+    assert!(reaches(&c.pods.decode0, &c.pods.frontend, Family::V4));
+    assert!(reaches(&c.pods.decode1, &c.pods.frontend, Family::V4));
+
+    let out = ctl(
+        &c.api,
+        &[
+            "-o",
+            "json",
+            "inject",
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode",
+            "--mode",
+            "one",
+            "--partition",
+        ],
+    );
+    let f: fault_api::Fault = serde_json::from_str(&out).unwrap();
+    let chosen = f.blast_radius.clone().expect("a choice").chosen;
+    assert_eq!(chosen.len(), 1, "{f:?}");
+    assert_eq!(f.targets.len(), 1, "{f:?}");
+    let st = c.fault(&f.id).status.unwrap();
+    assert_eq!(st.blast_radius.unwrap().chosen, chosen);
+    assert_eq!(st.target_pods, chosen);
+    let (cut, spared) = if chosen[0] == "dynamo/vllm-decode-0" {
+        (&c.pods.decode0, &c.pods.decode1)
+    } else {
+        (&c.pods.decode1, &c.pods.decode0)
+    };
+    wait_until("the chosen pod is cut", Duration::from_secs(5), || {
+        blocked(cut, &c.pods.frontend, Family::V4)
+    });
+    assert!(reaches(spared, &c.pods.frontend, Family::V4));
+    c.api.client().recover(&f.id).unwrap();
 }

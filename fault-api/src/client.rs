@@ -132,6 +132,13 @@ impl Client {
         self.send("POST", "/v1/faults", Some(&body))
     }
 
+    /// `POST /v1/faults?dryRun=true`: what creating `spec` would do, and the guards it would
+    /// trip; nothing is applied.
+    pub fn plan(&self, spec: &FaultSpec) -> Result<crate::FaultPlan, ClientError> {
+        let body = serde_json::to_value(spec).map_err(|e| ClientError::Transport(e.to_string()))?;
+        self.send("POST", "/v1/faults?dryRun=true", Some(&body))
+    }
+
     /// `POST /v1/faults` with a raw JSON body (for tests of bad input).
     pub fn create_raw(&self, body: &serde_json::Value) -> Result<Fault, ClientError> {
         self.send("POST", "/v1/faults", Some(body))

@@ -122,6 +122,9 @@ pub struct Fault {
     /// answer; `POST /v1/faults/{id}/verify` probes again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<crate::Verification>,
+    /// The blast-radius choice (`mode` other than `all`): the pods chosen at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blast_radius: Option<crate::BlastRadius>,
 }
 
 /// `GET /v1/faults`.

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod error;
 pub mod fault;
+pub mod guards;
 pub mod kill_switch;
 pub mod schema;
 pub mod seed;
@@ -23,6 +24,7 @@ pub mod verify;
 
 pub use error::{ApiError, ErrorBody, FieldError};
 pub use fault::{Counters, Fault, FaultList, FaultState, PodRef};
+pub use guards::{BlastRadius, FaultPlan, ProtectionOverride, TargetMode};
 pub use selector::Selector;
 pub use spec::{Direction, FaultSpec, PartitionMode, Protocol};
 pub use units::{FaultDuration, Percent, Rate};

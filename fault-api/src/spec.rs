@@ -10,7 +10,10 @@ use std::{collections::BTreeMap, fmt};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
-use crate::{FaultDuration, FieldError, Percent, Rate, Selector};
+use crate::{
+    FaultDuration, FieldError, Percent, Rate, Selector,
+    guards::{ProtectionOverride, TargetMode},
+};
 
 /// Transport protocol a fault is limited to.
 #[derive(
@@ -223,6 +226,19 @@ pub struct FaultSpec {
     /// `mode` here). Keys and values follow the Kubernetes label syntax.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+
+    /// Blast radius: how many of the matching pods are targets (`all`, `one`, `fixed`,
+    /// `fixed-percent`, `random-max-percent`; default `all`), chosen once at creation.
+    #[serde(default, skip_serializing_if = "TargetMode::is_all")]
+    pub mode: TargetMode,
+    /// `mode`'s value: a pod count in [1, 100000] for `fixed`, a percent in [1, 100] for
+    /// `fixed-percent` and `random-max-percent`; none for `all` and `one`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<u32>,
+    /// Act on protected resources anyway (only on an agent started with
+    /// `--allow-protection-override`; audited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_protection: Option<ProtectionOverride>,
 }
 
 /// The port DNS is protected on unless asked for explicitly.
@@ -273,6 +289,9 @@ impl FaultSpec {
             block_nats: false,
             allow_namespaces: vec![],
             labels: BTreeMap::new(),
+            mode: TargetMode::All,
+            value: None,
+            override_protection: None,
         }
     }
 
@@ -343,6 +362,7 @@ impl FaultSpec {
                 _ => {}
             }
         }
+        self.validate_guards()?;
         Selector::from_labels(self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .map_err(|e| FieldError::new("labels", e))?;
         if let Some(d) = self.delay {
@@ -358,6 +378,14 @@ impl FaultSpec {
             }
         }
         Ok(())
+    }
+
+    /// The blast radius and the protection override ([`crate::guards`]).
+    fn validate_guards(&self) -> Result<(), FieldError> {
+        crate::guards::check_blast_radius(self.mode, self.value)?;
+        self.override_protection
+            .as_ref()
+            .map_or(Ok(()), ProtectionOverride::validate)
     }
 
     /// Whether the fault also acts on DNS: only when the user named port 53.
@@ -455,6 +483,29 @@ mod tests {
         assert_eq!(e.field, "to_selectors[1]");
         let e = FaultSpec::from_json(b"{not json").unwrap_err();
         assert_eq!(e.field, "body");
+    }
+
+    #[test]
+    fn blast_radius_and_override_errors_name_the_field() {
+        let e = FaultSpec::from_json(br#"{"namespace":"a","pod_prefix":"p","mode":"half"}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "mode");
+        assert!(e.message.contains("fixed-percent"), "{}", e.message);
+        let mut s = base();
+        s.mode = TargetMode::FixedPercent;
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.field, "value");
+        assert!(e.message.contains("[1, 100]"), "{}", e.message);
+        s.value = Some(30);
+        s.validate().unwrap();
+        s.override_protection = Some(ProtectionOverride { reason: "".into() });
+        assert_eq!(
+            s.validate().unwrap_err().field,
+            "override_protection.reason"
+        );
+        // Absent fields keep the JSON of existing clients as it was.
+        let json = serde_json::to_value(base()).unwrap();
+        assert!(json.get("mode").is_none() && json.get("value").is_none());
     }
 
     #[test]

@@ -72,6 +72,19 @@ pub struct InjectArgs {
     /// Never fault peers in this namespace (repeatable).
     #[arg(long = "allow-namespace")]
     allow_namespaces: Vec<String>,
+    /// Blast radius: all (default), one, fixed, fixed-percent, random-max-percent.
+    #[arg(long, value_name = "MODE")]
+    mode: Option<fault_api::TargetMode>,
+    /// --mode's value: pods for fixed (1-100000), a percent (1-100) for the percent modes.
+    #[arg(long, value_name = "N")]
+    value: Option<u32>,
+    /// Act on protected resources anyway, for this reason (the agent must allow overrides;
+    /// audited).
+    #[arg(long, value_name = "REASON")]
+    override_protection: Option<String>,
+    /// Print what the fault would do and the guards it would trip; apply nothing.
+    #[arg(long, conflicts_with = "verify")]
+    pub dry_run: bool,
 }
 
 /// The flag behind a spec field, for errors.
@@ -84,6 +97,7 @@ fn flag_of(field: &str) -> String {
         "corrupt_percent" => "corrupt",
         "duplicate_percent" => "duplicate",
         "allow_namespaces" => "allow-namespace",
+        "override_protection.reason" => "override-protection",
         other => return format!("--{}", other.replace('_', "-")),
     };
     format!("--{flag}")
@@ -110,12 +124,17 @@ impl InjectArgs {
         s.duration = self.duration;
         s.block_nats = self.block_nats;
         s.allow_namespaces = self.allow_namespaces;
+        s.mode = self.mode.unwrap_or_default();
+        s.value = self.value;
+        s.override_protection = self
+            .override_protection
+            .map(|reason| fault_api::ProtectionOverride { reason });
         s
     }
 }
 
 pub fn run(client: &Client, out: Output, args: InjectArgs) -> Result<(), CliError> {
-    let verify = args.verify;
+    let (verify, dry_run) = (args.verify, args.dry_run);
     let spec = args.spec();
     if let Err(e) = spec.validate() {
         let flag = flag_of(&e.field);
@@ -123,6 +142,10 @@ pub fn run(client: &Client, out: Output, args: InjectArgs) -> Result<(), CliErro
             ApiError::new("invalid_field", format!("invalid {flag}: {}", e.message))
                 .with_field(e.field),
         ));
+    }
+    if dry_run {
+        out.plan(&client.plan(&spec)?);
+        return Ok(());
     }
     if !verify {
         out.created(&client.create(&spec)?);

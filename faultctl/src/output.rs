@@ -206,6 +206,9 @@ impl Output {
                     .join(", ")
             );
         }
+        if let Some(b) = &f.blast_radius {
+            println!("blast:      {}", blast(b));
+        }
         println!("counters:   {}", counters(&f.counters));
         for (node, c) in &f.nodes {
             println!("  {node}: {}", counters(c));
@@ -226,6 +229,41 @@ impl Output {
         }
     }
 
+    /// A dry run's plan: targets and peers per node, rule count, blast radius, and the
+    /// guards it would trip; or all of it in JSON.
+    pub fn plan(self, p: &fault_api::FaultPlan) {
+        if self == Output::Json {
+            return print_json(p);
+        }
+        let verdict = if p.accepted {
+            "would be accepted"
+        } else {
+            "would be refused"
+        };
+        println!("dry run:    {verdict} (nothing applied)");
+        for r in &p.refusals {
+            println!("refused:    {r}");
+        }
+        println!("duration:   {}", p.duration);
+        if let Some(b) = &p.blast_radius {
+            println!("blast:      {}", blast(b));
+        }
+        for (node, n) in &p.nodes {
+            let node = if node.is_empty() { "(no node)" } else { node };
+            println!("node {node}:");
+            println!("  targets:  {}", n.targets.join(", "));
+            if !n.peers.is_empty() {
+                println!("  peers:    {}", n.peers.join(", "));
+            }
+        }
+        if let Some(r) = p.rules {
+            println!("rules:      {r}");
+        }
+        for w in &p.warnings {
+            println!("warning:    {w}");
+        }
+    }
+
     /// A recovered fault.
     pub fn recovered(self, f: &Fault) {
         match self {
@@ -233,4 +271,16 @@ impl Output {
             Output::Table => println!("{} {}", f.id, f.state),
         }
     }
+}
+
+/// `mode[ value]: chosen of candidates: pods`.
+fn blast(b: &fault_api::BlastRadius) -> String {
+    let value = b.value.map(|v| format!(" {v}")).unwrap_or_default();
+    format!(
+        "mode {}{value}: {} of {} matching: {}",
+        b.mode,
+        b.chosen.len(),
+        b.candidates,
+        b.chosen.join(", ")
+    )
 }

@@ -286,6 +286,7 @@ impl Harness {
             retention: Duration::ZERO,
             limits: fault_agent::capacity::Limits::default(),
             protection: fault_agent::protect::Protection::with_defaults(None, &[], &[], &[]),
+            guards: Default::default(),
         };
         let core = Arc::new(Mutex::new(Core::new(store, dataplane, caps, config)));
         let pods = pods(&topology)?;

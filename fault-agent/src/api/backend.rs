@@ -74,13 +74,25 @@ impl Backend {
     /// Creates a fault; returns when it is in the datapath (cluster: when the nodes report
     /// it, or after `--wait`). Records the time taken and the fault created.
     pub async fn create(&self, spec: FaultSpec) -> Result<Fault, AgentError> {
+        self.create_by(spec, None).await
+    }
+
+    /// [`Backend::create`] for the caller at address `from` (audited when the fault overrides
+    /// protection).
+    pub async fn create_by(
+        &self,
+        spec: FaultSpec,
+        from: Option<String>,
+    ) -> Result<Fault, AgentError> {
         let started = Instant::now();
         let created = match self {
             Backend::Local {
                 read_only: true, ..
             } => Err(read_only()),
-            Backend::Local { core, .. } => Self::local(core, move |c| c.create(spec)).await,
-            Backend::Cluster(k) => k.create(spec).await,
+            Backend::Local { core, .. } => {
+                Self::local(core, move |c| c.create_by(spec, from.as_deref())).await
+            }
+            Backend::Cluster(k) => k.create_by(spec, from.as_deref()).await,
         }
         .map(|f| self.per_node(f));
         if let Ok(f) = &created {
@@ -88,6 +100,21 @@ impl Backend {
             self.recorder().created(&f.spec);
         }
         created
+    }
+
+    /// A dry run of `spec` ([`fault_api::FaultPlan`]): nothing is applied or stored. Pods of
+    /// this host are listed under its node name.
+    pub async fn plan(&self, spec: FaultSpec) -> Result<fault_api::FaultPlan, AgentError> {
+        match self {
+            Backend::Local { core, node, .. } => {
+                let mut plan = Self::local(core, move |c| c.plan(&spec)).await?;
+                if let Some(here) = plan.nodes.remove("") {
+                    plan.nodes.insert(node.clone(), here);
+                }
+                Ok(plan)
+            }
+            Backend::Cluster(k) => k.plan(&spec),
+        }
     }
 
     /// After a recover or cleanup that took since `started`: records it, and on the cluster

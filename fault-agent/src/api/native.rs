@@ -16,7 +16,7 @@ use fault_api::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{AppState, backend::body_error};
+use super::{AppState, backend::body_error, kill_switch::Caller};
 use crate::{error::AgentError, pods::Pod};
 
 /// The router of the native API.
@@ -67,14 +67,40 @@ fn verify_param(query: Option<&str>) -> Result<bool, AgentError> {
     }
 }
 
+/// The `dryRun` query parameter of `POST /v1/faults`: `true`/`1` answers the plan
+/// ([`fault_api::FaultPlan`], 200) and applies nothing. Errors (422, field `dryRun`) name the
+/// accepted values.
+fn dry_run_param(query: Option<&str>) -> Result<bool, AgentError> {
+    let Some(value) = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("dryRun="))
+    else {
+        return Ok(false);
+    };
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(AgentError::Invalid(FieldError::new(
+            "dryRun",
+            format!("must be true or false, got {other:?}"),
+        ))),
+    }
+}
+
 async fn create(
     State(s): State<Arc<AppState>>,
+    Caller(from): Caller,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, AgentError> {
     let verify = verify_param(query.as_deref())?;
+    let dry_run = dry_run_param(query.as_deref())?;
     let spec = FaultSpec::from_json(&body).map_err(body_error)?;
-    let mut fault = s.backend.create(spec).await?;
+    if dry_run {
+        return Ok(Json(s.backend.plan(spec).await?).into_response());
+    }
+    let mut fault = s.backend.create_by(spec, from).await?;
     s.changed.notify_one();
     if verify {
         // The fault is in; a verify that cannot run is a warning, not a failed create.

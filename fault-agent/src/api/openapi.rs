@@ -38,6 +38,7 @@ pub fn document() -> Value {
     let seed_list = schema::<SeedFaultList>(&mut g);
     let seed_cleanup = schema::<CleanupResult>(&mut g);
     let verification = schema::<fault_api::Verification>(&mut g);
+    let plan = schema::<fault_api::FaultPlan>(&mut g);
     // Every route but health: the request limits (src/api/limits.rs).
     let limited = [
         ("413", "Body over --max-body-bytes (`too_large`)"),
@@ -99,9 +100,10 @@ pub fn document() -> Value {
             "/v1/faults": {
                 "get": {"summary": "List faults, newest first", "parameters": [{"name": "namespace", "in": "query", "required": false, "schema": {"type": "string"}}],
                         "responses": with(json!({"200": ok("Faults", list)}), errors(&[]))},
-                "post": {"summary": "Create a fault; with ?verify=true, probe it once applied (the report is the answer's `verification`; a verify that cannot run is a warning)", "requestBody": body(spec),
-                         "parameters": [{"name": "verify", "in": "query", "required": false, "schema": {"type": "boolean"}}],
-                         "responses": with(json!({"201": ok("Created and in the datapath", fault.clone())}), errors(&invalid))}
+                "post": {"summary": "Create a fault; with ?verify=true, probe it once applied (the report is the answer's `verification`; a verify that cannot run is a warning); with ?dryRun=true, answer the plan (targets and peers per node, rule count, blast radius, the guards it would trip) and apply nothing", "requestBody": body(spec),
+                         "parameters": [{"name": "verify", "in": "query", "required": false, "schema": {"type": "boolean"}},
+                                        {"name": "dryRun", "in": "query", "required": false, "schema": {"type": "boolean"}}],
+                         "responses": with(json!({"201": ok("Created and in the datapath", fault.clone()), "200": ok("?dryRun=true: the plan; nothing applied", plan)}), errors(&invalid))}
             },
             "/v1/faults/{id}": {
                 "get": {"summary": "One fault", "parameters": id_param("id"), "responses": with(json!({"200": ok("The fault", fault.clone())}), errors(&missing))},

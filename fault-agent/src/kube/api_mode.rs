@@ -37,6 +37,8 @@ pub struct Config {
     pub protection: crate::protect::Protection,
     /// The kill switch's ConfigMap.
     pub kill_switch: super::kill_switch::Location,
+    /// Limits and the protection override ([`crate::guards`]).
+    pub guards: crate::guards::Guards,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -89,6 +91,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         max_duration: cfg.max_duration,
         retention: cfg.retention,
         protection: cfg.protection.clone(),
+        guards: cfg.guards.clone(),
         events: Events::new(client.clone(), controller::MANAGER, None, recorder.clone()),
     });
     let ctl = tokio::spawn(controller::run(ctx));
@@ -105,6 +108,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         recorder: recorder.clone(),
         protection: cfg.protection.clone(),
         kill_switch: cfg.kill_switch.clone(),
+        guards: cfg.guards.clone(),
     };
     // With a static token, other bearer tokens are Kubernetes users (TokenReview) whose
     // every request is checked against RBAC (SubjectAccessReview).

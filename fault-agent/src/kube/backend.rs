@@ -34,6 +34,8 @@ pub struct KubeBackend {
     pub protection: crate::protect::Protection,
     /// The ConfigMap every node agent follows for the kill switch.
     pub kill_switch: super::kill_switch::Location,
+    /// Limits and the protection override ([`crate::guards`]).
+    pub guards: crate::guards::Guards,
 }
 
 /// Maps a Kubernetes API error to ours; admission (schema) errors keep their message.
@@ -154,6 +156,10 @@ impl KubeBackend {
             .filter(|p| p.metadata.namespace.as_deref() == Some(spec.namespace.as_str()))
             .filter_map(|p| from_kube(p))
             .filter(|p| resolve::matches_target(&spec, p))
+            .filter(|p| {
+                let chosen = nf.status.as_ref().and_then(|s| s.blast_radius.as_ref());
+                chosen.is_none_or(|b| b.chosen.contains(&format!("{}/{}", p.namespace, p.name)))
+            })
             .filter_map(|p| p.node)
             .collect()
     }
@@ -187,27 +193,26 @@ impl KubeBackend {
         last.map(|f| (*f).clone())
     }
 
+    /// Creates a `NetworkFault`; see [`KubeBackend::create_by`].
     pub async fn create(&self, spec: FaultSpec) -> Result<Fault, AgentError> {
+        self.create_by(spec, None).await
+    }
+
+    /// Creates a `NetworkFault` for the caller at `from` once the guards pass (422 naming the
+    /// first one tripped; an honoured protection override is audited), and waits for the
+    /// node agents. The controller makes the blast-radius choice.
+    pub async fn create_by(
+        &self,
+        spec: FaultSpec,
+        from: Option<&str>,
+    ) -> Result<Fault, AgentError> {
         spec.validate().map_err(AgentError::Invalid)?;
-        let pods: Vec<Pod> = self
-            .pods
-            .state()
-            .iter()
-            .filter_map(|p| from_kube(p))
-            .collect();
-        self.protection
-            .check_targets(&spec, &pods)
-            .map_err(AgentError::Invalid)?;
-        if let Some(d) = spec.duration
-            && d.get() > self.max_duration
-        {
-            return Err(AgentError::Invalid(FieldError::new(
-                "duration",
-                format!(
-                    "must be at most {} (the API's --max-duration), got {d}",
-                    humantime::format_duration(self.max_duration)
-                ),
-            )));
+        let pods = self.pods();
+        let verdict = self
+            .guards
+            .judge(&spec, &pods, &self.protection, self.max_duration);
+        if let Some(e) = verdict.refusals.into_iter().next() {
+            return Err(AgentError::Invalid(e));
         }
         let id = new_fault_id();
         let mut nf = NetworkFault::new(&id, NetworkFaultSpec::from_fault_spec(&spec));
@@ -220,6 +225,9 @@ impl KubeBackend {
             .create(&PostParams::default(), &nf)
             .await
             .map_err(kube_error)?;
+        if verdict.override_used {
+            crate::guards::audit_override(&spec, from, &format!("{}/{id}", spec.namespace));
+        }
         // Until every node hosting a target applied it, or one of them said why it cannot, or
         // there is no target yet (the status then says so).
         let settled = self
@@ -253,6 +261,18 @@ impl KubeBackend {
             return Err(AgentError::Unsupported(e));
         }
         Ok(self.view(&settled))
+    }
+
+    /// A dry run of `spec` against the cluster's pods: targets and peers per node, the
+    /// guards it would trip, a blast-radius choice drawn now (not kept). No rule count: each
+    /// node agent compiles its own.
+    pub fn plan(&self, spec: &FaultSpec) -> Result<fault_api::FaultPlan, AgentError> {
+        spec.validate().map_err(AgentError::Invalid)?;
+        let pods = self.pods();
+        let verdict = self
+            .guards
+            .judge(spec, &pods, &self.protection, self.max_duration);
+        Ok(crate::plan::plan(spec, &pods, &verdict, &self.guards, &self.protection).0)
     }
 
     pub async fn get(&self, id: &str) -> Result<Fault, AgentError> {
@@ -353,13 +373,18 @@ impl KubeBackend {
             Ok(s) => (s, st.message.clone()),
             Err(e) => (FaultSpec::new(ns.clone()), Some(e.to_string())),
         };
-        let duration = spec.duration.map_or(self.max_duration, |d| d.get());
+        let (limit, _) = self
+            .guards
+            .duration_limit(self.max_duration, &spec.namespace);
+        let duration = spec.duration.map_or(limit, |d| d.get());
         let expires_at = st.expires_at.unwrap_or_else(|| {
             created
                 .checked_add(SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO))
                 .unwrap_or(created)
         });
-        let res = resolve::resolve(&spec, pods, &self.protection);
+        let protection = self.guards.protection_for(&spec, &self.protection);
+        let chosen = st.blast_radius.as_ref().map(|b| b.chosen.as_slice());
+        let res = resolve::resolve_among(&spec, pods, &protection, chosen);
         let mut counters = Counters::default();
         for n in st.nodes.values() {
             counters += n.counters;
@@ -399,6 +424,7 @@ impl KubeBackend {
                 vec![]
             },
             verification: None,
+            blast_radius: st.blast_radius.clone(),
             spec,
         }
     }

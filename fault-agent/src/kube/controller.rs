@@ -34,6 +34,8 @@ pub struct Context {
     pub retention: Duration,
     /// What no fault may target or cut off.
     pub protection: crate::protect::Protection,
+    /// Limits and the protection override ([`crate::guards`]).
+    pub guards: crate::guards::Guards,
     /// `Recovered`, `Expired`, `Failed` and `NoTargets` events ([`events`]).
     pub events: Events,
 }
@@ -83,6 +85,7 @@ pub fn desired_status(
     now: Timestamp,
     max: Duration,
     protection: &crate::protect::Protection,
+    guards: &crate::guards::Guards,
 ) -> NetworkFaultStatus {
     let old = nf.status.clone().unwrap_or_default();
     let generation = nf.metadata.generation;
@@ -113,48 +116,36 @@ pub fn desired_status(
             return st;
         }
     };
-    let duration = spec.duration.map_or(max, |d| d.get());
-    if duration > max {
-        let msg = format!(
-            "spec.duration: must be at most {} (the controller's --max-duration)",
-            humantime::format_duration(max)
+    if old.phase == Some(Phase::Failed)
+        && old.conditions.iter().any(|c| c.reason == "TooManyTargets")
+    {
+        // Refused when it started: pods going away later do not revive it.
+        return failed(
+            st,
+            &old,
+            now,
+            "TooManyTargets",
+            old.message.clone().unwrap_or_default(),
         );
-        st.phase = Some(Phase::Failed);
-        st.ended_at = Some(old.ended_at.unwrap_or(now));
-        st.message = Some(msg.clone());
-        st.conditions = vec![condition(
-            &old.conditions,
-            "Valid",
-            false,
-            "DurationTooLong",
-            msg,
-            generation,
-        )];
-        return st;
     }
-    if let Err(e) = protection.check_spec(&spec) {
-        // Created with kubectl past the API: it never acts (node agents skip protected
-        // targets too), and says why.
-        st.phase = Some(Phase::Failed);
-        st.ended_at = Some(old.ended_at.unwrap_or(now));
-        st.message = Some(format!("spec.{e}"));
-        st.conditions = vec![condition(
-            &old.conditions,
-            "Valid",
-            false,
-            "Protected",
-            format!("spec.{e}"),
-            generation,
-        )];
-        return st;
-    }
+    let deciding = old.expires_at.is_none() || (!spec.mode.is_all() && old.blast_radius.is_none());
+    let (duration, blast_radius) = match judge(nf, &spec, pods, max, protection, guards, deciding) {
+        Ok(d) => d,
+        Err((reason, msg)) => return failed(st, &old, now, reason, msg),
+    };
+    st.blast_radius = old.blast_radius.clone().or(blast_radius);
     let expires = old.expires_at.unwrap_or_else(|| {
         created
             .checked_add(SignedDuration::try_from(duration).unwrap_or(SignedDuration::ZERO))
             .unwrap_or(created)
     });
     st.expires_at = Some(expires);
-    let res = resolve::resolve(&spec, pods, protection);
+    let res = resolve::resolve_among(
+        &spec,
+        pods,
+        &guards.protection_for(&spec, protection),
+        st.blast_radius.as_ref().map(|b| b.chosen.as_slice()),
+    );
     st.target_count = Some(res.targets.len() as u32);
     st.peer_count = if spec.all_peers() {
         None
@@ -294,6 +285,74 @@ pub fn desired_status(
     st
 }
 
+/// The status of a fault that failed a guard: `Failed`, with `reason` in the `Valid`
+/// condition and `message` (the field in `spec.` form and the limit) in both.
+fn failed(
+    mut st: NetworkFaultStatus,
+    old: &NetworkFaultStatus,
+    now: Timestamp,
+    reason: &str,
+    message: String,
+) -> NetworkFaultStatus {
+    st.phase = Some(Phase::Failed);
+    st.ended_at = Some(old.ended_at.unwrap_or(now));
+    st.message = Some(message.clone());
+    let generation = st.observed_generation;
+    st.conditions = vec![condition(
+        &old.conditions,
+        "Valid",
+        false,
+        reason,
+        message,
+        generation,
+    )];
+    st
+}
+
+/// The guards on a `NetworkFault` ([`crate::guards`]): its duration (or the limit it is
+/// capped at) and, at the `first` decision, the blast-radius choice; or the `Valid` reason and
+/// message it fails with. The duration and protection are judged at every reconcile (a
+/// kubectl edit cannot slip past them); the most targets and the choice only once, when
+/// the fault starts (pods that appear later do not fail a running fault).
+fn judge(
+    nf: &NetworkFault,
+    spec: &fault_api::FaultSpec,
+    pods: &[Pod],
+    max: Duration,
+    protection: &crate::protect::Protection,
+    guards: &crate::guards::Guards,
+    first: bool,
+) -> Result<(Duration, Option<fault_api::BlastRadius>), (&'static str, String)> {
+    let v = guards.judge(spec, pods, protection, max);
+    for e in &v.refusals {
+        let why = match e.field.as_str() {
+            "duration" => "DurationTooLong",
+            "override_protection" => "OverrideNotAllowed",
+            "mode" if !first => continue,
+            "mode" if e.message.contains("--max-targets") => "TooManyTargets",
+            // No pod to choose from yet: wait for one (Pending, NoTargets).
+            "mode" => continue,
+            // Protected pods among the targets now are skipped at every resolution; a spec
+            // that names a protected namespace or pod prefix fails.
+            _ => match protection.check_spec(spec) {
+                Err(_) if v.override_used => continue,
+                Err(_) => "Protected",
+                Ok(()) => continue,
+            },
+        };
+        return Err((why, format!("spec.{e}")));
+    }
+    if first && v.override_used && nf.status.as_ref().is_none_or(|s| s.expires_at.is_none()) {
+        let who = format!("NetworkFault {}", nf.key());
+        crate::guards::audit_override(spec, Some(&who), &nf.key());
+    }
+    let choice = first
+        .then(|| crate::blast::choose(spec, &v.candidates, &mut crate::blast::os_draw))
+        .flatten()
+        .filter(|b| !b.chosen.is_empty());
+    Ok((v.duration, choice))
+}
+
 async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = Timestamp::now();
     let pods: Vec<Pod> = ctx
@@ -302,7 +361,14 @@ async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, E
         .iter()
         .filter_map(|p| from_kube(p))
         .collect();
-    let st = desired_status(&nf, &pods, now, ctx.max_duration, &ctx.protection);
+    let st = desired_status(
+        &nf,
+        &pods,
+        now,
+        ctx.max_duration,
+        &ctx.protection,
+        &ctx.guards,
+    );
     let ns = nf.namespace().unwrap_or_default();
     let api: Api<NetworkFault> = Api::namespaced(ctx.client.clone(), &ns);
     let old = nf.status.clone().unwrap_or_default();

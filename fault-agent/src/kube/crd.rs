@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use fault_api::{
-    Counters, Direction, FaultDuration, FaultSpec, FieldError, PartitionMode, Percent, Protocol,
-    Rate, Selector,
+    BlastRadius, Counters, Direction, FaultDuration, FaultSpec, FieldError, PartitionMode, Percent,
+    ProtectionOverride, Protocol, Rate, Selector, TargetMode,
 };
 use ipnet::IpNet;
 use jiff::Timestamp;
@@ -104,6 +104,18 @@ pub struct NetworkFaultSpec {
     pub block_nats: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_namespaces: Vec<String>,
+    /// Blast radius: `all` (default), `one`, `fixed`, `fixed-percent`, `random-max-percent`;
+    /// the controller chooses the pods once and lists them in `status.blastRadius`.
+    #[serde(default, skip_serializing_if = "TargetMode::is_all")]
+    pub mode: TargetMode,
+    /// `mode`'s value: pods for `fixed` (1-100000), a percent (1-100) for the percent modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub value: Option<u32>,
+    /// Act on protected resources anyway (only with the agents' --allow-protection-override;
+    /// audited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_protection: Option<ProtectionOverride>,
 }
 
 /// Lifecycle of a `NetworkFault`.
@@ -189,6 +201,9 @@ pub struct NetworkFaultStatus {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The blast-radius choice (`mode` other than `all`), made once by the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blast_radius: Option<BlastRadius>,
 }
 
 /// Annotation the API sets to recover a fault at once (value: RFC 3339 time).
@@ -233,6 +248,9 @@ impl NetworkFaultSpec {
             duration: s.duration.map(|v| text(&v)),
             block_nats: s.block_nats,
             allow_namespaces: s.allow_namespaces.clone(),
+            mode: s.mode,
+            value: s.value,
+            override_protection: s.override_protection.clone(),
         }
     }
 }
@@ -296,6 +314,9 @@ impl NetworkFault {
         f.duration = parse::<FaultDuration>("duration", &s.duration)?;
         f.block_nats = s.block_nats;
         f.allow_namespaces = s.allow_namespaces.clone();
+        f.mode = s.mode;
+        f.value = s.value;
+        f.override_protection = s.override_protection.clone();
         f.labels = self
             .metadata
             .labels

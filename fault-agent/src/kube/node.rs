@@ -139,6 +139,10 @@ fn external(nf: &NetworkFault, max: Duration) -> Option<ExternalFault> {
         return None;
     }
     let spec = nf.fault_spec().ok()?;
+    if !spec.mode.is_all() && st.blast_radius.is_none() {
+        // The controller has not chosen the pods yet: nothing to apply before it has.
+        return None;
+    }
     let created_at = nf
         .metadata
         .creation_timestamp
@@ -158,6 +162,7 @@ fn external(nf: &NetworkFault, max: Duration) -> Option<ExternalFault> {
         expires_at,
         recovered: nf.recovered_at().is_some() || st.phase == Some(Phase::Recovered),
         uid: nf.metadata.uid.clone(),
+        blast_radius: st.blast_radius.clone(),
     })
 }
 

@@ -24,6 +24,8 @@ pub(crate) fn record(id: &str, slot: u16, seq: u64) -> FaultRecord {
         final_counters: Counters::default(),
         resolution: Resolution::default(),
         source_uid: None,
+        blast_radius: None,
+        notes: vec![],
     }
 }
 
