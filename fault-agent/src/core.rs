@@ -729,6 +729,7 @@ impl Core {
                 final_counters: Counters::default(),
                 resolution: Default::default(),
                 source_uid: ext.uid.clone(),
+                schedule: None,
             });
             dirty = true;
         }
@@ -896,6 +897,7 @@ impl Core {
             final_counters: Counters::default(),
             resolution: Default::default(),
             source_uid: None,
+            schedule: None,
         };
         let id = record.id.clone();
         let spec_needs_delay = record.spec.delay.is_some();
@@ -1089,6 +1091,7 @@ impl Core {
                 vec![]
             },
             verification: None,
+            schedule: f.schedule.clone(),
         }
     }
 
@@ -1170,5 +1173,6 @@ fn fail_newest(store: &mut Store, e: &TooManyFaults) -> Result<String> {
 }
 
 mod kill_switch;
+mod schedule;
 #[cfg(test)]
 mod tests;

@@ -76,6 +76,9 @@ pub struct FaultRecord {
     /// an object deleted and created again under the same name is not the new object's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_uid: Option<String>,
+    /// The schedule that created the fault (standalone `/v1/schedules`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// Name of the lock file in the state dir.

@@ -122,6 +122,9 @@ pub struct Fault {
     /// answer; `POST /v1/faults/{id}/verify` probes again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<crate::Verification>,
+    /// The schedule that created the fault (`POST /v1/schedules`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// `GET /v1/faults`.

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod metrics;
 pub mod native;
 pub mod openapi;
+pub mod schedules;
 pub mod seed;
 pub mod ui;
 
@@ -73,6 +74,7 @@ pub fn router(
 ) -> Router {
     let api = Router::new()
         .merge(native::router())
+        .merge(schedules::router())
         .merge(seed::router())
         .merge(metrics::router())
         .merge(kill_switch::router())

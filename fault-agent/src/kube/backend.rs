@@ -384,6 +384,7 @@ impl KubeBackend {
                 vec![]
             },
             verification: None,
+            schedule: None,
             spec,
         }
     }

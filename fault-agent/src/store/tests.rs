@@ -24,6 +24,7 @@ pub(crate) fn record(id: &str, slot: u16, seq: u64) -> FaultRecord {
         final_counters: Counters::default(),
         resolution: Resolution::default(),
         source_uid: None,
+        schedule: None,
     }
 }
 
