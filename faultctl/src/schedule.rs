@@ -148,6 +148,21 @@ fn time(t: Option<jiff::Timestamp>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// `t` in UTC, and as the wall-clock time of `tz` when that is not UTC.
+fn local(t: Option<jiff::Timestamp>, tz: &str) -> String {
+    let zoned = t
+        .zip(jiff::tz::TimeZone::get(tz).ok())
+        .filter(|_| tz != "UTC");
+    match zoned {
+        Some((t, zone)) => format!(
+            "{} ({} {tz})",
+            time(Some(t)),
+            t.to_zoned(zone).strftime("%Y-%m-%d %H:%M:%S")
+        ),
+        None => time(t),
+    }
+}
+
 fn print_list(out: Output, list: &[Schedule]) {
     if out == Output::Json {
         return print_json(&serde_json::json!({ "schedules": list }));
@@ -200,8 +215,14 @@ fn print_one(out: Output, s: &Schedule) {
         println!("deadline:   {d}");
     }
     println!("suspended:  {}", sp.suspend);
-    println!("last fire:  {}", time(st.last_schedule_time));
-    println!("next fire:  {}", time(st.next_schedule_time));
+    println!(
+        "last fire:  {}",
+        local(st.last_schedule_time, &sp.time_zone)
+    );
+    println!(
+        "next fire:  {}",
+        local(st.next_schedule_time, &sp.time_zone)
+    );
     println!(
         "created:    {} fault(s), {} fire time(s) skipped",
         st.created, st.skipped
