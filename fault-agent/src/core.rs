@@ -757,6 +757,7 @@ impl Core {
                 source_uid: ext.uid.clone(),
                 blast_radius: ext.blast_radius.clone(),
                 notes: vec![],
+                schedule: None,
             });
             dirty = true;
         }
@@ -928,6 +929,7 @@ impl Core {
             source_uid: None,
             blast_radius,
             notes,
+            schedule: None,
         };
         let id = record.id.clone();
         let spec_needs_delay = record.spec.delay.is_some();
@@ -1128,6 +1130,7 @@ impl Core {
             },
             verification: None,
             blast_radius: f.blast_radius.clone(),
+            schedule: f.schedule.clone(),
         }
     }
 
@@ -1210,5 +1213,6 @@ fn fail_newest(store: &mut Store, e: &TooManyFaults) -> Result<String> {
 
 mod kill_switch;
 mod plan;
+mod schedule;
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,7 @@ pub mod prefixes;
 pub mod protect;
 pub mod resolve;
 pub mod rtdump;
+pub mod schedule;
 pub mod standalone;
 pub mod store;
 pub mod uplinks;

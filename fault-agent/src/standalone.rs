@@ -223,19 +223,29 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "API listening");
+    let scheduler = crate::schedule::Scheduler::open(
+        &cfg.state_dir,
+        state.backend.clone(),
+        state.changed.clone(),
+    )?;
     let inventory_task = tokio::spawn(watch_inventory(cfg.clone(), state.clone(), core.clone()));
     let expiry_task = tokio::spawn(expire_loop(core.clone(), state.clone()));
+    let schedule_task = tokio::spawn(scheduler.clone().run());
     let served = axum::serve(
         listener,
         api::router(state.clone(), token, cfg.api_limits)
+            .layer(axum::Extension(scheduler.clone()))
             .into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await;
     inventory_task.abort();
     expiry_task.abort();
+    schedule_task.abort();
     let _ = inventory_task.await;
     let _ = expiry_task.await;
+    let _ = schedule_task.await;
+    drop(scheduler);
     drop(state);
     tracing::info!("shutting down: removing programs, links, qdiscs and pins");
     // A blocking task that was running when its async task was aborted still holds a

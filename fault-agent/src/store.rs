@@ -83,6 +83,9 @@ pub struct FaultRecord {
     /// warnings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The schedule that created the fault (standalone `/v1/schedules`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// Name of the lock file in the state dir.

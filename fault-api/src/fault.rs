@@ -125,6 +125,9 @@ pub struct Fault {
     /// The blast-radius choice (`mode` other than `all`): the pods chosen at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blast_radius: Option<crate::BlastRadius>,
+    /// The schedule that created the fault (`POST /v1/schedules`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// `GET /v1/faults`.

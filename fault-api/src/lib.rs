@@ -9,12 +9,14 @@
 //! - [`units`]: percentages, durations and rates as users write them (`30%`, `500ms`, `1mbit`).
 //! - [`selector::Selector`]: Kubernetes label selectors (`app=x,tier!=db,env in (a,b)`).
 //! - [`kill_switch::KillSwitch`]: the switch that makes every datapath pass all traffic.
+//! - [`schedule::ScheduleSpec`]: recurring experiments (cron in a time zone, a fault template).
 //! - [`client::Client`]: a blocking HTTP client of the native API.
 pub mod client;
 pub mod error;
 pub mod fault;
 pub mod guards;
 pub mod kill_switch;
+pub mod schedule;
 pub mod schema;
 pub mod seed;
 pub mod selector;

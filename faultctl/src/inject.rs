@@ -88,7 +88,7 @@ pub struct InjectArgs {
 }
 
 /// The flag behind a spec field, for errors.
-fn flag_of(field: &str) -> String {
+pub(crate) fn flag_of(field: &str) -> String {
     let base = field.split('[').next().unwrap_or(field);
     let flag = match base {
         "to_selectors" => "to-selector",
@@ -104,7 +104,8 @@ fn flag_of(field: &str) -> String {
 }
 
 impl InjectArgs {
-    fn spec(self) -> FaultSpec {
+    /// The spec the flags describe (not validated).
+    pub(crate) fn spec(self) -> FaultSpec {
         let mut s = FaultSpec::new(self.namespace);
         s.pod_prefix = self.pod_prefix;
         s.selector = self.selector;

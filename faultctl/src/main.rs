@@ -6,6 +6,7 @@
 mod cleanup;
 mod inject;
 mod output;
+mod schedule;
 mod stop;
 mod verify;
 mod watch;
@@ -74,6 +75,9 @@ enum Command {
     /// The kill switch: `--all` makes every fault stop acting at once (the datapath passes
     /// all traffic), `--lift` lets them act again, `--status` shows who pulled it.
     Stop(stop::StopArgs),
+    /// Recurring experiments: create faults from a template on a cron schedule.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
+        Command::Schedule(cmd) => schedule::run(&client, out, cmd),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

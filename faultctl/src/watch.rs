@@ -248,6 +248,7 @@ mod tests {
             warnings: vec![],
             verification: None,
             blast_radius: None,
+            schedule: None,
         }
     }
 

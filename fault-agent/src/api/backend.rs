@@ -117,6 +117,34 @@ impl Backend {
         }
     }
 
+    /// [`Backend::create`] for a schedule's fire time: the fault is tagged with `schedule`
+    /// ([`Core::create_scheduled`]). The local core only: 501 on the cluster API (its
+    /// schedules are `NetworkFaultSchedule` objects), 405 on a node agent.
+    pub async fn create_scheduled(
+        &self,
+        spec: FaultSpec,
+        schedule: String,
+    ) -> Result<Fault, AgentError> {
+        let started = Instant::now();
+        let created = match self {
+            Backend::Local {
+                read_only: true, ..
+            } => Err(read_only()),
+            Backend::Local { core, .. } => {
+                Self::local(core, move |c| c.create_scheduled(spec, &schedule)).await
+            }
+            Backend::Cluster(_) => Err(AgentError::NotHere(
+                "schedules run on the standalone agent; in a cluster create NetworkFaultSchedule objects".into(),
+            )),
+        }
+        .map(|f| self.per_node(f));
+        if let Ok(f) = &created {
+            self.recorder().applied(started.elapsed());
+            self.recorder().created(&f.spec);
+        }
+        created
+    }
+
     /// After a recover or cleanup that took since `started`: records it, and on the cluster
     /// API (where no core sees the end) how long each ended fault lasted.
     fn record_lift(&self, started: Instant, ended: &[Fault]) {

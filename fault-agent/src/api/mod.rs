@@ -13,6 +13,7 @@ pub mod limits;
 pub mod metrics;
 pub mod native;
 pub mod openapi;
+pub mod schedules;
 pub mod seed;
 pub mod ui;
 
@@ -90,6 +91,7 @@ pub fn router_reviewed(
     });
     let api = Router::new()
         .merge(native::router())
+        .merge(schedules::router())
         .merge(seed::router())
         .merge(metrics::router())
         .merge(kill_switch::router())

@@ -10,15 +10,15 @@ use fault_api::{
 use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
 use serde_json::{Value, json};
 
-fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {
+pub(super) fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {
     serde_json::to_value(generator.subschema_for::<T>()).unwrap_or(Value::Null)
 }
 
-fn body(schema: Value) -> Value {
+pub(super) fn body(schema: Value) -> Value {
     json!({"required": true, "content": {"application/json": {"schema": schema}}})
 }
 
-fn ok(description: &str, schema: Value) -> Value {
+pub(super) fn ok(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
 }
 
@@ -88,8 +88,9 @@ pub fn document() -> Value {
             "Cluster API: the name is used in several namespaces; give namespace/name (`/` as `%2F`)",
         ),
     ];
+    let schedule_paths = super::schedules::openapi_paths(&mut g, &errors(&[]), &error);
     let definitions = g.take_definitions(true);
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Faultline agent API",
@@ -159,7 +160,11 @@ pub fn document() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
         },
         "security": [{"bearer": []}]
-    })
+    });
+    if let (Some(paths), Value::Object(more)) = (doc["paths"].as_object_mut(), schedule_paths) {
+        paths.extend(more);
+    }
+    doc
 }
 
 #[cfg(test)]

@@ -425,6 +425,7 @@ impl KubeBackend {
             },
             verification: None,
             blast_radius: st.blast_radius.clone(),
+            schedule: None,
             spec,
         }
     }

@@ -26,6 +26,7 @@ pub(crate) fn record(id: &str, slot: u16, seq: u64) -> FaultRecord {
         source_uid: None,
         blast_radius: None,
         notes: vec![],
+        schedule: None,
     }
 }
 
