@@ -21,6 +21,7 @@ pub mod protect;
 pub mod resolve;
 pub mod rtdump;
 pub mod standalone;
+pub mod steady;
 pub mod store;
 pub mod uplinks;
 pub mod verify;

@@ -21,6 +21,8 @@ pub enum FaultState {
     Recovered,
     /// Could not be applied; `message` says why.
     Failed,
+    /// Ended by a breached abort condition; `message` names it and the measured value.
+    Aborted,
 }
 
 impl FaultState {
@@ -38,6 +40,7 @@ impl std::fmt::Display for FaultState {
             Self::Expired => "Expired",
             Self::Recovered => "Recovered",
             Self::Failed => "Failed",
+            Self::Aborted => "Aborted",
         })
     }
 }
@@ -122,6 +125,10 @@ pub struct Fault {
     /// answer; `POST /v1/faults/{id}/verify` probes again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<crate::Verification>,
+    /// The last measurement of each abort condition, while the agent checks them (and the
+    /// last ones after an abort, until the agent restarts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steady: Vec<crate::conditions::Measurement>,
 }
 
 /// `GET /v1/faults`.

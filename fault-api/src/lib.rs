@@ -9,8 +9,10 @@
 //! - [`units`]: percentages, durations and rates as users write them (`30%`, `500ms`, `1mbit`).
 //! - [`selector::Selector`]: Kubernetes label selectors (`app=x,tier!=db,env in (a,b)`).
 //! - [`kill_switch::KillSwitch`]: the switch that makes every datapath pass all traffic.
+//! - [`conditions`]: pre-flight checks and steady-state abort conditions of a fault.
 //! - [`client::Client`]: a blocking HTTP client of the native API.
 pub mod client;
+pub mod conditions;
 pub mod error;
 pub mod fault;
 pub mod kill_switch;

@@ -223,6 +223,13 @@ pub struct FaultSpec {
     /// `mode` here). Keys and values follow the Kubernetes label syntax.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Checks that must hold before the fault is applied (else it is refused, naming the
+    /// check and what it measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<crate::conditions::Preflight>,
+    /// Conditions that end the fault at once (state `aborted`) when breached while it is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<crate::conditions::AbortConditions>,
 }
 
 /// The port DNS is protected on unless asked for explicitly.
@@ -273,6 +280,8 @@ impl FaultSpec {
             block_nats: false,
             allow_namespaces: vec![],
             labels: BTreeMap::new(),
+            preflight: None,
+            abort: None,
         }
     }
 
@@ -356,6 +365,17 @@ impl FaultSpec {
                     ),
                 ));
             }
+        }
+        self.validate_conditions()
+    }
+
+    /// The pre-flight and abort conditions' fields.
+    fn validate_conditions(&self) -> Result<(), FieldError> {
+        if let Some(p) = &self.preflight {
+            p.validate()?;
+        }
+        if let Some(a) = &self.abort {
+            a.validate()?;
         }
         Ok(())
     }

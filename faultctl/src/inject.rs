@@ -72,10 +72,15 @@ pub struct InjectArgs {
     /// Never fault peers in this namespace (repeatable).
     #[arg(long = "allow-namespace")]
     allow_namespaces: Vec<String>,
+    #[command(flatten)]
+    conditions: crate::conditions::ConditionArgs,
 }
 
 /// The flag behind a spec field, for errors.
 fn flag_of(field: &str) -> String {
+    if let Some(flag) = crate::conditions::flag_of(field) {
+        return flag.into();
+    }
     let base = field.split('[').next().unwrap_or(field);
     let flag = match base {
         "to_selectors" => "to-selector",
@@ -110,6 +115,8 @@ impl InjectArgs {
         s.duration = self.duration;
         s.block_nats = self.block_nats;
         s.allow_namespaces = self.allow_namespaces;
+        s.preflight = self.conditions.preflight();
+        s.abort = self.conditions.abort();
         s
     }
 }

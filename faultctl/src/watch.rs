@@ -247,6 +247,7 @@ mod tests {
             nodes: Default::default(),
             warnings: vec![],
             verification: None,
+            steady: vec![],
         }
     }
 

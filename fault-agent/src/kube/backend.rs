@@ -67,6 +67,7 @@ pub(crate) fn state_of(nf: &NetworkFault) -> FaultState {
         Some(Phase::Expired) => FaultState::Expired,
         Some(Phase::Recovered) => FaultState::Recovered,
         Some(Phase::Failed) => FaultState::Failed,
+        Some(Phase::Aborted) => FaultState::Aborted,
     }
 }
 
@@ -384,6 +385,7 @@ impl KubeBackend {
                 vec![]
             },
             verification: None,
+            steady: vec![],
             spec,
         }
     }

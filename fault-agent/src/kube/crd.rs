@@ -114,6 +114,8 @@ pub enum Phase {
     Expired,
     Recovered,
     Failed,
+    /// Ended by a breached abort condition.
+    Aborted,
 }
 
 /// What one node agent did with the fault (written by that agent only).
