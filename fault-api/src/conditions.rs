@@ -24,6 +24,26 @@ pub struct Preflight {
     /// An HTTP probe that must answer once, with `expect_status` (else any 2xx/3xx).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpCheck>,
+    /// Cluster mode only: `min_ready_targets` is compared with this workload's
+    /// `status.readyReplicas` instead of the ready target pods: `deployment/NAME` or
+    /// `statefulset/NAME`, in the fault's namespace. Refused on a single host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+}
+
+/// A workload a pre-flight check reads: (`deployment` or `statefulset`, name).
+pub fn parse_workload(w: &str) -> Result<(&str, &str), FieldError> {
+    match w.split_once('/') {
+        Some((kind @ ("deployment" | "statefulset"), name))
+            if !name.is_empty() && !name.contains('/') =>
+        {
+            Ok((kind, name))
+        }
+        _ => Err(FieldError::new(
+            "preflight.workload",
+            format!("must be deployment/NAME or statefulset/NAME, got {w:?}"),
+        )),
+    }
 }
 
 /// One HTTP GET.
@@ -203,12 +223,24 @@ impl Preflight {
         if let Some(h) = &self.http {
             h.validate("preflight.http")?;
         }
+        if let Some(w) = &self.workload {
+            parse_workload(w)?;
+            if self.min_ready_targets.is_none() {
+                return Err(FieldError::new(
+                    "preflight.min_ready_targets",
+                    "give the ready replicas the workload needs (preflight.workload is compared with it)",
+                ));
+            }
+        }
         Ok(())
     }
 
     /// Whether any check is asked for.
     pub fn is_empty(&self) -> bool {
-        !self.targets_ready && self.min_ready_targets.is_none() && self.http.is_none()
+        !self.targets_ready
+            && self.min_ready_targets.is_none()
+            && self.http.is_none()
+            && self.workload.is_none()
     }
 }
 

@@ -14,6 +14,10 @@ pub struct ConditionArgs {
     /// Pre-flight: at least this many target pods must be ready.
     #[arg(long, value_name = "N")]
     preflight_min_ready: Option<u32>,
+    /// Pre-flight (cluster): compare --preflight-min-ready with this workload's readyReplicas
+    /// (deployment/NAME or statefulset/NAME).
+    #[arg(long, value_name = "KIND/NAME", requires = "preflight_min_ready")]
+    preflight_workload: Option<String>,
     /// Pre-flight: this URL must answer (2xx/3xx, or --preflight-http-status).
     #[arg(long, value_name = "URL")]
     preflight_http: Option<String>,
@@ -84,6 +88,7 @@ impl ConditionArgs {
                 timeout: None,
                 from_pod: self.preflight_http_from.clone(),
             }),
+            workload: self.preflight_workload.clone(),
         };
         (!p.is_empty()).then_some(p)
     }
@@ -124,6 +129,7 @@ pub fn flag_of(field: &str) -> Option<&'static str> {
         "preflight.http.url" => "--preflight-http",
         "preflight.http.expect_status" => "--preflight-http-status",
         "preflight.http.from_pod" => "--preflight-http-from",
+        "preflight.workload" => "--preflight-workload",
         "abort.http.url" => "--abort-http",
         "abort.http.window" => "--abort-window",
         "abort.http.interval" | "abort.prometheus.interval" => "--abort-interval",

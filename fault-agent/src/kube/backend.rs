@@ -188,6 +188,11 @@ impl KubeBackend {
 
     pub async fn create(&self, spec: FaultSpec) -> Result<Fault, AgentError> {
         spec.validate().map_err(AgentError::Invalid)?;
+        if spec.abort.is_some() {
+            return Err(AgentError::NotHere(
+                "abort conditions are checked by the single-host agent for now (`fault-agent standalone`); the cluster API does not check them yet".into(),
+            ));
+        }
         let pods: Vec<Pod> = self
             .pods
             .state()

@@ -45,7 +45,7 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
-fn condition(
+pub(crate) fn condition(
     old: &[Condition],
     type_: &str,
     ok: bool,
@@ -303,6 +303,7 @@ async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, E
         .filter_map(|p| from_kube(p))
         .collect();
     let st = desired_status(&nf, &pods, now, ctx.max_duration, &ctx.protection);
+    let st = super::preflight::gate(&ctx.client, &nf, st, now).await;
     let ns = nf.namespace().unwrap_or_default();
     let api: Api<NetworkFault> = Api::namespaced(ctx.client.clone(), &ns);
     let old = nf.status.clone().unwrap_or_default();

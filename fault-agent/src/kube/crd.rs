@@ -104,6 +104,11 @@ pub struct NetworkFaultSpec {
     pub block_nats: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_namespaces: Vec<String>,
+    /// Checks the controller runs before any node applies the fault (`targets_ready`: the
+    /// target Pods' `Ready` condition; `min_ready_targets` with `workload`: its
+    /// `readyReplicas`); a failure makes it `Failed`, reason `PreflightFailed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<fault_api::conditions::Preflight>,
 }
 
 /// Lifecycle of a `NetworkFault`.
@@ -216,6 +221,7 @@ impl NetworkFaultSpec {
             duration: s.duration.map(|v| text(&v)),
             block_nats: s.block_nats,
             allow_namespaces: s.allow_namespaces.clone(),
+            preflight: s.preflight.clone(),
         }
     }
 }
@@ -279,6 +285,7 @@ impl NetworkFault {
         f.duration = parse::<FaultDuration>("duration", &s.duration)?;
         f.block_nats = s.block_nats;
         f.allow_namespaces = s.allow_namespaces.clone();
+        f.preflight = s.preflight.clone();
         f.labels = self
             .metadata
             .labels

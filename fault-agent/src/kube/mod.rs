@@ -8,6 +8,7 @@ pub mod events;
 pub mod netns;
 pub mod node;
 pub mod pods;
+pub mod preflight;
 pub mod services;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

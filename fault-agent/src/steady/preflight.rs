@@ -64,6 +64,12 @@ fn pod_netns(field: &str, pod: Option<&str>, pods: &[Pod]) -> Result<Option<Path
 
 /// The checks, in order: targets ready, enough ready targets, the HTTP probe (blocking).
 fn run(spec: &FaultSpec, p: &Preflight, pods: &[Pod]) -> Result<(), AgentError> {
+    if p.workload.is_some() {
+        return Err(AgentError::Unsupported(FieldError::new(
+            "preflight.workload",
+            "workload checks read a Deployment or StatefulSet: cluster mode only (`fault-agent api`); on a single host use min_ready_targets alone",
+        )));
+    }
     let failed = |check: &str, what: String| {
         AgentError::Precondition(format!("pre-flight check {check} failed: {what}"))
     };
