@@ -454,3 +454,60 @@ fn wait_reachable(from: &Pod, to: &Pod) {
         );
     }
 }
+
+#[test]
+fn abort_checks_resume_after_an_agent_restart() {
+    let _s = serial();
+    let mut env = DynamoEnv::start().unwrap();
+    let p = env.pods.clone();
+    let server = HttpServer::start(&p.prefill, 8080);
+    // The fault cuts decode-0 from prefill; the probe (frontend to prefill) is not on its path.
+    let id = inject(
+        &env.agent,
+        &[
+            "-n",
+            "dynamo",
+            "--pod-prefix",
+            "vllm-decode-0",
+            "--to-selector",
+            "app=vllm-prefill",
+            "--partition",
+            "--duration",
+            "60s",
+            "--abort-http",
+            &server.url,
+            "--abort-http-from",
+            "dynamo/frontend-0",
+            "--abort-max-failure-percent",
+            "25",
+            "--abort-window",
+            "1s",
+            "--abort-interval",
+            "100ms",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1_500));
+    let f = fault(&env.agent, &id);
+    assert_eq!(f.state, FaultState::Active);
+    assert!(f.steady.iter().all(|m| !m.breached), "{:?}", f.steady);
+    // SIGTERM: the checks stop with the agent (they hold its core), which exits cleanly.
+    let t = Instant::now();
+    let status = env.agent.terminate().unwrap();
+    assert!(status.success(), "{status:?}\n{}", env.agent.log());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    env.agent.restart().unwrap();
+    assert_eq!(fault(&env.agent, &id).state, FaultState::Active);
+    assert!(
+        blocked(&p.decode0, &p.prefill, Family::V4),
+        "kept across the restart"
+    );
+    // The service goes down: the restarted agent's checks see it and abort the fault.
+    drop(server);
+    let (f, took) = wait_ended(&env, &id, Duration::from_secs(10));
+    let message = f.message.clone().unwrap_or_default();
+    eprintln!("{} {took:?} after the server stopped: {message}", f.state);
+    assert_eq!(f.state, FaultState::Aborted, "{f:?}\n{}", env.agent.log());
+    assert!(failed_percent(&message) > 25.0, "{message}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    stream_is_whole(&p.decode0, &p.prefill);
+}
