@@ -181,7 +181,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         core: core.clone(),
         node: crate::metrics::host_name(),
     };
-    let steady = crate::steady::Supervisor::default();
+    let steady = crate::steady::Supervisor::new(recorder.clone());
     let state = Arc::new(AppState {
         backend: api::backend::Backend::Local {
             core: core.clone(),

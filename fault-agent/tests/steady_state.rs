@@ -245,6 +245,15 @@ fn a_fault_whose_condition_holds_runs_its_full_duration() {
     eprintln!("while live: {m:?}");
     let m = m.expect("measured while live");
     assert!(!m.breached && m.value.is_some_and(|v| v < 50.0), "{m:?}");
+    let gauge = |text: &str| {
+        metric_sample(
+            text,
+            "faultline_abort_condition_value",
+            &[("fault_id", id.as_str()), ("condition", "http")],
+        )
+    };
+    let (_, text) = scrape_metrics(&env.agent.api_url(), None);
+    assert!(gauge(&text).is_some_and(|v| v < 50.0), "{text}");
     let (f, _) = wait_ended(&env, &id, Duration::from_secs(15));
     let took = t0.elapsed();
     eprintln!(
@@ -255,6 +264,8 @@ fn a_fault_whose_condition_holds_runs_its_full_duration() {
     assert!(took >= Duration::from_secs(6), "{took:?}");
     let m = f.steady.iter().find(|m| m.condition == "http").unwrap();
     assert!(!m.breached && m.value.is_some_and(|v| v < 50.0), "{m:?}");
+    let (_, text) = scrape_metrics(&env.agent.api_url(), None);
+    assert_eq!(gauge(&text), None, "the series goes with the fault");
     stream_is_whole(&p.frontend, &p.prefill);
 }
 

@@ -27,17 +27,27 @@ use crate::core::Core;
 #[derive(Clone, Default)]
 pub struct Supervisor {
     inner: Arc<Mutex<Inner>>,
+    /// Where measurements go as `faultline_abort_condition_value` (none: not served).
+    recorder: Option<crate::metrics::Recorder>,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// Tasks by fault id (one per condition).
-    tasks: HashMap<String, Vec<tokio::task::AbortHandle>>,
+    /// Tasks by fault id (one per condition), with the fault's namespace.
+    tasks: HashMap<String, (String, Vec<tokio::task::AbortHandle>)>,
     /// The last measurement of each condition, by fault id (kept after the fault ends).
     last: HashMap<String, Vec<Measurement>>,
 }
 
 impl Supervisor {
+    /// A supervisor whose measurements are also served as metrics by `recorder`.
+    pub fn new(recorder: crate::metrics::Recorder) -> Self {
+        Self {
+            inner: Default::default(),
+            recorder: Some(recorder),
+        }
+    }
+
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -68,19 +78,27 @@ impl Supervisor {
             handles.push(tokio::spawn(watch::prometheus(ctx, p)).abort_handle());
         }
         tracing::info!(fault = %fault.id, conditions = handles.len(), "checking abort conditions");
-        self.inner().tasks.insert(fault.id.clone(), handles);
+        self.inner()
+            .tasks
+            .insert(fault.id.clone(), (fault.spec.namespace.clone(), handles));
     }
 
     /// Stops checking a fault (it ended). Its last measurements stay readable.
     pub fn stop(&self, id: &str) {
-        if let Some(tasks) = self.inner().tasks.remove(id) {
-            tasks.iter().for_each(tokio::task::AbortHandle::abort);
+        let Some((namespace, tasks)) = self.inner().tasks.remove(id) else {
+            return;
+        };
+        tasks.iter().for_each(tokio::task::AbortHandle::abort);
+        if let Some(r) = &self.recorder {
+            for condition in ["http", "prometheus"] {
+                r.abort_measured(&labels(id, &namespace, condition), None);
+            }
         }
     }
 
     /// Stops every check (agent shutdown: the tasks hold the core).
     pub fn stop_all(&self) {
-        for (_, tasks) in self.inner().tasks.drain() {
+        for (_, (_, tasks)) in self.inner().tasks.drain() {
             tasks.iter().for_each(tokio::task::AbortHandle::abort);
         }
     }
@@ -93,6 +111,9 @@ impl Supervisor {
     /// Records a measurement, replacing the previous one of the same condition.
     fn record(&self, id: &str, m: Measurement) {
         let mut inner = self.inner();
+        if let (Some(r), Some((namespace, _))) = (&self.recorder, inner.tasks.get(id)) {
+            r.abort_measured(&labels(id, namespace, &m.condition), m.value);
+        }
         let list = inner.last.entry(id.to_owned()).or_default();
         list.retain(|o| o.condition != m.condition);
         list.push(m);
@@ -102,6 +123,14 @@ impl Supervisor {
     /// Faults watched now (for tests and metrics).
     pub fn watched(&self) -> usize {
         self.inner().tasks.len()
+    }
+}
+
+fn labels(id: &str, namespace: &str, condition: &str) -> crate::metrics::recorder::AbortLabels {
+    crate::metrics::recorder::AbortLabels {
+        fault_id: id.to_owned(),
+        namespace: namespace.to_owned(),
+        condition: condition.to_owned(),
     }
 }
 

@@ -111,6 +111,7 @@ pub(super) async fn http(ctx: Ctx, cond: HttpAbort, netns: Option<PathBuf>) {
             break;
         }
     }
+    ctx.supervisor.stop(&ctx.id);
 }
 
 /// Evaluates `cond.query` every interval; aborts once the threshold has been passed at every
@@ -159,6 +160,7 @@ pub(super) async fn prometheus(ctx: Ctx, cond: PrometheusAbort) {
             break;
         }
     }
+    ctx.supervisor.stop(&ctx.id);
 }
 
 /// `above 0.25`, `below 1`, or both.
