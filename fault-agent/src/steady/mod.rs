@@ -27,8 +27,6 @@ use crate::core::Core;
 #[derive(Clone, Default)]
 pub struct Supervisor {
     inner: Arc<Mutex<Inner>>,
-    /// Where measurements go as `faultline_abort_condition_value` (none: not served).
-    recorder: Option<crate::metrics::Recorder>,
 }
 
 #[derive(Default)]
@@ -37,14 +35,19 @@ struct Inner {
     tasks: HashMap<String, (String, Vec<tokio::task::AbortHandle>)>,
     /// The last measurement of each condition, by fault id (kept after the fault ends).
     last: HashMap<String, Vec<Measurement>>,
+    /// Where measurements go as `faultline_abort_condition_value` (none: not served).
+    recorder: Option<crate::metrics::Recorder>,
 }
 
 impl Supervisor {
     /// A supervisor whose measurements are also served as metrics by `recorder`.
     pub fn new(recorder: crate::metrics::Recorder) -> Self {
-        Self {
-            inner: Default::default(),
+        let inner = Inner {
             recorder: Some(recorder),
+            ..Default::default()
+        };
+        Self {
+            inner: Arc::new(Mutex::new(inner)),
         }
     }
 
@@ -85,11 +88,12 @@ impl Supervisor {
 
     /// Stops checking a fault (it ended). Its last measurements stay readable.
     pub fn stop(&self, id: &str) {
-        let Some((namespace, tasks)) = self.inner().tasks.remove(id) else {
+        let mut inner = self.inner();
+        let Some((namespace, tasks)) = inner.tasks.remove(id) else {
             return;
         };
         tasks.iter().for_each(tokio::task::AbortHandle::abort);
-        if let Some(r) = &self.recorder {
+        if let Some(r) = &inner.recorder {
             for condition in ["http", "prometheus"] {
                 r.abort_measured(&labels(id, &namespace, condition), None);
             }
@@ -111,7 +115,7 @@ impl Supervisor {
     /// Records a measurement, replacing the previous one of the same condition.
     fn record(&self, id: &str, m: Measurement) {
         let mut inner = self.inner();
-        if let (Some(r), Some((namespace, _))) = (&self.recorder, inner.tasks.get(id)) {
+        if let (Some(r), Some((namespace, _))) = (&inner.recorder, inner.tasks.get(id)) {
             r.abort_measured(&labels(id, namespace, &m.condition), m.value);
         }
         let list = inner.last.entry(id.to_owned()).or_default();
