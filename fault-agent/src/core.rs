@@ -1004,6 +1004,16 @@ impl Core {
     /// saved **before** the maps change: once it is, a crash can only complete the recover
     /// (the next start lifts what the record says ended), never bring the fault back.
     fn end(&mut self, ids: Vec<String>) -> Result<Vec<String>, AgentError> {
+        self.end_as(ids, FaultState::Recovered, "recovered")
+    }
+
+    /// [`Core::end`] with the ended state and message to record.
+    fn end_as(
+        &mut self,
+        ids: Vec<String>,
+        state: FaultState,
+        message: &str,
+    ) -> Result<Vec<String>, AgentError> {
         let _phase = failpoint::phase(Phase::Recover);
         let now = Timestamp::now();
         let before: Vec<FaultRecord> = ids
@@ -1012,9 +1022,9 @@ impl Core {
             .collect();
         for id in &ids {
             if let Some(f) = self.store.get_mut(id) {
-                f.state = FaultState::Recovered;
+                f.state = state;
                 f.ended_at = Some(now);
-                f.message = Some("recovered".into());
+                f.message = Some(message.to_owned());
             }
         }
         self.snapshot_counters(&ids);
@@ -1066,6 +1076,21 @@ impl Core {
         if f.state.is_live() {
             self.end(vec![id.to_owned()])?;
             tracing::info!(fault = %id, "fault recovered");
+        }
+        self.get(id)
+    }
+
+    /// Aborts a live fault (a breached abort condition): recovered like [`Core::recover`],
+    /// its entries out of the kernel before this returns, state `Aborted` with `message`.
+    /// A fault that has ended meanwhile is returned unchanged.
+    pub fn abort(&mut self, id: &str, message: &str) -> Result<Fault, AgentError> {
+        let f = self
+            .store
+            .get(id)
+            .ok_or_else(|| AgentError::NotFound(id.to_owned()))?;
+        if f.state.is_live() {
+            self.end_as(vec![id.to_owned()], FaultState::Aborted, message)?;
+            tracing::warn!(fault = %id, message, "fault aborted");
         }
         self.get(id)
     }
@@ -1131,6 +1156,7 @@ impl Core {
             verification: None,
             blast_radius: f.blast_radius.clone(),
             schedule: f.schedule.clone(),
+            steady: vec![],
         }
     }
 

@@ -23,6 +23,10 @@ pub enum AgentError {
     /// `--max-faults` or `--max-rules-per-fault`. Nothing was written.
     #[error("{0}")]
     Capacity(#[from] crate::capacity::CapacityError),
+    /// A pre-flight check failed (412, code `preflight_failed`): the message names the check
+    /// and what it measured. Nothing was applied.
+    #[error("{0}")]
+    Precondition(String),
     /// This endpoint does not accept writes here (405): a node agent follows the cluster.
     #[error("{0}")]
     ReadOnly(String),
@@ -47,6 +51,7 @@ impl AgentError {
             Self::NotFound(_) => 404,
             Self::Conflict(_) | Self::Capacity(_) => 409,
             Self::ReadOnly(_) => 405,
+            Self::Precondition(_) => 412,
             Self::NotHere(_) => 501,
             Self::Upstream(_) => 502,
             Self::Internal(_) => 500,
@@ -67,6 +72,7 @@ impl AgentError {
             Self::Conflict(m) => ApiError::new("conflict", m.clone()),
             Self::Capacity(e) => ApiError::new("capacity", e.to_string()),
             Self::ReadOnly(m) => ApiError::new("read_only", m.clone()),
+            Self::Precondition(m) => ApiError::new("preflight_failed", m.clone()),
             Self::NotHere(m) => ApiError::new("not_implemented", m.clone()),
             Self::Upstream(m) => ApiError::new("upstream", m.clone()),
             Self::Internal(e) => ApiError::new("internal", format!("{e:#}")),

@@ -26,6 +26,7 @@ pub mod resolve;
 pub mod rtdump;
 pub mod schedule;
 pub mod standalone;
+pub mod steady;
 pub mod store;
 pub mod uplinks;
 pub mod verify;

@@ -181,12 +181,14 @@ pub async fn run(cfg: Config) -> Result<()> {
         core: core.clone(),
         node: crate::metrics::host_name(),
     };
+    let steady = crate::steady::Supervisor::new(recorder.clone());
     let state = Arc::new(AppState {
         backend: api::backend::Backend::Local {
             core: core.clone(),
             read_only: false,
             recorder: recorder.clone(),
             node: crate::metrics::host_name(),
+            steady: steady.clone(),
         },
         changed: Arc::new(Notify::new()),
         health: api::health::Health::new(cfg.liveness_threshold),
@@ -219,6 +221,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         "programs attached and maps written"
     );
 
+    crate::steady::resume(&steady, &core).await;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
@@ -246,6 +249,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let _ = expiry_task.await;
     let _ = schedule_task.await;
     drop(scheduler);
+    steady.stop_all();
     drop(state);
     tracing::info!("shutting down: removing programs, links, qdiscs and pins");
     // A blocking task that was running when its async task was aborted still holds a

@@ -2187,3 +2187,108 @@ fn limits_refuse_or_fail_and_mode_one_chooses_one_pod() {
     assert!(reaches(spared, &c.pods.frontend, Family::V4));
     c.api.client().recover(&f.id).unwrap();
 }
+
+/// Creates `deployment/NAME` in the test namespace and reports `ready` ready replicas (the
+/// test plays the deployment controller).
+fn create_deployment(c: &Cluster, name: &str, ready: i32) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let api: Api<Deployment> = Api::namespaced(c.client.clone(), NS);
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.9"}]}}}
+    }))
+    .unwrap();
+    c.rt.block_on(api.create(&PostParams::default(), &d))
+        .unwrap();
+    let status = json!({"status": {"replicas": 3, "readyReplicas": ready}});
+    c.rt.block_on(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)))
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn a_failed_preflight_fails_the_fault_before_any_node_applies_it() {
+    let _s = serial();
+    let c = Cluster::start();
+    create_deployment(&c, "web", 1);
+    let inject = |min: &str| -> String {
+        let out = c
+            .api
+            .faultctl(&[
+                "inject",
+                "-n",
+                NS,
+                "--pod-prefix",
+                "vllm-decode",
+                "--to-selector",
+                "app=vllm-prefill",
+                "--partition",
+                "--duration",
+                "2m",
+                "--preflight-workload",
+                "deployment/web",
+                "--preflight-min-ready",
+                min,
+            ])
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // Needs 2 ready replicas, the deployment has 1: Failed, and no node ever applied it.
+    let id = inject("2");
+    let nf = c.wait_phase(&id, Phase::Failed, Duration::from_secs(10));
+    let st = nf.status.unwrap();
+    let msg = st.message.clone().unwrap_or_default();
+    eprintln!("failed: {msg}");
+    assert_eq!(
+        msg,
+        "pre-flight check min_ready_targets failed: deployment/web has 1 ready replicas, need 2"
+    );
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Valid" && c.reason == "PreflightFailed"),
+        "{st:?}"
+    );
+    assert!(st.expires_at.is_none(), "{st:?}");
+    assert!(st.nodes.values().all(|n| !n.applied), "{st:?}");
+    assert!(reaches(&c.pods.decode0, &c.pods.prefill, Family::V4));
+    // Still failed a while later (the failure is final), still not applied.
+    std::thread::sleep(Duration::from_secs(2));
+    let st = c.fault(&id).status.unwrap();
+    assert_eq!(st.phase, Some(Phase::Failed));
+    assert!(st.nodes.values().all(|n| !n.applied), "{st:?}");
+
+    // The targets' Ready condition: the test's Pods have none (Running only).
+    let out = c
+        .api
+        .faultctl(&[
+            "inject",
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode",
+            "--partition",
+            "--preflight-targets-ready",
+        ])
+        .unwrap();
+    let id2 = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let nf = c.wait_phase(&id2, Phase::Failed, Duration::from_secs(10));
+    let msg = nf.status.unwrap().message.unwrap_or_default();
+    eprintln!("failed: {msg}");
+    assert_eq!(
+        msg,
+        "pre-flight check targets_ready failed: 0 of 2 target pods have condition Ready=True"
+    );
+
+    // One ready replica is enough: applied by the nodes, and it acts.
+    let id = inject("1");
+    c.wait_phase(&id, Phase::Active, Duration::from_secs(10));
+    assert!(blocked(&c.pods.decode0, &c.pods.prefill, Family::V4));
+}

@@ -21,6 +21,8 @@ pub enum FaultState {
     Recovered,
     /// Could not be applied; `message` says why.
     Failed,
+    /// Ended by a breached abort condition; `message` names it and the measured value.
+    Aborted,
 }
 
 impl FaultState {
@@ -38,6 +40,7 @@ impl std::fmt::Display for FaultState {
             Self::Expired => "Expired",
             Self::Recovered => "Recovered",
             Self::Failed => "Failed",
+            Self::Aborted => "Aborted",
         })
     }
 }
@@ -128,6 +131,10 @@ pub struct Fault {
     /// The schedule that created the fault (`POST /v1/schedules`), if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// The last measurement of each abort condition, while the agent checks them (and the
+    /// last ones after an abort, until the agent restarts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steady: Vec<crate::conditions::Measurement>,
 }
 
 /// `GET /v1/faults`.

@@ -10,8 +10,10 @@
 //! - [`selector::Selector`]: Kubernetes label selectors (`app=x,tier!=db,env in (a,b)`).
 //! - [`kill_switch::KillSwitch`]: the switch that makes every datapath pass all traffic.
 //! - [`schedule::ScheduleSpec`]: recurring experiments (cron in a time zone, a fault template).
+//! - [`conditions`]: pre-flight checks and steady-state abort conditions of a fault.
 //! - [`client::Client`]: a blocking HTTP client of the native API.
 pub mod client;
+pub mod conditions;
 pub mod error;
 pub mod fault;
 pub mod guards;

@@ -376,7 +376,7 @@ impl InjectRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SeedFault {
     pub fault_id: String,
-    /// `pending`, `active`, `expired`, `recovered` or `failed`.
+    /// `pending`, `active`, `expired`, `recovered`, `failed` or `aborted`.
     pub status: String,
     #[serde(default)]
     pub partition_type: Option<String>,

@@ -239,6 +239,13 @@ pub struct FaultSpec {
     /// `--allow-protection-override`; audited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub override_protection: Option<ProtectionOverride>,
+    /// Checks that must hold before the fault is applied (else it is refused, naming the
+    /// check and what it measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<crate::conditions::Preflight>,
+    /// Conditions that end the fault at once (state `aborted`) when breached while it is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<crate::conditions::AbortConditions>,
 }
 
 /// The port DNS is protected on unless asked for explicitly.
@@ -292,6 +299,8 @@ impl FaultSpec {
             mode: TargetMode::All,
             value: None,
             override_protection: None,
+            preflight: None,
+            abort: None,
         }
     }
 
@@ -376,6 +385,17 @@ impl FaultSpec {
                     ),
                 ));
             }
+        }
+        self.validate_conditions()
+    }
+
+    /// The pre-flight and abort conditions' fields.
+    fn validate_conditions(&self) -> Result<(), FieldError> {
+        if let Some(p) = &self.preflight {
+            p.validate()?;
+        }
+        if let Some(a) = &self.abort {
+            a.validate()?;
         }
         Ok(())
     }

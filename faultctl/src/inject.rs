@@ -85,10 +85,15 @@ pub struct InjectArgs {
     /// Print what the fault would do and the guards it would trip; apply nothing.
     #[arg(long, conflicts_with = "verify")]
     pub dry_run: bool,
+    #[command(flatten)]
+    conditions: crate::conditions::ConditionArgs,
 }
 
 /// The flag behind a spec field, for errors.
 pub(crate) fn flag_of(field: &str) -> String {
+    if let Some(flag) = crate::conditions::flag_of(field) {
+        return flag.into();
+    }
     let base = field.split('[').next().unwrap_or(field);
     let flag = match base {
         "to_selectors" => "to-selector",
@@ -130,6 +135,8 @@ impl InjectArgs {
         s.override_protection = self
             .override_protection
             .map(|reason| fault_api::ProtectionOverride { reason });
+        s.preflight = self.conditions.preflight();
+        s.abort = self.conditions.abort();
         s
     }
 }

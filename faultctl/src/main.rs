@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 the agent refused or could not be reached, 2 bad usage, 3 a
 //! fault `verify` found not verified.
 mod cleanup;
+mod conditions;
 mod inject;
 mod output;
 mod schedule;

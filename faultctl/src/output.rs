@@ -197,6 +197,10 @@ impl Output {
             peers.extend(f.peer_cidrs.iter().map(|c| c.to_string()));
             println!("peers:      {}", peers.join(", "));
         }
+        for m in &f.steady {
+            let state = if m.breached { "breached" } else { "holds" };
+            println!("steady:     {} {state}: {}", m.condition, m.detail);
+        }
         for (why, ips) in &f.protected {
             println!(
                 "protected:  {why}: {}",

@@ -249,6 +249,7 @@ mod tests {
             verification: None,
             blast_radius: None,
             schedule: None,
+            steady: vec![],
         }
     }
 

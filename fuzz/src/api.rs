@@ -316,6 +316,7 @@ impl Harness {
                 read_only: false,
                 recorder: recorder.clone(),
                 node: "fuzz".into(),
+                steady: Default::default(),
             },
             changed: Arc::new(tokio::sync::Notify::new()),
             health: fault_agent::api::health::Health::ready_now(),

@@ -24,6 +24,8 @@ pub enum Backend {
         recorder: Recorder,
         /// This agent's node (host) name: the one entry of each fault's per-node counters.
         node: String,
+        /// The faults' abort-condition checks ([`crate::steady`]).
+        steady: crate::steady::Supervisor,
     },
     /// `NetworkFault` objects (the API deployment).
     Cluster(Arc<KubeBackend>),
@@ -57,10 +59,32 @@ impl Backend {
     /// A local fault with its counters as this node's one entry of [`Fault::nodes`] (the
     /// cluster backend fills it from each node's status).
     fn per_node(&self, mut f: Fault) -> Fault {
-        if let Backend::Local { node, .. } = self {
+        if let Backend::Local { node, steady, .. } = self {
             f.nodes = [(node.clone(), f.counters)].into();
+            f.steady = steady.measurements(&f.id);
         }
         f
+    }
+
+    /// Creates a fault on the local core after its pre-flight checks, then starts checking
+    /// its abort conditions ([`crate::steady`]).
+    async fn create_local(
+        core: &Arc<Mutex<Core>>,
+        steady: &crate::steady::Supervisor,
+        spec: FaultSpec,
+        make: impl FnOnce(&mut Core, FaultSpec) -> Result<Fault, AgentError> + Send + 'static,
+    ) -> Result<Fault, AgentError> {
+        let netns = crate::steady::preflight::prepare(&spec, core).await?;
+        let f = Self::local(core, move |c| make(c, spec)).await?;
+        steady.watch(&f, core.clone(), netns);
+        Ok(f)
+    }
+
+    /// Stops the abort-condition checks of faults that ended.
+    fn stop_checks<'a>(&self, ids: impl IntoIterator<Item = &'a String>) {
+        if let Backend::Local { steady, .. } = self {
+            ids.into_iter().for_each(|id| steady.stop(id));
+        }
     }
 
     /// Where requests' durations and created faults are recorded.
@@ -89,8 +113,11 @@ impl Backend {
             Backend::Local {
                 read_only: true, ..
             } => Err(read_only()),
-            Backend::Local { core, .. } => {
-                Self::local(core, move |c| c.create_by(spec, from.as_deref())).await
+            Backend::Local { core, steady, .. } => {
+                Self::create_local(core, steady, spec, move |c, s| {
+                    c.create_by(s, from.as_deref())
+                })
+                .await
             }
             Backend::Cluster(k) => k.create_by(spec, from.as_deref()).await,
         }
@@ -130,8 +157,11 @@ impl Backend {
             Backend::Local {
                 read_only: true, ..
             } => Err(read_only()),
-            Backend::Local { core, .. } => {
-                Self::local(core, move |c| c.create_scheduled(spec, &schedule)).await
+            Backend::Local { core, steady, .. } => {
+                Self::create_local(core, steady, spec, move |c, s| {
+                    c.create_scheduled(s, &schedule)
+                })
+                .await
             }
             Backend::Cluster(_) => Err(AgentError::NotHere(
                 "schedules run on the standalone agent; in a cluster create NetworkFaultSchedule objects".into(),
@@ -184,6 +214,9 @@ impl Backend {
             Backend::Cluster(k) => k.recover(&id).await,
         }
         .map(|f| self.per_node(f));
+        if let Ok(f) = &recovered {
+            self.stop_checks([&f.id]);
+        }
         if let Ok(f) = &recovered
             && f.ended_at.is_some_and(|t| t >= since)
         {
@@ -204,6 +237,9 @@ impl Backend {
             }
             Backend::Cluster(k) => k.cleanup(namespace.as_deref()).await,
         };
+        if let Ok(ids) = &cleaned {
+            self.stop_checks(ids);
+        }
         if let Ok(ids) = &cleaned
             && !ids.is_empty()
         {

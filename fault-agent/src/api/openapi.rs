@@ -80,6 +80,10 @@ pub fn document() -> Value {
             "409",
             "Conflicts with other faults (`conflict`), or a limit would be exceeded (`capacity`: --max-faults, --max-rules-per-fault, a map's room); nothing was written",
         ),
+        (
+            "412",
+            "A pre-flight check failed (`preflight_failed`: the message names the check and what it measured); nothing was applied",
+        ),
     ];
     let missing = [
         ("404", "No such fault"),

@@ -71,6 +71,7 @@ pub(crate) fn state_of(nf: &NetworkFault) -> FaultState {
         Some(Phase::Expired) => FaultState::Expired,
         Some(Phase::Recovered) => FaultState::Recovered,
         Some(Phase::Failed) => FaultState::Failed,
+        Some(Phase::Aborted) => FaultState::Aborted,
     }
 }
 
@@ -207,6 +208,11 @@ impl KubeBackend {
         from: Option<&str>,
     ) -> Result<Fault, AgentError> {
         spec.validate().map_err(AgentError::Invalid)?;
+        if spec.abort.is_some() {
+            return Err(AgentError::NotHere(
+                "abort conditions are checked by the single-host agent for now (`fault-agent standalone`); the cluster API does not check them yet".into(),
+            ));
+        }
         let pods = self.pods();
         let verdict = self
             .guards
@@ -426,6 +432,7 @@ impl KubeBackend {
             verification: None,
             blast_radius: st.blast_radius.clone(),
             schedule: None,
+            steady: vec![],
             spec,
         }
     }

@@ -47,7 +47,7 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
-fn condition(
+pub(crate) fn condition(
     old: &[Condition],
     type_: &str,
     ok: bool,
@@ -369,6 +369,7 @@ async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, E
         &ctx.protection,
         &ctx.guards,
     );
+    let st = super::preflight::gate(&ctx.client, &nf, st, now).await;
     let ns = nf.namespace().unwrap_or_default();
     let api: Api<NetworkFault> = Api::namespaced(ctx.client.clone(), &ns);
     let old = nf.status.clone().unwrap_or_default();

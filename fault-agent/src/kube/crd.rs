@@ -116,6 +116,11 @@ pub struct NetworkFaultSpec {
     /// audited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub override_protection: Option<ProtectionOverride>,
+    /// Checks the controller runs before any node applies the fault (`targets_ready`: the
+    /// target Pods' `Ready` condition; `min_ready_targets` with `workload`: its
+    /// `readyReplicas`); a failure makes it `Failed`, reason `PreflightFailed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<fault_api::conditions::Preflight>,
 }
 
 /// Lifecycle of a `NetworkFault`.
@@ -126,6 +131,8 @@ pub enum Phase {
     Expired,
     Recovered,
     Failed,
+    /// Ended by a breached abort condition.
+    Aborted,
 }
 
 /// What one node agent did with the fault (written by that agent only).
@@ -251,6 +258,7 @@ impl NetworkFaultSpec {
             mode: s.mode,
             value: s.value,
             override_protection: s.override_protection.clone(),
+            preflight: s.preflight.clone(),
         }
     }
 }
@@ -317,6 +325,7 @@ impl NetworkFault {
         f.mode = s.mode;
         f.value = s.value;
         f.override_protection = s.override_protection.clone();
+        f.preflight = s.preflight.clone();
         f.labels = self
             .metadata
             .labels

@@ -9,6 +9,7 @@ pub mod kill_switch;
 pub mod netns;
 pub mod node;
 pub mod pods;
+pub mod preflight;
 pub mod services;
 pub mod verify;
 

@@ -160,7 +160,8 @@ fn external(nf: &NetworkFault, max: Duration) -> Option<ExternalFault> {
         spec,
         created_at,
         expires_at,
-        recovered: nf.recovered_at().is_some() || st.phase == Some(Phase::Recovered),
+        recovered: nf.recovered_at().is_some()
+            || matches!(st.phase, Some(Phase::Recovered | Phase::Aborted)),
         uid: nf.metadata.uid.clone(),
         blast_radius: st.blast_radius.clone(),
     })
@@ -226,6 +227,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             read_only: true,
             recorder: recorder.clone(),
             node: cfg.node.clone(),
+            steady: Default::default(),
         },
         changed: changed.clone(),
         health: api::health::Health::new(cfg.liveness_threshold),

@@ -66,15 +66,17 @@ pub fn partition_type(spec: &FaultSpec) -> &'static str {
 }
 
 /// Every phase, in the order series are written.
-pub const PHASES: [FaultState; 5] = [
+pub const PHASES: [FaultState; 6] = [
     FaultState::Pending,
     FaultState::Active,
     FaultState::Expired,
     FaultState::Recovered,
     FaultState::Failed,
+    FaultState::Aborted,
 ];
 
-/// A phase as a label value: `pending`, `active`, `expired`, `recovered`, `failed`.
+/// A phase as a label value: `pending`, `active`, `expired`, `recovered`, `failed`,
+/// `aborted`.
 pub fn phase(s: FaultState) -> &'static str {
     match s {
         FaultState::Pending => "pending",
@@ -82,6 +84,7 @@ pub fn phase(s: FaultState) -> &'static str {
         FaultState::Expired => "expired",
         FaultState::Recovered => "recovered",
         FaultState::Failed => "failed",
+        FaultState::Aborted => "aborted",
     }
 }
 

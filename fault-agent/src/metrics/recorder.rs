@@ -9,6 +9,7 @@ use prometheus_client::{
     metrics::{
         counter::Counter,
         family::Family,
+        gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -30,6 +31,15 @@ pub struct CreatedLabels {
 pub struct ExperimentLabels {
     /// [`labels::experiment_type`].
     pub experiment_type: String,
+}
+
+/// Labels of `faultline_abort_condition_value`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AbortLabels {
+    pub fault_id: String,
+    pub namespace: String,
+    /// `http` or `prometheus`.
+    pub condition: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -65,6 +75,8 @@ pub struct Recorder {
     experiment_duration: Family<ExperimentLabels, Histogram>,
     /// `faultline_verify_probes_total`.
     verify_probes: Counter,
+    /// `faultline_abort_condition_value`.
+    abort_value: Family<AbortLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Recorder {
@@ -79,6 +91,7 @@ impl Default for Recorder {
             created: Family::default(),
             experiment_duration: Family::new_with_constructor(fault_duration_histogram),
             verify_probes: Counter::default(),
+            abort_value: Family::default(),
         }
     }
 }
@@ -131,6 +144,23 @@ impl Recorder {
             "Probe packets sent by fault verifications (ICMP echo, TCP SYN, UDP), SO_MARK 0xfa17005e",
             self.verify_probes.clone(),
         );
+        reg.register(
+            "faultline_abort_condition_value",
+            "The last measurement of a live fault's abort condition: an HTTP probe's failure rate over its window in percent, or a Prometheus query's value",
+            self.abort_value.clone(),
+        );
+    }
+
+    /// An abort condition measured `value` (`None`: no value, the series goes).
+    pub fn abort_measured(&self, labels: &AbortLabels, value: Option<f64>) {
+        match value {
+            Some(v) => {
+                self.abort_value.get_or_create(labels).set(v);
+            }
+            None => {
+                self.abort_value.remove(labels);
+            }
+        }
     }
 
     /// A verification sent `n` probe packets.
