@@ -39,7 +39,8 @@ pub fn measured(e: &Echoes, tcp: bool, udp: bool, control: Option<&Echoes>) -> M
     }
 }
 
-/// Probe packets a measurement sent: the echoes, the SYN, the datagram and the control echoes.
+/// Probe packets a measurement sent, with one UDP datagram: the echoes, the SYN, the datagram
+/// and the control echoes.
 pub fn packets(m: &Measured) -> u64 {
     let control = m
         .control

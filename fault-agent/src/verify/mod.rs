@@ -28,7 +28,7 @@ pub const CONTROL_ECHOES: u16 = 3;
 pub fn run(fault: &Fault, plan: &plan::Plan, caps: &Capabilities) -> Verification {
     let start = Instant::now();
     let linger = judge::linger(&fault.spec);
-    let measured: Vec<anyhow::Result<Measured>> = std::thread::scope(|s| {
+    let measured: Vec<anyhow::Result<(Measured, u64)>> = std::thread::scope(|s| {
         let handles: Vec<_> = plan
             .pairs
             .iter()
@@ -49,10 +49,10 @@ pub fn run(fault: &Fault, plan: &plan::Plan, caps: &Capabilities) -> Verificatio
         .iter()
         .zip(measured)
         .map(|(p, m)| {
-            if let Ok(m) = &m {
-                packets += judge::packets(m);
+            if let Ok((_, sent)) = &m {
+                packets += sent;
             }
-            judge::pair(fault, p, plan.port, m, caps)
+            judge::pair(fault, p, plan.port, m.map(|(m, _)| m), caps)
         })
         .collect();
     let (outcome, reason) = judge::overall(&pairs);
@@ -67,19 +67,20 @@ pub fn run(fault: &Fault, plan: &plan::Plan, caps: &Capabilities) -> Verificatio
     }
 }
 
-/// The probes of one pair: echoes, a TCP SYN, a UDP datagram, and the control echoes.
+/// The probes of one pair: echoes, a TCP SYN, one or two UDP datagrams, and the control
+/// echoes; and how many packets they were.
 fn measure(
     p: &plan::PairPlan,
     port: u16,
     index: u16,
     linger: std::time::Duration,
-) -> anyhow::Result<Measured> {
+) -> anyhow::Result<(Measured, u64)> {
     let ident = (std::process::id() as u16) ^ index.wrapping_mul(0x9e37);
-    probe::in_netns(&p.netns, || -> anyhow::Result<Measured> {
+    probe::in_netns(&p.netns, || -> anyhow::Result<(Measured, u64)> {
         // UDP first: the peer's kernel answers it with an ICMP error, which its global ICMP
         // rate limit (`net.ipv4.icmp_msgs_burst`) may refuse once echo replies to every pair
         // have used the burst.
-        let udp = probe::udp_answered(SocketAddrV4::new(p.to_ip, port))?;
+        let (udp, udp_sent) = probe::udp_answered(SocketAddrV4::new(p.to_ip, port))?;
         let tcp = probe::tcp_answered(SocketAddrV4::new(p.to_ip, port))?;
         let e = probe::echoes(p.to_ip, ident, ECHOES_PER_PAIR, linger)?;
         let control = match p.control {
@@ -91,7 +92,9 @@ fn measure(
             )?),
             None => None,
         };
-        Ok(judge::measured(&e, tcp, udp, control.as_ref()))
+        let m = judge::measured(&e, tcp, udp, control.as_ref());
+        let sent = judge::packets(&m) - 1 + udp_sent;
+        Ok((m, sent))
     })?
 }
 

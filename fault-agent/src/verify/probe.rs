@@ -24,6 +24,9 @@ pub const PROBE_MARK: u32 = 0xfa17_005e;
 /// How long a TCP or UDP probe waits for its answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_millis(300);
 
+/// UDP datagrams sent, one after the other, until one is answered.
+pub const UDP_ATTEMPTS: usize = 2;
+
 /// Gap between two echo requests of a pair.
 pub const ECHO_GAP: Duration = Duration::from_millis(3);
 
@@ -74,19 +77,24 @@ pub fn tcp_answered(to: SocketAddrV4) -> Result<bool> {
 
 /// Whether a UDP datagram to `to` is answered within [`ANSWER_TIMEOUT`] (an ICMP port
 /// unreachable shows as a refused receive).
-pub fn udp_answered(to: SocketAddrV4) -> Result<bool> {
+pub fn udp_answered(to: SocketAddrV4) -> Result<(bool, u64)> {
     let s = marked(Domain::IPV4, Type::DGRAM, Protocol::UDP)?;
     s.connect(&SockAddr::from(SocketAddr::V4(to)))
         .context("connecting the UDP probe")?;
     s.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-    s.send(b"faultline verify probe")
-        .context("sending the UDP probe")?;
     let mut buf = [MaybeUninit::<u8>::uninit(); 64];
-    match s.recv(&mut buf) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(true),
-        Err(_) => Ok(false),
+    // A second datagram when the first got no answer: the peer's kernel may have held back its
+    // port unreachable (ICMP errors are rate limited per destination, `icmp_ratelimit`).
+    for sent in 1..=UDP_ATTEMPTS as u64 {
+        s.send(b"faultline verify probe")
+            .context("sending the UDP probe")?;
+        match s.recv(&mut buf) {
+            Ok(_) => return Ok((true, sent)),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Ok((true, sent)),
+            Err(_) => {}
+        }
     }
+    Ok((false, UDP_ATTEMPTS as u64))
 }
 
 /// Sends `count` ICMP echo requests to `to`, [`ECHO_GAP`] apart, with identifier `ident`, and
