@@ -6,28 +6,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{whole_after, window};
+use common::{ten_pairs, udp_partition, whole_after, window};
 
-use fault_api::{FaultSpec, FaultState, Protocol, client::Client, kill_switch::KillSwitchRequest};
+use fault_api::{FaultState, client::Client, kill_switch::KillSwitchRequest};
 use fault_testkit::{
-    DynamoEnv, Family, Pod, StreamOpts, StreamReport, boottime_ns, probe::udp_stream_background,
-    serial,
+    DynamoEnv, Family, StreamOpts, StreamReport, boottime_ns, probe::udp_stream_background, serial,
 };
 
 /// Datagrams per second of each of the ten streams.
 const PPS: u64 = 400;
-
-/// A partition of what `from` sends to `to` on UDP `port`.
-fn partition(from: &Pod, to_app: &str, port: u16) -> FaultSpec {
-    let mut s = FaultSpec::new("dynamo");
-    s.pod_prefix = Some(from.name().to_owned());
-    s.to_selectors = vec![format!("app={to_app}").parse().unwrap()];
-    s.protocol = Some(Protocol::Udp);
-    s.port = Some(port);
-    s.partition = Some(fault_api::PartitionMode::Packets);
-    s.duration = Some("5m".parse().unwrap());
-    s
-}
 
 #[test]
 fn the_kill_switch_makes_ten_faults_pass_within_a_second_and_lifting_it_restores_them() {
@@ -36,23 +23,12 @@ fn the_kill_switch_makes_ten_faults_pass_within_a_second_and_lifting_it_restores
     let client = Client::new(&env.agent.api_url());
     let p = &env.pods;
     // Ten faults on five pods, each with its own stream.
-    let pairs: [(&Pod, &Pod, &str); 10] = [
-        (&p.decode0, &p.prefill, "vllm-prefill"),
-        (&p.decode1, &p.prefill, "vllm-prefill"),
-        (&p.frontend, &p.decode0, "vllm-decode"),
-        (&p.frontend, &p.prefill, "vllm-prefill"),
-        (&p.prefill, &p.decode1, "vllm-decode"),
-        (&p.decode0, &p.frontend, "frontend"),
-        (&p.decode1, &p.frontend, "frontend"),
-        (&p.prefill, &p.frontend, "frontend"),
-        (&p.frontend, &p.decode1, "vllm-decode"),
-        (&p.nats, &p.prefill, "vllm-prefill"),
-    ];
+    let pairs = ten_pairs(p);
     let mut ids = Vec::new();
     for (i, (from, _, app)) in pairs.iter().enumerate() {
         ids.push(
             client
-                .create(&partition(from, app, 41_000 + i as u16))
+                .create(&udp_partition(from, app, 41_000 + i as u16))
                 .unwrap()
                 .id,
         );

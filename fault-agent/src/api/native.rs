@@ -47,34 +47,16 @@ async fn list(
     }))
 }
 
-/// The `verify` query parameter of `POST /v1/faults`: `true`/`1` probes the fault once
-/// applied. Errors (422, field `verify`) name the accepted values.
-fn verify_param(query: Option<&str>) -> Result<bool, AgentError> {
-    let Some(value) = query
-        .unwrap_or_default()
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("verify="))
-    else {
-        return Ok(false);
-    };
-    match value {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        other => Err(AgentError::Invalid(FieldError::new(
-            "verify",
-            format!("must be true or false, got {other:?}"),
-        ))),
-    }
-}
-
-/// The `dryRun` query parameter of `POST /v1/faults`: `true`/`1` answers the plan
-/// ([`fault_api::FaultPlan`], 200) and applies nothing. Errors (422, field `dryRun`) name the
+/// A boolean query parameter `name` of `POST /v1/faults` (`true`/`1`, `false`/`0`; absent is
+/// false): `verify` probes the fault once applied, `dryRun` answers the plan
+/// ([`fault_api::FaultPlan`], 200) and applies nothing. Errors: 422 naming `name` and the
 /// accepted values.
-fn dry_run_param(query: Option<&str>) -> Result<bool, AgentError> {
+fn bool_param(query: Option<&str>, name: &str) -> Result<bool, AgentError> {
+    let prefix = format!("{name}=");
     let Some(value) = query
         .unwrap_or_default()
         .split('&')
-        .find_map(|kv| kv.strip_prefix("dryRun="))
+        .find_map(|kv| kv.strip_prefix(prefix.as_str()))
     else {
         return Ok(false);
     };
@@ -82,7 +64,7 @@ fn dry_run_param(query: Option<&str>) -> Result<bool, AgentError> {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
         other => Err(AgentError::Invalid(FieldError::new(
-            "dryRun",
+            name,
             format!("must be true or false, got {other:?}"),
         ))),
     }
@@ -94,8 +76,8 @@ async fn create(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, AgentError> {
-    let verify = verify_param(query.as_deref())?;
-    let dry_run = dry_run_param(query.as_deref())?;
+    let verify = bool_param(query.as_deref(), "verify")?;
+    let dry_run = bool_param(query.as_deref(), "dryRun")?;
     let spec = FaultSpec::from_json(&body).map_err(body_error)?;
     if dry_run {
         return Ok(Json(s.backend.plan(spec).await?).into_response());
@@ -241,16 +223,16 @@ async fn tables(
 
 #[cfg(test)]
 mod tests {
-    use super::verify_param;
+    use super::bool_param;
 
     #[test]
     fn the_verify_parameter_takes_booleans_only() {
-        assert!(!verify_param(None).unwrap());
-        assert!(!verify_param(Some("namespace=a")).unwrap());
-        assert!(verify_param(Some("verify=true")).unwrap());
-        assert!(verify_param(Some("a=b&verify=1")).unwrap());
-        assert!(!verify_param(Some("verify=false")).unwrap());
-        let e = verify_param(Some("verify=yes")).unwrap_err();
+        assert!(!bool_param(None, "verify").unwrap());
+        assert!(!bool_param(Some("namespace=a"), "verify").unwrap());
+        assert!(bool_param(Some("verify=true"), "verify").unwrap());
+        assert!(bool_param(Some("a=b&verify=1"), "verify").unwrap());
+        assert!(!bool_param(Some("verify=false"), "verify").unwrap());
+        let e = bool_param(Some("verify=yes"), "verify").unwrap_err();
         assert_eq!(e.to_api().field.as_deref(), Some("verify"));
     }
 }

@@ -173,6 +173,10 @@ pub struct NodeVerification {
     pub request: String,
     /// The pairs this node probed (none when no sender of the fault is on this node).
     pub report: fault_api::Verification,
+    /// Why this node could not probe (the fault not active here, a probe that failed to
+    /// run); the report is then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Status: the controller writes the phase, expiry, counts and conditions; each node agent

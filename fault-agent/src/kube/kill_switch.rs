@@ -40,7 +40,9 @@ const MANAGER: &str = "faultline-kill-switch";
 /// Where the kill switch's ConfigMap lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
+    /// The ConfigMap's namespace (the agents' own, `POD_NAMESPACE`).
     pub namespace: String,
+    /// The ConfigMap's name.
     pub name: String,
 }
 

@@ -23,6 +23,7 @@ use crate::discover;
 /// A network namespace file and the namespace it named when it was indexed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Netns {
+    /// The namespace file (`/run/netns/<name>` or `/proc/<pid>/ns/net`).
     pub path: PathBuf,
     dev: u64,
     ino: u64,

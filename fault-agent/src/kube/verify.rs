@@ -27,6 +27,11 @@ use crate::{
 /// How long the API waits for the node agents' answers at most.
 pub const ANSWER_WAIT: Duration = Duration::from_secs(15);
 
+/// A node's answer when it could not probe: an empty report, and why.
+fn failed(fault_id: &str, reason: String) -> (Verification, Option<String>) {
+    (unprobed(fault_id, reason.clone()), Some(reason))
+}
+
 /// A report that probed nothing, saying why.
 fn unprobed(fault_id: &str, reason: String) -> Verification {
     Verification {
@@ -75,20 +80,19 @@ pub fn answer(
         let (ns, name) = (nf.namespace().unwrap_or_default(), nf.name_any());
         tokio::spawn(async move {
             let k = key.clone();
-            let report = match tokio::task::spawn_blocking(move || probe(&core, &k)).await {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => unprobed(&key, format!("node {node}: {e}")),
-                Err(e) => unprobed(&key, format!("node {node}: probe task failed: {e}")),
+            let (report, error) = match tokio::task::spawn_blocking(move || probe(&core, &k)).await
+            {
+                Ok(Ok(v)) => (v, None),
+                Ok(Err(e)) => failed(&key, format!("node {node}: {e}")),
+                Err(e) => failed(&key, format!("node {node}: probe task failed: {e}")),
             };
             tracing::info!(fault = %key, outcome = %report.outcome, pairs = report.pairs.len(), "verify request answered");
-            write(
-                &client,
-                &node,
-                &ns,
-                &name,
-                NodeVerification { request, report },
-            )
-            .await;
+            let answer = NodeVerification {
+                request,
+                report,
+                error,
+            };
+            write(&client, &node, &ns, &name, answer).await;
         });
     }
     answered
@@ -166,15 +170,10 @@ pub async fn request(
                 "fault {id}: no node agent has applied it, so none can probe it"
             )));
         }
-        let answers: BTreeMap<&String, &Verification> = nodes
+        let answers: BTreeMap<&String, &NodeVerification> = nodes
             .iter()
-            .filter_map(|(k, n)| {
-                Some((k, &n.verification.as_ref()?.report)).filter(|_| {
-                    n.verification
-                        .as_ref()
-                        .is_some_and(|v| v.request == request)
-                })
-            })
+            .filter_map(|(k, n)| Some((k, n.verification.as_ref()?)))
+            .filter(|(_, v)| v.request == request)
             .collect();
         let missing: Vec<&String> = expected
             .iter()
@@ -189,21 +188,21 @@ pub async fn request(
 }
 
 /// One report from the nodes' answers: their pairs, one outcome over all of them; a node that
-/// did not answer makes it `not verified`, naming the node.
+/// could not probe, or did not answer, makes it `not verified`, naming the node.
 fn merge(
     id: &str,
-    answers: &BTreeMap<&String, &Verification>,
+    answers: &BTreeMap<&String, &NodeVerification>,
     missing: &[&String],
     took: Duration,
 ) -> Verification {
-    let pairs: Vec<_> = answers.values().flat_map(|v| v.pairs.clone()).collect();
+    let pairs: Vec<_> = answers
+        .values()
+        .flat_map(|v| v.report.pairs.clone())
+        .collect();
     let (mut outcome, mut reason) = crate::verify::judge::overall(&pairs);
-    let failed: Vec<String> = answers
-        .iter()
-        .filter(|(_, v)| {
-            v.pairs.is_empty() && v.reason.as_deref().is_some_and(|r| r.starts_with("node "))
-        })
-        .filter_map(|(_, v)| v.reason.clone())
+    let failed: Vec<&str> = answers
+        .values()
+        .filter_map(|v| v.error.as_deref())
         .collect();
     if !missing.is_empty() {
         outcome = Outcome::NotVerified;
@@ -213,7 +212,7 @@ fn merge(
             names.join(", "),
             ANSWER_WAIT.as_secs()
         ));
-    } else if !failed.is_empty() && outcome == Outcome::Verified {
+    } else if !failed.is_empty() {
         outcome = Outcome::NotVerified;
         reason = Some(failed.join("; "));
     }
@@ -222,7 +221,7 @@ fn merge(
         outcome,
         reason,
         pairs,
-        probe_packets: answers.values().map(|v| v.probe_packets).sum(),
+        probe_packets: answers.values().map(|v| v.report.probe_packets).sum(),
         probe_mark: crate::verify::probe::PROBE_MARK,
         took_ms: took.as_millis() as u64,
     }
@@ -235,13 +234,22 @@ mod tests {
     #[test]
     fn a_node_that_did_not_answer_makes_the_merge_not_verified() {
         let (a, b) = ("node-a".to_owned(), "node-b".to_owned());
-        let none = unprobed("x", "no pair".into());
+        let none = NodeVerification {
+            request: "1".into(),
+            report: unprobed("x", "no pair".into()),
+            error: None,
+        };
         let answers = BTreeMap::from([(&a, &none)]);
         let v = merge("ns/f", &answers, &[&b], Duration::from_secs(15));
         assert_eq!(v.outcome, Outcome::NotVerified);
         assert!(v.reason.unwrap().contains("node-b"));
         assert_eq!(v.fault_id, "ns/f");
-        let failed = unprobed("x", "node node-a: fault x is Pending".into());
+        let (report, error) = failed("x", "node node-a: fault x is Pending".into());
+        let failed = NodeVerification {
+            request: "1".into(),
+            report,
+            error,
+        };
         let answers = BTreeMap::from([(&a, &failed)]);
         let v = merge("ns/f", &answers, &[], Duration::ZERO);
         assert_eq!(v.outcome, Outcome::NotVerified);

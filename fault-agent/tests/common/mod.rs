@@ -4,7 +4,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use fault_api::Fault;
-use fault_testkit::{AgentProcess, Family, Pod, StreamReport, probe};
+use fault_testkit::{AgentProcess, Dynamo, Family, Pod, StreamReport, probe};
 use serde_json::Value;
 
 pub const SHORT: Duration = Duration::from_millis(300);
@@ -167,4 +167,33 @@ pub fn whole_after(r: &StreamReport, from: u64, to: u64) -> Option<u64> {
         Some(t) if t + 50_000_000 < to => Some(t - from),
         Some(_) => None,
     }
+}
+
+/// Ten sender -> receiver pairs over the inference pods (the receiver's `app` label third), as
+/// the kill switch tests stream them: every pod sends and receives.
+pub fn ten_pairs(p: &Dynamo) -> [(&Pod, &Pod, &'static str); 10] {
+    [
+        (&p.decode0, &p.prefill, "vllm-prefill"),
+        (&p.decode1, &p.prefill, "vllm-prefill"),
+        (&p.frontend, &p.decode0, "vllm-decode"),
+        (&p.frontend, &p.prefill, "vllm-prefill"),
+        (&p.prefill, &p.decode1, "vllm-decode"),
+        (&p.decode0, &p.frontend, "frontend"),
+        (&p.decode1, &p.frontend, "frontend"),
+        (&p.prefill, &p.frontend, "frontend"),
+        (&p.frontend, &p.decode1, "vllm-decode"),
+        (&p.nats, &p.prefill, "vllm-prefill"),
+    ]
+}
+
+/// A 5-minute partition of what `from` sends to the pods of `app=to_app` on UDP `port`.
+pub fn udp_partition(from: &Pod, to_app: &str, port: u16) -> fault_api::FaultSpec {
+    let mut s = fault_api::FaultSpec::new(from.namespace());
+    s.pod_prefix = Some(from.name().to_owned());
+    s.to_selectors = vec![format!("app={to_app}").parse().expect("a selector")];
+    s.protocol = Some(fault_api::Protocol::Udp);
+    s.port = Some(port);
+    s.partition = Some(fault_api::PartitionMode::Packets);
+    s.duration = Some("5m".parse().expect("a duration"));
+    s
 }
