@@ -92,7 +92,10 @@ impl Cluster {
             .iter()
             .map(|n| AgentProcess::start_node(&cfg, n, node_args).unwrap())
             .collect();
-        let mut args = vec!["--wait", "5s", "--retention", "3s"];
+        let mut args = vec!["--wait", "5s"];
+        if !api_args.contains(&"--retention") {
+            args.extend(["--retention", "3s"]);
+        }
         args.extend_from_slice(api_args);
         let api = AgentProcess::start_api(&cfg, &args).unwrap();
         Cluster {
@@ -131,16 +134,23 @@ impl Cluster {
 }
 
 async fn install_crd(client: &Client) {
+    for crd in [fault_agent::kube::crd(), fault_agent::kube::schedule_crd()] {
+        install_one_crd(client, crd).await;
+    }
+}
+
+async fn install_one_crd(client: &Client, crd: CustomResourceDefinition) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.metadata.name.clone().unwrap();
     crds.patch(
-        "networkfaults.faultline.dev",
+        &name,
         &PatchParams::apply("faultline-test").force(),
-        &Patch::Apply(fault_agent::kube::crd()),
+        &Patch::Apply(crd),
     )
     .await
     .unwrap();
     for _ in 0..100 {
-        let c = crds.get("networkfaults.faultline.dev").await.unwrap();
+        let c = crds.get(&name).await.unwrap();
         let established = c
             .status
             .and_then(|s| s.conditions)
@@ -2262,4 +2272,205 @@ fn a_failed_preflight_fails_the_fault_before_any_node_applies_it() {
     let id = inject("1");
     c.wait_phase(&id, Phase::Active, Duration::from_secs(10));
     assert!(blocked(&c.pods.decode0, &c.pods.prefill, Family::V4));
+}
+
+/// A `NetworkFaultSchedule` in `ns` as `kubectl apply` would create it.
+fn create_schedule(c: &Cluster, ns: &str, obj: serde_json::Value) {
+    use fault_agent::kube::schedule_crd::NetworkFaultSchedule;
+    let obj: NetworkFaultSchedule = serde_json::from_value(obj).unwrap();
+    let api: Api<NetworkFaultSchedule> = Api::namespaced(c.client.clone(), ns);
+    c.rt.block_on(api.create(&PostParams::default(), &obj))
+        .unwrap();
+}
+
+fn schedule_status(
+    c: &Cluster,
+    ns: &str,
+    name: &str,
+) -> fault_agent::kube::schedule_crd::NetworkFaultScheduleStatus {
+    use fault_agent::kube::schedule_crd::NetworkFaultSchedule;
+    let api: Api<NetworkFaultSchedule> = Api::namespaced(c.client.clone(), ns);
+    let o = c.rt.block_on(api.get(name)).unwrap();
+    o.status.unwrap_or_default()
+}
+
+/// The NetworkFaults labelled with schedule `name`.
+fn faults_of_schedule(c: &Cluster, name: &str) -> Vec<NetworkFault> {
+    let api: Api<NetworkFault> = Api::namespaced(c.client.clone(), NS);
+    let lp = kube::api::ListParams::default().labels(&format!("faultline.dev/schedule={name}"));
+    c.rt.block_on(api.list(&lp)).unwrap().items
+}
+
+fn is_live(f: &NetworkFault) -> bool {
+    matches!(
+        f.status.as_ref().and_then(|s| s.phase),
+        None | Some(Phase::Pending | Phase::Active)
+    )
+}
+
+/// `CLOCK_REALTIME - CLOCK_BOOTTIME` in ns: the stream's send times are boot time.
+fn realtime_minus_boottime_ns() -> i128 {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a timespec to write.
+        assert_eq!(unsafe { libc::clock_gettime(clock, &mut ts) }, 0);
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_BOOTTIME)
+}
+
+/// Share of the datagrams sent in boot-time window `[from, to)` that did not arrive.
+fn loss_between(r: &fault_testkit::StreamReport, from: i128, to: i128) -> (f64, usize) {
+    let arrived = r.arrived();
+    let sent: Vec<usize> = (r.send_ns.iter().enumerate())
+        .filter(|(_, t)| (from..to).contains(&(**t as i128)))
+        .map(|(i, _)| i)
+        .collect();
+    let lost = sent.iter().filter(|i| !arrived[**i]).count();
+    (lost as f64 / sent.len().max(1) as f64, sent.len())
+}
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn a_networkfaultschedule_fires_on_time_drops_packets_and_holds_forbid_history_and_deletion() {
+    let _s = serial();
+    let c = Cluster::start_full(&[], &["--retention", "5m"]);
+    let p = &c.pods;
+    let offset = realtime_minus_boottime_ns();
+    let opts = StreamOpts {
+        count: u64::MAX,
+        rate_pps: 1_000,
+        ..StreamOpts::default()
+    };
+    let stream = probe::udp_stream_background(&p.decode0, &p.prefill, Family::V4, &opts).unwrap();
+    // Every 4 s a 2 s partition decode-0 -> prefill; Allow, history of 2.
+    let template = |prefix: &str, to: &str, duration: &str| {
+        json!({"podPrefix": prefix, "toSelectors": [to], "protocol": "udp",
+               "partition": "packets", "duration": duration})
+    };
+    create_schedule(
+        &c,
+        NS,
+        json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFaultSchedule",
+               "metadata": {"name": "every-4s", "namespace": NS},
+               "spec": {"schedule": "*/4 * * * * *", "historyLimit": 2,
+                        "template": template("vllm-decode-0", "app=vllm-prefill", "2s")}}),
+    );
+    // Every second a 3 s fault of other pods, Forbid: at most one live, the rest skipped.
+    create_schedule(
+        &c,
+        NS,
+        json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFaultSchedule",
+               "metadata": {"name": "forbid", "namespace": NS},
+               "spec": {"schedule": "* * * * * *", "concurrencyPolicy": "Forbid",
+                        "template": template("frontend", "app=vllm-decode", "3s")}}),
+    );
+    // A template the guards refuse (a protected namespace): the reason is in the status.
+    create_schedule(
+        &c,
+        "kube-system",
+        json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFaultSchedule",
+               "metadata": {"name": "refused", "namespace": "kube-system"},
+               "spec": {"schedule": "* * * * * *",
+                        "template": template("coredns", "app=x", "2s")}}),
+    );
+
+    // Watch the objects appear (poll every 20 ms): the first sight of each, wall clock.
+    let mut seen: std::collections::BTreeMap<String, i128> = Default::default();
+    let mut most_live_forbid = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(17) {
+        let now = jiff::Timestamp::now().as_nanosecond();
+        for f in faults_of_schedule(&c, "every-4s") {
+            seen.entry(f.metadata.name.clone().unwrap()).or_insert(now);
+        }
+        let live = faults_of_schedule(&c, "forbid")
+            .iter()
+            .filter(|f| is_live(f))
+            .count();
+        most_live_forbid = most_live_forbid.max(live);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = stream.stop().unwrap();
+    eprintln!("stream: {report}");
+
+    // Fire times: every 4 s on the dot, each fault seen soon after.
+    let fires: Vec<(i128, i128)> = seen
+        .iter()
+        .map(|(name, at)| {
+            let secs: i128 = name.rsplit('-').next().unwrap().parse().unwrap();
+            (secs * 1_000_000_000, *at)
+        })
+        .collect();
+    assert!(fires.len() >= 3, "{seen:?}\n{}", c.api.log());
+    for w in fires.windows(2) {
+        assert_eq!(w[1].0 - w[0].0, 4_000_000_000, "{seen:?}");
+    }
+    for (fire, at) in &fires {
+        assert_eq!(fire % 4_000_000_000, 0);
+        let late_ms = (at - fire) as f64 / 1e6;
+        eprintln!("fire time {fire}: object seen {late_ms:.0} ms after it");
+        assert!(late_ms < 1_500.0, "{late_ms} ms late");
+    }
+    // Packets: dropped inside each 2 s window (once the nodes applied it), whole between.
+    for (fire, at) in &fires {
+        let applied = at.max(fire) - offset + 500_000_000;
+        let (inside, n_in) = loss_between(&report, applied, fire - offset + 1_900_000_000);
+        let (between, n_out) = loss_between(
+            &report,
+            fire - offset + 2_300_000_000,
+            fire - offset + 3_800_000_000,
+        );
+        eprintln!(
+            "fire {fire}: loss {:.1}% of {n_in} inside the window, {:.1}% of {n_out} after it",
+            inside * 100.0,
+            between * 100.0
+        );
+        if n_in > 100 {
+            assert!(inside > 0.95, "fault window of {fire}: loss {inside}");
+        }
+        if n_out > 100 {
+            assert!(between < 0.02, "after the window of {fire}: loss {between}");
+        }
+    }
+
+    // History: at most 2 ended faults kept (the API keeps ended ones for 5 m here).
+    let mine = faults_of_schedule(&c, "every-4s");
+    let ended = mine.iter().filter(|f| !is_live(f)).count();
+    assert!(ended <= 2, "{ended} ended faults kept");
+    let st = schedule_status(&c, NS, "every-4s");
+    eprintln!("every-4s status: {st:?}");
+    assert!(st.created as usize >= fires.len(), "{st:?}");
+    assert_eq!(st.history.len(), ended.min(2), "{st:?}");
+    assert!(st.next_schedule_time.is_some());
+
+    // Forbid: never two live at once; the fire times in between were skipped.
+    let st = schedule_status(&c, NS, "forbid");
+    eprintln!("forbid status: {st:?}, most live at once {most_live_forbid}");
+    assert_eq!(most_live_forbid, 1);
+    assert!(st.created >= 3 && st.skipped >= st.created, "{st:?}");
+
+    let st = schedule_status(&c, "kube-system", "refused");
+    let m = st.message.unwrap_or_default();
+    assert!(m.contains("kube-system"), "{m}");
+    assert_eq!(st.created, 0);
+
+    // Deleting the schedule removes its faults.
+    use fault_agent::kube::schedule_crd::NetworkFaultSchedule;
+    let api: Api<NetworkFaultSchedule> = Api::namespaced(c.client.clone(), NS);
+    for name in ["every-4s", "forbid"] {
+        c.rt.block_on(api.delete(name, &DeleteParams::default()))
+            .unwrap();
+    }
+    wait_until(
+        "faults of deleted schedules gone",
+        Duration::from_secs(10),
+        || {
+            faults_of_schedule(&c, "every-4s").is_empty()
+                && faults_of_schedule(&c, "forbid").is_empty()
+        },
+    );
 }

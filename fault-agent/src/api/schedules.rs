@@ -1,11 +1,12 @@
-//! `/v1/schedules`: recurring experiments ([`fault_api::schedule`]) on the single-host agent.
-//! The [`Scheduler`] comes as a request extension, which only `fault-agent standalone` adds;
-//! elsewhere these routes answer 501.
+//! `/v1/schedules`: recurring experiments ([`fault_api::schedule`]). On the single-host agent
+//! the [`Scheduler`] comes as a request extension (`fault-agent standalone` adds it); on the
+//! cluster API they are `NetworkFaultSchedule` objects ([`crate::kube::schedules_api`]); a
+//! node agent answers 501.
 use std::sync::Arc;
 
 use axum::{
     Extension, Json, Router,
-    extract::Path,
+    extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -16,9 +17,13 @@ use fault_api::{
     schedule::{Schedule, ScheduleList, ScheduleSpec},
 };
 
-use super::{AppState, backend::body_error};
+use super::{
+    AppState,
+    backend::{Backend, body_error},
+};
 use crate::{
     error::AgentError,
+    kube::{backend::KubeBackend, schedules_api as kube_schedules},
     schedule::{ScheduleError, Scheduler},
 };
 
@@ -48,42 +53,94 @@ impl IntoResponse for ScheduleError {
     }
 }
 
-fn scheduler(s: Sched) -> Result<Arc<Scheduler>, ScheduleError> {
-    s.map(|Extension(s)| s).ok_or_else(|| {
-        AgentError::NotHere(
-            "schedules run on the standalone agent (`fault-agent standalone`); in a cluster create NetworkFaultSchedule objects".into(),
-        )
-        .into()
-    })
+/// Where the schedules are: the standalone agent's scheduler, or `NetworkFaultSchedule`
+/// objects on the cluster API.
+enum Schedules {
+    Local(Arc<Scheduler>),
+    Cluster(Arc<KubeBackend>),
 }
 
-async fn create(s: Sched, body: Bytes) -> Result<Response, ScheduleError> {
-    let sched = scheduler(s)?;
+fn schedules(st: &AppState, s: Sched) -> Result<Schedules, ScheduleError> {
+    if let Some(Extension(s)) = s {
+        return Ok(Schedules::Local(s));
+    }
+    match &st.backend {
+        Backend::Cluster(b) => Ok(Schedules::Cluster(b.clone())),
+        _ => Err(AgentError::NotHere(
+            "schedules run on the standalone agent (`fault-agent standalone`) and the cluster API (`fault-agent api`), not on a node agent".into(),
+        )
+        .into()),
+    }
+}
+
+type St = State<Arc<AppState>>;
+
+async fn create(State(st): St, s: Sched, body: Bytes) -> Result<Response, ScheduleError> {
+    let where_ = schedules(&st, s)?;
     let spec = ScheduleSpec::from_json(&body).map_err(body_error)?;
-    let created = sched.create(spec).await?;
+    let created = match where_ {
+        Schedules::Local(s) => s.create(spec).await?,
+        Schedules::Cluster(b) => kube_schedules::create(&b, spec).await?,
+    };
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-async fn list(s: Sched) -> Result<Json<ScheduleList>, ScheduleError> {
-    Ok(Json(ScheduleList {
-        schedules: scheduler(s)?.list().await?,
+async fn list(State(st): St, s: Sched) -> Result<Json<ScheduleList>, ScheduleError> {
+    let schedules = match schedules(&st, s)? {
+        Schedules::Local(s) => s.list().await?,
+        Schedules::Cluster(b) => kube_schedules::list(&b).await?,
+    };
+    Ok(Json(ScheduleList { schedules }))
+}
+
+async fn get_one(
+    State(st): St,
+    s: Sched,
+    Path(name): Path<String>,
+) -> Result<Json<Schedule>, ScheduleError> {
+    Ok(Json(match schedules(&st, s)? {
+        Schedules::Local(s) => s.get(&name).await?,
+        Schedules::Cluster(b) => kube_schedules::get(&b, &name).await?,
     }))
 }
 
-async fn get_one(s: Sched, Path(name): Path<String>) -> Result<Json<Schedule>, ScheduleError> {
-    Ok(Json(scheduler(s)?.get(&name).await?))
+async fn delete(
+    State(st): St,
+    s: Sched,
+    Path(name): Path<String>,
+) -> Result<Json<Schedule>, ScheduleError> {
+    Ok(Json(match schedules(&st, s)? {
+        Schedules::Local(s) => s.delete(&name).await?,
+        Schedules::Cluster(b) => kube_schedules::delete(&b, &name).await?,
+    }))
 }
 
-async fn delete(s: Sched, Path(name): Path<String>) -> Result<Json<Schedule>, ScheduleError> {
-    Ok(Json(scheduler(s)?.delete(&name).await?))
+async fn set_suspend(
+    st: &AppState,
+    s: Sched,
+    name: &str,
+    suspend: bool,
+) -> Result<Json<Schedule>, ScheduleError> {
+    Ok(Json(match schedules(st, s)? {
+        Schedules::Local(s) => s.set_suspend(name, suspend).await?,
+        Schedules::Cluster(b) => kube_schedules::set_suspend(&b, name, suspend).await?,
+    }))
 }
 
-async fn suspend(s: Sched, Path(name): Path<String>) -> Result<Json<Schedule>, ScheduleError> {
-    Ok(Json(scheduler(s)?.set_suspend(&name, true).await?))
+async fn suspend(
+    State(st): St,
+    s: Sched,
+    Path(name): Path<String>,
+) -> Result<Json<Schedule>, ScheduleError> {
+    set_suspend(&st, s, &name, true).await
 }
 
-async fn resume(s: Sched, Path(name): Path<String>) -> Result<Json<Schedule>, ScheduleError> {
-    Ok(Json(scheduler(s)?.set_suspend(&name, false).await?))
+async fn resume(
+    State(st): St,
+    s: Sched,
+    Path(name): Path<String>,
+) -> Result<Json<Schedule>, ScheduleError> {
+    set_suspend(&st, s, &name, false).await
 }
 
 /// The OpenAPI paths of `/v1/schedules`; `limited` are the request limits' error responses
@@ -109,7 +166,7 @@ pub fn openapi_paths(
             r.insert(
                 "501".into(),
                 ok(
-                    "Not the standalone agent (in a cluster: NetworkFaultSchedule objects)",
+                    "A node agent (schedules are on the standalone agent and the cluster API)",
                     error.clone(),
                 ),
             );
@@ -127,7 +184,7 @@ pub fn openapi_paths(
                      "responses": responses(json!({"201": ok("Created, with its first next_schedule_time", one.clone())}), &[("400", "Malformed body (field `body`)"), ("422", "Invalid field (named in `error.field`: cron, time_zone, template.<field>, ...)"), ("409", "A schedule of that name exists")])}
         },
         "/v1/schedules/{name}": {
-            "get": {"summary": "One schedule", "parameters": name.clone(), "responses": responses(json!({"200": ok("The schedule", one.clone())}), &missing)},
+            "get": {"summary": "One schedule (on the cluster API `namespace/name`, or the name alone when unique)", "parameters": name.clone(), "responses": responses(json!({"200": ok("The schedule", one.clone())}), &missing)},
             "delete": {"summary": "Delete a schedule: no new faults; its live faults are recovered before this answers", "parameters": name.clone(),
                        "responses": responses(json!({"200": ok("The schedule as it was last (`active`: the faults recovered)", one.clone())}), &missing)}
         },

@@ -15,7 +15,10 @@ use kube::{
 };
 use tokio::{net::TcpListener, sync::Notify};
 
-use super::{backend::KubeBackend, controller, crd::NetworkFault, events::Events};
+use super::{
+    backend::KubeBackend, controller, crd::NetworkFault, events::Events,
+    schedule_crd::NetworkFaultSchedule, schedules,
+};
 use crate::{
     api::{self, AppState, backend::Backend},
     standalone::shutdown_signal,
@@ -76,13 +79,27 @@ pub async fn run(cfg: Config) -> Result<()> {
         )
         .default_backoff(),
     );
+    let (schedules_r, schedules_w) = reflector::store::<NetworkFaultSchedule>();
+    let schedules_watch = reflector(
+        schedules_w,
+        watcher(
+            Api::<NetworkFaultSchedule>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    );
+    // The schedule controller wakes at every change of a schedule or a fault.
+    let wake = Arc::new(Notify::new());
     let w1 = tokio::spawn(pods.for_each(|_| async {}));
-    let w2 = tokio::spawn(faults.for_each(|_| async {}));
+    let w2 = tokio::spawn(notify_each(faults, wake.clone()));
+    let w3 = tokio::spawn(notify_each(schedules_watch, wake.clone()));
     pods_r.wait_until_ready().await.context("pod watch")?;
     faults_r
         .wait_until_ready()
         .await
         .context("networkfault watch")?;
+    // Not waited for: without the NetworkFaultSchedule CRD the API serves faults, and the
+    // schedule controller waits (logged) until the CRD appears.
 
     let recorder = crate::metrics::Recorder::default();
     let ctx = Arc::new(controller::Context {
@@ -99,7 +116,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         faults: faults_r.clone(),
         pods: pods_r.clone(),
     };
-    let backend = KubeBackend {
+    let backend = Arc::new(KubeBackend {
         client: client.clone(),
         pods: pods_r,
         faults: faults_r,
@@ -109,14 +126,20 @@ pub async fn run(cfg: Config) -> Result<()> {
         protection: cfg.protection.clone(),
         kill_switch: cfg.kill_switch.clone(),
         guards: cfg.guards.clone(),
-    };
+    });
+    let sched = tokio::spawn(schedules::run(Arc::new(schedules::Context {
+        client: client.clone(),
+        schedules: schedules_r,
+        backend: backend.clone(),
+        wake,
+    })));
     // With a static token, other bearer tokens are Kubernetes users (TokenReview) whose
     // every request is checked against RBAC (SubjectAccessReview).
     let reviewer = token
         .is_some()
         .then(|| api::access::review::Reviewer::new(client.clone()));
     let state = Arc::new(AppState {
-        backend: Backend::Cluster(Arc::new(backend)),
+        backend: Backend::Cluster(backend),
         changed: Arc::new(Notify::new()),
         health: api::health::Health::ready_now(),
         inventory_error: Mutex::new(None),
@@ -133,8 +156,18 @@ pub async fn run(cfg: Config) -> Result<()> {
     )
     .with_graceful_shutdown(shutdown_signal())
     .await;
-    for t in [w1, w2, ctl] {
+    for t in [w1, w2, w3, ctl, sched] {
         t.abort();
     }
     served.context("API server")
+}
+
+/// Drives a watch stream, notifying `wake` at each event.
+async fn notify_each<T>(stream: impl futures::Stream<Item = T>, wake: Arc<Notify>) {
+    stream
+        .for_each(|_| {
+            wake.notify_one();
+            async {}
+        })
+        .await
 }

@@ -207,33 +207,13 @@ impl KubeBackend {
         spec: FaultSpec,
         from: Option<&str>,
     ) -> Result<Fault, AgentError> {
-        spec.validate().map_err(AgentError::Invalid)?;
-        if spec.abort.is_some() {
-            return Err(AgentError::NotHere(
-                "abort conditions are checked by the single-host agent for now (`fault-agent standalone`); the cluster API does not check them yet".into(),
-            ));
-        }
-        let pods = self.pods();
-        let verdict = self
-            .guards
-            .judge(&spec, &pods, &self.protection, self.max_duration);
-        if let Some(e) = verdict.refusals.into_iter().next() {
-            return Err(AgentError::Invalid(e));
-        }
         let id = new_fault_id();
         let mut nf = NetworkFault::new(&id, NetworkFaultSpec::from_fault_spec(&spec));
-        nf.metadata.namespace = Some(spec.namespace.clone());
         if !spec.labels.is_empty() {
             nf.metadata.labels = Some(spec.labels.clone());
         }
+        let created = self.create_object(&spec, nf, from).await?;
         let api: Api<NetworkFault> = Api::namespaced(self.client.clone(), &spec.namespace);
-        let created = api
-            .create(&PostParams::default(), &nf)
-            .await
-            .map_err(kube_error)?;
-        if verdict.override_used {
-            crate::guards::audit_override(&spec, from, &format!("{}/{id}", spec.namespace));
-        }
         // Until every node hosting a target applied it, or one of them said why it cannot, or
         // there is no target yet (the status then says so).
         let settled = self
@@ -267,6 +247,42 @@ impl KubeBackend {
             return Err(AgentError::Unsupported(e));
         }
         Ok(self.view(&settled))
+    }
+
+    /// Creates `nf` (named, with its labels and owners; placed in `spec`'s namespace) for
+    /// `spec` once `spec` validates and passes the guards: 422 naming the field or the first
+    /// guard tripped, 501 for abort conditions, 409 for a name in use. An honoured protection
+    /// override is audited with `from`. Does not wait for the node agents.
+    pub async fn create_object(
+        &self,
+        spec: &FaultSpec,
+        mut nf: NetworkFault,
+        from: Option<&str>,
+    ) -> Result<NetworkFault, AgentError> {
+        spec.validate().map_err(AgentError::Invalid)?;
+        if spec.abort.is_some() {
+            return Err(AgentError::NotHere(
+                "abort conditions are checked by the single-host agent for now (`fault-agent standalone`); the cluster API does not check them yet".into(),
+            ));
+        }
+        let pods = self.pods();
+        let verdict = self
+            .guards
+            .judge(spec, &pods, &self.protection, self.max_duration);
+        if let Some(e) = verdict.refusals.into_iter().next() {
+            return Err(AgentError::Invalid(e));
+        }
+        nf.metadata.namespace = Some(spec.namespace.clone());
+        let api: Api<NetworkFault> = Api::namespaced(self.client.clone(), &spec.namespace);
+        let created = api
+            .create(&PostParams::default(), &nf)
+            .await
+            .map_err(kube_error)?;
+        if verdict.override_used {
+            let key = format!("{}/{}", spec.namespace, nf.id());
+            crate::guards::audit_override(spec, from, &key);
+        }
+        Ok(created)
     }
 
     /// A dry run of `spec` against the cluster's pods: targets and peers per node, the

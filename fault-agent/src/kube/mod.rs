@@ -1,5 +1,6 @@
 //! Cluster mode: the `NetworkFault` resource ([`crd`]), the node agent ([`node`]), the API and
-//! its controller ([`api_mode`], [`backend`], [`controller`]).
+//! its controller ([`api_mode`], [`backend`], [`controller`]); the `NetworkFaultSchedule`
+//! resource ([`schedule_crd`]) and its controller in the API pod ([`schedules`]).
 pub mod api_mode;
 pub mod backend;
 pub mod controller;
@@ -10,6 +11,9 @@ pub mod netns;
 pub mod node;
 pub mod pods;
 pub mod preflight;
+pub mod schedule_crd;
+pub mod schedules;
+pub mod schedules_api;
 pub mod services;
 pub mod verify;
 
@@ -31,18 +35,35 @@ fn strip_null_enums(v: &mut serde_json::Value) {
     }
 }
 
-/// The `NetworkFault` CRD, as applied to clusters.
-pub fn crd() -> CustomResourceDefinition {
-    let mut v = serde_json::to_value(crd::NetworkFault::crd()).unwrap_or_default();
+/// A CRD with the nulls stripped from its enums (see [`strip_null_enums`]).
+fn stripped(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let Ok(mut v) = serde_json::to_value(&crd) else {
+        return crd;
+    };
     strip_null_enums(&mut v);
-    serde_json::from_value(v).unwrap_or_else(|_| crd::NetworkFault::crd())
+    serde_json::from_value(v).unwrap_or(crd)
 }
 
-/// The CRD as YAML (what `deploy/crd.yaml` holds).
+/// The `NetworkFault` CRD, as applied to clusters.
+pub fn crd() -> CustomResourceDefinition {
+    stripped(crd::NetworkFault::crd())
+}
+
+/// The `NetworkFaultSchedule` CRD, as applied to clusters.
+pub fn schedule_crd() -> CustomResourceDefinition {
+    stripped(schedule_crd::NetworkFaultSchedule::crd())
+}
+
+/// Both CRDs as one YAML stream (what `deploy/crd.yaml` holds).
 pub fn crd_yaml() -> String {
-    let crd = crd();
-    format!(
-        "# Generated from fault-agent/src/kube/crd.rs by `fault-agent crd`; do not edit.\n{}",
-        serde_yaml::to_string(&crd).unwrap_or_default()
-    )
+    let mut out = String::from(
+        "# Generated from fault-agent/src/kube/crd.rs and schedule_crd.rs by `fault-agent crd`; do not edit.\n",
+    );
+    for (i, crd) in [crd(), schedule_crd()].iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml::to_string(crd).unwrap_or_default());
+    }
+    out
 }

@@ -157,8 +157,35 @@ impl Guard {
                 Err(AgentError::NotFound(_) | AgentError::Conflict(_)) => vec![],
                 Err(e) => return Err(e),
             },
+            Need::CreateSchedule => route::for_create_schedule(body),
+            Need::Schedule { id, verb } => self.schedule_access(&id, verb).await?,
             Need::Unknown => vec![],
         })
+    }
+
+    /// `verb` on the schedule `id` in its namespace (looked up on the cluster API; a schedule
+    /// not found: nothing, the handler answers 404).
+    async fn schedule_access(
+        &self,
+        id: &str,
+        verb: &'static str,
+    ) -> Result<Vec<Access>, AgentError> {
+        let super::backend::Backend::Cluster(b) = &self.state.backend else {
+            return Ok(vec![]);
+        };
+        match crate::kube::schedules_api::fetch(b, id).await {
+            Ok(o) => {
+                let name = o.metadata.name.clone();
+                Ok(vec![Access::schedules(
+                    verb,
+                    &o.namespace(),
+                    name.as_deref(),
+                )])
+            }
+            Err(crate::schedule::ScheduleError::NotFound(_)) => Ok(vec![]),
+            Err(crate::schedule::ScheduleError::Agent(AgentError::Conflict(_))) => Ok(vec![]),
+            Err(crate::schedule::ScheduleError::Agent(e)) => Err(e),
+        }
     }
 
     /// Checks every access for `who`; static token and anonymous callers may do everything.
@@ -214,6 +241,12 @@ pub async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
             Need::Fixed(vec![Access {
                 name: Some(id),
                 ..Access::faults(verb, None)
+            }])
+        }
+        Need::Schedule { id, .. } if !matches!(who, Identity::User(_)) => {
+            Need::Fixed(vec![Access {
+                name: Some(id),
+                ..Access::cluster("get", route::Target::Schedules)
             }])
         }
         need => need,

@@ -102,6 +102,7 @@ pub fn access_review(user: &User, access: &Access) -> SubjectAccessReview {
             None,
         ),
         Target::Pods => (Some(resource("", "pods", None)), None),
+        Target::Schedules => (Some(resource(GROUP, "networkfaultschedules", None)), None),
         Target::Path(p) => (
             None,
             Some(NonResourceAttributes {

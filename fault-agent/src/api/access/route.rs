@@ -12,6 +12,11 @@
 //! | `GET /v1/kill-switch` | `get` on `networkfaults/killswitch` | cluster scope |
 //! | `POST`, `DELETE /v1/kill-switch` | `update` on `networkfaults/killswitch` | cluster scope |
 //! | `GET /v1/pods` | `list` on `pods` (core group) | all |
+//! | `GET /v1/schedules` | `list` on `networkfaultschedules` | all |
+//! | `POST /v1/schedules` | `create` on `networkfaultschedules`, and what creating its template needs (above) | the template's |
+//! | `GET /v1/schedules/{id}` | `get` on `networkfaultschedules` | the schedule's |
+//! | `DELETE /v1/schedules/{id}` | `delete` on `networkfaultschedules` | the schedule's |
+//! | `POST /v1/schedules/{id}/suspend`, `.../resume` | `patch` on `networkfaultschedules` | the schedule's |
 //! | `GET /metrics`, `/v1/capabilities`, `/v1/tables`, `/v1/tables/check` | `get` on that non-resource URL | - |
 //!
 //! Any other route has no rule: only the static token may call it.
@@ -35,6 +40,8 @@ pub enum Target {
     KillSwitch,
     /// Core `pods`.
     Pods,
+    /// `networkfaultschedules.faultline.dev`.
+    Schedules,
     /// A non-resource URL (e.g. `/metrics`).
     Path(String),
 }
@@ -64,7 +71,19 @@ impl Access {
         }
     }
 
-    fn cluster(verb: &'static str, target: Target) -> Self {
+    /// `verb` on NetworkFaultSchedules in `namespace`, on `name` when one is named.
+    pub fn schedules(verb: &'static str, namespace: &str, name: Option<&str>) -> Self {
+        Self {
+            verb,
+            target: Target::Schedules,
+            namespace: Some(namespace.to_owned()),
+            name: name.map(str::to_owned),
+            field: None,
+        }
+    }
+
+    /// `verb` on `target` in every namespace, or at cluster scope.
+    pub fn cluster(verb: &'static str, target: Target) -> Self {
         Self {
             verb,
             target,
@@ -80,6 +99,7 @@ impl Access {
             Target::NetworkFaults => format!("networkfaults.{GROUP}"),
             Target::KillSwitch => format!("networkfaults.{GROUP}/killswitch"),
             Target::Pods => "pods".into(),
+            Target::Schedules => format!("networkfaultschedules.{GROUP}"),
             Target::Path(p) => return format!("{} the non-resource URL {p}", self.verb),
         };
         let name = self
@@ -118,6 +138,10 @@ pub enum Need {
     Cleanup,
     /// `verb` on the existing fault `id`, in its namespace (looked up).
     Fault { id: String, verb: &'static str },
+    /// Creating the schedule the body describes ([`for_create_schedule`]).
+    CreateSchedule,
+    /// `verb` on the existing schedule `id`, in its namespace (looked up).
+    Schedule { id: String, verb: &'static str },
     /// No rule for this route: only the static token.
     Unknown,
 }
@@ -166,6 +190,13 @@ fn fault(id: &str, verb: &'static str) -> Need {
     }
 }
 
+fn schedule(id: &str, verb: &'static str) -> Need {
+    Need::Schedule {
+        id: decode(id),
+        verb,
+    }
+}
+
 fn path(p: &str) -> Need {
     Need::Fixed(vec![Access::cluster("get", Target::Path(p.to_owned()))])
 }
@@ -208,6 +239,13 @@ pub fn classify(method: &Method, uri: &Uri) -> Need {
             Need::Fixed(vec![Access::cluster("update", Target::KillSwitch)])
         }
         ("GET", ["v1", "pods"]) => Need::Fixed(vec![Access::cluster("list", Target::Pods)]),
+        ("GET", ["v1", "schedules"]) => {
+            Need::Fixed(vec![Access::cluster("list", Target::Schedules)])
+        }
+        ("POST", ["v1", "schedules"]) => Need::CreateSchedule,
+        ("GET", ["v1", "schedules", id]) if !id.is_empty() => schedule(id, "get"),
+        ("DELETE", ["v1", "schedules", id]) => schedule(id, "delete"),
+        ("POST", ["v1", "schedules", id, "suspend" | "resume"]) => schedule(id, "patch"),
         ("GET", ["metrics"] | ["v1", "capabilities" | "tables"] | ["v1", "tables", "check"]) => {
             path(uri.path())
         }
@@ -239,6 +277,19 @@ pub fn for_create(spec: &FaultSpec) -> Vec<Access> {
             ..Access::faults("create", Some(ns))
         });
     }
+    v
+}
+
+/// Creating the schedule a `POST /v1/schedules` body describes: `create` on
+/// `networkfaultschedules` in its template's namespace, and what creating the template would
+/// need ([`for_create`]: the API creates its faults). Nothing for a body that does not parse
+/// (the handler refuses it, 400/422, before anything changes).
+pub fn for_create_schedule(body: &[u8]) -> Vec<Access> {
+    let Ok(s) = fault_api::schedule::ScheduleSpec::from_json(body) else {
+        return vec![];
+    };
+    let mut v = vec![Access::schedules("create", &s.template.namespace, None)];
+    v.extend(for_create(&s.template));
     v
 }
 
@@ -341,7 +392,25 @@ mod tests {
 
     #[test]
     fn routes_without_a_rule_are_unknown() {
-        assert_eq!(need(Method::POST, "/v1/schedules"), Need::Unknown);
+        assert_eq!(need(Method::POST, "/v1/schedules"), Need::CreateSchedule);
+        assert_eq!(
+            need(Method::GET, "/v1/schedules"),
+            Need::Fixed(vec![Access::cluster("list", Target::Schedules)])
+        );
+        assert_eq!(
+            need(Method::POST, "/v1/schedules/team-a%2Fnightly/suspend"),
+            Need::Schedule {
+                id: "team-a/nightly".into(),
+                verb: "patch"
+            }
+        );
+        assert_eq!(
+            need(Method::DELETE, "/v1/schedules/nightly"),
+            Need::Schedule {
+                id: "nightly".into(),
+                verb: "delete"
+            }
+        );
         assert_eq!(need(Method::PUT, "/v1/faults/x"), Need::Unknown);
         assert_eq!(need(Method::GET, "/v1/faults/a/b/c"), Need::Unknown);
     }
