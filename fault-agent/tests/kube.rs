@@ -590,8 +590,31 @@ fn deploy_manifests_pass_server_side_dry_run() {
                 }
             }
         }
+        // The example schedules (deploy/examples/schedule.yaml) pass the CRD's schema.
+        let ns: Api<Namespace> = Api::all(client.clone());
+        ns.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap(),
+        )
+        .await
+        .unwrap();
+        let text = std::fs::read_to_string(dir.join("examples/schedule.yaml")).unwrap();
+        let schedules: Api<fault_agent::kube::schedule_crd::NetworkFaultSchedule> =
+            Api::namespaced(client.clone(), NS);
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let obj: fault_agent::kube::schedule_crd::NetworkFaultSchedule =
+                serde::Deserialize::deserialize(doc).unwrap();
+            obj.schedule_spec().unwrap();
+            let name = obj.metadata.name.clone().unwrap();
+            let pp = PatchParams::apply("faultline-manifest-test").dry_run();
+            schedules
+                .patch(&name, &pp, &Patch::Apply(&obj))
+                .await
+                .unwrap_or_else(|e| panic!("examples/schedule.yaml {name}: {e}"));
+            checked.push(format!("NetworkFaultSchedule/{name}"));
+        }
         eprintln!("server-side dry run passed: {checked:?}");
-        assert!(checked.len() >= 10, "{checked:?}");
+        assert!(checked.len() >= 12, "{checked:?}");
     });
 }
 
@@ -2473,4 +2496,133 @@ fn a_networkfaultschedule_fires_on_time_drops_packets_and_holds_forbid_history_a
                 && faults_of_schedule(&c, "forbid").is_empty()
         },
     );
+}
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn schedules_through_the_cluster_api_follow_rbac_on_networkfaultschedules() {
+    let _s = serial();
+    let kube = KubeEnv::start().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(async {
+        let cfg = kube::Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(kube.kubeconfig()).unwrap(),
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        Client::try_from(cfg).unwrap()
+    });
+    // The shipped RBAC and the example team Role (team-a-devs: team-a only).
+    let sa_token = rt.block_on(async {
+        install_crd(&client).await;
+        let ns: Api<Namespace> = Api::all(client.clone());
+        for name in ["team-a", "team-b"] {
+            ns.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        }
+        for f in [
+            "deploy/namespace.yaml",
+            "deploy/rbac.yaml",
+            "deploy/examples/team-role.yaml",
+        ] {
+            apply_file(&client, f).await;
+        }
+        api_service_account_token(&client).await
+    });
+    // The API runs as its ServiceAccount (its RBAC must let the controller work).
+    let dir = tempfile::tempdir().unwrap();
+    let admin_cfg = std::fs::read_to_string(kube.kubeconfig()).unwrap();
+    let sa_cfg = dir.path().join("kubeconfig");
+    std::fs::write(
+        &sa_cfg,
+        admin_cfg.replace(fault_testkit::kube::ADMIN_TOKEN, &sa_token),
+    )
+    .unwrap();
+    let (static_token, token_file) = ("static-admin-token", dir.path().join("token"));
+    std::fs::write(&token_file, static_token).unwrap();
+    let api = AgentProcess::start_api(
+        &sa_cfg,
+        &["--token-file", token_file.to_str().unwrap(), "--wait", "1s"],
+    )
+    .unwrap();
+    let url = |p: &str| format!("{}{p}", api.api_url());
+    let alice = fault_testkit::kube::ALICE_TOKEN;
+    let schedule = |ns: &str| {
+        json!({"name": "nightly", "cron": "* * * * * *", "concurrency_policy": "Forbid",
+               "template": {"namespace": ns, "pod_prefix": "web", "partition": true, "duration": "5m"}})
+    };
+
+    // Alice may schedule in team-a: the object exists and its controller fires it.
+    let (code, body) = call("POST", &url("/v1/schedules"), alice, Some(schedule("team-a")));
+    assert_eq!(code, 201, "{body}\n{}", api.log());
+    assert_eq!(body["spec"]["template"]["namespace"], "team-a", "{body}");
+    let faults: Api<NetworkFault> = Api::namespaced(client.clone(), "team-a");
+    wait_until("a fault from the schedule", Duration::from_secs(10), || {
+        let lp = kube::api::ListParams::default().labels("faultline.dev/schedule=nightly");
+        !rt.block_on(faults.list(&lp)).unwrap().items.is_empty()
+    });
+    let (code, body) = call("GET", &url("/v1/schedules/team-a%2Fnightly"), alice, None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body["status"]["created"].as_u64() >= Some(1), "{body}");
+
+    // ... not in team-b: 403 naming the resource and namespace; nothing created.
+    let (code, body) = call("POST", &url("/v1/schedules"), alice, Some(schedule("team-b")));
+    assert_eq!(code, 403, "{body}");
+    let m = body["error"]["message"].as_str().unwrap_or("").to_owned();
+    for word in [
+        "alice",
+        "create",
+        "networkfaultschedules.faultline.dev",
+        "namespace team-b",
+    ] {
+        assert!(m.contains(word), "{word:?} in {m}");
+    }
+    // The static token (admin) may; alice may then neither suspend nor delete it.
+    let (code, body) = call(
+        "POST",
+        &url("/v1/schedules"),
+        static_token,
+        Some(schedule("team-b")),
+    );
+    assert_eq!(code, 201, "{body}");
+    for (method, path) in [
+        ("POST", "/v1/schedules/team-b%2Fnightly/suspend"),
+        ("DELETE", "/v1/schedules/team-b%2Fnightly"),
+    ] {
+        let (code, body) = call(method, &url(path), alice, None);
+        assert_eq!(code, 403, "{method} {path}: {body}");
+    }
+    // A name alone used in two namespaces is ambiguous (409) for the admin.
+    let (code, body) = call("GET", &url("/v1/schedules/nightly"), static_token, None);
+    assert_eq!(code, 409, "{body}");
+
+    // Alice suspends and deletes her own; its faults go with it.
+    let (code, body) = call(
+        "POST",
+        &url("/v1/schedules/team-a%2Fnightly/suspend"),
+        alice,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["spec"]["suspend"], true, "{body}");
+    let (code, body) = call("DELETE", &url("/v1/schedules/team-a%2Fnightly"), alice, None);
+    assert_eq!(code, 200, "{body}");
+    wait_until("the schedule's faults gone", Duration::from_secs(10), || {
+        let lp = kube::api::ListParams::default().labels("faultline.dev/schedule=nightly");
+        rt.block_on(faults.list(&lp)).unwrap().items.is_empty()
+    });
+    let (code, body) = call("GET", &url("/v1/schedules"), static_token, None);
+    assert_eq!(code, 200, "{body}");
+    let names: Vec<&str> = body["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["spec"]["template"]["namespace"].as_str())
+        .collect();
+    assert_eq!(names, ["team-b"], "{body}");
 }
