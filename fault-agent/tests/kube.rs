@@ -2481,13 +2481,44 @@ fn a_networkfaultschedule_fires_on_time_drops_packets_and_holds_forbid_history_a
     assert!(m.contains("kube-system"), "{m}");
     assert_eq!(st.created, 0);
 
-    // Deleting the schedule removes its faults.
+    // kubectl's columns (when kubectl is installed) and faultctl against the cluster API.
+    let kubectl = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(c.kube.kubeconfig())
+        .args(["get", "nfs", "-n", NS])
+        .output();
+    if let Ok(out) = kubectl {
+        let text = String::from_utf8_lossy(&out.stdout);
+        eprintln!("kubectl get nfs -n {NS}:\n{text}");
+        assert!(
+            text.contains("SCHEDULE") && text.contains("*/4 * * * * *"),
+            "{text}"
+        );
+    }
+    let out = c.api.faultctl(&["schedule", "list"]).unwrap();
+    eprintln!(
+        "faultctl schedule list:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(out.status.success(), "{out:?}");
+    let got: fault_api::schedule::Schedule = serde_json::from_slice(
+        &c.api
+            .faultctl(&["schedule", "get", "every-4s", "-o", "json"])
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(got.spec.cron, "*/4 * * * * *");
+    assert!(got.status.created as usize >= fires.len(), "{got:?}");
+
+    // Deleting a schedule removes its faults: with kubectl's delete (ownerReferences; here the
+    // API's controller, there is no garbage collector) or `faultctl schedule delete`.
     use fault_agent::kube::schedule_crd::NetworkFaultSchedule;
     let api: Api<NetworkFaultSchedule> = Api::namespaced(c.client.clone(), NS);
-    for name in ["every-4s", "forbid"] {
-        c.rt.block_on(api.delete(name, &DeleteParams::default()))
-            .unwrap();
-    }
+    c.rt.block_on(api.delete("every-4s", &DeleteParams::default()))
+        .unwrap();
+    let out = c.api.faultctl(&["schedule", "delete", "forbid"]).unwrap();
+    assert!(out.status.success(), "{out:?}");
     wait_until(
         "faults of deleted schedules gone",
         Duration::from_secs(10),
@@ -2558,7 +2589,12 @@ fn schedules_through_the_cluster_api_follow_rbac_on_networkfaultschedules() {
     };
 
     // Alice may schedule in team-a: the object exists and its controller fires it.
-    let (code, body) = call("POST", &url("/v1/schedules"), alice, Some(schedule("team-a")));
+    let (code, body) = call(
+        "POST",
+        &url("/v1/schedules"),
+        alice,
+        Some(schedule("team-a")),
+    );
     assert_eq!(code, 201, "{body}\n{}", api.log());
     assert_eq!(body["spec"]["template"]["namespace"], "team-a", "{body}");
     let faults: Api<NetworkFault> = Api::namespaced(client.clone(), "team-a");
@@ -2571,7 +2607,12 @@ fn schedules_through_the_cluster_api_follow_rbac_on_networkfaultschedules() {
     assert!(body["status"]["created"].as_u64() >= Some(1), "{body}");
 
     // ... not in team-b: 403 naming the resource and namespace; nothing created.
-    let (code, body) = call("POST", &url("/v1/schedules"), alice, Some(schedule("team-b")));
+    let (code, body) = call(
+        "POST",
+        &url("/v1/schedules"),
+        alice,
+        Some(schedule("team-b")),
+    );
     assert_eq!(code, 403, "{body}");
     let m = body["error"]["message"].as_str().unwrap_or("").to_owned();
     for word in [
@@ -2610,12 +2651,21 @@ fn schedules_through_the_cluster_api_follow_rbac_on_networkfaultschedules() {
     );
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["spec"]["suspend"], true, "{body}");
-    let (code, body) = call("DELETE", &url("/v1/schedules/team-a%2Fnightly"), alice, None);
+    let (code, body) = call(
+        "DELETE",
+        &url("/v1/schedules/team-a%2Fnightly"),
+        alice,
+        None,
+    );
     assert_eq!(code, 200, "{body}");
-    wait_until("the schedule's faults gone", Duration::from_secs(10), || {
-        let lp = kube::api::ListParams::default().labels("faultline.dev/schedule=nightly");
-        rt.block_on(faults.list(&lp)).unwrap().items.is_empty()
-    });
+    wait_until(
+        "the schedule's faults gone",
+        Duration::from_secs(10),
+        || {
+            let lp = kube::api::ListParams::default().labels("faultline.dev/schedule=nightly");
+            rt.block_on(faults.list(&lp)).unwrap().items.is_empty()
+        },
+    );
     let (code, body) = call("GET", &url("/v1/schedules"), static_token, None);
     assert_eq!(code, 200, "{body}");
     let names: Vec<&str> = body["schedules"]
