@@ -2481,19 +2481,26 @@ fn a_networkfaultschedule_fires_on_time_drops_packets_and_holds_forbid_history_a
     assert!(m.contains("kube-system"), "{m}");
     assert_eq!(st.created, 0);
 
-    // kubectl's columns (when kubectl is installed) and faultctl against the cluster API.
-    let kubectl = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(c.kube.kubeconfig())
-        .args(["get", "nfs", "-n", NS])
-        .output();
-    if let Ok(out) = kubectl {
+    // kubectl (when installed): the README's example applies, and the columns show.
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(c.kube.kubeconfig())
+            .args(args)
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .output()
+    };
+    if let Ok(out) = kubectl(&["apply", "-f", "deploy/examples/schedule.yaml"]) {
+        eprintln!("kubectl apply:\n{}", String::from_utf8_lossy(&out.stdout));
+        assert!(out.status.success(), "{out:?}");
+        let out = kubectl(&["get", "nfs", "-n", NS]).unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         eprintln!("kubectl get nfs -n {NS}:\n{text}");
         assert!(
             text.contains("SCHEDULE") && text.contains("*/4 * * * * *"),
             "{text}"
         );
+        assert!(text.contains("monthly-prefill-partition"), "{text}");
     }
     let out = c.api.faultctl(&["schedule", "list"]).unwrap();
     eprintln!(
