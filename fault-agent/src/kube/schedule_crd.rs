@@ -31,6 +31,8 @@ fn default_history_limit() -> u32 {
 
 /// A recurring network fault: a `NetworkFault` from `template` at each fire time of
 /// `schedule` in `timeZone`. See the README's "Schedules in a cluster".
+// The print columns repeat `type_`: not a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "faultline.dev",
