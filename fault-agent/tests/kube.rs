@@ -2683,3 +2683,49 @@ fn schedules_through_the_cluster_api_follow_rbac_on_networkfaultschedules() {
         .collect();
     assert_eq!(names, ["team-b"], "{body}");
 }
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn a_replace_schedule_recovers_the_live_fault_before_creating_the_next() {
+    let _s = serial();
+    let c = Cluster::start_full(&[], &["--retention", "5m"]);
+    // Every 2 s a 30 s fault: each fire time must recover the previous one first.
+    create_schedule(
+        &c,
+        NS,
+        json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFaultSchedule",
+               "metadata": {"name": "replace", "namespace": NS},
+               "spec": {"schedule": "*/2 * * * * *", "concurrencyPolicy": "Replace",
+                        "historyLimit": 10,
+                        "template": {"podPrefix": "vllm-decode-0", "toSelectors": ["app=vllm-prefill"],
+                                     "protocol": "udp", "partition": "packets", "duration": "30s"}}}),
+    );
+    let mut most_live = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(9) {
+        let live = faults_of_schedule(&c, "replace")
+            .iter()
+            .filter(|f| is_live(f))
+            .count();
+        most_live = most_live.max(live);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut faults = faults_of_schedule(&c, "replace");
+    faults.sort_by_key(|f| f.metadata.name.clone());
+    let phases: Vec<(String, Option<Phase>)> = faults
+        .iter()
+        .map(|f| (f.id(), f.status.as_ref().and_then(|s| s.phase)))
+        .collect();
+    eprintln!("most live at once {most_live}; {phases:?}");
+    assert_eq!(most_live, 1, "{phases:?}");
+    assert!(faults.len() >= 3, "{phases:?}\n{}", c.api.log());
+    let (last, earlier) = phases.split_last().unwrap();
+    assert!(
+        earlier.iter().all(|(_, p)| *p == Some(Phase::Recovered)),
+        "{phases:?}"
+    );
+    assert!(
+        matches!(last.1, Some(Phase::Active | Phase::Pending)),
+        "{phases:?}"
+    );
+}
