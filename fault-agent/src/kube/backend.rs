@@ -199,13 +199,13 @@ impl KubeBackend {
         self.create_by(spec, None).await
     }
 
-    /// Creates a `NetworkFault` for the caller at `from` once the guards pass (422 naming the
+    /// Creates a `NetworkFault` for the caller `by` once the guards pass (422 naming the
     /// first one tripped; an honoured protection override is audited), and waits for the
     /// node agents. The controller makes the blast-radius choice.
     pub async fn create_by(
         &self,
         spec: FaultSpec,
-        from: Option<&str>,
+        by: Option<&crate::audit::Actor>,
     ) -> Result<Fault, AgentError> {
         spec.validate().map_err(AgentError::Invalid)?;
         if spec.abort.is_some() {
@@ -217,8 +217,8 @@ impl KubeBackend {
         let verdict = self
             .guards
             .judge(&spec, &pods, &self.protection, self.max_duration);
-        if let Some(e) = verdict.refusals.into_iter().next() {
-            return Err(AgentError::Invalid(e));
+        if let Some(e) = verdict.refusals.first() {
+            return Err(AgentError::Invalid(e.clone()));
         }
         let id = new_fault_id();
         let mut nf = NetworkFault::new(&id, NetworkFaultSpec::from_fault_spec(&spec));
@@ -232,7 +232,7 @@ impl KubeBackend {
             .await
             .map_err(kube_error)?;
         if verdict.override_used {
-            crate::guards::audit_override(&spec, from, &format!("{}/{id}", spec.namespace));
+            crate::guards::audit_override(&spec, by, &id, &verdict.overridden);
         }
         // Until every node hosting a target applied it, or one of them said why it cannot, or
         // there is no target yet (the status then says so).
