@@ -1,6 +1,6 @@
 //! HTTPS for the API: the certificate chain and private key (PEM files, e.g. a
 //! `kubernetes.io/tls` Secret's `tls.crt` and `tls.key`) in a rustls server config (ring
-//! provider; TLS 1.2 and 1.3; ALPN `h2`, `http/1.1`), reloaded when the files change, and a
+//! provider; TLS 1.2 and 1.3; ALPN `http/1.1`: axum serves HTTP/1 only here), reloaded when the files change, and a
 //! listener ([`TlsListener`]) that hands axum only connections whose handshake completed.
 use std::{
     net::SocketAddr,
@@ -103,7 +103,8 @@ impl TlsFiles {
                 key: self.key.clone(),
                 why: e.to_string(),
             })?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // axum is built without its `http2` feature: offering h2 would break HTTP/2 clients.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 
