@@ -2,7 +2,8 @@
 //! a CA and a server certificate made by `openssl` at test time: a client that trusts the CA
 //! creates and lists a fault that drops real packets (a UDP stream between two pods'
 //! network namespaces); plain HTTP to the port and a client that does not trust the CA get
-//! nothing; faultctl reaches it with `--ca-file`.
+//! nothing; faultctl reaches it with `--ca-file`; a renewed certificate is served without a
+//! restart.
 mod common;
 
 use std::{
@@ -97,6 +98,29 @@ fn https_with_the_ca_creates_a_fault_that_drops_packets_and_nothing_else_gets_in
     eprintln!(
         "faultctl without --ca-file: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A renewed certificate (another CA's, as a Secret update writes it) is served without a
+    // restart, within the reload period.
+    let renewed = TestCerts::new("renewed-ca").unwrap();
+    std::fs::copy(renewed.key(), certs.key()).unwrap();
+    std::fs::copy(renewed.cert(), certs.cert()).unwrap();
+    let trusts_renewed = Client::new(&url)
+        .with_ca_pem(&std::fs::read(renewed.ca()).unwrap())
+        .unwrap();
+    let start = std::time::Instant::now();
+    while trusts_renewed.list(None).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "renewed certificate not served: {}",
+            agent.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("renewed certificate served after {:?}", start.elapsed());
+    assert!(
+        agent.client().list(None).is_err(),
+        "the old CA no longer matches"
     );
 
     drop(agent);
