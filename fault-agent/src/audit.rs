@@ -30,6 +30,31 @@ pub enum AuthMethod {
     None,
 }
 
+/// Who did something, as a record names them (see the fields of [`Record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The Kubernetes user name, `static-token`, `anonymous`, or an internal actor's name.
+    pub user: String,
+    /// The user's groups (Kubernetes users only).
+    pub groups: Vec<String>,
+    /// How `user` was established.
+    pub auth: AuthMethod,
+    /// The caller's address (`ip:port`), when known.
+    pub source: Option<String>,
+}
+
+impl Actor {
+    /// A part of the agent acting on its own (e.g. the controller on an object), named `user`.
+    pub fn internal(user: impl Into<String>) -> Self {
+        Self {
+            user: user.into(),
+            groups: vec![],
+            auth: AuthMethod::None,
+            source: None,
+        }
+    }
+}
+
 /// One audit record. Build it with [`Record::now`] and set what is known.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
@@ -86,6 +111,14 @@ impl Record {
             reason: None,
             detail: None,
         }
+    }
+
+    /// A record stamped now for `actor` doing `method` on `path`; the rest unset.
+    pub fn by(actor: &Actor, method: &str, path: &str) -> Self {
+        let mut r = Self::now(actor.user.clone(), actor.auth, method, path);
+        r.groups = actor.groups.clone();
+        r.source = actor.source.clone();
+        r
     }
 
     /// The record as one line of JSON (no newline).

@@ -884,9 +884,13 @@ impl Core {
         self.create_by(spec, None)
     }
 
-    /// [`Core::create`] for the caller at address `from` (recorded when the fault overrides
-    /// protection). Refused (422) when a guard trips ([`crate::guards`]).
-    pub fn create_by(&mut self, spec: FaultSpec, from: Option<&str>) -> Result<Fault, AgentError> {
+    /// [`Core::create`] for the caller `by` (named in the audit record when the fault
+    /// overrides protection). Refused (422) when a guard trips ([`crate::guards`]).
+    pub fn create_by(
+        &mut self,
+        spec: FaultSpec,
+        by: Option<&crate::audit::Actor>,
+    ) -> Result<Fault, AgentError> {
         let _phase = failpoint::phase(Phase::Create);
         spec.validate().map_err(AgentError::Invalid)?;
         let verdict = self.config.guards.judge(
@@ -902,7 +906,7 @@ impl Core {
         let duration = verdict.duration;
         let blast_radius =
             crate::blast::choose(&spec, &verdict.candidates, &mut crate::blast::os_draw);
-        let override_used = verdict.override_used;
+        let overridden = verdict.override_used.then_some(verdict.overridden);
         let notes = verdict.notes;
         let now = Timestamp::now();
         let now_boot = kernel::boottime_ns()?;
@@ -986,9 +990,9 @@ impl Core {
             tracing::warn!(error = %format!("{e:#}"), "removing unused qdiscs failed; the next reconcile retries");
         }
         tracing::info!(fault = %id, slot, "fault created");
-        if override_used {
+        if let Some(overridden) = overridden {
             let spec = self.store.get(&id).map(|f| f.spec.clone());
-            spec.inspect(|s| crate::guards::audit_override(s, from, &id));
+            spec.inspect(|s| crate::guards::audit_override(s, by, &id, &overridden));
         }
         self.get(&id)
     }

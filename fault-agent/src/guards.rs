@@ -35,6 +35,8 @@ pub struct Verdict {
     pub notes: Vec<String>,
     /// The fault acts on protected resources through an honoured override (audit it).
     pub override_used: bool,
+    /// What the honoured override set aside: the refusal each protection would have given.
+    pub overridden: Vec<FieldError>,
     /// The pods the targets match now, protected ones left out unless overridden.
     pub candidates: Vec<fault_api::PodRef>,
 }
@@ -87,7 +89,10 @@ impl Guards {
             &spec.override_protection,
         ) {
             (Ok(()), _) => {}
-            (Err(_), Some(_)) if self.allow_protection_override => v.override_used = true,
+            (Err(e), Some(_)) if self.allow_protection_override => {
+                v.override_used = true;
+                v.overridden.push(e);
+            }
             (Err(e), Some(_)) => v.refusals.push(FieldError::new(
                 "override_protection",
                 format!(
@@ -150,22 +155,40 @@ impl Guards {
     }
 }
 
-/// Logs one use of a protection override under the `audit` tracing target: who (`from`, the
-/// caller's address, or the object for a `NetworkFault`), why, and what it overrode. Every
-/// use goes through here so the record can be redirected to an audit log in one place.
-pub fn audit_override(spec: &FaultSpec, from: Option<&str>, fault: &str) {
+/// Records one use of a protection override in the audit log ([`crate::audit::record`]: the
+/// `audit` log target and `--audit-log`), as a record of its own: method
+/// `override-protection`, path `/v1/faults/<fault>`, who (`by`; `unknown` when not known), the
+/// namespace and fault id, and in `detail` the override's `reason` and the protections
+/// `overridden` (each as the refusal it would have given: `field`, `message`). Every use goes
+/// through here.
+pub fn audit_override(
+    spec: &FaultSpec,
+    by: Option<&crate::audit::Actor>,
+    fault: &str,
+    overridden: &[FieldError],
+) {
+    use crate::audit::{Actor, Record};
+    let unknown = Actor::internal("unknown");
+    let mut r = Record::by(
+        by.unwrap_or(&unknown),
+        "override-protection",
+        &format!("/v1/faults/{fault}"),
+    );
+    r.verb = Some("create".into());
+    r.namespace = Some(spec.namespace.clone());
+    r.fault_id = Some(fault.to_owned());
     let reason = spec
         .override_protection
         .as_ref()
         .map_or("", |o| o.reason.as_str());
-    tracing::warn!(
-        target: "audit",
-        from = from.unwrap_or("unknown"),
-        fault,
-        namespace = %spec.namespace,
-        reason,
-        "protection overridden: the fault may act on protected resources"
-    );
+    r.detail = Some(serde_json::json!({
+        "reason": reason,
+        "overridden": overridden
+            .iter()
+            .map(|e| serde_json::json!({"field": e.field, "message": e.message}))
+            .collect::<Vec<_>>(),
+    }));
+    crate::audit::record(&r);
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fault_agent::{
-    api::limits::ApiLimits,
+    api::{limits::ApiLimits, tls::TlsFiles},
     capacity::{DEFAULT_MAX_RULES_PER_FAULT, Limits},
     core::CoreConfig,
     dataplane::{self, Pins},
@@ -126,6 +126,49 @@ impl ApiArgs {
             max_concurrent: self.max_concurrent_requests,
             request_timeout: self.request_timeout,
         }
+    }
+}
+
+/// HTTPS for the API (`standalone`, `api`): a certificate and key given as files, or a folder
+/// that may hold them (an optional Secret). Without either the API is plain HTTP.
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Serve HTTPS with this certificate chain (PEM: the server's certificate, then any
+    /// intermediates); needs --tls-key-file. Re-read when it changes.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "tls_key_file",
+        conflicts_with = "tls_dir"
+    )]
+    tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM: PKCS#8, PKCS#1 or SEC1); needs --tls-cert-file.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "tls_cert_file",
+        conflicts_with = "tls_dir"
+    )]
+    tls_key_file: Option<PathBuf>,
+    /// Serve HTTPS iff this folder holds `tls.crt` and `tls.key` (a mounted `kubernetes.io/tls`
+    /// Secret); plain HTTP when it holds neither or does not exist; an error with only one.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The certificate and key to serve, if any (see the flags).
+    fn files(&self) -> anyhow::Result<Option<TlsFiles>> {
+        Ok(
+            match (&self.tls_cert_file, &self.tls_key_file, &self.tls_dir) {
+                (Some(cert), Some(key), _) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                (_, _, Some(dir)) => TlsFiles::in_dir(dir)?,
+                _ => None,
+            },
+        )
     }
 }
 
@@ -274,6 +317,8 @@ enum Command {
         /// Serve the API without a token on a non-loopback --listen address.
         #[arg(long)]
         insecure_no_auth: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// Live faults at once (409 above).
         #[arg(long, default_value_t = fault_common::MAX_FAULTS as usize, value_parser = max_faults)]
         max_faults: usize,
@@ -302,6 +347,11 @@ enum Command {
         /// Read-only API and health endpoints.
         #[arg(long, default_value = "127.0.0.1:9464")]
         listen: SocketAddr,
+        /// File holding the read-only API's bearer token (first line): every route but
+        /// /healthz, /readyz and /health needs it, /metrics too. Without it the API is open to
+        /// any process that reaches --listen.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
         #[arg(long, default_value = "/var/lib/faultline")]
         state_dir: PathBuf,
         #[arg(long, default_value = "/sys/fs/bpf/faultline")]
@@ -351,6 +401,8 @@ enum Command {
         token_file: Option<PathBuf>,
         #[arg(long)]
         insecure_no_auth: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// How long create and recover wait for the node agents to report.
         #[arg(long, default_value = "5s", value_parser = duration)]
         wait: Duration,
@@ -407,6 +459,7 @@ fn run() -> Result<()> {
             datapath,
             token_file,
             insecure_no_auth,
+            tls,
             max_faults,
             max_rules_per_fault,
             liveness_threshold,
@@ -437,6 +490,7 @@ fn run() -> Result<()> {
                 service_cidrs: datapath.service_cidrs,
                 token_file,
                 insecure: insecure_no_auth,
+                tls: tls.files()?,
                 api_limits: api.limits(),
                 liveness_threshold,
             };
@@ -448,6 +502,7 @@ fn run() -> Result<()> {
         Command::Node {
             node_name,
             listen,
+            token_file,
             state_dir,
             bpffs,
             retention,
@@ -480,6 +535,7 @@ fn run() -> Result<()> {
                 service_cidrs: datapath.service_cidrs,
                 status_interval,
                 daemonset,
+                token_file,
                 api_limits: api.limits(),
                 liveness_threshold,
                 kill_switch: kill_switch.location(),
@@ -495,6 +551,7 @@ fn run() -> Result<()> {
             retention,
             token_file,
             insecure_no_auth,
+            tls,
             wait,
             api,
             protect,
@@ -508,6 +565,7 @@ fn run() -> Result<()> {
                 retention,
                 token_file,
                 insecure: insecure_no_auth,
+                tls: tls.files()?,
                 wait,
                 api_limits: api.limits(),
                 protection: protect.protection(),

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use notify::Watcher as _;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::sync::Notify;
 
 use crate::{
     api::{self, AppState, lock},
@@ -52,6 +52,9 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// Serve without a token on a non-loopback address.
     pub insecure: bool,
+    /// Serve HTTPS with this certificate and key (`--tls-cert-file`, `--tls-key-file`,
+    /// `--tls-dir`); `None`: plain HTTP.
+    pub tls: Option<api::tls::TlsFiles>,
     /// Request limits of the API.
     pub api_limits: api::limits::ApiLimits,
     /// `/healthz` fails once syncs have kept failing this long.
@@ -222,10 +225,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
 
     crate::steady::resume(&steady, &core).await;
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "API listening");
+    let server = api::serve::Server::bind(cfg.listen, cfg.tls.clone()).await?;
+    tracing::info!(url = %server.url(), "API listening");
     let scheduler = crate::schedule::Scheduler::open(
         &cfg.state_dir,
         state.backend.clone(),
@@ -234,14 +235,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     let inventory_task = tokio::spawn(watch_inventory(cfg.clone(), state.clone(), core.clone()));
     let expiry_task = tokio::spawn(expire_loop(core.clone(), state.clone()));
     let schedule_task = tokio::spawn(scheduler.clone().run());
-    let served = axum::serve(
-        listener,
-        api::router(state.clone(), token, cfg.api_limits)
-            .layer(axum::Extension(scheduler.clone()))
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await;
+    let served = server
+        .run(
+            api::router(state.clone(), token, cfg.api_limits)
+                .layer(axum::Extension(scheduler.clone())),
+            shutdown_signal(),
+        )
+        .await;
     inventory_task.abort();
     expiry_task.abort();
     schedule_task.abort();

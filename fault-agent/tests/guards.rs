@@ -413,10 +413,14 @@ fn an_override_is_refused_without_the_flag_and_audited_with_it() {
         );
         nothing_applied(&env);
     }
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_log = audit_dir.path().join("audit.jsonl");
     let env = DynamoEnv::start_with(&[
         "--protected-pod",
         "dynamo/vllm-prefill",
         "--allow-protection-override",
+        "--audit-log",
+        audit_log.to_str().unwrap(),
     ])
     .unwrap();
     // Without an override, still refused.
@@ -425,18 +429,54 @@ fn an_override_is_refused_without_the_flag_and_audited_with_it() {
     let id = inject(&env.agent, &args);
     assert!(blocked(&env.pods.prefill, &env.pods.frontend, Family::V4));
     assert!(reaches(&env.pods.decode0, &env.pods.frontend, Family::V4));
-    let log = env.agent.log();
-    let line = log
+    // The override is a record of its own in the JSON-lines audit log: who, which fault,
+    // where, why, and the protection it set aside.
+    let text = std::fs::read_to_string(&audit_log).unwrap();
+    let records: Vec<serde_json::Value> = text
         .lines()
-        .find(|l| l.contains("protection overridden"))
-        .unwrap_or_else(|| panic!("no audit line in:\n{log}"));
-    eprintln!("{line}");
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let used: Vec<_> = records
+        .iter()
+        .filter(|r| r["method"] == "override-protection")
+        .collect();
+    eprintln!("{used:#?}");
+    assert_eq!(used.len(), 1, "{text}");
+    let r = used[0];
+    assert_eq!(r["user"], "anonymous");
     assert!(
-        line.contains("audit")
-            && line.contains("failover drill 4711")
-            && line.contains("127.0.0.1")
-            && line.contains(&id),
-        "{line}"
+        r["source"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{r}"
+    );
+    assert_eq!(
+        (r["namespace"].as_str(), r["fault_id"].as_str()),
+        (Some("dynamo"), Some(id.as_str()))
+    );
+    assert_eq!(r["verb"], "create");
+    assert_eq!(r["detail"]["reason"], "failover drill 4711");
+    let overridden = r["detail"]["overridden"].as_array().unwrap();
+    assert!(
+        overridden.len() == 1
+            && overridden[0]["field"] == "pod_prefix"
+            && overridden[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("protected:pod:dynamo/vllm-prefill"),
+        "{r}"
+    );
+    // The create request itself is audited too, after its override record.
+    assert!(
+        records
+            .iter()
+            .any(|c| c["method"] == "POST" && c["fault_id"] == id.as_str() && c["status"] == 201),
+        "{text}"
+    );
+    // And the same line went to the `audit` log target.
+    let log = env.agent.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("audit") && l.contains("override-protection") && l.contains(&id)),
+        "{log}"
     );
     env.agent.client().recover(&id).unwrap();
 }

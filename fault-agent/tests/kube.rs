@@ -2729,3 +2729,89 @@ fn a_replace_schedule_recovers_the_live_fault_before_creating_the_next() {
         "{phases:?}"
     );
 }
+
+/// `GET url` (with a bearer token if given): the status.
+fn get_status(url: &str, token: Option<&str>) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.get(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    req.call().expect("the agent answers").status().as_u16()
+}
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn node_agents_answer_only_with_their_token_and_the_api_audits_an_override() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (token, token_file) = ("node-token-4711", dir.path().join("node-token"));
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let audit_log = dir.path().join("audit.jsonl");
+    let c = Cluster::start_full(
+        &["--token-file", token_file.to_str().unwrap()],
+        &[
+            "--protected-pod",
+            "dynamo/vllm-prefill",
+            "--allow-protection-override",
+            "--audit-log",
+            audit_log.to_str().unwrap(),
+        ],
+    );
+    // The node agent's read-only API: closed but for health.
+    let node = c.nodes[0].api_url();
+    for path in ["/v1/faults", "/v1/pods", "/metrics"] {
+        assert_eq!(get_status(&format!("{node}{path}"), None), 401, "{path}");
+        assert_eq!(
+            get_status(&format!("{node}{path}"), Some("wrong")),
+            403,
+            "{path}"
+        );
+        assert_eq!(
+            get_status(&format!("{node}{path}"), Some(token)),
+            200,
+            "{path}"
+        );
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(get_status(&format!("{node}{path}"), None), 200, "{path}");
+    }
+
+    // An honoured override through the cluster API is its own audit record.
+    let id = inject(
+        &c.api,
+        &[
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-prefill",
+            "--partition",
+            "--override-protection",
+            "failover drill 4711",
+        ],
+    );
+    let text = std::fs::read_to_string(&audit_log).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by_caller = records
+        .iter()
+        .find(|r| r["method"] == "override-protection" && r["user"] == "anonymous")
+        .unwrap_or_else(|| panic!("no override record of the caller in:\n{text}"));
+    eprintln!("{by_caller}");
+    assert!(
+        by_caller["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert_eq!(by_caller["namespace"], NS);
+    assert_eq!(by_caller["fault_id"], id.as_str());
+    assert_eq!(by_caller["detail"]["reason"], "failover drill 4711");
+    assert_eq!(by_caller["detail"]["overridden"][0]["field"], "pod_prefix");
+    ctl(&c.api, &["recover", &id]);
+}

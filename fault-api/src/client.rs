@@ -24,7 +24,7 @@ pub enum ClientError {
     Transport(String),
 }
 
-/// Client of one agent. `base` is like `http://127.0.0.1:8080`.
+/// Client of one agent. `base` is like `http://127.0.0.1:8080` or `https://faultline:8080`.
 #[derive(Clone)]
 pub struct Client {
     base: String,
@@ -32,17 +32,70 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
+/// TLS settings (ring provider) that trust `roots`, or the system's roots when `None` (read
+/// once per process; `SSL_CERT_FILE`/`SSL_CERT_DIR` honoured). Shared with the agent's own
+/// HTTP probes.
+pub fn tls_config(roots: Option<Vec<ureq::tls::Certificate<'static>>>) -> ureq::tls::TlsConfig {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    static SYSTEM: std::sync::OnceLock<Vec<Certificate<'static>>> = std::sync::OnceLock::new();
+    let roots = roots.unwrap_or_else(|| {
+        SYSTEM
+            .get_or_init(|| {
+                rustls_native_certs::load_native_certs()
+                    .certs
+                    .iter()
+                    .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+                    .collect()
+            })
+            .clone()
+    });
+    TlsConfig::builder()
+        .root_certs(RootCerts::new_with_certs(&roots))
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .build()
+}
+
+fn agent(roots: Option<Vec<ureq::tls::Certificate<'static>>>) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .tls_config(tls_config(roots))
+        .build()
+        .into()
+}
+
 impl Client {
+    /// A client of the agent at `base`; an `https://` agent's certificate must chain to one
+    /// of the system's roots (see [`Client::with_ca_pem`] for a private CA).
     pub fn new(base: &str) -> Self {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build();
+        let https = base.starts_with("https://");
         Self {
             base: base.trim_end_matches('/').to_owned(),
             token: None,
-            agent: config.into(),
+            // The system's roots are read only when they can be needed.
+            agent: agent((!https).then(Vec::new)),
         }
+    }
+
+    /// Trusts only the CA certificates in `pem` (one or more PEM `CERTIFICATE` blocks, e.g.
+    /// the `ca.crt` of the agent's certificate) for `https://` agents.
+    ///
+    /// Errors: `pem` holds no certificate or a malformed one ([`ClientError::Transport`]).
+    pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Self, ClientError> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .map(|c| c.map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Transport(format!("CA certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(ClientError::Transport(
+                "CA certificates: no PEM CERTIFICATE block".into(),
+            ));
+        }
+        self.agent = agent(Some(certs));
+        Ok(self)
     }
 
     /// Sends `Authorization: Bearer TOKEN` with every request.

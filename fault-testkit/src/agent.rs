@@ -141,6 +141,8 @@ pub struct AgentProcess {
     bpffs: PathBuf,
     listen: SocketAddr,
     netns: Option<Netns>,
+    /// The CA its HTTPS certificate chains to; `None`: plain HTTP.
+    ca: Option<PathBuf>,
     /// Processes started so far (run `n` logs to `agent-<n>.log`).
     starts: u32,
 }
@@ -218,6 +220,7 @@ impl AgentProcess {
             bpffs: test_bpffs()?,
             listen,
             netns,
+            ca: b.ca,
             starts: 0,
         };
         a.spawn()?;
@@ -288,7 +291,11 @@ impl AgentProcess {
                     self.log_tail(LOG_TAIL_LINES)
                 );
             }
-            if ready::readyz(addr, Duration::from_millis(500)) {
+            let ready = match &self.ca {
+                None => ready::readyz(addr, Duration::from_millis(500)),
+                Some(_) => self.client().ready(),
+            };
+            if ready {
                 return Ok(());
             }
             if start.elapsed() > self.ready_timeout {
@@ -303,9 +310,15 @@ impl AgentProcess {
     }
 
     /// Base URL of its API: `http://127.0.0.1:PORT`, or `http://<listen address>` (IPv6 in
-    /// brackets).
+    /// brackets); `https://` when it serves TLS ([`AgentBuilder::tls`]).
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.listen)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.listen)
+    }
+
+    /// The CA file its HTTPS certificate chains to, if it serves HTTPS.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     /// Its API port (the same across restarts).
@@ -325,12 +338,25 @@ impl AgentProcess {
 
     /// A client of its native API.
     pub fn client(&self) -> Client {
-        Client::new(&self.api_url())
+        let client = Client::new(&self.api_url());
+        let Some(pem) = self.ca.as_deref().and_then(|ca| std::fs::read(ca).ok()) else {
+            return client;
+        };
+        // The CA file was written by `TestCerts`; a broken one fails the first call instead.
+        client.clone().with_ca_pem(&pem).unwrap_or(client)
     }
 
     /// Runs `faultctl --api <api_url> ARGS...` against it.
     pub fn faultctl(&self, args: &[&str]) -> Result<Output> {
-        faultctl(&self.api_url(), args)
+        match &self.ca {
+            None => faultctl(&self.api_url(), args),
+            Some(ca) => {
+                let ca = ca.display().to_string();
+                let mut all = vec!["--ca-file", ca.as_str()];
+                all.extend_from_slice(args);
+                faultctl(&self.api_url(), &all)
+            }
+        }
     }
 
     /// The command line [`AgentProcess::faultctl`] runs for `args`, as a shell would show it

@@ -32,6 +32,7 @@ pub mod probe;
 mod rand;
 pub mod real_node;
 pub mod services;
+pub mod tls;
 pub mod topology;
 
 pub use agent::{AgentBuilder, AgentProcess, bin_path, faultctl};

@@ -37,6 +37,10 @@ struct Cli {
     /// Bearer token for the API (or env FAULTLINE_TOKEN).
     #[arg(long, global = true, env = "FAULTLINE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate(s) (PEM) an `https://` --api must chain to, e.g. the `ca.crt` the agent's
+    /// certificate was issued from; without it, the system's roots.
+    #[arg(long, global = true, env = "FAULTLINE_CA_FILE", value_name = "PATH")]
+    ca_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     output: Output,
@@ -85,8 +89,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let client = Client::new(&cli.api).with_token(cli.token.clone());
     let out = cli.output;
+    let client = match client(&cli) {
+        Ok(c) => c,
+        Err(e) => return fail(out, e),
+    };
     let result = match cli.command {
         Command::Inject(args) => inject::run(&client, out, *args),
         Command::List { namespace } => client
@@ -131,4 +138,20 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(out, e),
     }
+}
+
+/// The API client of `--api`, `--token` and `--ca-file`.
+fn client(cli: &Cli) -> Result<Client, output::CliError> {
+    let client = Client::new(&cli.api).with_token(cli.token.clone());
+    let Some(path) = &cli.ca_file else {
+        return Ok(client);
+    };
+    let usage = |why: String| {
+        output::CliError::Usage(fault_api::ApiError::new(
+            "ca_file",
+            format!("--ca-file {}: {why}", path.display()),
+        ))
+    };
+    let pem = std::fs::read(path).map_err(|e| usage(e.to_string()))?;
+    client.with_ca_pem(&pem).map_err(|e| usage(e.to_string()))
 }

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import enum
+import os
+import ssl
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -99,13 +101,23 @@ _CHAOS_PARAMS = (
 
 
 class FaultInjectionClient:
-    """Synchronous client. `api_url` is like `http://localhost:8080`; `token`, when set, is sent
-    as `Authorization: Bearer <token>`."""
+    """Synchronous client. `api_url` is like `http://localhost:8080` or `https://...`; `token`,
+    when set, is sent as `Authorization: Bearer <token>`; `ca_file` (default: env
+    `FAULTLINE_CA_FILE`) is the CA (PEM) an `https://` agent's certificate must chain to,
+    else the system's roots."""
 
-    def __init__(self, api_url: str = "http://localhost:8080", timeout: float = 30.0, token: Optional[str] = None):
+    def __init__(
+        self,
+        api_url: str = "http://localhost:8080",
+        timeout: float = 30.0,
+        token: Optional[str] = None,
+        ca_file: Optional[str] = None,
+    ):
         self.api_url = api_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.api_url, timeout=timeout, headers=headers)
+        ca_file = ca_file or os.environ.get("FAULTLINE_CA_FILE") or None
+        verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self._http = httpx.Client(base_url=self.api_url, timeout=timeout, headers=headers, verify=verify)
 
     def close(self) -> None:
         self._http.close()

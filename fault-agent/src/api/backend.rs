@@ -101,12 +101,12 @@ impl Backend {
         self.create_by(spec, None).await
     }
 
-    /// [`Backend::create`] for the caller at address `from` (audited when the fault overrides
-    /// protection).
+    /// [`Backend::create`] for the caller `by` (named in the audit record when the fault
+    /// overrides protection).
     pub async fn create_by(
         &self,
         spec: FaultSpec,
-        from: Option<String>,
+        by: Option<crate::audit::Actor>,
     ) -> Result<Fault, AgentError> {
         let started = Instant::now();
         let created = match self {
@@ -114,12 +114,10 @@ impl Backend {
                 read_only: true, ..
             } => Err(read_only()),
             Backend::Local { core, steady, .. } => {
-                Self::create_local(core, steady, spec, move |c, s| {
-                    c.create_by(s, from.as_deref())
-                })
-                .await
+                Self::create_local(core, steady, spec, move |c, s| c.create_by(s, by.as_ref()))
+                    .await
             }
-            Backend::Cluster(k) => k.create_by(spec, from.as_deref()).await,
+            Backend::Cluster(k) => k.create_by(spec, by.as_ref()).await,
         }
         .map(|f| self.per_node(f));
         if let Ok(f) = &created {

@@ -15,6 +15,8 @@ pub mod native;
 pub mod openapi;
 pub mod schedules;
 pub mod seed;
+pub mod serve;
+pub mod tls;
 pub mod ui;
 
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -16,7 +16,7 @@ use fault_api::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{AppState, backend::body_error, kill_switch::Caller};
+use super::{AppState, backend::body_error};
 use crate::{error::AgentError, pods::Pod};
 
 /// The router of the native API.
@@ -72,7 +72,7 @@ fn bool_param(query: Option<&str>, name: &str) -> Result<bool, AgentError> {
 
 async fn create(
     State(s): State<Arc<AppState>>,
-    Caller(from): Caller,
+    by: crate::audit::Actor,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, AgentError> {
@@ -82,7 +82,7 @@ async fn create(
     if dry_run {
         return Ok(Json(s.backend.plan(spec).await?).into_response());
     }
-    let mut fault = s.backend.create_by(spec, from).await?;
+    let mut fault = s.backend.create_by(spec, Some(by)).await?;
     s.changed.notify_one();
     if verify {
         // The fault is in; a verify that cannot run is a warning, not a failed create.

@@ -13,7 +13,7 @@ use kube::{
     Api, Client,
     runtime::{WatchStreamExt as _, reflector, watcher},
 };
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::sync::Notify;
 
 use super::{
     backend::KubeBackend, controller, crd::NetworkFault, events::Events,
@@ -32,6 +32,8 @@ pub struct Config {
     pub retention: Duration,
     pub token_file: Option<std::path::PathBuf>,
     pub insecure: bool,
+    /// Serve HTTPS with this certificate and key; `None`: plain HTTP.
+    pub tls: Option<api::tls::TlsFiles>,
     /// How long create/recover wait for the node agents.
     pub wait: Duration,
     /// Request limits of the API.
@@ -145,17 +147,14 @@ pub async fn run(cfg: Config) -> Result<()> {
         inventory_error: Mutex::new(None),
         metrics: Arc::new(crate::metrics::Metrics::new(recorder, Some(source))),
     });
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "API listening (cluster mode)");
-    let served = axum::serve(
-        listener,
-        api::router_reviewed(state, token, reviewer, cfg.api_limits)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await;
+    let server = api::serve::Server::bind(cfg.listen, cfg.tls.clone()).await?;
+    tracing::info!(url = %server.url(), "API listening (cluster mode)");
+    let served = server
+        .run(
+            api::router_reviewed(state, token, reviewer, cfg.api_limits),
+            shutdown_signal(),
+        )
+        .await;
     for t in [w1, w2, w3, ctl, sched] {
         t.abort();
     }

@@ -199,20 +199,20 @@ impl KubeBackend {
         self.create_by(spec, None).await
     }
 
-    /// Creates a `NetworkFault` for the caller at `from` once the guards pass (422 naming the
+    /// Creates a `NetworkFault` for the caller `by` once the guards pass (422 naming the
     /// first one tripped; an honoured protection override is audited), and waits for the
     /// node agents. The controller makes the blast-radius choice.
     pub async fn create_by(
         &self,
         spec: FaultSpec,
-        from: Option<&str>,
+        by: Option<&crate::audit::Actor>,
     ) -> Result<Fault, AgentError> {
         let id = new_fault_id();
         let mut nf = NetworkFault::new(&id, NetworkFaultSpec::from_fault_spec(&spec));
         if !spec.labels.is_empty() {
             nf.metadata.labels = Some(spec.labels.clone());
         }
-        let created = self.create_object(&spec, nf, from).await?;
+        let created = self.create_object(&spec, nf, by).await?;
         let api: Api<NetworkFault> = Api::namespaced(self.client.clone(), &spec.namespace);
         // Until every node hosting a target applied it, or one of them said why it cannot, or
         // there is no target yet (the status then says so).
@@ -252,12 +252,12 @@ impl KubeBackend {
     /// Creates `nf` (named, with its labels and owners; placed in `spec`'s namespace) for
     /// `spec` once `spec` validates and passes the guards: 422 naming the field or the first
     /// guard tripped, 501 for abort conditions, 409 for a name in use. An honoured protection
-    /// override is audited with `from`. Does not wait for the node agents.
+    /// override is audited as `by`'s. Does not wait for the node agents.
     pub async fn create_object(
         &self,
         spec: &FaultSpec,
         mut nf: NetworkFault,
-        from: Option<&str>,
+        by: Option<&crate::audit::Actor>,
     ) -> Result<NetworkFault, AgentError> {
         spec.validate().map_err(AgentError::Invalid)?;
         if spec.abort.is_some() {
@@ -279,8 +279,7 @@ impl KubeBackend {
             .await
             .map_err(kube_error)?;
         if verdict.override_used {
-            let key = format!("{}/{}", spec.namespace, nf.id());
-            crate::guards::audit_override(spec, from, &key);
+            crate::guards::audit_override(spec, by, created.metadata.name.as_deref().unwrap_or_default(), &verdict.overridden);
         }
         Ok(created)
     }

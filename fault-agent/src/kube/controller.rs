@@ -343,8 +343,8 @@ fn judge(
         return Err((why, format!("spec.{e}")));
     }
     if first && v.override_used && nf.status.as_ref().is_none_or(|s| s.expires_at.is_none()) {
-        let who = format!("NetworkFault {}", nf.key());
-        crate::guards::audit_override(spec, Some(&who), &nf.key());
+        let who = crate::audit::Actor::internal(format!("NetworkFault {}", nf.key()));
+        crate::guards::audit_override(spec, Some(&who), &nf.name_any(), &v.overridden);
     }
     let choice = first
         .then(|| crate::blast::choose(spec, &v.candidates, &mut crate::blast::os_draw))

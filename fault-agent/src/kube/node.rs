@@ -20,7 +20,7 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{WatchStreamExt as _, reflector, watcher},
 };
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::sync::Notify;
 
 use super::{
     crd::{NetworkFault, NodeFaultStatus, Phase},
@@ -61,6 +61,10 @@ pub struct Config {
     pub daemonset: Option<(String, String)>,
     /// How often counters are written to the status (changes of state are written at once).
     pub status_interval: Duration,
+    /// Bearer token file of the read-only API (`--token-file`): every route but `/healthz`,
+    /// `/readyz` and `/health` then needs it (`/metrics` too). `None`: open to anything that
+    /// reaches `listen`.
+    pub token_file: Option<PathBuf>,
     /// Request limits of the read-only API.
     pub api_limits: api::limits::ApiLimits,
     /// `/healthz` fails once syncs have kept failing this long.
@@ -183,6 +187,11 @@ where
 
 /// Runs the node agent until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
+    let token = cfg
+        .token_file
+        .as_deref()
+        .map(api::auth::read_token)
+        .transpose()?;
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG)")?;
@@ -248,17 +257,14 @@ pub async fn run(cfg: Config) -> Result<()> {
         client.clone(),
         state.clone(),
     ));
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "node agent API listening");
-    let served = axum::serve(
-        listener,
-        api::router(state.clone(), None, cfg.api_limits)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await;
+    let server = api::serve::Server::bind(cfg.listen, None).await?;
+    tracing::info!(url = %server.url(), token = token.is_some(), "node agent API listening");
+    let served = server
+        .run(
+            api::router(state.clone(), token, cfg.api_limits),
+            shutdown_signal(),
+        )
+        .await;
     for t in tasks.into_iter().chain([sync]) {
         t.abort();
         let _ = t.await;

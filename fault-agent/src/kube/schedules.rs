@@ -305,9 +305,9 @@ async fn create(
         .controller_owner_ref(&())
         .ok_or_else(|| AgentError::Internal(anyhow::anyhow!("schedule {} has no uid", key(s))))?;
     nf.metadata.owner_references = Some(vec![owner]);
-    let from = format!("schedule {}", key(s));
+    let by = crate::audit::Actor::internal(format!("NetworkFaultSchedule {}", key(s)));
     ctx.backend
-        .create_object(&spec.template, nf, Some(&from))
+        .create_object(&spec.template, nf, Some(&by))
         .await?;
     Ok(())
 }

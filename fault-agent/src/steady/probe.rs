@@ -6,7 +6,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use fault_api::conditions::HttpCheck;
 
 /// A blocking client that answers with any status (no redirects followed, no proxy from the
-/// environment, a fresh connection each time: a probe measures the path, not a pool).
+/// environment, a fresh connection each time: a probe measures the path, not a pool);
+/// `https://` URLs are checked against the system's roots.
 fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -15,6 +16,7 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .max_idle_connections(0)
         .proxy(None)
         .timeout_global(Some(timeout))
+        .tls_config(fault_api::client::tls_config(None))
         .build()
         .into()
 }

@@ -19,6 +19,8 @@ pub struct AgentBuilder {
     pub(super) netns: Option<String>,
     /// The API address; `None`: `127.0.0.1` and a free port.
     pub(super) listen: Option<SocketAddr>,
+    /// The CA an HTTPS agent's certificate chains to ([`AgentBuilder::tls`]); `None`: HTTP.
+    pub(super) ca: Option<std::path::PathBuf>,
 }
 
 impl AgentBuilder {
@@ -45,7 +47,18 @@ impl AgentBuilder {
             ready_timeout: READY_TIMEOUT,
             netns: None,
             listen: None,
+            ca: None,
         }
+    }
+
+    /// Serves HTTPS with `certs` (`--tls-cert-file`, `--tls-key-file`); readiness, the
+    /// [`AgentProcess`]'s client and its `faultctl` trust the certificates' CA.
+    pub fn tls(mut self, certs: &crate::tls::TestCerts) -> Self {
+        self.ca = Some(certs.ca());
+        self.arg("--tls-cert-file")
+            .arg(certs.cert().display().to_string())
+            .arg("--tls-key-file")
+            .arg(certs.key().display().to_string())
     }
 
     /// Runs the agent (and its `uninstall`) in the network namespace `netns` (a name under

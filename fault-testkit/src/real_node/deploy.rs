@@ -70,7 +70,9 @@ impl Cluster {
         let overlay = overlay(&self.faultline_image)?;
         let dir = overlay.path().display().to_string();
         self.kubectl(&["apply", "-k", &dir])?;
-        let token = self.api_token()?;
+        let token = self.secret_token("faultline-api-token")?;
+        // The node agents' read-only API token (deploy/daemonset.yaml).
+        self.secret_token("faultline-node-token")?;
         let t = format!("--timeout={}s", timeout.as_secs());
         self.kubectl(&[
             "-n",
@@ -105,15 +107,16 @@ impl Cluster {
         Ok(f)
     }
 
-    /// The Secret's token, creating the Secret (as the README says) when it is missing.
-    fn api_token(&self) -> Result<String> {
+    /// The token in Secret `name` (key `token`), creating the Secret (as the README says) when
+    /// it is missing.
+    fn secret_token(&self, name: &str) -> Result<String> {
         let get = || {
             self.kubectl(&[
                 "-n",
                 SYSTEM_NS,
                 "get",
                 "secret",
-                "faultline-api-token",
+                name,
                 "--ignore-not-found",
                 "-o",
                 "go-template={{.data.token | base64decode}}",
@@ -130,7 +133,7 @@ impl Cluster {
             "create",
             "secret",
             "generic",
-            "faultline-api-token",
+            name,
             &format!("--from-literal=token={token}"),
         ])?;
         Ok(token)

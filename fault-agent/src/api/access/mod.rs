@@ -370,3 +370,27 @@ fn answered_namespace(v: &serde_json::Value) -> Option<String> {
         .or_else(|| v["namespace"].as_str())
         .map(str::to_owned)
 }
+
+/// The caller as the audit log names them: the identity the guard established (anonymous
+/// before it ran) and the peer address.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for audit::Actor {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let (user, groups, auth) = parts
+            .extensions
+            .get::<Identity>()
+            .unwrap_or(&Identity::Anonymous)
+            .audit_name();
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.to_string());
+        Ok(Self {
+            user,
+            groups,
+            auth,
+            source,
+        })
+    }
+}
