@@ -72,6 +72,7 @@ pub(crate) fn state_of(nf: &NetworkFault) -> FaultState {
         Some(Phase::Recovered) => FaultState::Recovered,
         Some(Phase::Failed) => FaultState::Failed,
         Some(Phase::Aborted) => FaultState::Aborted,
+        Some(Phase::DryRun) => FaultState::DryRun,
     }
 }
 
@@ -208,11 +209,7 @@ impl KubeBackend {
         from: Option<&str>,
     ) -> Result<Fault, AgentError> {
         spec.validate().map_err(AgentError::Invalid)?;
-        if spec.abort.is_some() {
-            return Err(AgentError::NotHere(
-                "abort conditions are checked by the single-host agent for now (`fault-agent standalone`); the cluster API does not check them yet".into(),
-            ));
-        }
+        super::crd::cluster_supported(&spec).map_err(AgentError::Invalid)?;
         let pods = self.pods();
         let verdict = self
             .guards
@@ -278,7 +275,12 @@ impl KubeBackend {
         let verdict = self
             .guards
             .judge(spec, &pods, &self.protection, self.max_duration);
-        Ok(crate::plan::plan(spec, &pods, &verdict, &self.guards, &self.protection).0)
+        let mut plan = crate::plan::plan(spec, &pods, &verdict, &self.guards, &self.protection).0;
+        if let Err(e) = super::crd::cluster_supported(spec) {
+            plan.refusals.push(crate::plan::reason(&e));
+            plan.accepted = false;
+        }
+        Ok(plan)
     }
 
     pub async fn get(&self, id: &str) -> Result<Fault, AgentError> {
@@ -432,7 +434,7 @@ impl KubeBackend {
             verification: None,
             blast_radius: st.blast_radius.clone(),
             schedule: None,
-            steady: vec![],
+            steady: st.measurements.clone(),
             spec,
         }
     }

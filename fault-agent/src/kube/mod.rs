@@ -1,5 +1,6 @@
 //! Cluster mode: the `NetworkFault` resource ([`crd`]), the node agent ([`node`]), the API and
-//! its controller ([`api_mode`], [`backend`], [`controller`]).
+//! its controller ([`api_mode`], [`backend`], [`controller`], [`abort`]).
+pub mod abort;
 pub mod api_mode;
 pub mod backend;
 pub mod controller;
