@@ -2328,6 +2328,36 @@ impl Drop for FlakyHttp {
     }
 }
 
+/// `kubectl ARGS` on the test cluster with `stdin`, which must succeed; its output (printed),
+/// or `None` when kubectl is not installed.
+fn kubectl(c: &Cluster, args: &[&str], stdin: &str) -> Option<String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(c.kube.kubeconfig())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("$ kubectl {}\n{text}", args.join(" "));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(text)
+}
+
 /// The percentage in a message `... failed 41.2% of ...`.
 fn failed_percent(message: &str) -> f64 {
     message
@@ -2475,6 +2505,9 @@ fn a_breached_abort_condition_aborts_the_networkfault_and_one_that_holds_runs_to
         (took + removed).as_millis()
     );
     stream_is_whole(&c.pods.decode0, &c.pods.prefill);
+    if let Some(table) = kubectl(&c, &["get", "nf", "-n", NS], "") {
+        assert!(table.contains("Aborted"), "{table}");
+    }
     let events = wait_event(&c, "NetworkFault", &id, "Aborted");
     eprintln!("events: {events:?}");
     let via_api = fault(&c.api, &id);
@@ -2500,15 +2533,21 @@ fn a_dry_run_networkfault_is_planned_never_applied_and_from_pod_is_refused() {
     let c = Cluster::start();
     let p = &c.pods;
     let api: Api<NetworkFault> = Api::namespaced(c.client.clone(), NS);
-    let nf: NetworkFault = serde_json::from_value(json!({
-        "apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
-        "metadata": {"name": "plan-only", "namespace": NS},
-        "spec": {"podPrefix": "vllm-decode", "toSelectors": ["app=vllm-prefill"],
-            "partition": "packets", "duration": "1m", "dryRun": true}
-    }))
-    .unwrap();
-    c.rt.block_on(api.create(&PostParams::default(), &nf))
-        .unwrap();
+    let manifest = "apiVersion: faultline.dev/v1alpha1
+kind: NetworkFault
+metadata: {name: plan-only, namespace: dynamo}
+spec:
+  podPrefix: vllm-decode
+  toSelectors: [\"app=vllm-prefill\"]
+  partition: packets
+  duration: 1m
+  dryRun: true
+";
+    if kubectl(&c, &["apply", "-f", "-"], manifest).is_none() {
+        let nf: NetworkFault = serde_yaml::from_str(manifest).unwrap();
+        c.rt.block_on(api.create(&PostParams::default(), &nf))
+            .unwrap();
+    }
     let st = c
         .wait_phase("plan-only", Phase::DryRun, Duration::from_secs(5))
         .status
@@ -2540,6 +2579,9 @@ fn a_dry_run_networkfault_is_planned_never_applied_and_from_pod_is_refused() {
     let st = c.fault("plan-only").status.unwrap();
     assert!(st.nodes.is_empty(), "{:?}", st.nodes);
     assert_eq!(st.phase, Some(Phase::DryRun));
+    if let Some(table) = kubectl(&c, &["get", "nf", "-n", NS], "") {
+        assert!(table.contains("DryRun"), "{table}");
+    }
     // Left alone, then deleted after the retention period (3 s here) like an ended fault.
     wait_until(
         "dry run deleted after retention",

@@ -123,7 +123,10 @@ impl Supervisor {
     /// [`Supervisor::stop`] or a breach, which calls `ender` once. Nothing when `w.id` is
     /// already watched. Call from within a tokio runtime.
     pub fn watch_with(&self, w: Watched, ender: Ender, netns: Option<PathBuf>) {
-        if self.inner().tasks.contains_key(&w.id) {
+        // Held until the tasks are on record: a task that ends at once (a deadline already
+        // passed) then finds them to remove, and no one starts them twice.
+        let mut inner = self.inner();
+        if inner.tasks.contains_key(&w.id) {
             return;
         }
         let ctx = watch::Ctx {
@@ -140,7 +143,7 @@ impl Supervisor {
             handles.push(tokio::spawn(watch::prometheus(ctx, p)).abort_handle());
         }
         tracing::info!(fault = %w.id, conditions = handles.len(), "checking abort conditions");
-        self.inner().tasks.insert(w.id, (w.namespace, handles));
+        inner.tasks.insert(w.id, (w.namespace, handles));
     }
 
     /// Whether `id`'s conditions are being checked now.
