@@ -2815,3 +2815,375 @@ fn node_agents_answer_only_with_their_token_and_the_api_audits_an_override() {
     assert_eq!(by_caller["detail"]["overridden"][0]["field"], "pod_prefix");
     ctl(&c.api, &["recover", &id]);
 }
+
+/// A tiny HTTP server on the test host's loopback (where the API process runs its probes):
+/// `200` until [`FlakyHttp::fail`], then `503` to every request. Stops when dropped.
+struct FlakyHttp {
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    url: String,
+}
+
+impl FlakyHttp {
+    fn start() -> Self {
+        use std::{
+            io::{Read as _, Write as _},
+            sync::{Arc, atomic::AtomicBool, atomic::Ordering::Relaxed},
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let failing = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, s) = (failing.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+                let _ = conn.read(&mut [0u8; 1024]);
+                let status = if f.load(Relaxed) {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Self {
+            failing,
+            stop,
+            thread: Some(thread),
+            url,
+        }
+    }
+
+    fn fail(&self) {
+        self.failing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for FlakyHttp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `kubectl ARGS` on the test cluster with `stdin`, which must succeed; its output (printed),
+/// or `None` when kubectl is not installed.
+fn kubectl(c: &Cluster, args: &[&str], stdin: &str) -> Option<String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(c.kube.kubeconfig())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("$ kubectl {}\n{text}", args.join(" "));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(text)
+}
+
+/// The percentage in a message `... failed 41.2% of ...`.
+fn failed_percent(message: &str) -> f64 {
+    message
+        .split("failed ")
+        .nth(1)
+        .and_then(|r| r.split('%').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no percentage in {message:?}"))
+}
+
+/// 2,000 datagrams at 10,000/s from `from` to `to`, all of which must arrive.
+fn stream_is_whole(from: &Pod, to: &Pod) {
+    let r = probe::udp_stream(
+        from,
+        to,
+        Family::V4,
+        &StreamOpts {
+            count: 2_000,
+            rate_pps: 10_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    eprintln!("stream: {r}");
+    assert_eq!(r.received, r.sent, "the path must be whole: {r}");
+}
+
+/// `faultctl inject` arguments of a partition from `target` to the prefill pod, with an HTTP
+/// abort condition on `url` (more than 50% of the probes over 1 s failing).
+fn partition_with_abort<'a>(target: &'a str, duration: &'a str, url: &'a str) -> Vec<&'a str> {
+    vec![
+        "-n",
+        NS,
+        "--pod-prefix",
+        target,
+        "--to-selector",
+        "app=vllm-prefill",
+        "--partition",
+        "--duration",
+        duration,
+        "--abort-http",
+        url,
+        "--abort-max-failure-percent",
+        "50",
+        "--abort-window",
+        "1s",
+        "--abort-interval",
+        "100ms",
+        "--abort-timeout",
+        "300ms",
+    ]
+}
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn a_breached_abort_condition_aborts_the_networkfault_and_one_that_holds_runs_to_expiry() {
+    let _s = serial();
+    let mut c = Cluster::start();
+    let breaking = FlakyHttp::start();
+    let holding = FlakyHttp::start();
+    let id = inject(
+        &c.api,
+        &partition_with_abort("vllm-decode-0", "60s", &breaking.url),
+    );
+    let held = inject(
+        &c.api,
+        &partition_with_abort("vllm-decode-1", "8s", &holding.url),
+    );
+    c.wait_phase(&id, Phase::Active, Duration::from_secs(5));
+    c.wait_phase(&held, Phase::Active, Duration::from_secs(5));
+    assert!(blocked(&c.pods.decode0, &c.pods.prefill, Family::V4));
+    assert!(blocked(&c.pods.decode1, &c.pods.prefill, Family::V4));
+
+    // Level-triggered: an API pod that restarts resumes the checks of live faults.
+    c.api.kill().unwrap();
+    c.api.restart().unwrap();
+    // The last measurements are in the status while checked (refreshed every 2 s).
+    let measured = |id: &str| {
+        c.fault(id)
+            .status
+            .map(|s| s.measurements)
+            .unwrap_or_default()
+    };
+    wait_until(
+        "measurements of the restarted API in the status",
+        Duration::from_secs(6),
+        || {
+            measured(&id).iter().any(|m| {
+                m.condition == "http"
+                    && !m.breached
+                    && m.value == Some(0.0)
+                    && !m.detail.contains("not yet full")
+            })
+        },
+    );
+
+    // The breach: the probed service starts failing (a real, measured failure rate).
+    let breach = Instant::now();
+    breaking.fail();
+    let nf = c.wait_phase(&id, Phase::Aborted, Duration::from_secs(10));
+    let took = breach.elapsed();
+    let st = nf.status.clone().unwrap();
+    let msg = st.message.clone().unwrap_or_default();
+    eprintln!(
+        "Aborted {} ms after the breach began: {msg}",
+        took.as_millis()
+    );
+    assert!(
+        msg.starts_with(&format!("aborted: http probe {} failed ", breaking.url)),
+        "{msg}"
+    );
+    assert!(msg.contains("above 50%"), "{msg}");
+    assert!(failed_percent(&msg) > 50.0, "{msg}");
+    assert!(took < Duration::from_secs(5), "{took:?}\n{}", c.api.log());
+    assert!(
+        st.conditions
+            .iter()
+            .any(|k| k.reason == "AbortConditionBreached" && k.message == msg),
+        "{:?}",
+        st.conditions
+    );
+    let m = st.measurements.iter().find(|m| m.condition == "http");
+    assert!(
+        m.is_some_and(|m| m.breached && m.value.is_some_and(|v| v > 50.0)),
+        "{m:?}"
+    );
+    assert!(
+        nf.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("faultline.dev/recovered-at"))
+    );
+    // Removed by the node agents like a recover; the path is whole right after.
+    let removed = wait_until(
+        "the aborted fault out of every node's datapath",
+        Duration::from_secs(3),
+        || {
+            c.fault(&id)
+                .status
+                .is_some_and(|s| s.nodes.values().all(|n| !n.applied))
+        },
+    );
+    eprintln!(
+        "out of the datapath {} ms after the breach began",
+        (took + removed).as_millis()
+    );
+    stream_is_whole(&c.pods.decode0, &c.pods.prefill);
+    if let Some(table) = kubectl(&c, &["get", "nf", "-n", NS], "") {
+        assert!(table.contains("Aborted"), "{table}");
+    }
+    let events = wait_event(&c, "NetworkFault", &id, "Aborted");
+    eprintln!("events: {events:?}");
+    let via_api = fault(&c.api, &id);
+    assert_eq!(via_api.state, fault_api::FaultState::Aborted);
+    assert!(via_api.steady.iter().any(|m| m.breached), "{via_api:?}");
+
+    // The fault whose condition held ran its whole duration.
+    let nf = c.wait_phase(&held, Phase::Expired, Duration::from_secs(10));
+    let st = nf.status.unwrap();
+    eprintln!("held: {:?} {:?}", st.message, st.measurements);
+    let m = st.measurements.iter().find(|m| m.condition == "http");
+    assert!(
+        m.is_some_and(|m| !m.breached && m.value == Some(0.0)),
+        "{m:?}"
+    );
+    assert!(reaches(&c.pods.decode1, &c.pods.prefill, Family::V4));
+}
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn a_dry_run_networkfault_is_planned_never_applied_and_from_pod_is_refused() {
+    let _s = serial();
+    let c = Cluster::start();
+    let p = &c.pods;
+    let api: Api<NetworkFault> = Api::namespaced(c.client.clone(), NS);
+    let manifest = "apiVersion: faultline.dev/v1alpha1
+kind: NetworkFault
+metadata: {name: plan-only, namespace: dynamo}
+spec:
+  podPrefix: vllm-decode
+  toSelectors: [\"app=vllm-prefill\"]
+  partition: packets
+  duration: 1m
+  dryRun: true
+";
+    if kubectl(&c, &["apply", "-f", "-"], manifest).is_none() {
+        let nf: NetworkFault = serde_yaml::from_str(manifest).unwrap();
+        c.rt.block_on(api.create(&PostParams::default(), &nf))
+            .unwrap();
+    }
+    let st = c
+        .wait_phase("plan-only", Phase::DryRun, Duration::from_secs(5))
+        .status
+        .unwrap();
+    let plan = st.plan.clone().expect("the plan in the status");
+    eprintln!(
+        "dry run: {:?}\n{}",
+        st.message,
+        serde_json::to_string(&plan).unwrap()
+    );
+    assert!(plan.accepted && plan.refusals.is_empty(), "{plan:?}");
+    assert_eq!(plan.nodes["node-a"].targets, ["dynamo/vllm-decode-0"]);
+    assert_eq!(plan.nodes["node-b"].targets, ["dynamo/vllm-decode-1"]);
+    assert_eq!(plan.nodes["node-b"].peers, ["dynamo/vllm-prefill-0"]);
+    assert_eq!(plan.duration, "1m");
+    assert_eq!(st.target_count, Some(2));
+    assert!(
+        st.conditions.iter().any(|k| k.reason == "DryRun"),
+        "{:?}",
+        st.conditions
+    );
+    // Nothing applied: the paths stay whole, no node agent holds it or reports it.
+    stream_is_whole(&p.decode0, &p.prefill);
+    stream_is_whole(&p.decode1, &p.prefill);
+    for node in &c.nodes {
+        let held = node.client().list(None).unwrap().faults;
+        assert!(held.is_empty(), "{held:?}");
+    }
+    let st = c.fault("plan-only").status.unwrap();
+    assert!(st.nodes.is_empty(), "{:?}", st.nodes);
+    assert_eq!(st.phase, Some(Phase::DryRun));
+    if let Some(table) = kubectl(&c, &["get", "nf", "-n", NS], "") {
+        assert!(table.contains("DryRun"), "{table}");
+    }
+    // Left alone, then deleted after the retention period (3 s here) like an ended fault.
+    wait_until(
+        "dry run deleted after retention",
+        Duration::from_secs(6),
+        || c.rt.block_on(api.get_opt("plan-only")).unwrap().is_none(),
+    );
+
+    // abort.http.from_pod cannot be honoured from the API pod: 422 naming the field ...
+    let out = c
+        .api
+        .faultctl(&[
+            "inject",
+            "-n",
+            NS,
+            "--pod-prefix",
+            "vllm-decode-0",
+            "--partition",
+            "--abort-http",
+            "http://198.18.0.20:8080/",
+            "--abort-max-failure-percent",
+            "50",
+            "--abort-http-from",
+            "dynamo/frontend-0",
+        ])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("refused: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("422") && err.contains("abort.http.from_pod"),
+        "{err}"
+    );
+    // ... and a NetworkFault asking for it fails, naming it.
+    let nf: NetworkFault = serde_json::from_value(json!({
+        "apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
+        "metadata": {"name": "from-pod", "namespace": NS},
+        "spec": {"podPrefix": "vllm-decode-0", "partition": "packets", "duration": "1m",
+            "abort": {"http": {"url": "http://198.18.0.20:8080/", "max_failure_percent": 50,
+                "from_pod": "dynamo/frontend-0"}}}
+    }))
+    .unwrap();
+    c.rt.block_on(api.create(&PostParams::default(), &nf))
+        .unwrap();
+    let st = c
+        .wait_phase("from-pod", Phase::Failed, Duration::from_secs(5))
+        .status
+        .unwrap();
+    let msg = st.message.unwrap_or_default();
+    eprintln!("failed: {msg}");
+    assert!(msg.starts_with("spec.abort.http.fromPod"), "{msg}");
+    assert!(st.nodes.values().all(|n| !n.applied), "{:?}", st.nodes);
+    assert!(reaches(&p.decode0, &p.prefill, Family::V4));
+}

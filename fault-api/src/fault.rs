@@ -23,6 +23,8 @@ pub enum FaultState {
     Failed,
     /// Ended by a breached abort condition; `message` names it and the measured value.
     Aborted,
+    /// A plan only, never applied (cluster mode: a `NetworkFault` with `spec.dryRun`).
+    DryRun,
 }
 
 impl FaultState {
@@ -41,6 +43,7 @@ impl std::fmt::Display for FaultState {
             Self::Recovered => "Recovered",
             Self::Failed => "Failed",
             Self::Aborted => "Aborted",
+            Self::DryRun => "DryRun",
         })
     }
 }

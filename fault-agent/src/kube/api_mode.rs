@@ -112,6 +112,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         protection: cfg.protection.clone(),
         guards: cfg.guards.clone(),
         events: Events::new(client.clone(), controller::MANAGER, None, recorder.clone()),
+        steady: crate::steady::Supervisor::new(recorder.clone()),
     });
     let ctl = tokio::spawn(controller::run(ctx));
     let source = crate::metrics::Source::Cluster {

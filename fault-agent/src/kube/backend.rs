@@ -72,6 +72,7 @@ pub(crate) fn state_of(nf: &NetworkFault) -> FaultState {
         Some(Phase::Recovered) => FaultState::Recovered,
         Some(Phase::Failed) => FaultState::Failed,
         Some(Phase::Aborted) => FaultState::Aborted,
+        Some(Phase::DryRun) => FaultState::DryRun,
     }
 }
 
@@ -251,7 +252,7 @@ impl KubeBackend {
 
     /// Creates `nf` (named, with its labels and owners; placed in `spec`'s namespace) for
     /// `spec` once `spec` validates and passes the guards: 422 naming the field or the first
-    /// guard tripped, 501 for abort conditions, 409 for a name in use. An honoured protection
+    /// guard tripped or a field cluster mode cannot honour, 409 for a name in use. An honoured protection
     /// override is audited as `by`'s. Does not wait for the node agents.
     pub async fn create_object(
         &self,
@@ -260,11 +261,7 @@ impl KubeBackend {
         by: Option<&crate::audit::Actor>,
     ) -> Result<NetworkFault, AgentError> {
         spec.validate().map_err(AgentError::Invalid)?;
-        if spec.abort.is_some() {
-            return Err(AgentError::NotHere(
-                "abort conditions are checked by the single-host agent for now (`fault-agent standalone`); the cluster API does not check them yet".into(),
-            ));
-        }
+        super::crd::cluster_supported(spec).map_err(AgentError::Invalid)?;
         let pods = self.pods();
         let verdict = self
             .guards
@@ -293,7 +290,12 @@ impl KubeBackend {
         let verdict = self
             .guards
             .judge(spec, &pods, &self.protection, self.max_duration);
-        Ok(crate::plan::plan(spec, &pods, &verdict, &self.guards, &self.protection).0)
+        let mut plan = crate::plan::plan(spec, &pods, &verdict, &self.guards, &self.protection).0;
+        if let Err(e) = super::crd::cluster_supported(spec) {
+            plan.refusals.push(crate::plan::reason(&e));
+            plan.accepted = false;
+        }
+        Ok(plan)
     }
 
     pub async fn get(&self, id: &str) -> Result<Fault, AgentError> {
@@ -447,7 +449,7 @@ impl KubeBackend {
             verification: None,
             blast_radius: st.blast_radius.clone(),
             schedule: None,
-            steady: vec![],
+            steady: st.measurements.clone(),
             spec,
         }
     }

@@ -2,6 +2,8 @@
 //! (kube-runtime `Controller`). From the object, the pods and the clock it derives the status
 //! it owns (phase, expiry, counts, applied nodes, conditions) and writes it with server-side
 //! apply; it requeues at the expiry, and deletes ended faults after the retention period.
+//! It also checks live faults' abort conditions ([`super::abort`]) and plans dry runs
+//! (`spec.dryRun`: phase `DryRun`, `status.plan`, never applied).
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
@@ -36,8 +38,12 @@ pub struct Context {
     pub protection: crate::protect::Protection,
     /// Limits and the protection override ([`crate::guards`]).
     pub guards: crate::guards::Guards,
-    /// `Recovered`, `Expired`, `Failed` and `NoTargets` events ([`events`]).
+    /// `Recovered`, `Expired`, `Failed`, `Aborted`, `DryRun` and `NoTargets` events
+    /// ([`events`]).
     pub events: Events,
+    /// The abort-condition checks of live faults, keyed by `namespace/name`
+    /// ([`super::abort`]).
+    pub steady: crate::steady::Supervisor,
 }
 
 /// Why a reconcile failed (retried with backoff).
@@ -116,6 +122,9 @@ pub fn desired_status(
             return st;
         }
     };
+    if nf.spec.dry_run {
+        return dry_run(st, &old, &spec, pods, now, max, protection, guards);
+    }
     if old.phase == Some(Phase::Failed)
         && old.conditions.iter().any(|c| c.reason == "TooManyTargets")
     {
@@ -177,11 +186,11 @@ pub fn desired_status(
         .collect();
     let applied_here = |n: &str| old.nodes.get(n).is_some_and(|s| s.applied);
     let (phase, ended, msg) = if let Some(at) = nf.recovered_at() {
-        (
-            Phase::Recovered,
-            Some(old.ended_at.unwrap_or(at)),
-            "recovered".to_owned(),
-        )
+        let (phase, msg) = match nf.aborted() {
+            Some(why) => (Phase::Aborted, why.to_owned()),
+            None => (Phase::Recovered, "recovered".to_owned()),
+        };
+        (phase, Some(old.ended_at.unwrap_or(at)), msg)
     } else if now >= expires {
         (
             Phase::Expired,
@@ -262,6 +271,14 @@ pub fn desired_status(
             format!("applied on {}", target_nodes.len()),
             generation,
         ),
+        Phase::Aborted => condition(
+            &old.conditions,
+            "Applied",
+            false,
+            "AbortConditionBreached",
+            st.message.clone().unwrap_or_else(|| "aborted".into()),
+            generation,
+        ),
         _ => condition(
             &old.conditions,
             "Applied",
@@ -282,6 +299,70 @@ pub fn desired_status(
         ),
         applied_cond,
     ];
+    st
+}
+
+/// The status of a dry run (`spec.dryRun`): planned once (phase `DryRun`, `status.plan`,
+/// ended now so that it is deleted after the retention period), then left as it is.
+#[allow(clippy::too_many_arguments)]
+fn dry_run(
+    mut st: NetworkFaultStatus,
+    old: &NetworkFaultStatus,
+    spec: &fault_api::FaultSpec,
+    pods: &[Pod],
+    now: Timestamp,
+    max: Duration,
+    protection: &crate::protect::Protection,
+    guards: &crate::guards::Guards,
+) -> NetworkFaultStatus {
+    if old.phase == Some(Phase::DryRun) && old.plan.is_some() {
+        return NetworkFaultStatus {
+            nodes: Default::default(),
+            ..old.clone()
+        };
+    }
+    let verdict = guards.judge(spec, pods, protection, max);
+    let plan = crate::plan::plan(spec, pods, &verdict, guards, protection).0;
+    st.phase = Some(Phase::DryRun);
+    st.ended_at = Some(now);
+    st.target_count = Some(plan.targets.len() as u32);
+    st.peer_count = (!spec.all_peers()).then(|| (plan.peers.len() + spec.to_cidrs.len()) as u32);
+    st.target_pods = (plan.targets.iter())
+        .map(|t| format!("{}/{}", t.namespace, t.name))
+        .collect();
+    let message = if plan.accepted {
+        format!(
+            "dry run: would act on {} target pods on {} nodes; nothing applied",
+            plan.targets.len(),
+            plan.nodes
+                .values()
+                .filter(|n| !n.targets.is_empty())
+                .count()
+        )
+    } else {
+        format!("dry run: would be refused: {}", plan.refusals.join("; "))
+    };
+    let generation = st.observed_generation;
+    st.conditions = vec![
+        condition(
+            &old.conditions,
+            "Valid",
+            true,
+            "SpecValid",
+            "the spec is valid".into(),
+            generation,
+        ),
+        condition(
+            &old.conditions,
+            "Applied",
+            false,
+            "DryRun",
+            "spec.dryRun: planned, never applied".into(),
+            generation,
+        ),
+    ];
+    st.message = Some(message);
+    st.plan = Some(super::crd::DryRunPlan::of(&plan));
     st
 }
 
@@ -370,6 +451,7 @@ async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, E
         &ctx.guards,
     );
     let st = super::preflight::gate(&ctx.client, &nf, st, now).await;
+    let st = super::abort::supervise(&ctx.steady, &ctx.client, &nf, st);
     let ns = nf.namespace().unwrap_or_default();
     let api: Api<NetworkFault> = Api::namespaced(ctx.client.clone(), &ns);
     let old = nf.status.clone().unwrap_or_default();
@@ -391,15 +473,22 @@ async fn reconcile(nf: Arc<NetworkFault>, ctx: Arc<Context>) -> Result<Action, E
     match (st.phase, st.ended_at, st.expires_at) {
         (Some(Phase::Active | Phase::Pending), _, Some(exp)) => {
             let left = exp.duration_since(now).as_secs_f64().max(0.0);
-            // Pods come and go: refresh the counts every few seconds too.
+            // Pods come and go: refresh the counts every few seconds too, and the abort
+            // conditions' measurements more often.
+            let every = if ctx.steady.is_watching(&nf.key()) {
+                2.0
+            } else {
+                5.0
+            };
             Ok(Action::requeue(
-                Duration::from_secs_f64(left.min(5.0)) + Duration::from_millis(5),
+                Duration::from_secs_f64(left.min(every)) + Duration::from_millis(5),
             ))
         }
         (_, Some(end), _) => {
             let age = now.duration_since(end).as_secs_f64();
             if age >= ctx.retention.as_secs_f64() {
                 api.delete(&nf.name_any(), &DeleteParams::default()).await?;
+                ctx.steady.forget(&nf.key());
                 return Ok(Action::await_change());
             }
             Ok(Action::requeue(Duration::from_secs_f64(
@@ -451,6 +540,12 @@ fn transition_events(
                 ),
             )),
             Some(Phase::Failed) => Some(events::warning("Failed", "Validate", msg.clone())),
+            Some(Phase::Aborted) => Some(events::warning(
+                "Aborted",
+                "Abort",
+                format!("{msg}; {counted}"),
+            )),
+            Some(Phase::DryRun) => Some(events::normal("DryRun", "Plan", msg.clone())),
             _ => None,
         };
         if let Some(note) = note {
@@ -486,4 +581,91 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::crd::{ABORTED, RECOVERED_AT};
+
+    fn pod(name: &str, app: &str, node: &str, ip: &str) -> Pod {
+        Pod {
+            namespace: "d".into(),
+            name: name.into(),
+            labels: [("app".to_owned(), app.to_owned())].into(),
+            node: Some(node.into()),
+            ips: vec![ip.parse().unwrap()],
+            host_ifs: vec![],
+            netns: None,
+            pod_ifs: vec![],
+            problem: None,
+            remote: false,
+        }
+    }
+
+    fn object(spec: serde_json::Value) -> NetworkFault {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "faultline.dev/v1alpha1", "kind": "NetworkFault",
+            "metadata": {"name": "f", "namespace": "d", "creationTimestamp": "2026-12-01T00:00:00Z"},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn status(nf: &NetworkFault, pods: &[Pod], now: Timestamp) -> NetworkFaultStatus {
+        let (p, g) = (Default::default(), Default::default());
+        desired_status(nf, pods, now, Duration::from_secs(3600), &p, &g)
+    }
+
+    #[test]
+    fn the_abort_annotation_ends_the_fault_aborted_with_its_message() {
+        let mut nf = object(serde_json::json!({"podPrefix": "a", "partition": "packets"}));
+        let now: Timestamp = "2026-12-01T00:00:05Z".parse().unwrap();
+        let msg = "aborted: http probe http://x/ failed 80.0% of 10 probes over 1s, above 50%";
+        nf.metadata.annotations = Some(
+            [
+                (RECOVERED_AT.to_owned(), "2026-12-01T00:00:04Z".to_owned()),
+                (ABORTED.to_owned(), msg.to_owned()),
+            ]
+            .into(),
+        );
+        let st = status(&nf, &[pod("a-0", "a", "n1", "198.18.0.10")], now);
+        assert_eq!(st.phase, Some(Phase::Aborted));
+        assert_eq!(st.message.as_deref(), Some(msg));
+        assert_eq!(st.ended_at, Some("2026-12-01T00:00:04Z".parse().unwrap()));
+        let applied = st.conditions.iter().find(|c| c.type_ == "Applied").unwrap();
+        assert_eq!(
+            (applied.reason.as_str(), applied.message.as_str()),
+            ("AbortConditionBreached", msg)
+        );
+    }
+
+    #[test]
+    fn a_dry_run_is_planned_once_per_node_and_then_left_as_it_is() {
+        let nf = object(
+            serde_json::json!({"podPrefix": "a", "toSelectors": ["app=b"],
+            "partition": "packets", "duration": "1m", "dryRun": true}),
+        );
+        let pods = [
+            pod("a-0", "a", "n1", "198.18.0.10"),
+            pod("a-1", "a", "n2", "198.18.0.11"),
+            pod("b-0", "b", "n2", "198.18.0.12"),
+        ];
+        let now: Timestamp = "2026-12-01T00:00:01Z".parse().unwrap();
+        let st = status(&nf, &pods, now);
+        assert_eq!(st.phase, Some(Phase::DryRun));
+        assert_eq!((st.ended_at, st.expires_at), (Some(now), None));
+        let plan = st.plan.clone().unwrap();
+        assert!(plan.accepted);
+        assert_eq!(plan.nodes["n1"].targets, ["d/a-0"]);
+        assert_eq!(plan.nodes["n2"].targets, ["d/a-1"]);
+        assert_eq!(plan.nodes["n2"].peers, ["d/b-0"]);
+        assert_eq!(plan.duration, "1m");
+        assert_eq!((st.target_count, st.peer_count), (Some(2), Some(1)));
+        // Pods that come later change nothing: the plan was made once.
+        let mut later = nf.clone();
+        later.status = Some(st.clone());
+        let more = [pods.to_vec(), vec![pod("a-2", "a", "n1", "198.18.0.13")]].concat();
+        assert_eq!(status(&later, &more, now), st);
+    }
 }

@@ -121,6 +121,17 @@ pub struct NetworkFaultSpec {
     /// `readyReplicas`); a failure makes it `Failed`, reason `PreflightFailed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preflight: Option<fault_api::conditions::Preflight>,
+    /// Conditions the controller checks while the fault is `Active` (from the API pod; so no
+    /// `http.from_pod`); a breach recovers the fault at once, phase `Aborted`, the message
+    /// naming the condition and the measured value. The last measurements are in
+    /// `status.measurements`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<fault_api::conditions::AbortConditions>,
+    /// Plan only: no node agent applies it; the controller writes the plan (targets and
+    /// peers per node, blast radius, the guards it would trip) in `status.plan`, phase
+    /// `DryRun`, and deletes it after the retention period like an ended fault.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// Lifecycle of a `NetworkFault`.
@@ -133,6 +144,8 @@ pub enum Phase {
     Failed,
     /// Ended by a breached abort condition.
     Aborted,
+    /// `spec.dryRun`: planned (`status.plan`), never applied.
+    DryRun,
 }
 
 /// What one node agent did with the fault (written by that agent only).
@@ -215,10 +228,68 @@ pub struct NetworkFaultStatus {
     /// The blast-radius choice (`mode` other than `all`), made once by the controller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blast_radius: Option<BlastRadius>,
+    /// The last measurement of each abort condition (`spec.abort`), refreshed by the
+    /// controller every few seconds while the fault is checked; after an abort, the breach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<fault_api::conditions::Measurement>,
+    /// What a `dryRun` fault would do (written once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<DryRunPlan>,
+}
+
+/// The plan of a `dryRun` fault: what it would resolve to, and every guard it would trip.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunPlan {
+    /// Whether it would be applied without `dryRun` (`refusals` is empty).
+    pub accepted: bool,
+    /// Every guard it would trip (protection, limits, a disallowed override), each as
+    /// `field: reason`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<String>,
+    /// Targets and peers per node (`""`: pods of no known node).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, fault_api::guards::NodePlan>,
+    /// Peer CIDRs as the datapath would hold them (all addresses when peers are not chosen).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_cidrs: Vec<String>,
+    /// Addresses carved out of the peers, by reason (`nats`, `namespace:<ns>`...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub protected: BTreeMap<String, Vec<String>>,
+    /// The blast-radius choice a fault would make now (random modes draw anew each time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blast_radius: Option<BlastRadius>,
+    /// How long it would last (its duration, or the limit it is capped at), e.g. `1h`.
+    pub duration: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl DryRunPlan {
+    /// The status form of a [`fault_api::FaultPlan`].
+    pub fn of(p: &fault_api::FaultPlan) -> Self {
+        Self {
+            accepted: p.accepted,
+            refusals: p.refusals.clone(),
+            nodes: p.nodes.clone(),
+            peer_cidrs: p.peer_cidrs.iter().map(ToString::to_string).collect(),
+            protected: (p.protected.iter())
+                .map(|(k, v)| (k.clone(), v.iter().map(ToString::to_string).collect()))
+                .collect(),
+            blast_radius: p.blast_radius.clone(),
+            duration: p.duration.clone(),
+            warnings: p.warnings.clone(),
+        }
+    }
 }
 
 /// Annotation the API sets to recover a fault at once (value: RFC 3339 time).
 pub const RECOVERED_AT: &str = "faultline.dev/recovered-at";
+
+/// Annotation the controller sets with [`RECOVERED_AT`] when an abort condition is breached
+/// (value: the message naming the condition and the measured value); the phase is then
+/// `Aborted`.
+pub const ABORTED: &str = "faultline.dev/aborted";
 
 fn camel(field: &str) -> String {
     let mut out = String::new();
@@ -234,6 +305,19 @@ fn camel(field: &str) -> String {
         }
     }
     out
+}
+
+/// What cluster mode cannot honour of a valid spec: `abort.http.from_pod` (the controller
+/// probes from the API pod; it cannot enter another pod's network namespace). Errors name the
+/// field in the model's form.
+pub fn cluster_supported(s: &FaultSpec) -> Result<(), FieldError> {
+    match s.abort.as_ref().and_then(|a| a.http.as_ref()) {
+        Some(h) if h.from_pod.is_some() => Err(FieldError::new(
+            "abort.http.from_pod",
+            "not supported in cluster mode: the controller probes from the API pod; leave it out and use a URL the API pod can reach",
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl NetworkFaultSpec {
@@ -263,6 +347,8 @@ impl NetworkFaultSpec {
             value: s.value,
             override_protection: s.override_protection.clone(),
             preflight: s.preflight.clone(),
+            abort: s.abort.clone(),
+            dry_run: false,
         }
     }
 }
@@ -330,6 +416,7 @@ impl NetworkFault {
         f.value = s.value;
         f.override_protection = s.override_protection.clone();
         f.preflight = s.preflight.clone();
+        f.abort = s.abort.clone();
         f.labels = self
             .metadata
             .labels
@@ -339,6 +426,7 @@ impl NetworkFault {
             .filter(|(k, v)| Selector::from_labels([(k.as_str(), v.as_str())]).is_ok())
             .collect();
         f.validate()
+            .and_then(|()| cluster_supported(&f))
             .map_err(|e| FieldError::new(format!("spec.{}", camel(&e.field)), e.message))?;
         Ok(f)
     }
@@ -358,6 +446,15 @@ impl NetworkFault {
             self.metadata.namespace.as_deref().unwrap_or_default(),
             self.metadata.name.as_deref().unwrap_or_default()
         )
+    }
+
+    /// The message of a breached abort condition, when the controller aborted it.
+    pub fn aborted(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(ABORTED)
+            .map(String::as_str)
     }
 
     /// Whether the API (or a user) asked to recover it.

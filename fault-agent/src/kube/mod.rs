@@ -1,6 +1,8 @@
 //! Cluster mode: the `NetworkFault` resource ([`crd`]), the node agent ([`node`]), the API and
-//! its controller ([`api_mode`], [`backend`], [`controller`]); the `NetworkFaultSchedule`
-//! resource ([`schedule_crd`]) and its controller in the API pod ([`schedules`]).
+//! its controller ([`api_mode`], [`backend`], [`controller`], [`abort`]); the
+//! `NetworkFaultSchedule` resource ([`schedule_crd`]) and its controller in the API pod
+//! ([`schedules`]).
+pub mod abort;
 pub mod api_mode;
 pub mod backend;
 pub mod controller;

@@ -132,12 +132,16 @@ impl Discovery {
     }
 }
 
-/// A `NetworkFault` as the core mirrors it, keyed by `namespace/name`; `None` while the
-/// controller has not set its expiry or when it failed validation (the controller reports
-/// that). The kernel deadline is the status's `expiresAt`, but never later than the creation
+/// A `NetworkFault` as the core mirrors it, keyed by `namespace/name`; `None` for a dry run
+/// (`spec.dryRun`), while the controller has not set its expiry or when it failed validation
+/// (the controller reports that). The kernel deadline is the status's `expiresAt`, but never later than the creation
 /// plus the fault's duration and plus `max` (a status written by hand or by a controller with
 /// a longer `--max-duration` cannot make a fault outlive what this node allows).
 fn external(nf: &NetworkFault, max: Duration) -> Option<ExternalFault> {
+    if nf.spec.dry_run {
+        // A plan only, whatever its status says (also before the controller saw it).
+        return None;
+    }
     let st = nf.status.as_ref()?;
     if st.phase == Some(Phase::Failed) {
         return None;

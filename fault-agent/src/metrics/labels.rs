@@ -66,17 +66,18 @@ pub fn partition_type(spec: &FaultSpec) -> &'static str {
 }
 
 /// Every phase, in the order series are written.
-pub const PHASES: [FaultState; 6] = [
+pub const PHASES: [FaultState; 7] = [
     FaultState::Pending,
     FaultState::Active,
     FaultState::Expired,
     FaultState::Recovered,
     FaultState::Failed,
     FaultState::Aborted,
+    FaultState::DryRun,
 ];
 
 /// A phase as a label value: `pending`, `active`, `expired`, `recovered`, `failed`,
-/// `aborted`.
+/// `aborted`, `dry_run`.
 pub fn phase(s: FaultState) -> &'static str {
     match s {
         FaultState::Pending => "pending",
@@ -85,6 +86,7 @@ pub fn phase(s: FaultState) -> &'static str {
         FaultState::Recovered => "recovered",
         FaultState::Failed => "failed",
         FaultState::Aborted => "aborted",
+        FaultState::DryRun => "dry_run",
     }
 }
 

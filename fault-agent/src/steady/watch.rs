@@ -1,8 +1,7 @@
 //! The task of one abort condition: measure every interval on a blocking thread, record the
-//! measurement, abort the fault through the core when the condition is breached.
+//! measurement, end the fault through its [`Ender`] when the condition is breached.
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -11,18 +10,18 @@ use jiff::Timestamp;
 use tokio::time::MissedTickBehavior;
 
 use super::{
-    Supervisor,
+    Ender, Supervisor,
     judge::{FailureWindow, Hold},
     probe,
 };
-use crate::core::Core;
 
 /// What a condition's task needs of its fault.
 #[derive(Clone)]
 pub(super) struct Ctx {
     pub id: String,
     pub expires_at: Timestamp,
-    pub core: Arc<Mutex<Core>>,
+    /// What ends the fault on a breach.
+    pub ender: Ender,
     pub supervisor: Supervisor,
 }
 
@@ -46,18 +45,7 @@ impl Ctx {
 
     /// Ends the fault (`Aborted`, `message`) and every check of it.
     async fn abort(&self, message: String) {
-        let (core, id) = (self.core.clone(), self.id.clone());
-        let done = tokio::task::spawn_blocking(move || {
-            crate::api::lock(&core)
-                .abort(&id, &message)
-                .map(|f| f.state)
-        })
-        .await;
-        match done {
-            Ok(Ok(state)) => tracing::info!(fault = %self.id, %state, "abort done"),
-            Ok(Err(e)) => tracing::error!(fault = %self.id, error = %e, "abort failed"),
-            Err(e) => tracing::error!(fault = %self.id, error = %e, "abort task failed"),
-        }
+        (self.ender)(self.id.clone(), message).await;
         self.supervisor.stop(&self.id);
     }
 }
