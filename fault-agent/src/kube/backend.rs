@@ -276,7 +276,12 @@ impl KubeBackend {
             .await
             .map_err(kube_error)?;
         if verdict.override_used {
-            crate::guards::audit_override(spec, by, created.metadata.name.as_deref().unwrap_or_default(), &verdict.overridden);
+            crate::guards::audit_override(
+                spec,
+                by,
+                created.metadata.name.as_deref().unwrap_or_default(),
+                &verdict.overridden,
+            );
         }
         Ok(created)
     }
