@@ -3121,6 +3121,32 @@ spec:
         "{:?}",
         st.conditions
     );
+    // Each node with targets or peers of it plans it with its own compiler: the rules it
+    // would install, never applied.
+    let mut st = c.fault("plan-only").status.unwrap();
+    let start = Instant::now();
+    while st.nodes.len() < 2 && start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+        st = c.fault("plan-only").status.unwrap();
+    }
+    eprintln!(
+        "nodes' plans: {}",
+        serde_json::to_string(&st.nodes).unwrap()
+    );
+    for node in ["node-a", "node-b"] {
+        let n = st
+            .nodes
+            .get(node)
+            .unwrap_or_else(|| panic!("{node}: {:?}", st.nodes));
+        let plan = n
+            .dry_run
+            .as_ref()
+            .unwrap_or_else(|| panic!("{node}: {n:?}"));
+        assert!(!n.applied && n.targets == 0, "{node}: {n:?}");
+        assert!(plan.rules.is_some_and(|r| r > 0), "{node}: {plan:?}");
+        assert!(plan.refusals.is_empty(), "{node}: {plan:?}");
+    }
+    assert_eq!(st.phase, Some(Phase::DryRun));
     // Nothing applied: the paths stay whole, no node agent holds it or reports it.
     stream_is_whole(&p.decode0, &p.prefill);
     stream_is_whole(&p.decode1, &p.prefill);
@@ -3128,9 +3154,6 @@ spec:
         let held = node.client().list(None).unwrap().faults;
         assert!(held.is_empty(), "{held:?}");
     }
-    let st = c.fault("plan-only").status.unwrap();
-    assert!(st.nodes.is_empty(), "{:?}", st.nodes);
-    assert_eq!(st.phase, Some(Phase::DryRun));
     if let Some(table) = kubectl(&c, &["get", "nf", "-n", NS], "") {
         assert!(table.contains("DryRun"), "{table}");
     }

@@ -288,7 +288,8 @@ impl KubeBackend {
 
     /// A dry run of `spec` against the cluster's pods: targets and peers per node, the
     /// guards it would trip, a blast-radius choice drawn now (not kept). No rule count: each
-    /// node agent compiles its own.
+    /// node agent compiles its own (a `spec.dryRun` NetworkFault gets theirs,
+    /// [`super::dry_run`]).
     pub fn plan(&self, spec: &FaultSpec) -> Result<fault_api::FaultPlan, AgentError> {
         spec.validate().map_err(AgentError::Invalid)?;
         let pods = self.pods();

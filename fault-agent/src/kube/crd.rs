@@ -153,8 +153,10 @@ pub enum Phase {
 #[serde(rename_all = "camelCase")]
 pub struct NodeFaultStatus {
     /// Target pods on this node the fault is in the datapath for.
+    #[serde(default)]
     pub targets: u32,
     /// The fault is in this node's datapath.
+    #[serde(default)]
     pub applied: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -171,6 +173,27 @@ pub struct NodeFaultStatus {
     /// node under its own field manager, so the status writes above never remove it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<NodeVerification>,
+    /// This node's plan of a dry run (`spec.dryRun`), with its own compiler; written by the
+    /// node under its own field manager ([`super::dry_run`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<NodeDryRun>,
+}
+
+/// What one node agent would install for a dry run (`spec.dryRun`): the same plan as
+/// `faultline inject --dry-run` on a single host ([`crate::core::Core::plan`]), with the
+/// rules of this node's compiler for the targets and peers on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDryRun {
+    /// The object's `metadata.generation` this plan is of.
+    pub generation: i64,
+    /// Rules (BPF map entries) this node would install for the fault; none when its
+    /// compiler refuses the fault (the reason is in `refusals`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<u32>,
+    /// What this node would refuse (its kernel's support, its capacity), as `field: message`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<String>,
 }
 
 /// Annotation by which the API asks the node agents to verify a fault: its value names the

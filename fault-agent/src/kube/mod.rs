@@ -7,6 +7,7 @@ pub mod api_mode;
 pub mod backend;
 pub mod controller;
 pub mod crd;
+pub mod dry_run;
 pub mod events;
 pub mod kill_switch;
 pub mod netns;

@@ -468,6 +468,7 @@ async fn sync_loop(
     let discovery = Arc::new(Mutex::new(Discovery::default()));
     let mut written: BTreeMap<(String, String), (NodeFaultStatus, Instant)> = BTreeMap::new();
     let mut answered = super::verify::Answered::default();
+    let mut planned = super::dry_run::Answered::default();
     loop {
         let objects = watches.faults.state();
         let mut pods: Vec<Pod> = watches
@@ -525,6 +526,7 @@ async fn sync_loop(
                 };
                 write_status(&client, &cfg, &objects, &reports, &mut written, &told).await;
                 super::verify::answer(&client, &cfg.node, &core, &objects, &reports, &mut answered);
+                super::dry_run::answer(&client, &cfg.node, &core, &objects, &mut planned).await;
             }
             Ok(Err(e)) => {
                 let e = format!("{e:#}");
@@ -636,6 +638,7 @@ async fn write_status(
                 counters: r.counters,
                 updated_at: None,
                 verification: None,
+                dry_run: None,
             },
             // Nothing of it on this node (any more): say so where it was said otherwise.
             None if in_object.is_some_and(|o| o.applied) || written.contains_key(&key) => {
