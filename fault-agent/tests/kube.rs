@@ -1810,53 +1810,83 @@ fn call(
     )
 }
 
-#[test]
-#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
-fn a_team_token_may_fault_its_namespace_only_and_the_audit_log_says_who_did_what() {
-    let kube = KubeEnv::start().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(async {
-        let cfg = kube::Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(kube.kubeconfig()).unwrap(),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap();
-        Client::try_from(cfg).unwrap()
-    });
-    // The shipped RBAC (the API's ServiceAccount may review tokens and accesses) and the
-    // example team Role (group team-a-devs may edit NetworkFaults in team-a).
-    let sa_token = rt.block_on(async {
-        install_crd(&client).await;
-        let ns: Api<Namespace> = Api::all(client.clone());
-        for name in ["team-a", "team-b"] {
-            ns.create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+/// A kube-apiserver for the access tests: namespaces `team-a` and `team-b`, the shipped RBAC
+/// (`deploy/rbac.yaml`) and the example team Role (`deploy/examples/team-role.yaml`: group
+/// `team-a-devs` may edit NetworkFaults and schedules in `team-a` only), with a kubeconfig of
+/// the API's ServiceAccount (`sa_cfg`: the API runs as it, not as the test server's admin)
+/// and the static token in `token_file`, both in `dir`.
+struct TeamEnv {
+    _kube: KubeEnv,
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    dir: tempfile::TempDir,
+    sa_cfg: std::path::PathBuf,
+    token_file: std::path::PathBuf,
+}
+
+impl TeamEnv {
+    /// The API's static (admin) token, in `token_file`.
+    const STATIC_TOKEN: &'static str = "static-admin-token";
+
+    fn start() -> Self {
+        let kube = KubeEnv::start().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let client = rt.block_on(async {
+            let cfg = kube::Config::from_custom_kubeconfig(
+                Kubeconfig::read_from(kube.kubeconfig()).unwrap(),
+                &KubeConfigOptions::default(),
             )
             .await
             .unwrap();
+            Client::try_from(cfg).unwrap()
+        });
+        let sa_token = rt.block_on(async {
+            install_crd(&client).await;
+            let ns: Api<Namespace> = Api::all(client.clone());
+            for name in ["team-a", "team-b"] {
+                ns.create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+                )
+                .await
+                .unwrap();
+            }
+            for f in [
+                "deploy/namespace.yaml",
+                "deploy/rbac.yaml",
+                "deploy/examples/team-role.yaml",
+            ] {
+                apply_file(&client, f).await;
+            }
+            api_service_account_token(&client).await
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let admin_cfg = std::fs::read_to_string(kube.kubeconfig()).unwrap();
+        let sa_cfg = dir.path().join("kubeconfig");
+        std::fs::write(
+            &sa_cfg,
+            admin_cfg.replace(fault_testkit::kube::ADMIN_TOKEN, &sa_token),
+        )
+        .unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, Self::STATIC_TOKEN).unwrap();
+        Self {
+            _kube: kube,
+            rt,
+            client,
+            dir,
+            sa_cfg,
+            token_file,
         }
-        for f in [
-            "deploy/namespace.yaml",
-            "deploy/rbac.yaml",
-            "deploy/examples/team-role.yaml",
-        ] {
-            apply_file(&client, f).await;
-        }
-        api_service_account_token(&client).await
-    });
-    // The API runs as its ServiceAccount, not as the test server's admin.
-    let dir = tempfile::tempdir().unwrap();
-    let admin_cfg = std::fs::read_to_string(kube.kubeconfig()).unwrap();
-    let sa_cfg = dir.path().join("kubeconfig");
-    std::fs::write(
-        &sa_cfg,
-        admin_cfg.replace(fault_testkit::kube::ADMIN_TOKEN, &sa_token),
-    )
-    .unwrap();
-    let (static_token, token_file) = ("static-admin-token", dir.path().join("token"));
-    std::fs::write(&token_file, static_token).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
+fn a_team_token_may_fault_its_namespace_only_and_the_audit_log_says_who_did_what() {
+    let t = TeamEnv::start();
+    let (rt, client, dir) = (&t.rt, &t.client, &t.dir);
+    let (sa_cfg, token_file, static_token) = (&t.sa_cfg, &t.token_file, TeamEnv::STATIC_TOKEN);
     let audit_path = dir.path().join("audit.jsonl");
     let api = AgentProcess::start_api(
         &sa_cfg,
@@ -2540,49 +2570,9 @@ fn a_networkfaultschedule_fires_on_time_drops_packets_and_holds_forbid_history_a
 #[ignore = "needs the kube-apiserver test environment: run through `cargo xtask test`"]
 fn schedules_through_the_cluster_api_follow_rbac_on_networkfaultschedules() {
     let _s = serial();
-    let kube = KubeEnv::start().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(async {
-        let cfg = kube::Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(kube.kubeconfig()).unwrap(),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap();
-        Client::try_from(cfg).unwrap()
-    });
-    // The shipped RBAC and the example team Role (team-a-devs: team-a only).
-    let sa_token = rt.block_on(async {
-        install_crd(&client).await;
-        let ns: Api<Namespace> = Api::all(client.clone());
-        for name in ["team-a", "team-b"] {
-            ns.create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
-            )
-            .await
-            .unwrap();
-        }
-        for f in [
-            "deploy/namespace.yaml",
-            "deploy/rbac.yaml",
-            "deploy/examples/team-role.yaml",
-        ] {
-            apply_file(&client, f).await;
-        }
-        api_service_account_token(&client).await
-    });
-    // The API runs as its ServiceAccount (its RBAC must let the controller work).
-    let dir = tempfile::tempdir().unwrap();
-    let admin_cfg = std::fs::read_to_string(kube.kubeconfig()).unwrap();
-    let sa_cfg = dir.path().join("kubeconfig");
-    std::fs::write(
-        &sa_cfg,
-        admin_cfg.replace(fault_testkit::kube::ADMIN_TOKEN, &sa_token),
-    )
-    .unwrap();
-    let (static_token, token_file) = ("static-admin-token", dir.path().join("token"));
-    std::fs::write(&token_file, static_token).unwrap();
+    let t = TeamEnv::start();
+    let (rt, client) = (&t.rt, &t.client);
+    let (sa_cfg, token_file, static_token) = (&t.sa_cfg, &t.token_file, TeamEnv::STATIC_TOKEN);
     let api = AgentProcess::start_api(
         &sa_cfg,
         &["--token-file", token_file.to_str().unwrap(), "--wait", "1s"],
@@ -2609,7 +2599,17 @@ fn schedules_through_the_cluster_api_follow_rbac_on_networkfaultschedules() {
         let lp = kube::api::ListParams::default().labels("faultline.dev/schedule=nightly");
         !rt.block_on(faults.list(&lp)).unwrap().items.is_empty()
     });
-    let (code, body) = call("GET", &url("/v1/schedules/team-a%2Fnightly"), alice, None);
+    // The schedule's status is written after the fault it counts: read it until it does.
+    let get = || call("GET", &url("/v1/schedules/team-a%2Fnightly"), alice, None);
+    let start = Instant::now();
+    let (mut code, mut body) = get();
+    while code == 200
+        && body["status"]["created"].as_u64() < Some(1)
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        (code, body) = get();
+    }
     assert_eq!(code, 200, "{body}");
     assert!(body["status"]["created"].as_u64() >= Some(1), "{body}");
 
