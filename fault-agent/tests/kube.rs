@@ -2910,33 +2910,6 @@ fn kubectl(c: &Cluster, args: &[&str], stdin: &str) -> Option<String> {
     Some(text)
 }
 
-/// The percentage in a message `... failed 41.2% of ...`.
-fn failed_percent(message: &str) -> f64 {
-    message
-        .split("failed ")
-        .nth(1)
-        .and_then(|r| r.split('%').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no percentage in {message:?}"))
-}
-
-/// 2,000 datagrams at 10,000/s from `from` to `to`, all of which must arrive.
-fn stream_is_whole(from: &Pod, to: &Pod) {
-    let r = probe::udp_stream(
-        from,
-        to,
-        Family::V4,
-        &StreamOpts {
-            count: 2_000,
-            rate_pps: 10_000,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    eprintln!("stream: {r}");
-    assert_eq!(r.received, r.sent, "the path must be whole: {r}");
-}
-
 /// `faultctl inject` arguments of a partition from `target` to the prefill pod, with an HTTP
 /// abort condition on `url` (more than 50% of the probes over 1 s failing).
 fn partition_with_abort<'a>(target: &'a str, duration: &'a str, url: &'a str) -> Vec<&'a str> {

@@ -95,32 +95,6 @@ fn wait_ended_with(
     }
 }
 
-/// The percentage in a message `... failed 41.2% of ...`.
-fn failed_percent(message: &str) -> f64 {
-    message
-        .split("failed ")
-        .nth(1)
-        .and_then(|r| r.split('%').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no percentage in {message:?}"))
-}
-
-fn stream_is_whole(from: &Pod, to: &Pod) {
-    let r = udp_stream(
-        from,
-        to,
-        Family::V4,
-        &StreamOpts {
-            count: 2_000,
-            rate_pps: 10_000,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    eprintln!("stream right after: {r}");
-    assert_eq!(r.received, r.sent, "the path must be whole: {r}");
-}
-
 #[test]
 fn an_http_probe_breach_aborts_the_fault_and_the_path_is_whole_right_after() {
     let _s = serial();

@@ -197,3 +197,30 @@ pub fn udp_partition(from: &Pod, to_app: &str, port: u16) -> fault_api::FaultSpe
     s.duration = Some("5m".parse().expect("a duration"));
     s
 }
+
+/// The failure rate an abort message reports, percent (`... failed 62.5% of ...`).
+pub fn failed_percent(message: &str) -> f64 {
+    message
+        .split("failed ")
+        .nth(1)
+        .and_then(|r| r.split('%').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no percentage in {message:?}"))
+}
+
+/// 2,000 datagrams at 10,000/s over IPv4 from `from` to `to`, all of which must arrive.
+pub fn stream_is_whole(from: &Pod, to: &Pod) {
+    let r = probe::udp_stream(
+        from,
+        to,
+        Family::V4,
+        &fault_testkit::StreamOpts {
+            count: 2_000,
+            rate_pps: 10_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    eprintln!("stream: {r}");
+    assert_eq!(r.received, r.sent, "the path must be whole: {r}");
+}
