@@ -288,18 +288,20 @@ pub fn desired_status(
             generation,
         ),
     };
-    st.conditions = vec![
-        condition(
-            &old.conditions,
-            "Valid",
-            true,
-            "SpecValid",
-            "the spec is valid".into(),
-            generation,
-        ),
-        applied_cond,
-    ];
+    st.conditions = vec![spec_valid(&old.conditions, generation), applied_cond];
     st
+}
+
+/// The `Valid` condition of a spec that converted and validated (reason `SpecValid`).
+fn spec_valid(old: &[Condition], generation: Option<i64>) -> Condition {
+    condition(
+        old,
+        "Valid",
+        true,
+        "SpecValid",
+        "the spec is valid".into(),
+        generation,
+    )
 }
 
 /// The status of a dry run (`spec.dryRun`): planned once (phase `DryRun`, `status.plan`,
@@ -344,14 +346,7 @@ fn dry_run(
     };
     let generation = st.observed_generation;
     st.conditions = vec![
-        condition(
-            &old.conditions,
-            "Valid",
-            true,
-            "SpecValid",
-            "the spec is valid".into(),
-            generation,
-        ),
+        spec_valid(&old.conditions, generation),
         condition(
             &old.conditions,
             "Applied",
