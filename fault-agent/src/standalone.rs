@@ -272,6 +272,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     cleaned
 }
 
+/// Completes at the first SIGTERM or SIGINT (the graceful shutdown of every API server);
+/// never, if the handlers cannot be installed (logged).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
